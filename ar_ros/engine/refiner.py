@@ -1,0 +1,244 @@
+"""The inference engine: cached template kernels per target, one batched forward pass per frame."""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Hashable, Iterable, List, Mapping, Optional, Tuple, Union
+
+import numpy as np
+import torch
+
+from ..model import AlphaRefineNet, CheckpointError, load_network
+from . import crop as cropping
+from .boxes import Box, as_box, box_problem, check_box
+from .masks import mask_to_box
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "weights" / "ar_ros_default.pt"
+COLORS = ("rgb", "bgr")
+
+
+@dataclass
+class Result:
+    """One target's refinement on one frame."""
+
+    box: Box                                   # refined (or, on fallback, the base) box, x,y,w,h frame px
+    score: float                               # refiner confidence 0..1 (0 on fallback from bad input)
+    base_box: Box                              # the box that was refined
+    fallback: bool = False                     # True when ``box`` is the base box, see ``reason``
+    reason: str = ""                           # why the refinement was rejected
+    raw_box: Optional[Box] = None              # the network's box before the plausibility gate
+    mask: Optional[np.ndarray] = None          # HxW float32 probabilities when asked for
+    mask_box: Optional[Box] = None             # tight box of the largest mask region
+    polygon: Optional[np.ndarray] = field(default=None, repr=False)  # (4,2) rotated rectangle of that region
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> ``cuda`` when available else ``cpu``; anything else must exist on this machine."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda', 'cuda:N' or 'auto'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {device!r}; use 'cpu' or 'cuda'")
+    return dev
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """``auto`` -> fp16 on CUDA, fp32 on CPU. fp16 on CPU is refused (slow and unsupported ops)."""
+    if precision == "auto":
+        precision = "fp16" if device.type == "cuda" else "fp32"
+    if precision not in ("fp32", "fp16"):
+        raise ValueError(f"precision must be 'fp32', 'fp16' or 'auto', got {precision!r}")
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("precision 'fp16' needs a CUDA device; use 'fp32' on CPU")
+    return torch.float16 if precision == "fp16" else torch.float32
+
+
+def check_frame(frame: np.ndarray) -> Tuple[int, int]:
+    """An HxWx3 uint8 array, or a ``ValueError`` that says what is wrong. Returns (height, width)."""
+    if not isinstance(frame, np.ndarray):
+        raise ValueError(f"frame must be a numpy array, got {type(frame).__name__}")
+    if frame.dtype != np.uint8:
+        raise ValueError(f"frame must be uint8, got {frame.dtype}")
+    if frame.ndim != 3 or frame.shape[2] != 3:
+        raise ValueError(f"frame must be HxWx3, got shape {frame.shape}")
+    if frame.shape[0] < 2 or frame.shape[1] < 2:
+        raise ValueError(f"frame is too small: {frame.shape[1]}x{frame.shape[0]}")
+    return frame.shape[0], frame.shape[1]
+
+
+class Refiner:
+    """Refine boxes of a base tracker with an Alpha-Refine network.
+
+    ``checkpoint`` is a path (ours, the authors' ``.pth.tar`` or a state_dict), an
+    :class:`AlphaRefineNet`, or ``None`` for the shipped default. ``crop_mode`` defaults to the mode the
+    weights were trained with (``exact`` for the authors' weights, ``clean`` for ours).
+    """
+
+    def __init__(self, checkpoint: Union[None, str, os.PathLike, AlphaRefineNet] = None, device: str = "cpu",
+                 precision: str = "fp32", crop_mode: Optional[str] = None, search_factor: Optional[float] = None,
+                 min_score: float = 0.0, max_scale_change: float = 3.0, mask_threshold: float = 0.5,
+                 channels_last: bool = True) -> None:
+        self.device = resolve_device(device)
+        self.dtype = resolve_precision(precision, self.device)
+        if isinstance(checkpoint, AlphaRefineNet):
+            net, self.meta = checkpoint, {"source": "network"}
+        else:
+            path = Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT
+            if checkpoint is None and not path.is_file():
+                raise CheckpointError(f"the built-in default model is missing ({path}); pass checkpoint=...")
+            net, self.meta = load_network(path)
+        self.config = net.config
+        self.crop_mode = crop_mode or self.config.crop_mode
+        if self.crop_mode not in cropping.CROP_MODES:
+            raise ValueError(f"crop_mode must be one of {cropping.CROP_MODES}, got {self.crop_mode!r}")
+        self.search_factor = float(search_factor or self.config.search_factor)
+        if not self.search_factor > 1.0:
+            raise ValueError(f"search_factor must be > 1, got {self.search_factor}")
+        self.input_size = self.config.input_size
+        if not 0.0 <= min_score <= 1.0:
+            raise ValueError(f"min_score must be in [0, 1], got {min_score}")
+        if not max_scale_change > 1.0:
+            raise ValueError(f"max_scale_change must be > 1, got {max_scale_change}")
+        self.min_score = float(min_score)
+        self.max_scale_change = float(max_scale_change)
+        self.mask_threshold = float(mask_threshold)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.net = net.eval().to(self.device, dtype=self.dtype, memory_format=self.memory_format)
+        self._lut = torch.from_numpy(cropping.normalisation_table().reshape(-1)).to(self.device)
+        self._kernels: Dict[Hashable, torch.Tensor] = {}
+        self.passes = 0            # forward passes over search crops (one per refine call with targets)
+        self.last_batch_size = 0
+
+    # ------------------------------------------------------------------ targets
+    @property
+    def targets(self) -> List[Hashable]:
+        """Ids with a cached template, in the order they were set."""
+        return list(self._kernels)
+
+    def set_target(self, frame: np.ndarray, box: Iterable[float], target_id: Hashable = "0",
+                   color: str = "rgb") -> None:
+        """Compute and cache the template kernel of ``target_id`` from its box on ``frame``."""
+        self.set_targets(frame, {target_id: box}, color=color)
+
+    def set_targets(self, frame: np.ndarray, boxes_by_id: Mapping[Hashable, Iterable[float]],
+                    color: str = "rgb") -> None:
+        """:meth:`set_target` for several targets in one template pass. Raises ``ValueError`` on a bad box."""
+        height, width = check_frame(frame)
+        _check_color(color)
+        boxes = {tid: check_box(b, width, height) for tid, b in boxes_by_id.items()}
+        if not boxes:
+            return
+        windows = [cropping.window_for(b, self.search_factor, self.input_size, self.crop_mode)
+                   for b in boxes.values()]
+        with torch.inference_mode():
+            kernels = self.net.template(self._batch(frame, windows, color))
+        for i, tid in enumerate(boxes):
+            self._kernels[tid] = kernels[i:i + 1].clone()
+
+    def clear(self, target_id: Optional[Hashable] = None) -> None:
+        """Forget one target (``KeyError`` if unknown) or, with ``None``, all of them."""
+        if target_id is None:
+            self._kernels.clear()
+        else:
+            try:
+                del self._kernels[target_id]
+            except KeyError:
+                raise KeyError(f"no target {target_id!r}; known: {self.targets}") from None
+
+    # ------------------------------------------------------------------ refinement
+    def refine(self, frame: np.ndarray, boxes_by_id: Mapping[Hashable, Iterable[float]], color: str = "rgb",
+               mask: bool = False) -> Dict[Hashable, Result]:
+        """Refine the base box of each target on ``frame`` in one batched pass.
+
+        Unknown ids raise ``KeyError``. A base box that cannot be refined (NaN, empty, outside the
+        frame) and a refinement that fails the plausibility gate both come back as the base box with
+        ``fallback=True`` and a ``reason``.
+        """
+        height, width = check_frame(frame)
+        _check_color(color)
+        unknown = [tid for tid in boxes_by_id if tid not in self._kernels]
+        if unknown:
+            raise KeyError(f"no template for target(s) {unknown}; call set_target first")
+        results: Dict[Hashable, Result] = {}
+        ids, windows, bases = [], [], []
+        for tid, raw in boxes_by_id.items():
+            try:
+                base = as_box(raw)
+            except ValueError as err:
+                results[tid] = Result(box=(math.nan,) * 4, score=0.0, base_box=(math.nan,) * 4, fallback=True,
+                                      reason=str(err))
+                continue
+            problem = box_problem(base, width, height)
+            if problem:
+                results[tid] = Result(box=base, score=0.0, base_box=base, fallback=True, reason=problem)
+                continue
+            ids.append(tid)
+            bases.append(base)
+            windows.append(cropping.window_for(base, self.search_factor, self.input_size, self.crop_mode))
+        if ids:
+            with torch.inference_mode():
+                kernels = torch.cat([self._kernels[tid] for tid in ids])
+                out = self.net.search(self._batch(frame, windows, color), kernels, with_mask=mask)
+                crop_boxes = out["boxes"].float().cpu().numpy()
+                scores = out["score"].float().cpu().numpy()
+                probs = out["mask"][:, 0].float().cpu().numpy() if mask else None
+            self.passes += 1
+            self.last_batch_size = len(ids)
+            for i, tid in enumerate(ids):
+                results[tid] = self._result(bases[i], windows[i], crop_boxes[i], float(scores[i]),
+                                            None if probs is None else probs[i], height, width)
+        return {tid: results[tid] for tid in boxes_by_id}
+
+    def _batch(self, frame: np.ndarray, windows: List[cropping.CropWindow], color: str) -> torch.Tensor:
+        """Crop every window, normalise through the lookup table, return (B,3,S,S) on the device."""
+        patches = np.stack([cropping.crop(frame, w) for w in windows])
+        if color == "bgr":
+            patches = patches[..., ::-1]
+        idx = torch.from_numpy(np.ascontiguousarray(patches)).to(self.device).long()
+        idx += torch.arange(3, device=self.device) * 256
+        batch = self._lut[idx].permute(0, 3, 1, 2)  # NHWC memory viewed as NCHW == channels_last
+        return batch.to(dtype=self.dtype, memory_format=self.memory_format)
+
+    def _result(self, base: Box, window: cropping.CropWindow, crop_xyxy: np.ndarray, score: float,
+                prob: Optional[np.ndarray], height: int, width: int) -> Result:
+        refined = tuple(float(v) for v in window.box_to_frame(crop_xyxy))
+        reason = self._implausible(base, refined, score, width, height)
+        res = Result(box=base if reason else refined, score=score, base_box=base, fallback=bool(reason),
+                     reason=reason, raw_box=refined)  # type: ignore[arg-type]
+        if prob is not None:
+            res.mask = cropping.paste_mask(prob, window, height, width)
+            x1 = max(int(math.floor(window.x0)), 0)
+            y1 = max(int(math.floor(window.y0)), 0)
+            x2 = min(int(math.ceil(window.x0 + window.size * window.sx)) + 1, width)
+            y2 = min(int(math.ceil(window.y0 + window.size * window.sy)) + 1, height)
+            res.mask_box, res.polygon = mask_to_box(res.mask, self.mask_threshold, roi=(x1, y1, x2, y2))
+        return res
+
+    def _implausible(self, base: Box, refined: Box, score: float, width: int, height: int) -> str:
+        """Our plausibility gate (the authors have none): ``""`` when the refined box may replace the base."""
+        if not all(math.isfinite(v) for v in refined) or not math.isfinite(score):
+            return "network output is not finite"
+        x, y, w, h = refined
+        if w < 1.0 or h < 1.0:
+            return f"refined box is degenerate ({w:.1f}x{h:.1f} px)"
+        if x >= width or y >= height or x + w <= 0 or y + h <= 0:
+            return "refined box lies outside the frame"
+        k = self.max_scale_change
+        for label, ratio in (("width", w / base[2]), ("height", h / base[3])):
+            if not 1.0 / k <= ratio <= k:
+                return f"{label} changed {ratio:.2f}x (limit {k:g}x)"
+        if score < self.min_score:
+            return f"score {score:.2f} below min_score {self.min_score:.2f}"
+        return ""
+
+
+def _check_color(color: str) -> None:
+    if color not in COLORS:
+        raise ValueError(f"color must be 'rgb' or 'bgr', got {color!r}")

@@ -1,0 +1,143 @@
+"""ResNet backbone (BasicBlock / Bottleneck) with torchvision-style attribute names.
+
+The attribute names (``conv1``, ``bn1``, ``layer1`` .. ``layer4``, ``fc``) are the checkpoint keys
+under ``feature_extractor.`` in the authors' refiner and in torchvision ImageNet files, so both load
+without renaming. The forward pass stops at the deepest layer that is asked for.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Sequence, Type, Union
+
+import torch
+from torch import nn
+
+
+def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    """3x3 convolution with padding 1 and no bias."""
+    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    """1x1 convolution with no bias."""
+    return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with a residual connection (ResNet-18/34)."""
+
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1,
+                 downsample: nn.Module | None = None) -> None:
+        super().__init__()
+        self.conv1 = conv3x3(inplanes, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    """1x1 -> 3x3 -> 1x1 bottleneck with stride on the 3x3 (ResNet-50)."""
+
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1,
+                 downsample: nn.Module | None = None) -> None:
+        super().__init__()
+        self.conv1 = conv1x1(inplanes, planes)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = conv3x3(planes, planes, stride)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = conv1x1(planes, planes * self.expansion)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+Block = Union[Type[BasicBlock], Type[Bottleneck]]
+
+_LAYOUTS: Dict[int, tuple] = {
+    18: (BasicBlock, (2, 2, 2, 2)),
+    34: (BasicBlock, (3, 4, 6, 3)),
+    50: (Bottleneck, (3, 4, 6, 3)),
+}
+
+LAYER_ORDER = ("conv1", "layer1", "layer2", "layer3", "layer4")
+
+
+class ResNet(nn.Module):
+    """ResNet trunk returning intermediate feature maps by name.
+
+    ``conv1`` is taken after conv1+bn1+relu and *before* the max-pool (stride 2), as the
+    authors' refiner does. ``with_top`` keeps ``layer4`` and ``fc`` so that full ImageNet or
+    authors' state_dicts load with ``strict=True``; the refiner never runs them.
+    """
+
+    def __init__(self, depth: int = 34, with_top: bool = True) -> None:
+        super().__init__()
+        if depth not in _LAYOUTS:
+            raise ValueError(f"backbone depth must be one of {sorted(_LAYOUTS)}, got {depth}")
+        block, counts = _LAYOUTS[depth]
+        self.depth = depth
+        self.inplanes = 64
+        self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.layer1 = self._make_layer(block, 64, counts[0])
+        self.layer2 = self._make_layer(block, 128, counts[1], stride=2)
+        self.layer3 = self._make_layer(block, 256, counts[2], stride=2)
+        self.channels = {"conv1": 64, "layer1": 64 * block.expansion,
+                         "layer2": 128 * block.expansion, "layer3": 256 * block.expansion}
+        if with_top:
+            self.layer4 = self._make_layer(block, 512, counts[3], stride=2)
+            self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+            self.fc = nn.Linear(512 * block.expansion, 1000)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def _make_layer(self, block: Block, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
+        downsample = None
+        if stride != 1 or self.inplanes != planes * block.expansion:
+            downsample = nn.Sequential(conv1x1(self.inplanes, planes * block.expansion, stride),
+                                       nn.BatchNorm2d(planes * block.expansion))
+        layers: List[nn.Module] = [block(self.inplanes, planes, stride, downsample)]
+        self.inplanes = planes * block.expansion
+        layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor, outputs: Sequence[str] = ("layer3",)) -> Dict[str, torch.Tensor]:
+        """Run up to the deepest requested layer and return the requested maps by name."""
+        unknown = set(outputs) - set(LAYER_ORDER)
+        if unknown:
+            raise ValueError(f"unknown backbone outputs {sorted(unknown)}")
+        last = max(LAYER_ORDER.index(name) for name in outputs)
+        feats: Dict[str, torch.Tensor] = {}
+        x = self.relu(self.bn1(self.conv1(x)))
+        if "conv1" in outputs:
+            feats["conv1"] = x
+        x = self.maxpool(x)
+        for name in LAYER_ORDER[1:last + 1]:
+            x = getattr(self, name)(x)
+            if name in outputs:
+                feats[name] = x
+        return feats

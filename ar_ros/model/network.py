@@ -1,0 +1,99 @@
+"""The Alpha-Refine network: backbone, correlation neck, corner head and mask head.
+
+Module names equal the authors' checkpoint keys (``feature_extractor``, ``neck``, ``corner_head``,
+``mask_head``, ``feat_adjust``), so their AR34 c+m weights load with ``strict=True``.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Dict
+
+import torch
+from torch import nn
+
+from .backbone import ResNet
+from .heads import CornerHead, MaskHead
+from .neck import CorrelationNeck, conv_bn_relu, template_kernel
+
+STRIDE = 16  # layer3 stride; the crop size must be a multiple of 2 * STRIDE
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """What is needed to rebuild a network and use it the way it was trained."""
+
+    depth: int = 34
+    input_size: int = 256
+    search_factor: float = 2.0
+    with_top: bool = True          # keep layer4 + fc (authors' layout); our own models drop them
+    crop_mode: str = "exact"       # the crop the weights were trained with: "exact" | "clean"
+
+    def __post_init__(self) -> None:
+        if self.input_size % (2 * STRIDE) or self.input_size < 4 * STRIDE:
+            raise ValueError(f"input_size must be a multiple of {2 * STRIDE} and >= {4 * STRIDE}, "
+                             f"got {self.input_size}")
+        if self.crop_mode not in ("exact", "clean"):
+            raise ValueError(f"crop_mode must be 'exact' or 'clean', got {self.crop_mode!r}")
+        if not self.search_factor > 1.0:
+            raise ValueError(f"search_factor must be > 1, got {self.search_factor}")
+
+    @property
+    def feat_size(self) -> int:
+        return self.input_size // STRIDE
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "NetConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown network config keys {sorted(unknown)}")
+        return cls(**data)
+
+
+#: The authors' released AR34 "c+m" refiner.
+AUTHORS_CONFIG = NetConfig()
+
+
+class AlphaRefineNet(nn.Module):
+    """Siamese refiner. ``template`` caches a kernel per target; ``search`` refines a batch of crops."""
+
+    def __init__(self, config: NetConfig = AUTHORS_CONFIG) -> None:
+        super().__init__()
+        self.config = config
+        self.feature_extractor = ResNet(config.depth, with_top=config.with_top)
+        ch = self.feature_extractor.channels
+        cells = (config.feat_size // 2) ** 2
+        self.neck = CorrelationNeck(cells=cells, out_channels=64)
+        self.corner_head = CornerHead(inplanes=64, channel=256, stride=float(STRIDE))
+        self.mask_head = MaskHead(feat_channels=64)
+        self.feat_adjust = nn.ModuleList([
+            nn.Sequential(*conv_bn_relu(ch["conv1"], 64)),
+            nn.Sequential(*conv_bn_relu(ch["layer1"], 256)),
+            nn.Sequential(*conv_bn_relu(ch["layer2"], 512)),
+        ])
+
+    def template(self, images: torch.Tensor) -> torch.Tensor:
+        """Template crops (B,3,S,S) -> correlation kernels (B, cells, C). Compute once per target."""
+        return template_kernel(self.feature_extractor(images, ("layer3",))["layer3"])
+
+    def search(self, images: torch.Tensor, kernels: torch.Tensor, with_mask: bool = False) -> Dict[str, torch.Tensor]:
+        """Search crops (B,3,S,S) + kernels (B,cells,C) -> ``boxes`` (B,4 xyxy px), ``score`` (B,), ``mask``.
+
+        The mask branch (and the low-level features it needs) only runs when ``with_mask``.
+        """
+        names = ("conv1", "layer1", "layer2", "layer3") if with_mask else ("layer3",)
+        feats = self.feature_extractor(images, names)
+        fused = self.neck(kernels, feats["layer3"])
+        out = self.corner_head(fused)
+        if with_mask:
+            adj = [m(feats[n]) for m, n in zip(self.feat_adjust, ("conv1", "layer1", "layer2"))]
+            out["mask"] = self.mask_head(fused, *adj, out_size=images.shape[-1])
+        return out
+
+    def forward(self, template_images: torch.Tensor, search_images: torch.Tensor,
+                with_mask: bool = True) -> Dict[str, torch.Tensor]:
+        """Training / export entry: both branches in one call."""
+        return self.search(search_images, self.template(template_images), with_mask=with_mask)

@@ -1,0 +1,35 @@
+"""Shared fixtures. ROS isolation: one DDS domain per pytest worker, localhost discovery only."""
+import os
+
+import numpy as np
+import pytest
+
+
+def _domain_id() -> int:
+    base = int(os.environ.get("ROS_TEST_DOMAIN_BASE", "60"))
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return base + int(worker[2:] or 0)
+
+
+# Must happen before the first rclpy.init() in this process (and is inherited by node subprocesses).
+os.environ["ROS_DOMAIN_ID"] = str(_domain_id())
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+os.environ.pop("ROS_LOCALHOST_ONLY", None)
+
+
+@pytest.fixture(scope="session")
+def small_net():
+    """A real (randomly initialised, deterministic) small network for engine tests."""
+    import torch
+    from ar_ros.model import AlphaRefineNet, NetConfig
+    torch.manual_seed(0)
+    return AlphaRefineNet(NetConfig(depth=18, input_size=128, with_top=False, crop_mode="clean")).eval()
+
+
+@pytest.fixture
+def frame():
+    """A 480x640 RGB frame: smooth noise background with a bright rectangle at (200,150,120,90)."""
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 80, size=(480, 640, 3), dtype=np.uint8)
+    img[150:240, 200:320] = (220, 180, 40)
+    return img

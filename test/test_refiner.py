@@ -1,0 +1,166 @@
+"""The engine: batching, determinism, colour order, masks, the plausibility gate and bad input."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ar_ros import Refiner, Result
+from ar_ros.model import AlphaRefineNet, CheckpointError, NetConfig
+
+BOX = (200.0, 150.0, 120.0, 90.0)
+
+
+@pytest.fixture
+def refiner(small_net):
+    return Refiner(small_net)
+
+
+def test_refine_returns_results_in_frame_pixels(refiner, frame):
+    refiner.set_target(frame, BOX, "a")
+    out = refiner.refine(frame, {"a": (205.0, 145.0, 110.0, 100.0)})
+    assert set(out) == {"a"}
+    res = out["a"]
+    assert isinstance(res, Result) and len(res.box) == 4 and 0.0 <= res.score <= 1.0
+    assert res.raw_box is not None and all(math.isfinite(v) for v in res.raw_box)
+    assert res.base_box == (205.0, 145.0, 110.0, 100.0)
+    assert res.mask is None
+    assert refiner.passes == 1 and refiner.last_batch_size == 1
+
+
+@pytest.mark.parametrize("mode", ["clean", "exact"])
+def test_batch_equals_single_calls(small_net, frame, mode):
+    r = Refiner(small_net, crop_mode=mode)
+    boxes = {"a": BOX, "b": (10.0, 20.0, 60.0, 40.0), "c": (600.0, 400.0, 80.0, 120.0), 7: (300.5, 10.25, 33.0, 21.0)}
+    r.set_targets(frame, boxes)
+    moved = {k: (b[0] + 3, b[1] - 2, b[2] * 1.1, b[3] * 0.9) for k, b in boxes.items()}
+    batched = r.refine(frame, moved, mask=True)
+    assert r.last_batch_size == 4
+    for k, b in moved.items():
+        single = Refiner(small_net, crop_mode=mode)
+        single.set_target(frame, boxes[k], k)
+        one = single.refine(frame, {k: b}, mask=True)[k]
+        assert np.allclose(one.raw_box, batched[k].raw_box, atol=1e-3)
+        assert one.score == pytest.approx(batched[k].score, abs=1e-5)
+        assert np.abs(one.mask - batched[k].mask).max() < 1e-4
+
+
+def test_fp32_is_deterministic(refiner, frame):
+    refiner.set_target(frame, BOX, "a")
+    first = refiner.refine(frame, {"a": BOX}, mask=True)["a"]
+    second = refiner.refine(frame, {"a": BOX}, mask=True)["a"]
+    assert first.raw_box == second.raw_box and first.score == second.score
+    assert np.array_equal(first.mask, second.mask)
+
+
+def test_bgr_frames_give_the_same_answer_as_rgb(refiner, frame):
+    refiner.set_target(frame, BOX, "a")
+    rgb = refiner.refine(frame, {"a": BOX})["a"]
+    bgr_ref = Refiner(refiner.net)
+    bgr_ref.set_target(frame[..., ::-1].copy(), BOX, "a", color="bgr")
+    bgr = bgr_ref.refine(frame[..., ::-1].copy(), {"a": BOX}, color="bgr")["a"]
+    assert rgb.raw_box == pytest.approx(bgr.raw_box)
+
+
+def test_mask_is_frame_sized_probabilities(refiner, frame):
+    refiner.set_target(frame, BOX, "a")
+    res = refiner.refine(frame, {"a": BOX}, mask=True)["a"]
+    assert res.mask.shape == frame.shape[:2] and res.mask.dtype == np.float32
+    assert 0.0 <= res.mask.min() and res.mask.max() <= 1.0
+    # nothing outside the 2x search window
+    assert not res.mask[:, :140].any() and not res.mask[:, 381:].any()
+
+
+def test_bad_base_boxes_fall_back_with_a_reason(refiner, frame):
+    refiner.set_targets(frame, {"nan": BOX, "neg": BOX, "out": BOX, "short": BOX, "ok": BOX})
+    out = refiner.refine(frame, {"nan": (float("nan"), 1, 2, 3), "neg": (10, 10, -5, 10),
+                                 "out": (5000, 10, 20, 20), "short": (1, 2, 3), "ok": BOX})
+    for tid in ("nan", "neg", "out", "short"):
+        assert out[tid].fallback and out[tid].score == 0.0 and out[tid].reason
+    assert "NaN" in out["nan"].reason and "negative" in out["neg"].reason
+    assert "outside" in out["out"].reason and "4 numbers" in out["short"].reason
+    assert out["out"].box == (5000.0, 10.0, 20.0, 20.0)
+    assert refiner.last_batch_size == 1  # only the good one went through the network
+
+
+def test_plausibility_gate_rejects_collapsed_output(small_net, frame):
+    net = AlphaRefineNet(small_net.config)
+    net.load_state_dict(small_net.state_dict())
+    with torch.no_grad():  # flat corner maps: both corners at the same point -> zero-size box
+        net.corner_head.conv5_tl.weight.zero_()
+        net.corner_head.conv5_br.weight.zero_()
+    r = Refiner(net)
+    r.set_target(frame, BOX, "a")
+    res = r.refine(frame, {"a": BOX})["a"]
+    assert res.fallback and "degenerate" in res.reason and res.box == BOX
+    assert res.raw_box[2] == pytest.approx(0.0, abs=1e-3)
+
+
+def test_gate_rules(refiner):
+    base = (100.0, 100.0, 50.0, 40.0)
+    check = refiner._implausible
+    assert check(base, (101.0, 99.0, 48.0, 41.0), 0.5, 640, 480) == ""
+    assert "not finite" in check(base, (float("nan"), 0, 1, 1), 0.5, 640, 480)
+    assert "outside" in check(base, (700.0, 10.0, 50.0, 40.0), 0.5, 640, 480)
+    assert "width changed" in check(base, (100.0, 100.0, 200.0, 40.0), 0.5, 640, 480)
+    strict = Refiner(refiner.net, min_score=0.6)
+    assert "below min_score" in strict._implausible(base, base, 0.5, 640, 480)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (np.zeros((480, 640, 3), np.float32), "uint8"),
+    (np.zeros((480, 640), np.uint8), "HxWx3"),
+    (np.zeros((480, 640, 4), np.uint8), "HxWx3"),
+    ([[0, 1]], "numpy array"),
+    (np.zeros((1, 1, 3), np.uint8), "too small"),
+])
+def test_bad_frames_raise_value_error(refiner, bad, match):
+    with pytest.raises(ValueError, match=match):
+        refiner.set_target(bad, BOX, "a")
+
+
+def test_set_target_rejects_bad_boxes_and_unknown_ids_are_key_errors(refiner, frame):
+    for box in [(float("nan"), 0, 10, 10), (0, 0, 0, 10), (-100, -100, 50, 50)]:
+        with pytest.raises(ValueError):
+            refiner.set_target(frame, box, "a")
+    assert refiner.targets == []
+    with pytest.raises(KeyError, match="set_target"):
+        refiner.refine(frame, {"ghost": BOX})
+    with pytest.raises(ValueError, match="color"):
+        refiner.refine(frame, {}, color="hsv")
+
+
+def test_clear_one_and_all(refiner, frame):
+    refiner.set_targets(frame, {"a": BOX, "b": BOX})
+    refiner.clear("a")
+    assert refiner.targets == ["b"]
+    with pytest.raises(KeyError):
+        refiner.clear("a")
+    refiner.clear()
+    assert refiner.targets == []
+
+
+def test_device_and_precision_errors(small_net):
+    with pytest.raises(ValueError, match="CUDA"):
+        Refiner(small_net, precision="fp16")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="not available"):
+            Refiner(small_net, device="cuda")
+    with pytest.raises(ValueError, match="unknown device"):
+        Refiner(small_net, device="gpu7")
+    with pytest.raises(ValueError, match="crop_mode"):
+        Refiner(small_net, crop_mode="fancy")
+
+
+def test_missing_checkpoint_file_is_a_clear_error(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        Refiner(str(tmp_path / "missing.pt"))
+
+
+def test_exact_mode_with_authors_layout_runs_on_256_crops(frame):
+    torch.manual_seed(0)
+    r = Refiner(AlphaRefineNet(), crop_mode="exact")
+    assert r.input_size == 256 and r.crop_mode == "exact"
+    r.set_target(frame, BOX, "a")
+    res = r.refine(frame, {"a": BOX}, mask=True)["a"]
+    assert res.mask.shape == (480, 640) and len(res.raw_box) == 4
