@@ -33,3 +33,21 @@ def frame():
     img = rng.integers(0, 80, size=(480, 640, 3), dtype=np.uint8)
     img[150:240, 200:320] = (220, 180, 40)
     return img
+
+
+@pytest.fixture(scope="session")
+def small_checkpoint(tmp_path_factory, small_net):
+    """The small random network saved in our format, for nodes started from a params file."""
+    from ar_ros.model import save_checkpoint
+    return str(save_checkpoint(tmp_path_factory.mktemp("model") / "small.pt", small_net))
+
+
+@pytest.fixture
+def ros_context():
+    rclpy = pytest.importorskip("rclpy")
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    try:
+        yield ctx
+    finally:
+        rclpy.try_shutdown(context=ctx)

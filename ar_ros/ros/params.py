@@ -1,0 +1,91 @@
+"""Every node parameter in one table: default, description, range or choices, and whether it is live.
+
+``config/ar_ros.yaml`` mirrors these defaults (a test keeps the two equal). Read-only parameters need a
+lifecycle cleanup + configure (or a restart) to change; the others apply to the next frame.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    default: Any
+    description: str
+    read_only: bool = False
+    choices: Tuple[str, ...] = ()
+    low: Optional[float] = None
+    high: Optional[float] = None
+
+
+PARAMS: Tuple[Spec, ...] = (
+    Spec("checkpoint", "", "Model file: ar_ros checkpoint, the authors' SEcmnet_ep0040-c.pth.tar, or a "
+         "state_dict. Empty = the built-in default model.", read_only=True),
+    Spec("device", "auto", "auto | cpu | cuda | cuda:N", read_only=True),
+    Spec("precision", "auto", "auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16", read_only=True,
+         choices=("auto", "fp32", "fp16")),
+    Spec("backend", "torch", "Inference backend.", read_only=True, choices=("torch",)),
+    Spec("crop_mode", "", "Empty = what the model was trained with; 'exact' = the authors' crop "
+         "(use with their weights); 'clean' = ours.", read_only=True, choices=("", "exact", "clean")),
+    Spec("search_factor", 0.0, "Search region = factor x box per side. 0 = the model's own (2.0 as in the "
+         "paper).", read_only=True, low=0.0, high=10.0),
+    Spec("threads", 0, "torch CPU threads (0 = torch default).", read_only=True, low=0, high=256),
+    Spec("mode", "refine", "refine: refine every incoming base box by Detection2D.id. track: targets only "
+         "from set_target; detections supply base boxes when they match.", read_only=True,
+         choices=("refine", "track")),
+    Spec("max_targets", 8, "Most targets refined per frame (one batch); extra ones are dropped with a "
+         "warning.", low=1, high=254),
+    Spec("min_score", 0.0, "Below this refiner confidence the base box is passed through (fallback).",
+         low=0.0, high=1.0),
+    Spec("max_scale_change", 3.0, "A refined box whose width or height differs from the base box by more "
+         "than this factor is rejected (fallback).", low=1.01, high=100.0),
+    Spec("publish_mask", True, "Publish refined/mask (computed only while someone subscribes)."),
+    Spec("mask_mode", "label", "label: pixel value k = k-th detection; binary: union as 0/255.",
+         choices=("label", "binary")),
+    Spec("mask_threshold", 0.5, "Probability above which a pixel belongs to a target mask.", low=0.0, high=1.0),
+    Spec("publish_overlay", True, "Publish refined/overlay (rendered only while someone subscribes)."),
+    Spec("publish_targets", True, "Publish refined/targets (ar_ros/RefinedTargetArray: base vs refined, "
+         "fallback reasons)."),
+    Spec("sync_slop", 0.05, "Seconds: when no image has the detections' exact stamp, the nearest one "
+         "within this window is used.", low=0.0, high=10.0),
+    Spec("image_cache_size", 30, "Frames kept for late detections and set_target calls.", read_only=True,
+         low=1, high=1000),
+    Spec("max_image_age", 1.0, "Seconds: detections older than the newest image by more than this are "
+         "dropped as stale.", low=0.0, high=3600.0),
+    Spec("target_timeout", 1.0, "Seconds (stamp time): refine mode forgets an id not seen for this long.",
+         low=0.0, high=3600.0),
+    Spec("autostart", True, "Configure and activate on start (for use without a lifecycle manager).",
+         read_only=True),
+    Spec("diagnostics_period", 1.0, "Seconds between /diagnostics messages.", read_only=True,
+         low=0.1, high=60.0),
+)
+
+BY_NAME: Dict[str, Spec] = {p.name: p for p in PARAMS}
+DEFAULTS: Dict[str, Any] = {p.name: p.default for p in PARAMS}
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def validate(name: str, value: Any) -> str:
+    """Why ``value`` is not acceptable for parameter ``name``; ``""`` when it is."""
+    spec = BY_NAME.get(name)
+    if spec is None:
+        return ""  # not ours (e.g. qos_overrides.*, use_sim_time)
+    kind = type(spec.default)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        return f"{name} must be {kind.__name__}, got {type(value).__name__}"
+    if spec.choices and value not in spec.choices:
+        return f"{name} must be one of {list(spec.choices)}, got {value!r}"
+    if spec.low is not None and value < spec.low:
+        return f"{name} must be >= {spec.low}, got {value}"
+    if spec.high is not None and value > spec.high:
+        return f"{name} must be <= {spec.high}, got {value}"
+    if name == "device" and not _DEVICE.match(value):
+        return f"device must be auto, cpu, cuda or cuda:N, got {value!r}"
+    if name == "search_factor" and 0.0 < value <= 1.0:
+        return "search_factor must be 0 (model default) or > 1"
+    return ""

@@ -1,0 +1,32 @@
+"""The authors' loss: MSE on corner pixels + 1000 x BCE on masks where masks exist."""
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+import torch
+import torch.nn.functional as F
+
+
+def refine_loss(out: Dict[str, torch.Tensor], batch: Dict[str, torch.Tensor],
+                mask_weight: float = 1000.0) -> Tuple[torch.Tensor, Dict[str, float]]:
+    """Return the total loss and its parts (floats, for logging)."""
+    corner = F.mse_loss(out["boxes"], batch["target"])
+    total = corner
+    parts = {"corner_mse": float(corner.detach())}
+    if "mask" in out and float(batch["has_mask"].sum()) > 0:
+        keep = batch["has_mask"] > 0
+        bce = F.binary_cross_entropy(out["mask"][keep].clamp(1e-6, 1 - 1e-6), batch["mask"][keep])
+        total = total + mask_weight * bce
+        parts["mask_bce"] = float(bce.detach())
+    parts["total"] = float(total.detach())
+    return total, parts
+
+
+def box_iou_xyxy(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise IoU of (N,4) x1,y1,x2,y2 boxes."""
+    iw = (torch.minimum(a[:, 2], b[:, 2]) - torch.maximum(a[:, 0], b[:, 0])).clamp(min=0)
+    ih = (torch.minimum(a[:, 3], b[:, 3]) - torch.maximum(a[:, 1], b[:, 1])).clamp(min=0)
+    inter = iw * ih
+    area = lambda t: (t[:, 2] - t[:, 0]).clamp(min=0) * (t[:, 3] - t[:, 1]).clamp(min=0)  # noqa: E731
+    union = area(a) + area(b) - inter
+    return torch.where(union > 0, inter / union.clamp(min=1e-9), torch.zeros_like(union))

@@ -1,0 +1,106 @@
+"""Training pairs as in the authors' recipe: template centred on the target, search crop jittered.
+
+A sample is (template crop, search crop, GT corners in search-crop pixels, search mask, has_mask).
+Crops use the engine's ``clean`` crop so that training and inference see identical geometry.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Tuple
+
+import numpy as np
+import torch
+
+from ..engine import crop as cropping
+from ..eval.synthetic import Frame, TRAIN_SEEDS, cached_sequence
+
+# A frame source: (rng) -> (template Frame, search Frame). Folder readers provide the same shape.
+PairSource = Callable[[np.random.Generator], Tuple[Frame, Frame]]
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    input_size: int = 128
+    search_factor: float = 2.0
+    scale_jitter: float = 0.25     # size' = size * exp(N(0,1) * s)
+    center_jitter: float = 0.25    # centre' = centre + sqrt(w'h') * c * (U - 0.5)
+    max_gap: int = 50              # frames between template and search
+    gray_prob: float = 0.05
+    brightness: float = 0.2        # factor ~ U(1 - b, 1 + b)
+
+
+def synthetic_pairs(seed_range: Tuple[int, int] = TRAIN_SEEDS, length: int = 150,
+                    size: Tuple[int, int] = (320, 240), max_gap: int = 50) -> PairSource:
+    """Pairs of frames from the synthetic generator, at most ``max_gap`` apart, target visible in both."""
+    def draw(rng: np.random.Generator) -> Tuple[Frame, Frame]:
+        for _ in range(100):
+            seq = cached_sequence(int(rng.integers(*seed_range)), length, size[0], size[1])
+            t1 = int(rng.integers(0, length))
+            t2 = int(np.clip(t1 + rng.integers(-max_gap, max_gap + 1), 0, length - 1))
+            a, b = seq[t1], seq[t2]
+            if a.box[2] >= 4 and a.box[3] >= 4 and b.box[2] >= 4 and b.box[3] >= 4:
+                return a, b
+        raise RuntimeError("could not find a visible target pair in 100 draws")
+    return draw
+
+
+def jitter_box(box, rng: np.random.Generator, scale: float, center: float):
+    """The authors' jitter: log-normal size change, then a centre shift relative to the new size."""
+    x, y, w, h = box
+    w2, h2 = w * math.exp(rng.normal() * scale), h * math.exp(rng.normal() * scale)
+    r = math.sqrt(w2 * h2) * center
+    cx = x + w / 2 + r * (rng.random() - 0.5)
+    cy = y + h / 2 + r * (rng.random() - 0.5)
+    return (cx - w2 / 2, cy - h2 / 2, w2, h2)
+
+
+class PairSampler:
+    """Turn frame pairs into network-ready tensors."""
+
+    def __init__(self, source: PairSource, config: SamplerConfig = SamplerConfig()) -> None:
+        self.source, self.cfg = source, config
+        self.table = torch.from_numpy(cropping.normalisation_table())
+
+    def _normalise(self, patch: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        img = patch.astype(np.float32)
+        if rng.random() < self.cfg.gray_prob:
+            img[:] = img.mean(axis=2, keepdims=True)
+        b = self.cfg.brightness
+        img = np.clip(img * rng.uniform(1 - b, 1 + b), 0, 255)
+        t = torch.from_numpy(img).permute(2, 0, 1) / 255.0
+        mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+        std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+        return (t - mean) / std
+
+    def sample(self, rng: np.random.Generator) -> Dict[str, torch.Tensor]:
+        cfg, size = self.cfg, self.cfg.input_size
+        a, b = self.source(rng)
+        t_win = cropping.window_for(a.box, cfg.search_factor, size, "clean")
+        base = jitter_box(b.box, rng, cfg.scale_jitter, cfg.center_jitter)
+        s_win = cropping.window_for(base, cfg.search_factor, size, "clean")
+        target = np.clip(s_win.box_to_crop(b.box), 0, size).astype(np.float32)
+        has_mask = b.mask is not None
+        mask = cropping.crop(b.mask.astype(np.float32), s_win) if has_mask else np.zeros((size, size), np.float32)
+        return {"template": self._normalise(cropping.crop(a.image, t_win), rng),
+                "search": self._normalise(cropping.crop(b.image, s_win), rng),
+                "target": torch.from_numpy(target), "mask": torch.from_numpy(mask)[None],
+                "has_mask": torch.tensor(float(has_mask)), "base": torch.tensor(s_win.box_to_crop(base),
+                                                                               dtype=torch.float32)}
+
+    def batch(self, rng: np.random.Generator, n: int) -> Dict[str, torch.Tensor]:
+        items = [self.sample(rng) for _ in range(n)]
+        return {k: torch.stack([it[k] for it in items]) for k in items[0]}
+
+
+def fixed_batches(sampler: PairSampler, seed: int, n_batches: int, batch_size: int,
+                  source: Optional[PairSource] = None) -> list:
+    """A reproducible validation set (same pairs every epoch)."""
+    rng = np.random.default_rng(seed)
+    old = sampler.source
+    if source is not None:
+        sampler.source = source
+    try:
+        return [sampler.batch(rng, batch_size) for _ in range(n_batches)]
+    finally:
+        sampler.source = old

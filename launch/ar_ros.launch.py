@@ -1,0 +1,44 @@
+"""Start the ar_ros refiner next to a camera and a base tracker.
+
+    ros2 launch ar_ros ar_ros.launch.py image_topic:=/camera/color/image_raw \
+        detections_topic:=/tracker/detections device:=cuda precision:=fp16 use_rviz:=true
+"""
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.conditions import IfCondition
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+
+def generate_launch_description():
+    share = get_package_share_directory("ar_ros")
+    args = [
+        DeclareLaunchArgument("image_topic", default_value="/camera/image_raw", description="camera image"),
+        DeclareLaunchArgument("detections_topic", default_value="/tracker/detections",
+                              description="base tracker output (vision_msgs/Detection2DArray)"),
+        DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and outputs"),
+        DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "ar_ros.yaml")),
+        DeclareLaunchArgument("checkpoint", default_value="", description="model file; empty = built-in"),
+        DeclareLaunchArgument("device", default_value="auto", description="auto | cpu | cuda | cuda:N"),
+        DeclareLaunchArgument("precision", default_value="auto", description="auto | fp32 | fp16"),
+        DeclareLaunchArgument("use_rviz", default_value="false"),
+        DeclareLaunchArgument("use_sim_time", default_value="false"),
+    ]
+    refiner = Node(
+        package="ar_ros", executable="ar_ros", name="ar_ros", namespace=LaunchConfiguration("namespace"),
+        output="screen", emulate_tty=True,
+        parameters=[LaunchConfiguration("params_file"),
+                    {"checkpoint": LaunchConfiguration("checkpoint"), "device": LaunchConfiguration("device"),
+                     "precision": LaunchConfiguration("precision"),
+                     "use_sim_time": LaunchConfiguration("use_sim_time")}],
+        remappings=[("image", LaunchConfiguration("image_topic")),
+                    ("detections", LaunchConfiguration("detections_topic"))],
+    )
+    rviz = Node(package="rviz2", executable="rviz2", name="rviz2", output="log",
+                arguments=["-d", os.path.join(share, "rviz", "ar_ros.rviz")],
+                parameters=[{"use_sim_time": LaunchConfiguration("use_sim_time")}],
+                condition=IfCondition(LaunchConfiguration("use_rviz")))
+    return LaunchDescription(args + [refiner, rviz])

@@ -1,0 +1,222 @@
+"""The refiner node in-process: real rclpy messages, services and parameters (no mocks)."""
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+pytest.importorskip("vision_msgs.msg")
+pytest.importorskip("ar_ros.srv")
+
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.node import Node  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+from std_srvs.srv import SetBool  # noqa: E402
+from vision_msgs.msg import Detection2DArray, LabelInfo  # noqa: E402
+
+from ar_ros.msg import RefinedTargetArray  # noqa: E402
+from ar_ros.ros.node import RefinerNode  # noqa: E402
+from ar_ros.srv import ClearTargets, SetTarget  # noqa: E402
+from ros_helpers import bbox, detections_msg, image_msg, spin_until, stamp  # noqa: E402
+
+pytestmark = pytest.mark.ros
+BOX = (200.0, 150.0, 120.0, 90.0)
+
+
+class Harness:
+    def __init__(self, ctx, checkpoint, **overrides):
+        params = [Parameter("checkpoint", value=checkpoint), Parameter("device", value="cpu")]
+        params += [Parameter(k, value=v) for k, v in overrides.items()]
+        self.node = RefinerNode(context=ctx, parameter_overrides=params)
+        self.node.trigger_configure()
+        self.node.trigger_activate()
+        self.tester = Node("tester", context=ctx)
+        self.ex = SingleThreadedExecutor(context=ctx)
+        self.ex.add_node(self.node)
+        self.ex.add_node(self.tester)
+        self.got = {"det": [], "targets": [], "mask": [], "overlay": [], "label": []}
+        t = self.tester
+        t.create_subscription(Detection2DArray, "refined/detections", self.got["det"].append, 10)
+        t.create_subscription(RefinedTargetArray, "refined/targets", self.got["targets"].append, 10)
+        self.img_pub = t.create_publisher(Image, "image", 10)
+        self.det_pub = t.create_publisher(Detection2DArray, "detections", 10)
+        assert spin_until(self.ex, lambda: self.img_pub.get_subscription_count() > 0
+                          and self.det_pub.get_subscription_count() > 0
+                          and self.node._pubs["detections"].get_subscription_count() > 0)
+
+    def subscribe_images(self):
+        from rclpy.qos import DurabilityPolicy, QoSProfile
+        t = self.tester
+        t.create_subscription(Image, "refined/mask", self.got["mask"].append, 10)
+        t.create_subscription(Image, "refined/overlay", self.got["overlay"].append, 10)
+        t.create_subscription(LabelInfo, "refined/mask/label_info", self.got["label"].append,
+                              QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+        assert spin_until(self.ex, lambda: self.node._pubs["mask"].get_subscription_count() > 0
+                          and self.node._pubs["overlay"].get_subscription_count() > 0)
+
+    def send(self, frame, sec, boxes, encoding="rgb8", nanosec=0):
+        self.img_pub.publish(image_msg(frame, sec, nanosec, encoding))
+        spin_until(self.ex, lambda: len(self.node._cache) > 0 and
+                   any(s == sec * 1_000_000_000 + nanosec for s in self.node._cache._items), 5.0)
+        if boxes is not None:
+            self.det_pub.publish(detections_msg(boxes, sec, nanosec))
+
+    def call(self, srv_type, name, request):
+        cli = self.tester.create_client(srv_type, name)
+        assert cli.wait_for_service(timeout_sec=5.0)
+        fut = cli.call_async(request)
+        self.ex.spin_until_future_complete(fut, timeout_sec=20.0)
+        assert fut.done()
+        return fut.result()
+
+    def close(self):
+        self.ex.shutdown()
+        self.tester.destroy_node()
+        self.node.destroy_node()
+
+
+@pytest.fixture
+def harness(ros_context, small_checkpoint):
+    h = Harness(ros_context, small_checkpoint)
+    yield h
+    h.close()
+
+
+def test_detections_in_refined_detections_out_with_the_image_header(harness, frame):
+    harness.send(frame, 100, [("a", BOX), ("b", (20.0, 30.0, 60.0, 50.0))])
+    assert spin_until(harness.ex, lambda: harness.got["det"] and harness.got["targets"])
+    out = harness.got["det"][0]
+    assert (out.header.stamp.sec, out.header.frame_id) == (100, "cam")
+    assert [d.id for d in out.detections] == ["a", "b"]
+    for det in out.detections:
+        assert det.header.stamp.sec == 100
+        assert det.bbox.size_x > 0 and det.bbox.size_y > 0 and det.bbox.center.theta == 0.0
+        assert det.results[0].hypothesis.class_id == "thing"  # base class kept, score = refiner confidence
+        assert 0.0 <= det.results[0].hypothesis.score <= 1.0
+    tgt = harness.got["targets"][0]
+    assert [t.id for t in tgt.targets] == ["a", "b"] and tgt.refine_ms > 0
+    assert tgt.targets[0].base_box.center.position.x == pytest.approx(BOX[0] + BOX[2] / 2)
+    # the second frame of the same ids reuses the templates (no new targets)
+    harness.send(frame, 101, [("a", BOX), ("b", (22.0, 30.0, 60.0, 50.0))])
+    assert spin_until(harness.ex, lambda: len(harness.got["det"]) >= 2)
+    assert sorted(harness.node.refiner.targets) == ["a", "b"]
+
+
+def test_mask_label_info_and_overlay_when_subscribed(harness, frame):
+    harness.subscribe_images()
+    harness.send(frame, 5, [("a", BOX), ("b", (400.0, 300.0, 100.0, 80.0))])
+    assert spin_until(harness.ex, lambda: harness.got["mask"] and harness.got["overlay"] and harness.got["label"])
+    mask, overlay, label = harness.got["mask"][0], harness.got["overlay"][0], harness.got["label"][0]
+    assert (mask.encoding, mask.width, mask.height, mask.header.stamp.sec) == ("mono8", 640, 480, 5)
+    values = set(np.frombuffer(bytes(mask.data), np.uint8).tolist())
+    assert values <= {0, 1, 2}
+    assert (overlay.encoding, overlay.width, overlay.height) == ("bgr8", 640, 480)
+    assert [(c.class_id, c.class_name) for c in label.class_map] == [(1, "a"), (2, "b")]
+
+
+def test_set_target_clear_and_enable_round_trips(ros_context, small_checkpoint, frame):
+    h = Harness(ros_context, small_checkpoint, mode="track", max_targets=2)
+    try:
+        req = SetTarget.Request(target_ids=["x"], boxes=[bbox(BOX)])
+        res = h.call(SetTarget, "set_target", req)
+        assert not res.success and "no image" in res.message
+        h.send(frame, 7, None)
+        res = h.call(SetTarget, "set_target", req)
+        assert res.success, res.message
+        assert list(res.target_ids) == ["x"] and len(res.refined_boxes) == 1
+        assert res.refined_boxes[0].size_x > 0
+        # unknown stamp, bad boxes, too many targets
+        bad_stamp = SetTarget.Request(target_ids=["y"], boxes=[bbox(BOX)])
+        bad_stamp.header.stamp = stamp(999)
+        res = h.call(SetTarget, "set_target", bad_stamp)
+        assert not res.success and "no cached image near stamp 999" in res.message
+        for box, words in [((float("nan"), 0.0, 10.0, 10.0), "NaN"), ((0.0, 0.0, 0.0, 10.0), "zero"),
+                           ((5000.0, 10.0, 20.0, 20.0), "outside")]:
+            res = h.call(SetTarget, "set_target", SetTarget.Request(target_ids=["y"], boxes=[bbox(box)]))
+            assert not res.success and words in res.message
+        res = h.call(SetTarget, "set_target", SetTarget.Request(target_ids=["", ""], boxes=[bbox(BOX)] * 2))
+        assert not res.success and "max_targets" in res.message
+        res = h.call(SetTarget, "set_target", SetTarget.Request(target_ids=[], boxes=[bbox((10.0, 10.0, 50.0, 50.0))]))
+        assert res.success and sorted(res.target_ids) == ["t1", "x"]
+        # track mode, base tracker silent on these targets: each is refined from its previous box
+        h.send(frame, 8, [])
+        assert spin_until(h.ex, lambda: any(m.header.stamp.sec == 8 for m in h.got["det"]))
+        msg = next(m for m in h.got["det"] if m.header.stamp.sec == 8)
+        assert sorted(d.id for d in msg.detections) == ["t1", "x"]
+        res = h.call(ClearTargets, "clear_targets", ClearTargets.Request(target_ids=["x", "nope"]))
+        assert not res.success and "nope" in res.message and list(res.target_ids) == ["t1"]
+        res = h.call(ClearTargets, "clear_targets", ClearTargets.Request())
+        assert res.success and list(res.target_ids) == []
+        res = h.call(SetBool, "enable", SetBool.Request(data=False))
+        assert res.success and not h.node.enabled
+    finally:
+        h.close()
+
+
+def test_disabled_node_skips_detections(harness, frame):
+    harness.call(SetBool, "enable", SetBool.Request(data=False))
+    harness.send(frame, 3, [("a", BOX)])
+    spin_until(harness.ex, lambda: harness.node.counters.get("disabled_skips") > 0, 5.0)
+    assert harness.node.counters.get("disabled_skips") == 1 and not harness.got["det"]
+    harness.call(SetBool, "enable", SetBool.Request(data=True))
+    harness.send(frame, 4, [("a", BOX)])
+    assert spin_until(harness.ex, lambda: harness.got["det"])
+
+
+def test_parameter_validation_rejects_bad_values(harness):
+    node = harness.node
+    results = node.set_parameters([Parameter("mask_mode", value="rainbow")])
+    assert not results[0].successful and "label" in results[0].reason
+    results = node.set_parameters([Parameter("min_score", value=2.0)])
+    assert not results[0].successful
+    results = node.set_parameters([Parameter("device", value="cuda")])
+    assert not results[0].successful  # read-only
+    results = node.set_parameters([Parameter("max_targets", value=0)])
+    assert not results[0].successful
+    results = node.set_parameters([Parameter("min_score", value=0.4)])
+    assert results[0].successful and node.refiner.min_score == pytest.approx(0.4)
+
+
+def test_bad_input_is_logged_counted_and_survived(harness, frame):
+    node = harness.node
+    # unsupported encoding, then a step that lies about the row size
+    bad = image_msg(frame, 10)
+    bad.encoding = "32FC3"
+    harness.img_pub.publish(bad)
+    assert spin_until(harness.ex, lambda: len(node._cache) == 1)
+    harness.det_pub.publish(detections_msg([("a", BOX)], 10))
+    assert spin_until(harness.ex, lambda: node.counters.get("bad_images") == 1)
+    short = image_msg(frame, 11)
+    short.step = 10
+    harness.img_pub.publish(short)
+    assert spin_until(harness.ex, lambda: len(node._cache) == 2)
+    harness.det_pub.publish(detections_msg([("a", BOX)], 11))
+    assert spin_until(harness.ex, lambda: node.counters.get("bad_images") == 2)
+    # empty detections, NaN and outside boxes, stale stamps
+    harness.send(frame, 12, [])
+    assert spin_until(harness.ex, lambda: any(m.header.stamp.sec == 12 for m in harness.got["det"]))
+    assert not next(m for m in harness.got["det"] if m.header.stamp.sec == 12).detections
+    harness.send(frame, 13, [("n", (float("nan"), 1.0, 5.0, 5.0)), ("o", (9000.0, 0.0, 5.0, 5.0)), ("a", BOX)])
+    assert spin_until(harness.ex, lambda: any(m.header.stamp.sec == 13 for m in harness.got["det"]))
+    assert [d.id for d in next(m for m in harness.got["det"] if m.header.stamp.sec == 13).detections] == ["a"]
+    assert node.counters.get("invalid_boxes") == 2
+    harness.det_pub.publish(detections_msg([("a", BOX)], 1))  # 12 s older than the newest image
+    assert spin_until(harness.ex, lambda: node.counters.get("stale") >= 1)
+    # a 4K frame still works
+    big = np.zeros((2160, 3840, 3), np.uint8)
+    big[1000:1200, 2000:2300] = 200
+    harness.send(big, 14, [("a", (2000.0, 1000.0, 300.0, 200.0))], encoding="bgr8")
+    assert spin_until(harness.ex, lambda: any(m.header.stamp.sec == 14 for m in harness.got["det"]), 20.0)
+    assert node.counters.get("errors") == 0
+
+
+def test_nearest_stamp_within_slop_pairs_and_late_detections_still_match(harness, frame):
+    for i in range(5):
+        harness.send(frame, 20 + i, None)
+    # detections for an older frame (a slow base tracker) pair with that frame, not the newest
+    harness.det_pub.publish(detections_msg([("a", BOX)], 21))
+    assert spin_until(harness.ex, lambda: harness.got["det"])
+    assert harness.got["det"][-1].header.stamp.sec == 21
+    # 20 ms off the frame stamp: within the 50 ms slop
+    harness.det_pub.publish(detections_msg([("a", BOX)], 22, 20_000_000))
+    assert spin_until(harness.ex, lambda: len(harness.got["det"]) >= 2)
+    assert harness.got["det"][-1].header.stamp.sec == 22 and harness.got["det"][-1].header.stamp.nanosec == 0
