@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from typing import List, Optional
 
@@ -18,12 +20,33 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_score(args: argparse.Namespace) -> int:
+    from .eval import metrics
+    for path in (args.gt, args.pred):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no such file: {path}")
+    result = metrics.score(metrics.read_boxes(args.pred), metrics.read_boxes(args.gt))
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        print(f"AUC {result.auc * 100:.2f}  precision@20px {result.precision * 100:.2f}  "
+              f"norm.precision@0.2 {result.norm_precision * 100:.2f}  AO {result.ao * 100:.2f}  "
+              f"SR50 {result.sr50 * 100:.2f}  SR75 {result.sr75 * 100:.2f}  "
+              f"({result.frames} frames, {result.absent_frames} absent)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ar-refine", description="Alpha-Refine box refinement (ar_ros)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("info", help="describe a checkpoint (default: the shipped model)")
     p.add_argument("checkpoint", nargs="?", help="checkpoint path")
     p.set_defaults(func=_cmd_info)
+    p = sub.add_parser("score", help="OPE scores of one sequence from two x,y,w,h text files")
+    p.add_argument("gt", help="ground truth boxes (x,y,w,h per line)")
+    p.add_argument("pred", help="predicted boxes (same number of lines)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_score)
     return parser
 
 

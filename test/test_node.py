@@ -198,7 +198,7 @@ def test_bad_input_is_logged_counted_and_survived(harness, frame):
     harness.send(frame, 13, [("n", (float("nan"), 1.0, 5.0, 5.0)), ("o", (9000.0, 0.0, 5.0, 5.0)), ("a", BOX)])
     assert spin_until(harness.ex, lambda: any(m.header.stamp.sec == 13 for m in harness.got["det"]))
     assert [d.id for d in next(m for m in harness.got["det"] if m.header.stamp.sec == 13).detections] == ["a"]
-    assert node.counters.get("invalid_boxes") == 2
+    assert node.counters.get("invalid_box") == 2
     harness.det_pub.publish(detections_msg([("a", BOX)], 1))  # 12 s older than the newest image
     assert spin_until(harness.ex, lambda: node.counters.get("stale") >= 1)
     # a 4K frame still works

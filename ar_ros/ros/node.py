@@ -30,7 +30,7 @@ from ar_ros.msg import RefinedTarget, RefinedTargetArray
 from ar_ros.srv import ClearTargets, SetTarget
 
 from ..draw import draw_targets, label_image
-from ..engine.boxes import check_box, iou
+from ..engine.boxes import check_box
 from ..io.detections import bbox_to_xywh, fill_bbox, stamp_to_ns
 from ..io.images import ImageError, array_to_image, image_to_rgb, rgb_to_bgr
 from . import params as P
@@ -88,8 +88,7 @@ class RefinerNode(LifecycleNode):
         self._refiner_lock = threading.Lock()
         self._worker: Optional[threading.Thread] = None
         self._stop = threading.Event()
-        self._last_seen: Dict[str, int] = {}         # refine mode: id -> last stamp (ns)
-        self._tracked: Dict[str, Tuple[float, float, float, float]] = {}  # track mode: id -> last box
+        self.session = None   # RefineSession: target bookkeeping shared with offline replay
         self._next_auto_id = 1
         self._label_ids: Tuple[str, ...] = ()
         self._subs_created = False
@@ -115,7 +114,11 @@ class RefinerNode(LifecycleNode):
         refiner = self.refiner
         if refiner is None:
             return
-        if name == "min_score":
+        if name == "max_targets":
+            self.session.max_targets = int(value)
+        elif name == "target_timeout":
+            self.session.target_timeout_ns = int(float(value) * 1e9)
+        elif name == "min_score":
             refiner.min_score = float(value)
         elif name == "max_scale_change":
             refiner.max_scale_change = float(value)
@@ -125,6 +128,7 @@ class RefinerNode(LifecycleNode):
     # ------------------------------------------------------------------ lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         from ..engine.refiner import Refiner  # torch loads here, not at import
+        from ..engine.session import RefineSession
         try:
             if self._p("threads"):
                 import torch
@@ -137,6 +141,8 @@ class RefinerNode(LifecycleNode):
         except (ValueError, KeyError, OSError, RuntimeError) as err:
             self.get_logger().error(f"cannot load the refiner: {err}")
             return TransitionCallbackReturn.FAILURE
+        self.session = RefineSession(self.refiner, mode=self._p("mode"), max_targets=self._p("max_targets"),
+                                     target_timeout_ns=int(float(self._p("target_timeout")) * 1e9))
         self.device_label = f"{self.refiner.device.type}/{str(self.refiner.dtype).replace('torch.', '')}"
         self._warm_up()
         self._create_endpoints()
@@ -168,10 +174,8 @@ class RefinerNode(LifecycleNode):
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._shutdown_worker()
-        self.refiner = None
+        self.refiner = self.session = None
         self._cache.clear()
-        self._last_seen.clear()
-        self._tracked.clear()
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -309,90 +313,28 @@ class RefinerNode(LifecycleNode):
             self._throttled_warn("bad_image", f"skipping frame: {job.image.error}")
             return
         header = job.image.msg.header
-        stamp = stamp_to_ns(header.stamp)
         height, width = rgb.shape[:2]
-        if self._p("mode") == "refine":
-            base, dets = self._refine_mode_boxes(job.detections, rgb, stamp)
-        else:
-            base, dets = self._track_mode_boxes(job.detections)
+        dets: Dict[str, Detection2D] = {}
+        inputs = []
+        for det in (job.detections.detections if job.detections is not None else []):
+            inputs.append((det.id, bbox_to_xywh(det.bbox)))
+            dets.setdefault(det.id, det)
         want_mask = bool(self._p("publish_mask")) and self._pubs["mask"].get_subscription_count() > 0
         t0 = time.perf_counter()
         with self._refiner_lock:
-            known = set(self.refiner.targets)
-            base = {k: v for k, v in base.items() if k in known}
-            results = self.refiner.refine(rgb, base, mask=want_mask) if base else {}
-            for tid in [t for t in results if t.startswith("#")]:  # anonymous detections: per-frame template
-                self.refiner.clear(tid)
+            step = self.session.step(rgb, inputs, stamp_to_ns(header.stamp), mask=want_mask)
         refine_ms = (time.perf_counter() - t0) * 1e3
         self.meters["refine_ms"].add(refine_ms)
-        if self._p("mode") == "track":
-            for tid, res in results.items():
-                self._tracked[tid] = res.box
-        self._publish(header, rgb, results, dets, refine_ms, want_mask, height, width)
-
-    def _refine_mode_boxes(self, detections: Optional[Detection2DArray], rgb: np.ndarray, stamp: int):
-        """Base boxes by id; new ids get a template from this frame, unseen ids time out."""
-        base: Dict[str, Tuple[float, float, float, float]] = {}
-        dets: Dict[str, Detection2D] = {}
-        height, width = rgb.shape[:2]
-        new: Dict[str, Tuple[float, float, float, float]] = {}
-        for i, det in enumerate(detections.detections if detections is not None else []):
-            tid = det.id or f"#{i}"
-            try:
-                box = check_box(bbox_to_xywh(det.bbox), width, height)
-            except ValueError as err:
-                self.counters.inc("invalid_boxes")
-                self._throttled_warn("invalid_box", f"ignoring detection '{tid}': {err}")
-                continue
-            if tid in base:
-                self._throttled_warn("dup_id", f"duplicate detection id '{tid}' in one message; keeping the first")
-                continue
-            if tid not in self.refiner.targets:
-                if len(self.refiner.targets) + len(new) >= int(self._p("max_targets")):
-                    self.counters.inc("over_max_targets")
-                    self._throttled_warn("max_targets", f"more than max_targets={self._p('max_targets')} "
-                                         f"targets; dropping '{tid}'")
-                    continue
-                new[tid] = box
-            base[tid], dets[tid] = box, det
-            if not tid.startswith("#"):
-                self._last_seen[tid] = stamp
-        with self._refiner_lock:
-            if new:
-                self.refiner.set_targets(rgb, new)
-            timeout = int(float(self._p("target_timeout")) * 1e9)
-            for tid, seen in list(self._last_seen.items()):
-                if stamp - seen > timeout or seen - stamp > timeout:  # also forgets after a bag loops back
-                    del self._last_seen[tid]
-                    if tid in self.refiner.targets:
-                        self.refiner.clear(tid)
-        if any(t.startswith("#") for t in base):
+        for tid, kind, text in step.skipped:
+            self.counters.inc(kind)
+            self._throttled_warn(kind, text)
+        if any(t.startswith("#") for t in step.results):
             self._throttled_warn("no_id", "detections without an id: each is refined against a template "
                                  "from its own frame (set Detection2D.id to track across frames)")
-        return base, dets
-
-    def _track_mode_boxes(self, detections: Optional[Detection2DArray]):
-        """Base boxes for set_target targets: same-id detection, else best IoU, else the last box."""
-        base, dets = {}, {}
-        incoming = []
-        for det in (detections.detections if detections is not None else []):
-            try:
-                incoming.append((det, bbox_to_xywh(det.bbox)))
-            except (AttributeError, TypeError):
-                continue
-        for tid, last in self._tracked.items():
-            match = next((d for d in incoming if d[0].id == tid), None)
-            if match is None:
-                anonymous = [d for d in incoming if not d[0].id]
-                scored = [(iou(last, b), d, b) for d, b in anonymous]
-                best = max(scored, key=lambda s: s[0], default=None)
-                if best is not None and best[0] > 0.1:
-                    match = (best[1], best[2])
-            if match is not None and all(np.isfinite(match[1])) and match[1][2] > 0 and match[1][3] > 0:
-                base[tid], dets[tid] = match[1], match[0]
-            else:
-                base[tid] = last
-        return base, dets
+        by_input_order = {}
+        for i, (tid, _) in enumerate(inputs):
+            by_input_order[tid or f"#{i}"] = dets.get(tid)
+        self._publish(header, rgb, step.results, by_input_order, refine_ms, want_mask, height, width)
 
     # ------------------------------------------------------------------ output
     def _publish(self, header, rgb: np.ndarray, results: Dict[str, Any], dets: Dict[str, Detection2D],
@@ -480,44 +422,29 @@ class RefinerNode(LifecycleNode):
                 tid = f"t{next_id}"
             boxes[tid] = box
         with self._refiner_lock:
-            live = set(self.refiner.targets)
-            if len(live | set(boxes)) > int(self._p("max_targets")):
-                res.message = (f"{len(live | set(boxes))} targets would exceed max_targets="
-                               f"{self._p('max_targets')}; clear some first")
+            try:
+                refined = self.session.add_targets(rgb, boxes, stamp_ns=hit[0])
+            except ValueError as err:
+                res.message = str(err)
                 return res
-            self.refiner.set_targets(rgb, boxes)
-            refined = self.refiner.refine(rgb, boxes)
         self._next_auto_id = next_id
-        for tid in boxes:
-            if self._p("mode") == "track":
-                self._tracked[tid] = refined[tid].box
-            else:
-                self._last_seen[tid] = hit[0]
-            res.refined_boxes.append(fill_bbox(type(req.boxes[0])(), refined[tid].box))
+        res.refined_boxes = [fill_bbox(type(req.boxes[0])(), refined[tid].box) for tid in boxes]
         res.success = True
         res.message = f"set {len(boxes)} target(s) on the frame stamped {hit[0] / 1e9:.3f}"
         res.target_ids = self._live_ids()
         return res
 
     def _live_ids(self) -> List[str]:
-        if self.refiner is None:
-            return []
-        return [t for t in self.refiner.targets if isinstance(t, str) and not t.startswith(("#", "__"))]
+        return [] if self.session is None else self.session.targets
 
     def _srv_clear_targets(self, req: ClearTargets.Request, res: ClearTargets.Response) -> ClearTargets.Response:
         if self.refiner is None:
             res.success, res.message = False, "node is not configured"
             return res
         with self._refiner_lock:
-            wanted = list(req.target_ids) or self._live_ids()
-            unknown = [t for t in wanted if t not in self.refiner.targets]
-            for tid in wanted:
-                if tid in self.refiner.targets:
-                    self.refiner.clear(tid)
-                self._tracked.pop(tid, None)
-                self._last_seen.pop(tid, None)
+            unknown = self.session.clear(list(req.target_ids) or None)
         res.success = not unknown
-        res.message = f"unknown target(s): {unknown}" if unknown else f"cleared {len(wanted)} target(s)"
+        res.message = f"unknown target(s): {unknown}" if unknown else "cleared"
         res.target_ids = self._live_ids()
         return res
 
@@ -545,7 +472,7 @@ class RefinerNode(LifecycleNode):
                   "output_hz": fmt(rates["output"]), "refine_ms_p50": fmt(p50), "refine_ms_p95": fmt(p95),
                   "stamp_age_ms_p50": fmt(age50), "targets": str(len(self._live_ids())),
                   "device": self.device_label, "enabled": str(self.enabled)}
-        for key in ("skipped_stale", "stale", "unsynced", "bad_images", "invalid_boxes", "fallbacks",
+        for key in ("skipped_stale", "stale", "unsynced", "bad_images", "invalid_box", "duplicate_id", "fallbacks",
                     "over_max_targets", "errors", "disabled_skips", "qos_incompatible"):
             values[key] = str(counts.get(key, 0))
         status = DiagnosticStatus(level=level, name=f"ar_ros: {self.get_name()}", message=message,

@@ -1,0 +1,64 @@
+"""A stand-in camera + base tracker in its own process: publishes bgr8 frames and detections.
+
+    python camera_publisher.py --frames 60 --rate 10 --width 640 --height 480 [--best-effort]
+
+Frames show a bright rectangle moving left to right; detections carry its box (id "obj") with the
+frame's stamp. Prints the number of frames sent on exit.
+"""
+import argparse
+import sys
+import time
+
+import numpy as np
+import rclpy
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
+from vision_msgs.msg import Detection2DArray
+
+from ros_helpers import detections_msg, image_msg
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--frames", type=int, default=60)
+    ap.add_argument("--rate", type=float, default=10.0)
+    ap.add_argument("--width", type=int, default=640)
+    ap.add_argument("--height", type=int, default=480)
+    ap.add_argument("--best-effort", action="store_true")
+    ap.add_argument("--wait-subscribers", type=float, default=20.0)
+    args, ros_args = ap.parse_known_args()
+    rclpy.init(args=[sys.argv[0]] + ros_args)
+    node = Node("camera")
+    qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT if args.best_effort
+                     else ReliabilityPolicy.RELIABLE)
+    img_pub = node.create_publisher(Image, "image", qos)
+    det_pub = node.create_publisher(Detection2DArray, "detections", 10)
+    end = time.monotonic() + args.wait_subscribers
+    while time.monotonic() < end and (img_pub.get_subscription_count() == 0 or det_pub.get_subscription_count() == 0):
+        rclpy.spin_once(node, timeout_sec=0.05)
+    time.sleep(0.5)
+    rng = np.random.default_rng(0)
+    background = rng.integers(0, 90, size=(args.height, args.width, 3), dtype=np.uint8)
+    sent = 0
+    for i in range(args.frames):
+        t0 = time.monotonic()
+        frame = background.copy()
+        w, h = args.width // 6, args.height // 6
+        x = int(20 + (args.width - w - 40) * i / max(args.frames - 1, 1))
+        y = args.height // 2 - h // 2
+        frame[y:y + h, x:x + w] = (40, 200, 230)
+        sec, nsec = 1000 + i // 10, (i % 10) * 100_000_000
+        img_pub.publish(image_msg(frame, sec, nsec, encoding="bgr8"))
+        det_pub.publish(detections_msg([("obj", (x - 3.0, y + 2.0, w + 6.0, h - 4.0))], sec, nsec))
+        sent += 1
+        rclpy.spin_once(node, timeout_sec=0.0)
+        time.sleep(max(0.0, 1.0 / args.rate - (time.monotonic() - t0)))
+    time.sleep(1.0)
+    print(f"sent {sent}", flush=True)
+    node.destroy_node()
+    rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()

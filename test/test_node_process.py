@@ -1,0 +1,146 @@
+"""The node as launch would start it: installed executable, --params-file, remaps, other processes."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+pytest.importorskip("vision_msgs.msg")
+
+from rcl_interfaces.srv import GetParameters  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.node import Node  # noqa: E402
+from vision_msgs.msg import Detection2DArray  # noqa: E402
+
+from ros_helpers import spin_until  # noqa: E402
+
+pytestmark = pytest.mark.ros
+HERE = Path(__file__).parent
+
+
+def node_executable() -> str:
+    for prefix in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep):
+        exe = Path(prefix) / "lib" / "ar_ros" / "ar_ros"
+        if exe.is_file():
+            return str(exe)
+    pytest.skip("ar_ros is not installed (source tools/setup_env.sh)")
+
+
+def start_node(tmp_path, checkpoint, extra_params="", remaps=()):
+    params = tmp_path / "params.yaml"
+    params.write_text(f"""/**:
+  ros__parameters:
+    checkpoint: "{checkpoint}"
+    device: cpu
+    max_targets: 4
+    sync_slop: 0.02
+{extra_params}""")
+    cmd = [node_executable(), "--ros-args", "--params-file", str(params), *sum((["-r", r] for r in remaps), [])]
+    log = open(tmp_path / "node.log", "w+")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    return proc, log
+
+
+def stop(proc, timeout=15.0) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            return -9
+    return proc.returncode
+
+
+def read_log(log) -> str:
+    log.flush()
+    log.seek(0)
+    return log.read()
+
+
+def get_params(ex, node, service, names):
+    cli = node.create_client(GetParameters, service)
+    assert cli.wait_for_service(timeout_sec=20.0)
+    fut = cli.call_async(GetParameters.Request(names=names))
+    ex.spin_until_future_complete(fut, timeout_sec=10.0)
+    return fut.result().values
+
+
+def test_params_file_and_remaps_apply_and_sigint_exits_cleanly(ros_context, tmp_path, small_checkpoint):
+    proc, log = start_node(tmp_path, small_checkpoint, "    mask_mode: binary\n",
+                           remaps=["__node:=refiner", "__ns:=/robot", "image:=/cam/image", "detections:=/cam/dets"])
+    watcher = Node("watcher", context=ros_context)
+    ex = SingleThreadedExecutor(context=ros_context)
+    ex.add_node(watcher)
+    try:
+        assert spin_until(ex, lambda: ("refiner", "/robot") in watcher.get_node_names_and_namespaces(), 30.0), \
+            read_log(log)
+        values = get_params(ex, watcher, "/robot/refiner/get_parameters", ["mask_mode", "max_targets", "device"])
+        assert [values[0].string_value, values[1].integer_value, values[2].string_value] == ["binary", 4, "cpu"]
+        assert spin_until(ex, lambda: "/cam/image" in dict(watcher.get_topic_names_and_types())
+                          and "/robot/refined/detections" in dict(watcher.get_topic_names_and_types()), 20.0)
+        services = dict(watcher.get_service_names_and_types())
+        for name in ("/robot/set_target", "/robot/clear_targets", "/robot/enable"):
+            assert name in services
+    finally:
+        rc = stop(proc)
+        ex.shutdown()
+        watcher.destroy_node()
+    assert rc == 0, read_log(log)
+
+
+def test_frames_from_another_process_are_refined(ros_context, tmp_path, small_checkpoint):
+    """A camera in its own process sends reliable 640x480 bgr8 frames: >= 95% come out refined."""
+    proc, log = start_node(tmp_path, small_checkpoint, remaps=["image:=/cam/image", "detections:=/cam/dets"])
+    got = []
+    listener = Node("listener", context=ros_context)
+    listener.create_subscription(Detection2DArray, "/refined/detections", got.append, 100)
+    ex = SingleThreadedExecutor(context=ros_context)
+    ex.add_node(listener)
+    cam = None
+    try:
+        assert spin_until(ex, lambda: listener.count_publishers("/refined/detections") > 0, 30.0), read_log(log)
+        cam = subprocess.Popen([sys.executable, str(HERE / "camera_publisher.py"), "--frames", "60", "--rate", "8",
+                                "--ros-args", "-r", "image:=/cam/image", "-r", "detections:=/cam/dets"],
+                               cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        end = time.monotonic() + 60
+        while cam.poll() is None and time.monotonic() < end:
+            ex.spin_once(timeout_sec=0.05)
+        spin_until(ex, lambda: len(got) >= 60, 5.0)
+        out = cam.communicate(timeout=10)[0]
+        assert "sent 60" in out, out
+        stamps = {(m.header.stamp.sec, m.header.stamp.nanosec) for m in got if m.detections}
+        assert len(stamps) >= 57, f"only {len(stamps)} of 60 frames refined\n{read_log(log)}"
+        assert all(m.detections[0].id == "obj" for m in got if m.detections)
+    finally:
+        if cam is not None and cam.poll() is None:
+            cam.kill()
+        rc = stop(proc)
+        ex.shutdown()
+        listener.destroy_node()
+    assert rc == 0
+
+
+def test_incompatible_qos_is_logged_with_the_policy(ros_context, tmp_path, small_checkpoint):
+    proc, log = start_node(tmp_path, small_checkpoint, remaps=["image:=/qos/image"])
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+    cam = Node("be_camera", context=ros_context)
+    cam.create_publisher(Image, "/qos/image", QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
+    ex = SingleThreadedExecutor(context=ros_context)
+    ex.add_node(cam)
+    try:
+        end = time.monotonic() + 30
+        while time.monotonic() < end and "incompatible QoS" not in read_log(log):
+            ex.spin_once(timeout_sec=0.1)
+        text = read_log(log)
+        assert "incompatible QoS on subscription '/qos/image'" in text and "RELIABILITY" in text, text
+    finally:
+        stop(proc)
+        ex.shutdown()
+        cam.destroy_node()
