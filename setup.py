@@ -21,7 +21,7 @@ setup(
     package_data={"ar_ros": ["weights/*.pt", "weights/*.md"]},
     # torch is not pinned here so that Jetson (JetPack) and CUDA builds satisfy it; requirements.txt
     # pins the CPU build used by CI.
-    install_requires=["numpy>=1.24", "opencv-python-headless>=4.8", "torch>=2.1", "rosbags>=0.10",
+    install_requires=["numpy>=1.24", "opencv-contrib-python-headless>=4.8", "torch>=2.1", "rosbags>=0.10",
                       "tqdm>=4.60", "matplotlib>=3.7"],
     entry_points={"console_scripts": ["ar-refine = ar_ros.__main__:main"]},
 )

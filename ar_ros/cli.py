@@ -36,6 +36,89 @@ def _cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from . import demo
+    demo.run(args.out, args.checkpoint, frames=args.frames, base=args.base, device=args.device,
+             progress=not args.no_progress)
+    return 0
+
+
+def _cmd_make_bag(args: argparse.Namespace) -> int:
+    from .eval import bags
+    from .eval.benchmark import base_boxes
+    from .eval.synthetic import Sequence
+    seq = Sequence(args.seed, args.frames, (args.width, args.height))
+    frames = list(seq)
+    boxes = base_boxes(seq, frames, args.base, seed=args.seed)
+    path = bags.write_sequence(args.out, (f.image for f in frames), boxes, [f.box for f in frames], fps=args.fps,
+                               storage=args.storage, compressed=args.compressed, overwrite=args.force,
+                               progress=not args.no_progress)
+    print(f"wrote {path} ({len(frames)} frames, base '{args.base}', {args.storage})")
+    return 0
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from .engine.refiner import Refiner
+    from .eval import report
+    from .eval.replay import replay
+    refiner = Refiner(args.checkpoint, device=args.device, precision=args.precision)
+    result = replay(args.bag, refiner, out=args.out, image_topic=args.image_topic,
+                    detections_topic=args.detections_topic, gt_topic=args.gt_topic, mask=args.mask,
+                    video=args.video, progress=not args.no_progress, overwrite=args.force)
+    info = {"frames": result.frames, "refined_frames": result.refined_frames, "unpaired": result.unpaired,
+            "bad_images": result.bad_images, "fallbacks": result.fallbacks,
+            "fps": round(result.refined_frames / max(result.seconds, 1e-9), 2),
+            "output": str(result.output) if result.output else None}
+    if result.gt:
+        info["scores"] = {k: v.to_dict() for k, v in result.scores().items()}
+    if args.json:
+        print(json.dumps(info))
+    else:
+        print(", ".join(f"{k}: {v}" for k, v in info.items() if k != "scores"))
+        if result.gt:
+            print(report.table(result.scores()))
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+    from .engine.refiner import Refiner
+    from .eval import report
+    from .eval.benchmark import run_suite, summary
+    from .eval.synthetic import suite
+    refiner = Refiner(args.checkpoint, device=args.device)
+    results = run_suite(refiner, suite(args.suite), base=args.base, progress=print)
+    totals = summary(results)
+    print(report.table(totals))
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        report.write_json(out / f"eval_{args.suite}_{args.base}.json", {
+            "suite": args.suite, "base": args.base, "summary": totals,
+            "sequences": {r.name: {"base": r.base, "refined": r.refined, "refine_ms": r.refine_ms,
+                                   "fallbacks": r.fallbacks} for r in results}})
+        report.plot_per_sequence(out / f"eval_{args.suite}_{args.base}.png", [r.name for r in results],
+                                 [r.base.auc for r in results], [r.refined.auc for r in results],
+                                 title=f"AUC per sequence, suite '{args.suite}', base '{args.base}'")
+        import numpy as np
+        report.plot_curves(out / f"success_{args.suite}_{args.base}.png", {
+            "base": (np.concatenate([r.base_boxes[1:] for r in results]), np.concatenate([r.gt[1:] for r in results])),
+            "refined": (np.concatenate([r.refined_boxes[1:] for r in results]),
+                        np.concatenate([r.gt[1:] for r in results]))})
+        print(f"wrote {out}/eval_{args.suite}_{args.base}.json and plots")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train.trainer import TrainConfig, train
+    cfg = TrainConfig(out_dir=args.out, depth=args.depth, input_size=args.input_size, batch_size=args.batch_size,
+                      epochs=args.epochs, iters_per_epoch=args.iters, lr=args.lr, lr_step=args.lr_step,
+                      backbone_weights=args.backbone_weights or "", threads=args.threads)
+    path = train(cfg, progress=not args.no_progress)
+    print(f"final checkpoint: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ar-refine", description="Alpha-Refine box refinement (ar_ros)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -47,6 +130,69 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pred", help="predicted boxes (same number of lines)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_score)
+
+    def common(p, model=True):
+        if model:
+            p.add_argument("--checkpoint", default=None, help="model file (default: the shipped model)")
+            p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("demo", help="the main job on a built-in sample: bag -> refiner -> scores, plots, video")
+    p.add_argument("--out", default="out/demo")
+    p.add_argument("--frames", type=int, default=90)
+    p.add_argument("--base", default="csrt", choices=["jitter", "csrt", "kcf", "mil"],
+                   help="base tracker besides jittered GT")
+    common(p)
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("make-bag", help="write a synthetic sequence with base and GT detections as a rosbag2")
+    p.add_argument("out", help="output bag directory")
+    p.add_argument("--seed", type=int, default=100_000)
+    p.add_argument("--frames", type=int, default=150)
+    p.add_argument("--width", type=int, default=640)
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--fps", type=float, default=30.0)
+    p.add_argument("--base", default="jitter", choices=["jitter", "csrt", "kcf", "mil"])
+    p.add_argument("--storage", default="sqlite3", choices=["sqlite3", "mcap"])
+    p.add_argument("--compressed", action="store_true", help="JPEG images on /camera/image/compressed")
+    p.add_argument("--force", action="store_true", help="overwrite an existing bag")
+    common(p, model=False)
+    p.set_defaults(func=_cmd_make_bag)
+
+    p = sub.add_parser("replay", help="refine a rosbag2 offline (deterministic) and optionally write a new bag")
+    p.add_argument("bag")
+    p.add_argument("--out", default=None, help="output bag (original topics + /refined/detections)")
+    p.add_argument("--image-topic", default=None, help="default: the first Image/CompressedImage topic")
+    p.add_argument("--detections-topic", default="/base/detections")
+    p.add_argument("--gt-topic", default="/gt/detections")
+    p.add_argument("--precision", default="fp32")
+    p.add_argument("--mask", action="store_true", help="also write /refined/mask")
+    p.add_argument("--video", default=None, help="write an overlay video (.mp4)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output bag")
+    common(p)
+    p.set_defaults(func=_cmd_replay)
+
+    p = sub.add_parser("eval", help="score base vs refined on a synthetic suite")
+    p.add_argument("--suite", default="small", help="tiny | small | reference")
+    p.add_argument("--base", default="jitter", choices=["jitter", "csrt", "kcf", "mil"])
+    p.add_argument("--out", default=None, help="folder for JSON and plots")
+    common(p)
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("train", help="train a refiner on synthetic data (resumes from <out>/last.pt)")
+    p.add_argument("--out", default="runs/default")
+    p.add_argument("--depth", type=int, default=18, choices=[18, 34, 50])
+    p.add_argument("--input-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--epochs", type=int, default=16)
+    p.add_argument("--iters", type=int, default=125, help="iterations per epoch")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr-step", type=int, default=5, help="epochs per LR halving")
+    p.add_argument("--backbone-weights", default=None, help="torchvision-format ImageNet ResNet file")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_train)
     return parser
 
 
@@ -59,7 +205,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     from .model import CheckpointError
     try:
         sys.exit(args.func(args))
-    except (CheckpointError, ValueError, FileNotFoundError) as err:
+    except (CheckpointError, ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"ar-refine {args.command}: error: {err}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

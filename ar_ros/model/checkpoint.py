@@ -199,11 +199,18 @@ def load_network(path: str | os.PathLike) -> Tuple[AlphaRefineNet, Dict[str, Any
     return build_network(state, config, source=str(path)), meta
 
 
+def _fits_half(t: torch.Tensor) -> bool:
+    """fp16 storage only where it is lossless enough: BN running statistics after the unnormalised
+    correlation reach values far beyond the fp16 range, so those (and any large tensor) stay fp32."""
+    return t.is_floating_point() and bool(torch.isfinite(t).all()) and float(t.abs().max()) < 6.0e4 \
+        if t.numel() else False
+
+
 def save_checkpoint(path: str | os.PathLike, net: AlphaRefineNet, meta: Optional[Dict[str, Any]] = None,
                     half: bool = False, extra: Optional[Dict[str, Any]] = None) -> Path:
     """Write ``net`` in our format, atomically (temp file + rename). ``half`` stores fp16 weights."""
     path = Path(path)
-    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
+    state = {k: (v.half() if half and _fits_half(v) else v).detach().cpu().clone()
              for k, v in net.state_dict().items()}
     payload: Dict[str, Any] = {"format": FORMAT, "version": VERSION, "config": net.config.to_dict(),
                                "state_dict": state, "meta": dict(meta or {})}

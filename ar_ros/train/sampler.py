@@ -5,7 +5,6 @@ Crops use the engine's ``clean`` crop so that training and inference see identic
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple
 
@@ -13,6 +12,7 @@ import numpy as np
 import torch
 
 from ..engine import crop as cropping
+from ..eval.base_trackers import jitter
 from ..eval.synthetic import Frame, TRAIN_SEEDS, cached_sequence
 
 # A frame source: (rng) -> (template Frame, search Frame). Folder readers provide the same shape.
@@ -45,16 +45,6 @@ def synthetic_pairs(seed_range: Tuple[int, int] = TRAIN_SEEDS, length: int = 150
     return draw
 
 
-def jitter_box(box, rng: np.random.Generator, scale: float, center: float):
-    """The authors' jitter: log-normal size change, then a centre shift relative to the new size."""
-    x, y, w, h = box
-    w2, h2 = w * math.exp(rng.normal() * scale), h * math.exp(rng.normal() * scale)
-    r = math.sqrt(w2 * h2) * center
-    cx = x + w / 2 + r * (rng.random() - 0.5)
-    cy = y + h / 2 + r * (rng.random() - 0.5)
-    return (cx - w2 / 2, cy - h2 / 2, w2, h2)
-
-
 class PairSampler:
     """Turn frame pairs into network-ready tensors."""
 
@@ -77,7 +67,7 @@ class PairSampler:
         cfg, size = self.cfg, self.cfg.input_size
         a, b = self.source(rng)
         t_win = cropping.window_for(a.box, cfg.search_factor, size, "clean")
-        base = jitter_box(b.box, rng, cfg.scale_jitter, cfg.center_jitter)
+        base = jitter(b.box, rng, cfg.scale_jitter, cfg.center_jitter)
         s_win = cropping.window_for(base, cfg.search_factor, size, "clean")
         target = np.clip(s_win.box_to_crop(b.box), 0, size).astype(np.float32)
         has_mask = b.mask is not None

@@ -1,0 +1,186 @@
+"""rosbag2 files (sqlite3 or mcap) read and written with the ``rosbags`` library, no ROS install needed.
+
+Sequences become bags with three topics: ``/camera/image`` (or ``/camera/image/compressed``),
+``/base/detections`` (the base tracker) and ``/gt/detections`` (ground truth), stamped from the frame rate.
+Bags are written under a temporary name and renamed when complete, so an interrupted run never leaves
+a half-written bag under the final name.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Optional, Sequence, Tuple, Union
+
+import cv2
+import numpy as np
+
+Box = Tuple[float, float, float, float]
+
+IMAGE_TOPIC = "/camera/image"
+COMPRESSED_TOPIC = "/camera/image/compressed"
+BASE_TOPIC = "/base/detections"
+GT_TOPIC = "/gt/detections"
+REFINED_TOPIC = "/refined/detections"
+IMAGE_TYPE = "sensor_msgs/msg/Image"
+COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
+DETECTIONS_TYPE = "vision_msgs/msg/Detection2DArray"
+
+# vision_msgs 4.x field layouts (Humble..Kilted); registering them gives the same type hashes as the
+# real package, so bags interoperate with ros2 bag and rclpy.
+VISION_MSGS = {
+    "Point2D": "float64 x\nfloat64 y\n",
+    "Pose2D": "vision_msgs/Point2D position\nfloat64 theta\n",
+    "BoundingBox2D": "vision_msgs/Pose2D center\nfloat64 size_x\nfloat64 size_y\n",
+    "ObjectHypothesis": "string class_id\nfloat64 score\n",
+    "ObjectHypothesisWithPose": "vision_msgs/ObjectHypothesis hypothesis\ngeometry_msgs/PoseWithCovariance pose\n",
+    "Detection2D": "std_msgs/Header header\nvision_msgs/ObjectHypothesisWithPose[] results\n"
+                   "vision_msgs/BoundingBox2D bbox\nstring id\n",
+    "Detection2DArray": "std_msgs/Header header\nvision_msgs/Detection2D[] detections\n",
+}
+
+
+class BagError(ValueError):
+    """A bag that cannot be read or written; the message names the file and the problem."""
+
+
+def typestore():
+    """rosbags typestore for ROS 2 Jazzy plus the vision_msgs types."""
+    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+    store = get_typestore(Stores.ROS2_JAZZY)
+    types = {}
+    for name, text in VISION_MSGS.items():
+        types.update(get_types_from_msg(text, f"vision_msgs/msg/{name}"))
+    store.register(types)
+    return store
+
+
+def _time(store, ns: int):
+    return store.types["builtin_interfaces/msg/Time"](sec=int(ns // 1_000_000_000), nanosec=int(ns % 1_000_000_000))
+
+
+def header(store, ns: int, frame_id: str = "camera"):
+    return store.types["std_msgs/msg/Header"](stamp=_time(store, ns), frame_id=frame_id)
+
+
+def detections(store, ns: int, items: Iterable[Tuple[str, Box, float]], frame_id: str = "camera",
+               class_id: str = "target"):
+    """A Detection2DArray dataclass from (id, xywh box, score) items."""
+    T = store.types
+    hdr = header(store, ns, frame_id)
+    dets = []
+    for tid, (x, y, w, h), score in items:
+        hyp = T["vision_msgs/msg/ObjectHypothesisWithPose"](
+            hypothesis=T["vision_msgs/msg/ObjectHypothesis"](class_id=class_id, score=float(score)),
+            pose=T["geometry_msgs/msg/PoseWithCovariance"](
+                pose=T["geometry_msgs/msg/Pose"](position=T["geometry_msgs/msg/Point"](x=0.0, y=0.0, z=0.0),
+                                                 orientation=T["geometry_msgs/msg/Quaternion"](x=0.0, y=0.0, z=0.0,
+                                                                                              w=1.0)),
+                covariance=np.zeros(36, np.float64)))
+        bbox = T["vision_msgs/msg/BoundingBox2D"](
+            center=T["vision_msgs/msg/Pose2D"](position=T["vision_msgs/msg/Point2D"](x=x + w / 2, y=y + h / 2),
+                                               theta=0.0), size_x=float(w), size_y=float(h))
+        dets.append(T["vision_msgs/msg/Detection2D"](header=hdr, results=[hyp], bbox=bbox, id=str(tid)))
+    return T["vision_msgs/msg/Detection2DArray"](header=hdr, detections=dets)
+
+
+def image(store, ns: int, rgb: np.ndarray, frame_id: str = "camera", encoding: str = "bgr8"):
+    arr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) if encoding == "bgr8" else rgb
+    arr = np.ascontiguousarray(arr)
+    return store.types[IMAGE_TYPE](header=header(store, ns, frame_id), height=arr.shape[0], width=arr.shape[1],
+                                   encoding=encoding, is_bigendian=0, step=arr.strides[0],
+                                   data=arr.reshape(-1).view(np.uint8))
+
+
+def compressed_image(store, ns: int, rgb: np.ndarray, frame_id: str = "camera", quality: int = 90):
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise BagError("JPEG encoding failed")
+    return store.types[COMPRESSED_TYPE](header=header(store, ns, frame_id), format="bgr8; jpeg compressed bgr8",
+                                        data=buf.reshape(-1))
+
+
+@contextlib.contextmanager
+def atomic_bag(path: Union[str, Path], storage: str = "sqlite3", overwrite: bool = False):
+    """A rosbags ``Writer`` on a temporary path, renamed to ``path`` only if the block succeeds."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    path = Path(path)
+    if path.exists():
+        if not overwrite:
+            raise BagError(f"{path} exists; pass overwrite=True (--force) to replace it")
+    plugin = {"sqlite3": StoragePlugin.SQLITE3, "mcap": StoragePlugin.MCAP}.get(storage)
+    if plugin is None:
+        raise BagError(f"storage must be 'sqlite3' or 'mcap', got {storage!r}")
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with Writer(tmp, version=9, storage_plugin=plugin) as writer:
+            yield writer
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_sequence(path: Union[str, Path], frames: Iterable[np.ndarray], base: Sequence[Optional[Box]],
+                   gt: Optional[Sequence[Optional[Box]]] = None, fps: float = 30.0, storage: str = "sqlite3",
+                   compressed: bool = False, target_id: str = "target", start_ns: int = 1_700_000_000 * 10**9,
+                   overwrite: bool = False, progress: bool = False) -> Path:
+    """Write a sequence (RGB frames + base boxes [+ GT]) as a rosbag2. ``None`` boxes are omitted."""
+    store = typestore()
+    period = int(round(1e9 / fps))
+    with atomic_bag(path, storage, overwrite) as writer:
+        img_conn = writer.add_connection(COMPRESSED_TOPIC if compressed else IMAGE_TOPIC,
+                                         COMPRESSED_TYPE if compressed else IMAGE_TYPE, typestore=store)
+        base_conn = writer.add_connection(BASE_TOPIC, DETECTIONS_TYPE, typestore=store)
+        gt_conn = writer.add_connection(GT_TOPIC, DETECTIONS_TYPE, typestore=store) if gt is not None else None
+        it = enumerate(frames)
+        if progress:
+            from tqdm import tqdm
+            it = tqdm(it, total=len(base), desc=f"writing {Path(path).name}", unit="frame")
+        for i, rgb in it:
+            ns = start_ns + i * period
+            msg = compressed_image(store, ns, rgb) if compressed else image(store, ns, rgb)
+            writer.write(img_conn, ns, store.serialize_cdr(msg, img_conn.msgtype))
+            if gt_conn is not None:  # before the base detections, so a streaming reader has it at pairing time
+                g = gt[i]
+                present = g is not None and g[2] > 0 and g[3] > 0
+                items = [(target_id, g, 1.0)] if present else []
+                writer.write(gt_conn, ns, store.serialize_cdr(detections(store, ns, items), DETECTIONS_TYPE))
+            b = base[i] if i < len(base) else None
+            items = [] if b is None else [(target_id, b, 1.0)]
+            writer.write(base_conn, ns, store.serialize_cdr(detections(store, ns, items), DETECTIONS_TYPE))
+    return Path(path)
+
+
+def open_reader(path: Union[str, Path]):
+    """A rosbags ``Reader`` for a bag directory (or its .mcap/.db3 file), with a clear error on bad input."""
+    from rosbags.rosbag2 import Reader
+    path = Path(path)
+    if path.is_file() and path.suffix in (".mcap", ".db3"):
+        path = path.parent
+    if not path.exists():
+        raise BagError(f"bag not found: {path}")
+    try:
+        reader = Reader(path)
+        reader.open()
+    except Exception as err:  # rosbags raises its own ReaderError and a few others for corrupt metadata
+        raise BagError(f"{path}: cannot open bag ({type(err).__name__}: {err})") from None
+    return reader
+
+
+def messages(reader, store, topics: Optional[Sequence[str]] = None) -> Iterator[Tuple[Any, int, bytes, Any]]:
+    """(connection, log time ns, raw bytes, decoded message) in log-time order; undecodable ones raise BagError."""
+    conns = [c for c in reader.connections if topics is None or c.topic in topics]
+    for conn, t, raw in reader.messages(connections=conns):
+        try:
+            msg = store.deserialize_cdr(raw, conn.msgtype)
+        except Exception as err:
+            raise BagError(f"cannot decode a {conn.msgtype} message on {conn.topic} at t={t}: "
+                           f"{type(err).__name__}: {err}") from None
+        yield conn, t, raw, msg

@@ -1,0 +1,230 @@
+"""Offline replay: read a bag, refine every base detection, write a new bag, score against GT.
+
+Deterministic and as fast as the engine allows (no ROS timing involved). Images are paired with base
+detections by header stamp, exactly as the node does, and targets are handled by the same
+:class:`~ar_ros.engine.session.RefineSession`.
+"""
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Union
+
+import numpy as np
+
+from ..draw import draw_targets, label_image
+from ..engine.refiner import Refiner
+from ..engine.session import RefineSession
+from ..io.detections import bbox_to_xywh, stamp_to_ns
+from ..io.images import ImageError, compressed_to_rgb, image_to_rgb
+from . import bags
+from .metrics import Scores, score
+
+_BUFFER = 64  # frames or detection messages held while waiting for their partner
+
+
+@dataclass
+class ReplayResult:
+    """Per-frame boxes (NaN where missing), counts and where the output went."""
+
+    stamps: List[int] = field(default_factory=list)
+    base: Dict[str, List[np.ndarray]] = field(default_factory=dict)
+    refined: Dict[str, List[np.ndarray]] = field(default_factory=dict)
+    gt: List[np.ndarray] = field(default_factory=list)
+    frames: int = 0
+    refined_frames: int = 0
+    unpaired: int = 0
+    bad_images: int = 0
+    fallbacks: int = 0
+    seconds: float = 0.0
+    output: Optional[Path] = None
+
+    def boxes(self, which: str, target: Optional[str] = None) -> np.ndarray:
+        """(frames, 4) boxes of one target (default: the first id seen) from ``base`` or ``refined``."""
+        table = getattr(self, which)
+        if not table:
+            return np.full((len(self.stamps), 4), np.nan)
+        tid = target if target is not None else next(iter(table))
+        return np.stack(table[tid]) if table.get(tid) else np.full((len(self.stamps), 4), np.nan)
+
+    def scores(self, target: Optional[str] = None) -> Dict[str, Scores]:
+        """OPE scores of base and refined boxes against the GT topic (frames without GT are skipped)."""
+        if not self.gt:
+            raise ValueError("the bag has no ground truth topic to score against")
+        gt = np.stack(self.gt)
+        return {"base": score(self.boxes("base", target), gt), "refined": score(self.boxes("refined", target), gt)}
+
+
+def _decode(msg, msgtype: str) -> np.ndarray:
+    return compressed_to_rgb(msg) if msgtype == bags.COMPRESSED_TYPE else image_to_rgb(msg)
+
+
+def replay(bag: Union[str, Path], refiner: Refiner, out: Union[str, Path, None] = None,
+           image_topic: Optional[str] = None, detections_topic: str = bags.BASE_TOPIC,
+           gt_topic: str = bags.GT_TOPIC, mask: bool = False, storage: Optional[str] = None,
+           mode: str = "refine", max_targets: int = 8, video: Union[str, Path, None] = None,
+           progress: bool = True, overwrite: bool = False, video_fps: float = 15.0) -> ReplayResult:
+    """Refine a bag. With ``out``, writes all its topics plus ``/refined/detections`` (and ``/refined/mask``)."""
+    store = bags.typestore()
+    reader = bags.open_reader(bag)
+    result = ReplayResult()
+    try:
+        image_conns = [c for c in reader.connections if c.msgtype in (bags.IMAGE_TYPE, bags.COMPRESSED_TYPE)
+                       and (image_topic is None or c.topic == image_topic)]
+        if not image_conns:
+            raise bags.BagError(f"{bag}: no image topic" + (f" named {image_topic}" if image_topic else "") +
+                                f"; topics: {sorted(c.topic for c in reader.connections)}")
+        image_conn = sorted(image_conns, key=lambda c: c.msgtype != bags.IMAGE_TYPE)[0]
+        topics = {c.topic for c in reader.connections}
+        if detections_topic not in topics:
+            raise bags.BagError(f"{bag}: no detections topic {detections_topic}; topics: {sorted(topics)}")
+        session = RefineSession(refiner, mode=mode, max_targets=max_targets)
+        total = image_conn.msgcount
+        bar = None
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=total, desc=f"replay {Path(bag).name}", unit="frame")
+        writer_ctx = bags.atomic_bag(out, storage or _storage_of(reader), overwrite) if out else None
+        writer = writer_ctx.__enter__() if writer_ctx else None
+        video_writer = None
+        t0 = time.perf_counter()
+        try:
+            out_conns = {}
+            if writer is not None:
+                for c in reader.connections:
+                    out_conns[c.id] = _copy_connection(writer, c, store)
+                refined_conn = writer.add_connection(bags.REFINED_TOPIC, bags.DETECTIONS_TYPE, typestore=store)
+                mask_conn = writer.add_connection("/refined/mask", bags.IMAGE_TYPE, typestore=store) if mask else None
+            images: "OrderedDict[int, tuple]" = OrderedDict()
+            dets: "OrderedDict[int, object]" = OrderedDict()
+            gts: Dict[int, object] = {}
+            for conn, t, raw, msg in bags.messages(reader, store):
+                if writer is not None:
+                    writer.write(out_conns[conn.id], t, raw)
+                if conn.topic == gt_topic:
+                    gts[stamp_to_ns(msg.header.stamp)] = msg
+                    continue
+                if conn.id == image_conn.id:
+                    stamp = stamp_to_ns(msg.header.stamp)
+                    images[stamp] = (t, msg)
+                    result.frames += 1
+                    if bar is not None:
+                        bar.update(1)
+                    while len(images) > _BUFFER:
+                        images.popitem(last=False)
+                elif conn.topic == detections_topic:
+                    stamp = stamp_to_ns(msg.header.stamp)
+                    dets[stamp] = msg
+                    while len(dets) > _BUFFER:
+                        dets.popitem(last=False)
+                        result.unpaired += 1
+                else:
+                    continue
+                if stamp in images and stamp in dets:
+                    log_t, img_msg = images.pop(stamp)
+                    det_msg = dets.pop(stamp)
+                    frame = _process(session, img_msg, det_msg, image_conn.msgtype, stamp, result, mask)
+                    if frame is None:
+                        continue
+                    rgb, step = frame
+                    if writer is not None:
+                        writer.write(refined_conn, log_t, store.serialize_cdr(
+                            _refined_msg(store, img_msg.header, step.results), bags.DETECTIONS_TYPE))
+                        if mask_conn is not None:
+                            ordered = list(step.results.values())
+                            labels = label_image(rgb.shape[:2], [r.mask for r in ordered], [r.score for r in ordered])
+                            writer.write(mask_conn, log_t, store.serialize_cdr(
+                                bags.image(store, stamp, labels, img_msg.header.frame_id, encoding="mono8"),
+                                bags.IMAGE_TYPE))
+                    if video is not None:
+                        video_writer = _video_frame(video_writer, video, video_fps, rgb, step,
+                                                    _gt_box(gts.get(stamp)))
+            result.unpaired += len(dets)
+            if gts:
+                result.gt = [_gt_box(gts.get(s)) for s in result.stamps]
+            result.seconds = time.perf_counter() - t0
+        except BaseException:
+            if writer_ctx is not None:
+                writer_ctx.__exit__(*__import__("sys").exc_info())
+                writer_ctx = None
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+            if video_writer is not None:
+                video_writer.release()
+        if writer_ctx is not None:
+            writer_ctx.__exit__(None, None, None)
+            result.output = Path(out)
+        _pad(result)
+        return result
+    finally:
+        reader.close()
+
+
+def _storage_of(reader) -> str:
+    path = Path(reader.path)
+    return "mcap" if any(p.suffix == ".mcap" for p in (path.iterdir() if path.is_dir() else [path])) else "sqlite3"
+
+
+def _copy_connection(writer, conn, store):
+    try:
+        return writer.add_connection(conn.topic, conn.msgtype, typestore=store,
+                                     offered_qos_profiles=conn.ext.offered_qos_profiles)
+    except Exception:  # a type our store does not know: copy its definition from the bag
+        return writer.add_connection(conn.topic, conn.msgtype, msgdef=conn.msgdef.data, rihs01=conn.digest,
+                                     offered_qos_profiles=conn.ext.offered_qos_profiles)
+
+
+def _process(session: RefineSession, img_msg, det_msg, msgtype: str, stamp: int, result: ReplayResult, mask: bool):
+    try:
+        rgb = _decode(img_msg, msgtype)
+    except ImageError:
+        result.bad_images += 1
+        return None
+    inputs = [(d.id, bbox_to_xywh(d.bbox)) for d in det_msg.detections]
+    step = session.step(rgb, inputs, stamp, mask=mask)
+    index = len(result.stamps)
+    result.stamps.append(stamp)
+    result.refined_frames += 1
+    for i, (tid, box) in enumerate(inputs):
+        key = tid or f"#{i}"
+        result.base.setdefault(key, [np.full(4, np.nan)] * index).append(np.asarray(box, np.float64))
+    for tid, res in step.results.items():
+        result.refined.setdefault(tid, [np.full(4, np.nan)] * index).append(np.asarray(res.box, np.float64))
+        result.fallbacks += int(res.fallback)
+    _pad(result)
+    return rgb, step
+
+
+def _pad(result: ReplayResult) -> None:
+    n = len(result.stamps)
+    for table in (result.base, result.refined):
+        for boxes in table.values():
+            boxes.extend([np.full(4, np.nan)] * (n - len(boxes)))
+
+
+def _gt_box(msg) -> np.ndarray:
+    if msg is None or not msg.detections:
+        return np.zeros(4)  # absent (LaSOT convention)
+    return np.asarray(bbox_to_xywh(msg.detections[0].bbox), np.float64)
+
+
+def _refined_msg(store, header, results):
+    items = [(tid if not tid.startswith("#") else "", res.box, res.score) for tid, res in results.items()]
+    msg = bags.detections(store, stamp_to_ns(header.stamp), items, header.frame_id)
+    return msg
+
+
+def _video_frame(writer, path, fps: float, rgb: np.ndarray, step, gt: np.ndarray):
+    import cv2
+    drawn = draw_targets(rgb, [(t, r.base_box, r.box, r.score, r.fallback) for t, r in step.results.items()],
+                         [r.mask for r in step.results.values()] if any(r.mask is not None for r in
+                                                                         step.results.values()) else None,
+                         gt=gt if gt[2] > 0 else None)
+    if writer is None:
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (rgb.shape[1], rgb.shape[0]))
+    writer.write(cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
+    return writer
