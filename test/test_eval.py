@@ -1,0 +1,105 @@
+"""Synthetic data, rosbag2 files, offline replay and the suite benchmark, end to end on tiny inputs."""
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from ar_ros import Refiner
+from ar_ros.eval import bags
+from ar_ros.eval.base_trackers import jittered_gt, run_opencv
+from ar_ros.eval.replay import replay
+from ar_ros.eval.synthetic import Sequence, mask_box, suite
+
+
+@pytest.fixture(scope="module")
+def tiny_seq():
+    seq = Sequence(100_000, 12, (320, 240))
+    return seq, list(seq)
+
+
+def test_sequences_are_deterministic_and_boxes_match_masks(tiny_seq):
+    seq, frames = tiny_seq
+    again = Sequence(100_000, 12, (320, 240))[5]
+    assert np.array_equal(again.image, frames[5].image) and again.box == frames[5].box
+    for f in frames:
+        assert f.image.shape == (240, 320, 3) and f.image.dtype == np.uint8
+        assert f.box == mask_box(f.mask)
+    assert not np.array_equal(Sequence(100_001, 12, (320, 240))[0].image, frames[0].image)
+    with pytest.raises(IndexError):
+        seq[12]
+    assert len(suite("tiny")) == 2
+
+
+def test_base_trackers(tiny_seq):
+    _, frames = tiny_seq
+    gt = [f.box for f in frames]
+    jit = jittered_gt(gt, seed=1)
+    assert jit[0] == gt[0] and jit[3] != gt[3]
+    csrt = run_opencv((f.image for f in frames), gt[0], "csrt")
+    assert len(csrt) == len(frames) and all(b is not None for b in csrt)
+
+
+@pytest.mark.parametrize("storage, compressed", [("sqlite3", False), ("mcap", True)])
+def test_bag_round_trip_and_replay_writes_refined_topic(tmp_path, tiny_seq, small_net, storage, compressed):
+    _, frames = tiny_seq
+    gt = [f.box for f in frames]
+    bag = bags.write_sequence(tmp_path / "in", (f.image for f in frames), jittered_gt(gt, 1), gt, fps=10,
+                              storage=storage, compressed=compressed)
+    result = replay(bag, Refiner(small_net), out=tmp_path / "out", progress=False, video=tmp_path / "v.mp4")
+    assert (result.frames, result.refined_frames, result.unpaired, result.bad_images) == (12, 12, 0, 0)
+    assert result.boxes("refined").shape == (12, 4) and not np.isnan(result.boxes("refined")).any()
+    assert np.allclose(np.stack(result.gt), np.array(gt))
+    assert set(result.scores()) == {"base", "refined"}
+    assert os.path.getsize(tmp_path / "v.mp4") > 0
+    reader = bags.open_reader(tmp_path / "out")
+    try:
+        counts = {c.topic: c.msgcount for c in reader.connections}
+        store = bags.typestore()
+        first = next(m for c, _, _, m in bags.messages(reader, store, [bags.REFINED_TOPIC]))
+    finally:
+        reader.close()
+    image_topic = bags.COMPRESSED_TOPIC if compressed else bags.IMAGE_TOPIC
+    assert counts == {image_topic: 12, bags.BASE_TOPIC: 12, bags.GT_TOPIC: 12, bags.REFINED_TOPIC: 12}
+    assert first.detections[0].id == "target" and first.header.frame_id == "camera"
+
+
+def test_interrupted_replay_leaves_no_bag_under_the_final_name(tmp_path, tiny_seq, small_net):
+    _, frames = tiny_seq
+    gt = [f.box for f in frames]
+    bag = bags.write_sequence(tmp_path / "in", (f.image for f in frames), gt, gt, fps=10)
+
+    class Exploding(Refiner):
+        calls = 0
+
+        def refine(self, *a, **k):
+            Exploding.calls += 1
+            if Exploding.calls == 5:
+                raise KeyboardInterrupt
+            return super().refine(*a, **k)
+
+    with pytest.raises(KeyboardInterrupt):
+        replay(bag, Exploding(small_net), out=tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+
+
+def test_bad_bags_give_clear_errors(tmp_path, small_net):
+    with pytest.raises(bags.BagError, match="not found"):
+        replay(tmp_path / "missing", Refiner(small_net), progress=False)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "metadata.yaml").write_text("rosbag2_bagfile_information: {version: 99}\n")
+    with pytest.raises(bags.BagError, match="broken"):
+        replay(tmp_path / "broken", Refiner(small_net), progress=False)
+    with pytest.raises(bags.BagError, match="exists"):
+        (tmp_path / "exists").mkdir()
+        with bags.atomic_bag(tmp_path / "exists"):
+            pass
+
+
+def test_replay_without_the_detections_topic_names_the_topics(tmp_path, tiny_seq, small_net):
+    _, frames = tiny_seq
+    gt = [f.box for f in frames]
+    bag = bags.write_sequence(tmp_path / "in", (f.image for f in frames[:3]), gt[:3], None, fps=10)
+    with pytest.raises(bags.BagError, match="/camera/image"):
+        replay(bag, Refiner(small_net), detections_topic="/nope", progress=False)

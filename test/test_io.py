@@ -1,0 +1,92 @@
+"""Image and detection message conversions (duck-typed: work on any object with the fields)."""
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+
+from ar_ros.io.detections import bbox_to_xywh, fill_bbox, stamp_to_ns
+from ar_ros.io.images import (ImageError, SUPPORTED_ENCODINGS, compressed_to_rgb, image_to_rgb,
+                              parse_compressed_format)
+
+
+def msg(arr, encoding, step=None, bigendian=0):
+    arr = np.ascontiguousarray(arr)
+    return SimpleNamespace(height=arr.shape[0], width=arr.shape[1], encoding=encoding, is_bigendian=bigendian,
+                           step=step if step is not None else arr.strides[0], data=arr.tobytes())
+
+
+@pytest.fixture
+def rgb():
+    return np.random.default_rng(0).integers(0, 256, (6, 8, 3), dtype=np.uint8)
+
+
+def test_colour_encodings_all_become_rgb(rgb):
+    assert np.array_equal(image_to_rgb(msg(rgb, "rgb8")), rgb)
+    assert np.array_equal(image_to_rgb(msg(rgb[..., ::-1], "bgr8")), rgb)
+    rgba = np.dstack([rgb, np.full(rgb.shape[:2], 7, np.uint8)])
+    assert np.array_equal(image_to_rgb(msg(rgba, "rgba8")), rgb)
+    assert np.array_equal(image_to_rgb(msg(rgba[..., [2, 1, 0, 3]], "bgra8")), rgb)
+    gray = rgb[..., 0]
+    assert np.array_equal(image_to_rgb(msg(gray, "mono8")), np.dstack([gray] * 3))
+
+
+def test_mono16_both_byte_orders_and_padded_rows(rgb):
+    g16 = (rgb[..., 0].astype(np.uint16) << 8) | 0x55
+    assert np.array_equal(image_to_rgb(msg(g16, "mono16"))[..., 0], rgb[..., 0])
+    assert np.array_equal(image_to_rgb(msg(g16.byteswap(), "16UC1", bigendian=1))[..., 0], rgb[..., 0])
+    padded = np.zeros((6, 32), np.uint8)
+    padded[:, :24] = rgb.reshape(6, 24)
+    assert np.array_equal(image_to_rgb(SimpleNamespace(
+        height=6, width=8, encoding="rgb8", is_bigendian=0, step=32, data=padded.tobytes())), rgb)
+
+
+def test_yuv422_variants(rgb):
+    for enc in ("yuv422", "yuv422_yuy2"):
+        out = image_to_rgb(SimpleNamespace(height=6, width=8, encoding=enc, is_bigendian=0, step=16,
+                                           data=bytes(96)))
+        assert out.shape == (6, 8, 3)
+
+
+@pytest.mark.parametrize("bad, words", [
+    (dict(encoding="32FC3"), "unsupported encoding"),
+    (dict(step=3), "smaller than"),
+    (dict(data=b"\x00" * 10), r"expected step\*height"),
+    (dict(height=0), "empty"),
+])
+def test_bad_images_raise_image_error_with_reason(rgb, bad, words):
+    m = msg(rgb, "rgb8")
+    for k, v in bad.items():
+        setattr(m, k, v)
+    with pytest.raises(ImageError, match=words):
+        image_to_rgb(m)
+
+
+def test_supported_encodings_listed():
+    for enc in ("bgr8", "rgb8", "mono8", "bgra8", "rgba8"):
+        assert enc in SUPPORTED_ENCODINGS
+
+
+def test_compressed_formats_and_corrupt_data(rgb):
+    big = cv2.resize(rgb, (64, 48), interpolation=cv2.INTER_NEAREST)
+    ok, png = cv2.imencode(".png", big[..., ::-1])
+    out = compressed_to_rgb(SimpleNamespace(format="bgr8; png compressed bgr8", data=png.tobytes()))
+    assert np.array_equal(out, big)
+    ok, jpg = cv2.imencode(".jpg", big[..., ::-1])
+    out = compressed_to_rgb(SimpleNamespace(format="jpeg", data=jpg.tobytes()))
+    assert out.shape == big.shape and np.abs(out.astype(int) - big).mean() < 40
+    assert parse_compressed_format("mono8; png compressed") == ("mono8", "png")
+    assert parse_compressed_format("") == ("bgr8", "jpeg")
+    with pytest.raises(ImageError, match="corrupt or truncated"):
+        compressed_to_rgb(SimpleNamespace(format="jpeg", data=jpg.tobytes()[:50]))
+    with pytest.raises(ImageError, match="unknown compressed format"):
+        compressed_to_rgb(SimpleNamespace(format="bgr8; webp compressed", data=jpg.tobytes()))
+
+
+def test_bbox_conversions_round_trip():
+    bbox = SimpleNamespace(center=SimpleNamespace(position=SimpleNamespace(x=0.0, y=0.0), theta=1.0),
+                           size_x=0.0, size_y=0.0)
+    fill_bbox(bbox, (10.0, 20.0, 30.0, 40.0))
+    assert (bbox.center.position.x, bbox.center.position.y, bbox.center.theta) == (25.0, 40.0, 0.0)
+    assert bbox_to_xywh(bbox) == (10.0, 20.0, 30.0, 40.0)
+    assert stamp_to_ns(SimpleNamespace(sec=3, nanosec=5)) == 3_000_000_005

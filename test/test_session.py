@@ -1,0 +1,49 @@
+"""Target bookkeeping shared by node and replay: new ids, timeouts, anonymous boxes, track mode."""
+import pytest
+
+from ar_ros import Refiner
+from ar_ros.engine.session import RefineSession
+
+BOX = (200.0, 150.0, 120.0, 90.0)
+
+
+@pytest.fixture
+def session(small_net):
+    return RefineSession(Refiner(small_net), mode="refine", max_targets=2, target_timeout_ns=100)
+
+
+def test_new_ids_get_templates_and_time_out(session, frame):
+    step = session.step(frame, [("a", BOX), ("b", (10.0, 10.0, 50.0, 40.0))], stamp_ns=0)
+    assert list(step.results) == ["a", "b"] and session.targets == ["a", "b"]
+    step = session.step(frame, [("a", BOX)], stamp_ns=50)
+    assert list(step.results) == ["a"] and session.targets == ["a", "b"]
+    step = session.step(frame, [("a", BOX)], stamp_ns=200)
+    assert step.forgotten == ["b"] and session.targets == ["a"]
+
+
+def test_max_targets_invalid_and_duplicate_inputs_are_skipped_with_reasons(session, frame):
+    step = session.step(frame, [("a", BOX), ("a", BOX), ("b", BOX), ("c", BOX), ("n", (float("nan"), 0, 1, 1))], 0)
+    assert list(step.results) == ["a", "b"]
+    kinds = {(tid, kind) for tid, kind, _ in step.skipped}
+    assert kinds == {("a", "duplicate_id"), ("c", "over_max_targets"), ("n", "invalid_box")}
+
+
+def test_anonymous_detections_use_their_own_frame_and_leave_nothing_behind(session, frame):
+    step = session.step(frame, [("", BOX), ("", (10.0, 10.0, 50.0, 40.0))], stamp_ns=0)
+    assert sorted(step.results) == ["#0", "#1"]
+    assert session.targets == [] and session.refiner.targets == []
+
+
+def test_track_mode_uses_matching_ids_then_overlap_then_last_box(small_net, frame):
+    s = RefineSession(Refiner(small_net), mode="track", max_targets=3)
+    first = s.add_targets(frame, {"x": BOX}, stamp_ns=0)
+    assert "x" in first and s.targets == ["x"]
+    step = s.step(frame, [("other", (0.0, 0.0, 30.0, 30.0))], stamp_ns=1)
+    assert list(step.results) == ["x"] and step.results["x"].base_box == first["x"].box  # last box
+    step = s.step(frame, [("", (205.0, 150.0, 120.0, 90.0))], stamp_ns=2)
+    assert step.results["x"].base_box == (205.0, 150.0, 120.0, 90.0)                   # best overlap
+    step = s.step(frame, [("x", (190.0, 150.0, 120.0, 90.0))], stamp_ns=3)
+    assert step.results["x"].base_box == (190.0, 150.0, 120.0, 90.0)                   # same id
+    with pytest.raises(ValueError, match="max_targets"):
+        s.add_targets(frame, {"p": BOX, "q": BOX, "r": BOX})
+    assert s.clear(["x", "ghost"]) == ["ghost"] and s.targets == []
