@@ -1,14 +1,14 @@
-"""Base trackers to refine: the paper's jittered ground truth, and real OpenCV trackers."""
+"""Base trackers to refine in evaluation: the paper's jittered ground truth, and real OpenCV trackers."""
 from __future__ import annotations
 
 import math
 from typing import Iterable, List, Optional, Sequence, Tuple
 
-import cv2
 import numpy as np
 
+from ..opencv_trackers import OPENCV_TRACKERS, OpenCVTracker
+
 Box = Tuple[float, float, float, float]
-OPENCV_TRACKERS = ("csrt", "kcf", "mil")
 BASES = ("jitter",) + OPENCV_TRACKERS
 
 
@@ -31,43 +31,6 @@ def jittered_gt(gt: Sequence[Box], seed: int, scale: float = 0.25, center: float
         present = box is not None and box[2] > 0 and box[3] > 0
         out.append(None if not present else tuple(box) if i == 0 else jitter(box, rng, scale, center))
     return out
-
-
-def create_opencv_tracker(kind: str):
-    """A fresh OpenCV tracker (CSRT and KCF need opencv-contrib)."""
-    kind = kind.lower()
-    names = {"csrt": "TrackerCSRT_create", "kcf": "TrackerKCF_create", "mil": "TrackerMIL_create"}
-    if kind not in names:
-        raise ValueError(f"unknown OpenCV tracker {kind!r}; choose from {OPENCV_TRACKERS}")
-    for module in (cv2, getattr(cv2, "legacy", None)):
-        factory = getattr(module, names[kind], None) if module is not None else None
-        if factory is not None:
-            return factory()
-    raise RuntimeError(f"OpenCV has no {names[kind]}: install opencv-contrib-python-headless")
-
-
-class OpenCVTracker:
-    """Stateful wrapper: ``init(frame, box)`` then ``update(frame) -> box or None`` (RGB frames)."""
-
-    def __init__(self, kind: str = "csrt") -> None:
-        self.kind = kind
-        self._tracker = None
-        self.last: Optional[Box] = None
-
-    def init(self, rgb: np.ndarray, box: Box) -> None:
-        self._tracker = create_opencv_tracker(self.kind)
-        x, y, w, h = (int(round(v)) for v in box)
-        self._tracker.init(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), (x, y, max(w, 1), max(h, 1)))
-        self.last = tuple(float(v) for v in box)  # type: ignore[assignment]
-
-    def update(self, rgb: np.ndarray) -> Optional[Box]:
-        if self._tracker is None:
-            raise RuntimeError("call init() first")
-        ok, box = self._tracker.update(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-        if ok and box[2] > 0 and box[3] > 0:
-            self.last = tuple(float(v) for v in box)  # type: ignore[assignment]
-            return self.last
-        return None
 
 
 def run_opencv(frames: Iterable[np.ndarray], init_box: Box, kind: str = "csrt") -> List[Optional[Box]]:

@@ -1,0 +1,47 @@
+"""OpenCV single-object trackers (CSRT, KCF, MIL) behind one small interface, used as base trackers."""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import cv2
+import numpy as np
+
+Box = Tuple[float, float, float, float]
+OPENCV_TRACKERS = ("csrt", "kcf", "mil")
+
+
+def create_opencv_tracker(kind: str):
+    """A fresh OpenCV tracker (CSRT and KCF need opencv-contrib)."""
+    kind = kind.lower()
+    names = {"csrt": "TrackerCSRT_create", "kcf": "TrackerKCF_create", "mil": "TrackerMIL_create"}
+    if kind not in names:
+        raise ValueError(f"unknown OpenCV tracker {kind!r}; choose from {OPENCV_TRACKERS}")
+    for module in (cv2, getattr(cv2, "legacy", None)):
+        factory = getattr(module, names[kind], None) if module is not None else None
+        if factory is not None:
+            return factory()
+    raise RuntimeError(f"OpenCV has no {names[kind]}: install opencv-contrib-python-headless")
+
+
+class OpenCVTracker:
+    """Stateful wrapper: ``init(frame, box)`` then ``update(frame) -> box or None`` (RGB frames)."""
+
+    def __init__(self, kind: str = "csrt") -> None:
+        self.kind = kind
+        self._tracker = None
+        self.last: Optional[Box] = None
+
+    def init(self, rgb: np.ndarray, box: Box) -> None:
+        self._tracker = create_opencv_tracker(self.kind)
+        x, y, w, h = (int(round(v)) for v in box)
+        self._tracker.init(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), (x, y, max(w, 1), max(h, 1)))
+        self.last = tuple(float(v) for v in box)  # type: ignore[assignment]
+
+    def update(self, rgb: np.ndarray) -> Optional[Box]:
+        if self._tracker is None:
+            raise RuntimeError("call init() first")
+        ok, box = self._tracker.update(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        if ok and box[2] > 0 and box[3] > 0:
+            self.last = tuple(float(v) for v in box)  # type: ignore[assignment]
+            return self.last
+        return None

@@ -1,0 +1,128 @@
+"""A small base tracker node: OpenCV CSRT/KCF/MIL on the camera image, vision_msgs out.
+
+For users without a tracker of their own: camera -> base_tracker -> ar_ros -> rviz. Targets are set
+with the same ``set_target`` service shape as the refiner (``ar_ros/srv/SetTarget``) and keep their id
+in every ``Detection2D`` of ``detections``. A lost target repeats its last box with score 0.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+from typing import Any, Dict, List, Optional
+
+import rclpy
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from sensor_msgs.msg import Image
+from vision_msgs.msg import BoundingBox2D, Detection2D, Detection2DArray, ObjectHypothesisWithPose
+
+from ar_ros.srv import ClearTargets, SetTarget
+
+from ..engine.boxes import check_box
+from ..io.detections import bbox_to_xywh, fill_bbox
+from ..io.images import ImageError, image_to_rgb
+from ..opencv_trackers import OPENCV_TRACKERS, OpenCVTracker
+from .qos import IMAGE_QOS, OUTPUT_QOS
+
+
+class BaseTrackerNode(Node):
+    def __init__(self, node_name: str = "base_tracker", **kwargs: Any) -> None:
+        super().__init__(node_name, **kwargs)
+        self.declare_parameter("tracker", "csrt", ParameterDescriptor(
+            description=f"OpenCV tracker: {', '.join(OPENCV_TRACKERS)}", read_only=True))
+        self.declare_parameter("class_id", "target", ParameterDescriptor(description="class_id in the output"))
+        kind = self.get_parameter("tracker").value
+        if kind not in OPENCV_TRACKERS:
+            raise ValueError(f"tracker must be one of {OPENCV_TRACKERS}, got {kind!r}")
+        self.kind = kind
+        self.trackers: Dict[str, OpenCVTracker] = {}
+        self.last_rgb = None
+        self._lock = threading.Lock()
+        self._next_id = 1
+        self.pub = self.create_publisher(Detection2DArray, "detections", OUTPUT_QOS)
+        self.create_subscription(Image, "image", self._on_image, IMAGE_QOS)
+        self.create_service(SetTarget, "set_target", self._srv_set_target)
+        self.create_service(ClearTargets, "clear_targets", self._srv_clear)
+
+    def _on_image(self, msg: Image) -> None:
+        try:
+            rgb = image_to_rgb(msg)
+        except ImageError as err:
+            self.get_logger().warning(f"skipping frame: {err}", throttle_duration_sec=5.0)
+            return
+        out = Detection2DArray(header=msg.header)
+        with self._lock:
+            self.last_rgb = rgb
+            for tid, tracker in self.trackers.items():
+                box = tracker.update(rgb)
+                det = Detection2D(header=msg.header, id=tid)
+                fill_bbox(det.bbox, box if box is not None else tracker.last)
+                hyp = ObjectHypothesisWithPose()
+                hyp.hypothesis.class_id = self.get_parameter("class_id").value
+                hyp.hypothesis.score = 1.0 if box is not None else 0.0
+                det.results = [hyp]
+                out.detections.append(det)
+        self.pub.publish(out)
+
+    def _srv_set_target(self, req: SetTarget.Request, res: SetTarget.Response) -> SetTarget.Response:
+        res.success = False
+        with self._lock:
+            if self.last_rgb is None:
+                res.message = "no image received yet"
+                return res
+            ids = list(req.target_ids) or [""] * len(req.boxes)
+            if len(ids) != len(req.boxes) or not req.boxes:
+                res.message = "give one box per target id (at least one)"
+                return res
+            height, width = self.last_rgb.shape[:2]
+            new: Dict[str, OpenCVTracker] = {}
+            for i, (tid, bbox) in enumerate(zip(ids, req.boxes)):
+                try:
+                    box = check_box(bbox_to_xywh(bbox), width, height)
+                except ValueError as err:
+                    res.message = f"box {i}: {err}"
+                    return res
+                if not tid:
+                    tid = f"t{self._next_id}"
+                    self._next_id += 1
+                tracker = OpenCVTracker(self.kind)
+                tracker.init(self.last_rgb, box)
+                new[tid] = tracker
+                res.refined_boxes.append(fill_bbox(BoundingBox2D(), box))
+            self.trackers.update(new)
+            res.target_ids = list(self.trackers)
+        res.success, res.message = True, f"tracking {len(new)} new target(s) with {self.kind}"
+        return res
+
+    def _srv_clear(self, req: ClearTargets.Request, res: ClearTargets.Response) -> ClearTargets.Response:
+        with self._lock:
+            wanted = list(req.target_ids) or list(self.trackers)
+            unknown = [t for t in wanted if t not in self.trackers]
+            for tid in wanted:
+                self.trackers.pop(tid, None)
+            res.target_ids = list(self.trackers)
+        res.success = not unknown
+        res.message = f"unknown target(s): {unknown}" if unknown else "cleared"
+        return res
+
+
+def main(args: Optional[List[str]] = None) -> None:
+    rclpy.init(args=args if args is not None else sys.argv)
+    try:
+        node = BaseTrackerNode()
+    except ValueError as err:
+        print(f"base_tracker: {err}", file=sys.stderr)
+        rclpy.try_shutdown()
+        sys.exit(2)
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        while rclpy.ok():
+            executor.spin_once(timeout_sec=0.25)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        executor.shutdown(timeout_sec=1.0)
+        node.destroy_node()
+        rclpy.try_shutdown()
