@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""Latency of Refiner.refine per frame: 1, 4, 8 targets, box-only and box+mask, CPU (and CUDA if present).
+
+Also times, in the same run, an authors'-style pipeline on the same network (one target per forward
+pass, float64 normalisation per pixel, no channels_last) as the baseline, and prints ratios.
+
+    python benchmarks/bench_refiner.py [--model authors|default|PATH] [--threads 2] [--repeat 20] [--json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+
+import cv2
+import numpy as np
+import torch
+
+from ar_ros import Refiner
+from ar_ros.engine import crop as cropping
+from ar_ros.model import AUTHORS_CONFIG, AlphaRefineNet
+
+
+def frame_and_boxes(n):
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)
+    boxes = {f"t{i}": (40.0 + 60 * (i % 8), 60.0 + 40 * (i // 8), 70.0, 90.0) for i in range(n)}
+    return frame, boxes
+
+
+def timeit(fn, repeat, warmup=3):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times), float(np.percentile(times, 95))
+
+
+def authors_style(net, frame, box, kernel):
+    """One target: their crop (copyMakeBorder + resize), float64 normalisation, plain NCHW fp32 forward."""
+    win = cropping.window_for(box, 2.0, net.config.input_size, "exact")
+    patch = cropping.crop(frame, win)
+    img = (patch / 255.0 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    x = torch.from_numpy(img.astype(np.float32).transpose(2, 0, 1).copy())[None]
+    with torch.no_grad():
+        out = net.search(x, kernel)
+    return win.box_to_frame(out["boxes"][0].numpy())
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="authors", help="authors (AR34 layout, random weights) | default | PATH")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=20)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    cv2.setNumThreads(args.threads)
+    torch.manual_seed(0)
+    if args.model == "authors":
+        net = AlphaRefineNet(AUTHORS_CONFIG).eval()
+        checkpoint = net
+    else:
+        checkpoint = None if args.model == "default" else args.model
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    results = {}
+    for device in devices:
+        precision = "fp16" if device == "cuda" else "fp32"
+        refiner = Refiner(checkpoint, device=device, precision=precision)
+        for mask in (False, True):
+            for n in (1, 4, 8):
+                frame, boxes = frame_and_boxes(n)
+                refiner.clear()
+                refiner.set_targets(frame, boxes)
+                med, p95 = timeit(lambda: refiner.refine(frame, boxes, mask=mask), args.repeat)
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                results[f"{device}/{precision}/{'box+mask' if mask else 'box'}/{n}"] = {"median_ms": med, "p95_ms": p95}
+    # the in-run baseline, CPU fp32, box only
+    base_net = (checkpoint if isinstance(checkpoint, AlphaRefineNet) else Refiner(checkpoint).net.float()).eval()
+    base_net = base_net.to(memory_format=torch.contiguous_format)
+    frame, boxes = frame_and_boxes(8)
+    win = cropping.window_for(boxes["t0"], 2.0, base_net.config.input_size, "exact")
+    with torch.no_grad():
+        patch = cropping.crop(frame, win).astype(np.float64) / 255.0
+        x = torch.from_numpy(((patch - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]).astype(np.float32)
+                             .transpose(2, 0, 1).copy())[None]
+        kernel = base_net.template(x)
+    for n in (1, 8):
+        med, p95 = timeit(lambda: [authors_style(base_net, frame, b, kernel) for b in list(boxes.values())[:n]],
+                          max(5, args.repeat // 2))
+        results[f"baseline/cpu/fp32/box/{n}"] = {"median_ms": med, "p95_ms": p95}
+    if args.json:
+        print(json.dumps({k: round(v["median_ms"], 3) for k, v in results.items()}))
+        return
+    print(f"model: {args.model}  threads: {args.threads}  torch {torch.__version__}")
+    print(f"{'configuration':32s} {'median ms':>10s} {'p95 ms':>10s}")
+    for k, v in results.items():
+        print(f"{k:32s} {v['median_ms']:10.2f} {v['p95_ms']:10.2f}")
+    b1 = results["baseline/cpu/fp32/box/1"]["median_ms"]
+    b8 = results["baseline/cpu/fp32/box/8"]["median_ms"]
+    o1 = results["cpu/fp32/box/1"]["median_ms"]
+    o8 = results["cpu/fp32/box/8"]["median_ms"]
+    print(f"\nratio ours/baseline, 1 target: {o1 / b1:.2f}x   8 targets: {o8 / b8:.2f}x   "
+          f"ours 8 vs 1 target: {o8 / o1:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
