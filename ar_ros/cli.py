@@ -80,6 +80,20 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_live_replay(args: argparse.Namespace) -> int:
+    try:
+        from .ros.live_replay import live_replay
+    except ImportError as err:
+        raise RuntimeError(f"live replay needs ROS 2 (rclpy and the built ar_ros interfaces): {err}; "
+                           "source tools/setup_env.sh, or use `replay` (offline, no ROS)") from None
+    report = live_replay(args.bag, out=args.out, checkpoint=args.checkpoint, device=args.device, rate=args.rate,
+                         detections_topic=args.detections_topic, overwrite=args.force, progress=not args.no_progress)
+    info = report.summary()
+    print(json.dumps(info) if args.json else ", ".join(f"{k}: {v:.1f}" if isinstance(v, float) else f"{k}: {v}"
+                                                      for k, v in info.items()))
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
     from .engine.refiner import Refiner
@@ -172,6 +186,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite an existing output bag")
     common(p)
     p.set_defaults(func=_cmd_replay)
+
+    p = sub.add_parser("live-replay", help="play a bag into the real refiner node and record its output")
+    p.add_argument("bag")
+    p.add_argument("--out", default=None, help="bag of the recorded /refined/detections")
+    p.add_argument("--rate", type=float, default=1.0, help="playback speed; 0 = as fast as the node keeps up")
+    p.add_argument("--detections-topic", default="/base/detections")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--force", action="store_true")
+    common(p)
+    p.set_defaults(func=_cmd_live_replay)
 
     p = sub.add_parser("eval", help="score base vs refined on a synthetic suite")
     p.add_argument("--suite", default="small", help="tiny | small | reference")
