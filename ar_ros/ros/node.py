@@ -234,6 +234,7 @@ class RefinerNode(LifecycleNode):
     # ------------------------------------------------------------------ input
     def _on_image(self, msg: Image) -> None:
         self.meters["image"].add()
+        self.counters.inc("images_received")
         if not self.active:
             return
         stamp = stamp_to_ns(msg.header.stamp)
@@ -247,6 +248,7 @@ class RefinerNode(LifecycleNode):
 
     def _on_detections(self, msg: Detection2DArray) -> None:
         self.meters["detections"].add()
+        self.counters.inc("detections_received")
         if not self.active:
             return
         if not self.enabled:
@@ -378,6 +380,7 @@ class RefinerNode(LifecycleNode):
                                  float(self._p("mask_threshold")))
             self._pubs["overlay"].publish(array_to_image(rgb_to_bgr(drawn), "bgr8", Image, header))
         self.meters["output"].add()
+        self.counters.inc("frames_refined")
         age_ms = (self.get_clock().now().nanoseconds - stamp_to_ns(header.stamp)) / 1e6
         self.meters["age_ms"].add(age_ms)
 
@@ -472,7 +475,7 @@ class RefinerNode(LifecycleNode):
                   "output_hz": fmt(rates["output"]), "refine_ms_p50": fmt(p50), "refine_ms_p95": fmt(p95),
                   "stamp_age_ms_p50": fmt(age50), "targets": str(len(self._live_ids())),
                   "device": self.device_label, "enabled": str(self.enabled)}
-        for key in ("skipped_stale", "stale", "unsynced", "bad_images", "invalid_box", "duplicate_id", "fallbacks",
+        for key in ("images_received", "detections_received", "frames_refined", "skipped_stale", "stale", "unsynced", "bad_images", "invalid_box", "duplicate_id", "fallbacks",
                     "over_max_targets", "errors", "disabled_skips", "qos_incompatible"):
             values[key] = str(counts.get(key, 0))
         status = DiagnosticStatus(level=level, name=f"ar_ros: {self.get_name()}", message=message,
