@@ -45,15 +45,36 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_make_bag(args: argparse.Namespace) -> int:
     from .eval import bags
-    from .eval.benchmark import base_boxes
-    from .eval.synthetic import Sequence
-    seq = Sequence(args.seed, args.frames, (args.width, args.height))
-    frames = list(seq)
-    boxes = base_boxes(seq, frames, args.base, seed=args.seed)
-    path = bags.write_sequence(args.out, (f.image for f in frames), boxes, [f.box for f in frames], fps=args.fps,
-                               storage=args.storage, compressed=args.compressed, overwrite=args.force,
-                               progress=not args.no_progress)
-    print(f"wrote {path} ({len(frames)} frames, base '{args.base}', {args.storage})")
+    if args.dataset:
+        from .eval.base_trackers import jittered_gt, run_opencv
+        from .eval.datasets import open_dataset
+        from .eval.metrics import read_boxes
+        if not args.sequence:
+            raise ValueError("--dataset needs --sequence NAME")
+        (seq,) = open_dataset(args.dataset, args.root, [args.sequence])
+        gt = [tuple(r) for r in seq.gt] if len(seq.gt) == len(seq) else None
+        if args.predictions:
+            base = [tuple(r) for r in read_boxes(args.predictions)]
+            if len(base) != len(seq):
+                raise ValueError(f"{args.predictions}: {len(base)} rows for {len(seq)} frames")
+        elif args.base == "jitter":
+            if gt is None:
+                raise ValueError("jittered GT needs full ground truth; pass --predictions")
+            base = jittered_gt(gt, args.seed)
+        else:
+            base = run_opencv(seq.images(), tuple(seq.gt[0]), args.base)
+        images, n, label = seq.images(), len(seq), f"{args.dataset}/{seq.name}"
+    else:
+        from .eval.benchmark import base_boxes
+        from .eval.synthetic import Sequence
+        synth = Sequence(args.seed, args.frames, (args.width, args.height))
+        frames = list(synth)
+        base = base_boxes(synth, frames, args.base, seed=args.seed)
+        gt = [f.box for f in frames]
+        images, n, label = (f.image for f in frames), len(frames), f"synthetic seed {args.seed}"
+    path = bags.write_sequence(args.out, images, base, gt, fps=args.fps, storage=args.storage,
+                               compressed=args.compressed, overwrite=args.force, progress=not args.no_progress)
+    print(f"wrote {path} ({n} frames of {label}, base '{args.predictions or args.base}', {args.storage})")
     return 0
 
 
@@ -159,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("make-bag", help="write a synthetic sequence with base and GT detections as a rosbag2")
+    p = sub.add_parser("make-bag", help="write a sequence (synthetic or from a dataset) with base and GT "
+                                        "detections as a rosbag2")
     p.add_argument("out", help="output bag directory")
     p.add_argument("--seed", type=int, default=100_000)
     p.add_argument("--frames", type=int, default=150)
@@ -169,6 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", default="jitter", choices=["jitter", "csrt", "kcf", "mil"])
     p.add_argument("--storage", default="sqlite3", choices=["sqlite3", "mcap"])
     p.add_argument("--compressed", action="store_true", help="JPEG images on /camera/image/compressed")
+    p.add_argument("--dataset", choices=["otb", "lasot", "got10k", "trackingnet"], default=None,
+                   help="convert a dataset sequence instead of a synthetic one")
+    p.add_argument("--root", help="dataset folder")
+    p.add_argument("--sequence", help="sequence name in the dataset")
+    p.add_argument("--predictions", help="x,y,w,h rows of any base tracker (one per frame)")
     p.add_argument("--force", action="store_true", help="overwrite an existing bag")
     common(p, model=False)
     p.set_defaults(func=_cmd_make_bag)
