@@ -115,6 +115,21 @@ def _cmd_live_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .backends.onnx import export_onnx, max_box_difference
+    from .model import load_network
+    from .engine.refiner import DEFAULT_CHECKPOINT
+    path = args.checkpoint or DEFAULT_CHECKPOINT
+    net, _ = load_network(path)
+    out = export_onnx(net, args.out, source=str(path))
+    diff = max_box_difference(net, out)
+    print(f"wrote {out}/ (template.onnx, search_box.onnx, search_mask.onnx); ONNX Runtime vs torch: "
+          f"max box difference {diff:.4f} px")
+    if diff >= 0.05:
+        raise RuntimeError(f"exported model disagrees with torch by {diff:.3f} px (limit 0.05)")
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
     from .engine.refiner import Refiner
@@ -223,6 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true")
     common(p)
     p.set_defaults(func=_cmd_live_replay)
+
+    p = sub.add_parser("export", help="export ONNX graphs (template + search, dynamic batch) and check them")
+    p.add_argument("format", choices=["onnx"])
+    p.add_argument("out", help="output folder")
+    p.add_argument("--checkpoint", default=None, help="model file (default: the shipped model)")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("eval", help="score base vs refined on a synthetic suite")
     p.add_argument("--suite", default="small", help="tiny | small | reference")

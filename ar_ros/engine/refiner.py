@@ -17,6 +17,7 @@ from .masks import mask_to_box
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "weights" / "ar_ros_default.pt"
 COLORS = ("rgb", "bgr")
+BACKENDS = ("torch", "onnxruntime")
 
 
 @dataclass
@@ -84,10 +85,21 @@ class Refiner:
     def __init__(self, checkpoint: Union[None, str, os.PathLike, AlphaRefineNet] = None, device: str = "cpu",
                  precision: str = "fp32", crop_mode: Optional[str] = None, search_factor: Optional[float] = None,
                  min_score: float = 0.0, max_scale_change: float = 3.0, mask_threshold: float = 0.5,
-                 channels_last: bool = True) -> None:
+                 channels_last: bool = True, backend: str = "torch") -> None:
         self.device = resolve_device(device)
         self.dtype = resolve_precision(precision, self.device)
-        if isinstance(checkpoint, AlphaRefineNet):
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.backend = backend
+        if backend == "onnxruntime":
+            from ..backends.onnx import OnnxRuntimeBackend
+            if self.dtype != torch.float32:
+                raise ValueError("backend 'onnxruntime' runs the exported fp32 graphs; use precision 'fp32'")
+            if checkpoint is None or isinstance(checkpoint, AlphaRefineNet):
+                raise ValueError("backend 'onnxruntime' needs checkpoint = a folder from `ar-refine export onnx`")
+            net = OnnxRuntimeBackend(checkpoint, device=self.device.type)
+            self.meta = {"source": f"onnx:{checkpoint}"}
+        elif isinstance(checkpoint, AlphaRefineNet):
             net, self.meta = checkpoint, {"source": "network"}
         else:
             path = Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT
@@ -109,9 +121,11 @@ class Refiner:
         self.min_score = float(min_score)
         self.max_scale_change = float(max_scale_change)
         self.mask_threshold = float(mask_threshold)
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.net = net.eval().to(self.device, dtype=self.dtype, memory_format=self.memory_format)
-        self._lut = torch.from_numpy(cropping.normalisation_table().reshape(-1)).to(self.device)
+        self.memory_format = torch.channels_last if channels_last and backend == "torch" else torch.contiguous_format
+        self.net = net.eval().to(self.device, dtype=self.dtype, memory_format=self.memory_format) \
+            if backend == "torch" else net
+        lut_device = self.device if backend == "torch" else torch.device("cpu")
+        self._lut = torch.from_numpy(cropping.normalisation_table().reshape(-1)).to(lut_device)
         self._kernels: Dict[Hashable, torch.Tensor] = {}
         self.passes = 0            # forward passes over search crops (one per refine call with targets)
         self.last_batch_size = 0
@@ -201,8 +215,9 @@ class Refiner:
         patches = np.stack([cropping.crop(frame, w) for w in windows])
         if color == "bgr":
             patches = patches[..., ::-1]
-        idx = torch.from_numpy(np.ascontiguousarray(patches)).to(self.device).long()
-        idx += torch.arange(3, device=self.device) * 256
+        device = self._lut.device
+        idx = torch.from_numpy(np.ascontiguousarray(patches)).to(device).long()
+        idx += torch.arange(3, device=device) * 256
         batch = self._lut[idx].permute(0, 3, 1, 2)  # NHWC memory viewed as NCHW == channels_last
         return batch.to(dtype=self.dtype, memory_format=self.memory_format)
 

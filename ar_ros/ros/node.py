@@ -137,7 +137,7 @@ class RefinerNode(LifecycleNode):
                                    precision=self._p("precision"), crop_mode=self._p("crop_mode") or None,
                                    search_factor=self._p("search_factor") or None,
                                    min_score=self._p("min_score"), max_scale_change=self._p("max_scale_change"),
-                                   mask_threshold=self._p("mask_threshold"))
+                                   mask_threshold=self._p("mask_threshold"), backend=self._p("backend"))
         except (ValueError, KeyError, OSError, RuntimeError) as err:
             self.get_logger().error(f"cannot load the refiner: {err}")
             return TransitionCallbackReturn.FAILURE

@@ -1,0 +1,59 @@
+"""ONNX export of template and search graphs, ONNX Runtime parity, backend selection errors."""
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+from ar_ros import Refiner  # noqa: E402
+from ar_ros.backends.onnx import BackendError, OnnxRuntimeBackend, export_onnx, max_box_difference  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def onnx_dir(tmp_path_factory, small_net):
+    return export_onnx(small_net, tmp_path_factory.mktemp("onnx"))
+
+
+def test_export_matches_torch_within_0_05_px(onnx_dir, small_net):
+    assert small_net.training is False  # exporting must not flip the network into training mode
+    assert max_box_difference(small_net, onnx_dir) < 0.05
+
+
+def test_refiner_on_onnxruntime_matches_torch_with_several_targets(onnx_dir, small_net, frame):
+    boxes = {"a": (200.0, 150.0, 120.0, 90.0), "b": (20.0, 30.0, 60.0, 50.0), "c": (500.0, 300.0, 80.0, 90.0)}
+    results = []
+    for r in (Refiner(small_net), Refiner(str(onnx_dir), backend="onnxruntime")):
+        r.set_targets(frame, boxes)
+        results.append(r.refine(frame, boxes, mask=True))
+    for tid in boxes:
+        assert np.allclose(results[0][tid].raw_box, results[1][tid].raw_box, atol=0.05)
+        assert np.abs(results[0][tid].mask - results[1][tid].mask).max() < 1e-3
+
+
+def test_backend_errors_are_clear(tmp_path, small_net):
+    with pytest.raises(BackendError, match="export onnx"):
+        OnnxRuntimeBackend(tmp_path)
+    with pytest.raises(ValueError, match="folder"):
+        Refiner(small_net, backend="onnxruntime")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        Refiner(small_net, backend="tensorrt-9000")
+    (tmp_path / "ar_ros_onnx.json").write_text('{"config": {}, "files": {"template": "template.onnx"}}')
+    with pytest.raises(BackendError, match="missing"):
+        OnnxRuntimeBackend(tmp_path)
+    (tmp_path / "template.onnx").write_bytes(b"not a model")
+    with pytest.raises(BackendError, match="cannot load"):
+        OnnxRuntimeBackend(tmp_path)
+
+
+@pytest.mark.ros
+def test_node_runs_with_the_onnxruntime_backend(ros_context, onnx_dir, frame):
+    pytest.importorskip("vision_msgs.msg")
+    from test_node import BOX, Harness
+    from ros_helpers import spin_until
+    h = Harness(ros_context, str(onnx_dir), backend="onnxruntime")
+    try:
+        assert h.node.refiner.backend == "onnxruntime"
+        h.send(frame, 1, [("a", BOX)])
+        assert spin_until(h.ex, lambda: h.got["det"])
+        assert [d.id for d in h.got["det"][0].detections] == ["a"]
+    finally:
+        h.close()
