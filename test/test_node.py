@@ -220,3 +220,39 @@ def test_nearest_stamp_within_slop_pairs_and_late_detections_still_match(harness
     harness.det_pub.publish(detections_msg([("a", BOX)], 22, 20_000_000))
     assert spin_until(harness.ex, lambda: len(harness.got["det"]) >= 2)
     assert harness.got["det"][-1].header.stamp.sec == 22 and harness.got["det"][-1].header.stamp.nanosec == 0
+
+
+def test_compressed_image_transport(ros_context, small_checkpoint, frame):
+    import cv2
+    from sensor_msgs.msg import CompressedImage
+    h = Harness.__new__(Harness)
+    params = [Parameter("checkpoint", value=small_checkpoint), Parameter("device", value="cpu"),
+              Parameter("image_transport", value="compressed")]
+    h.node = RefinerNode(context=ros_context, parameter_overrides=params)
+    h.node.trigger_configure()
+    h.node.trigger_activate()
+    h.tester = Node("tester", context=ros_context)
+    h.ex = SingleThreadedExecutor(context=ros_context)
+    h.ex.add_node(h.node)
+    h.ex.add_node(h.tester)
+    got = []
+    h.tester.create_subscription(Detection2DArray, "refined/detections", got.append, 10)
+    pub = h.tester.create_publisher(CompressedImage, "image/compressed", 10)
+    det_pub = h.tester.create_publisher(Detection2DArray, "detections", 10)
+    try:
+        assert spin_until(h.ex, lambda: pub.get_subscription_count() > 0 and det_pub.get_subscription_count() > 0)
+        ok, jpg = cv2.imencode(".jpg", frame[..., ::-1])
+        msg = CompressedImage(format="bgr8; jpeg compressed bgr8", data=jpg.tobytes())
+        msg.header.stamp = stamp(9)
+        pub.publish(msg)
+        assert spin_until(h.ex, lambda: len(h.node._cache) == 1)
+        det_pub.publish(detections_msg([("a", BOX)], 9))
+        assert spin_until(h.ex, lambda: got)
+        bad = CompressedImage(format="jpeg", data=jpg.tobytes()[:100])
+        bad.header.stamp = stamp(10)
+        pub.publish(bad)
+        assert spin_until(h.ex, lambda: len(h.node._cache) == 2)
+        det_pub.publish(detections_msg([("a", BOX)], 10))
+        assert spin_until(h.ex, lambda: h.node.counters.get("bad_images") == 1)
+    finally:
+        h.close()

@@ -21,7 +21,7 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos_overriding_options import QoSOverridingOptions
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CompressedImage, Image
 from std_srvs.srv import SetBool
 from vision_msgs.msg import (Detection2D, Detection2DArray, LabelInfo, ObjectHypothesisWithPose,
                              VisionClass)
@@ -32,7 +32,7 @@ from ar_ros.srv import ClearTargets, SetTarget
 from ..draw import draw_targets, label_image
 from ..engine.boxes import check_box
 from ..io.detections import bbox_to_xywh, fill_bbox, stamp_to_ns
-from ..io.images import ImageError, array_to_image, image_to_rgb, rgb_to_bgr
+from ..io.images import ImageError, array_to_image, compressed_to_rgb, image_to_rgb, rgb_to_bgr
 from . import params as P
 from .diagnostics import Counters, Meter, fmt
 from .qos import (DETECTIONS_QOS, IMAGE_OUTPUT_QOS, IMAGE_QOS, LATCHED_QOS, OUTPUT_QOS, publisher_events,
@@ -44,7 +44,7 @@ from .stamp_cache import StampCache
 class CachedImage:
     """A received frame; decoded to RGB on first use only."""
 
-    msg: Image
+    msg: Any  # sensor_msgs/Image or CompressedImage
     received: float
     _rgb: Optional[np.ndarray] = None
     error: str = ""
@@ -52,7 +52,8 @@ class CachedImage:
     def rgb(self) -> Optional[np.ndarray]:
         if self._rgb is None and not self.error:
             try:
-                self._rgb = image_to_rgb(self.msg)
+                self._rgb = compressed_to_rgb(self.msg) if isinstance(self.msg, CompressedImage) \
+                    else image_to_rgb(self.msg)
             except ImageError as err:
                 self.error = str(err)
         return self._rgb
@@ -208,8 +209,12 @@ class RefinerNode(LifecycleNode):
         if self._subs_created:
             return
         qos_opts = QoSOverridingOptions.with_default_policies()
-        self.create_subscription(Image, "image", self._on_image, IMAGE_QOS, qos_overriding_options=qos_opts,
-                                 event_callbacks=subscription_events(self._qos_problem, self.resolve_topic_name("image")))
+        # image_transport naming: the compressed stream of `image` is `image/compressed`
+        compressed = self._p("image_transport") == "compressed"
+        image_topic = "image/compressed" if compressed else "image"
+        self.create_subscription(CompressedImage if compressed else Image, image_topic, self._on_image, IMAGE_QOS,
+                                 qos_overriding_options=qos_opts, event_callbacks=subscription_events(
+                                     self._qos_problem, self.resolve_topic_name(image_topic)))
         self.det_sub = self.create_subscription(
             Detection2DArray, "detections", self._on_detections, DETECTIONS_QOS, qos_overriding_options=qos_opts,
             event_callbacks=subscription_events(self._qos_problem, self.resolve_topic_name("detections")))
@@ -232,7 +237,7 @@ class RefinerNode(LifecycleNode):
         self._subs_created = True
 
     # ------------------------------------------------------------------ input
-    def _on_image(self, msg: Image) -> None:
+    def _on_image(self, msg: Any) -> None:
         self.meters["image"].add()
         self.counters.inc("images_received")
         if not self.active:

@@ -34,6 +34,9 @@ PARAMS: Tuple[Spec, ...] = (
     Spec("search_factor", 0.0, "Search region = factor x box per side. 0 = the model's own (2.0 as in the "
          "paper).", read_only=True, low=0.0, high=10.0),
     Spec("threads", 0, "torch CPU threads (0 = torch default).", read_only=True, low=0, high=256),
+    Spec("image_transport", "raw", "raw: subscribe `image` (sensor_msgs/Image); compressed: subscribe "
+         "`image/compressed` (sensor_msgs/CompressedImage, jpeg or png).", read_only=True,
+         choices=("raw", "compressed")),
     Spec("mode", "refine", "refine: refine every incoming base box by Detection2D.id. track: targets only "
          "from set_target; detections supply base boxes when they match.", read_only=True,
          choices=("refine", "track")),
