@@ -65,7 +65,7 @@ def main() -> None:
     img_pub = bench.create_publisher(Image, "image", 10)
     det_pub = bench.create_publisher(Detection2DArray, "detections", 10)
     spin_until(ex, lambda: img_pub.get_subscription_count() and det_pub.get_subscription_count()
-               and node._pubs["detections"].get_subscription_count(), 10)
+               and node.camera.pubs["detections"].get_subscription_count(), 10)
     rng = np.random.default_rng(0)
     background = rng.integers(0, 80, (480, 640, 3), dtype=np.uint8)
     overheads, e2e, memory = [], [], []

@@ -27,6 +27,9 @@ def main() -> None:
     ap.add_argument("--height", type=int, default=480)
     ap.add_argument("--best-effort", action="store_true")
     ap.add_argument("--wait-subscribers", type=float, default=20.0)
+    ap.add_argument("--frame-id", default="cam")
+    ap.add_argument("--target-id", default="obj")
+    ap.add_argument("--first-sec", type=int, default=1000)
     args, ros_args = ap.parse_known_args()
     rclpy.init(args=[sys.argv[0]] + ros_args)
     node = Node("camera")
@@ -48,9 +51,10 @@ def main() -> None:
         x = int(20 + (args.width - w - 40) * i / max(args.frames - 1, 1))
         y = args.height // 2 - h // 2
         frame[y:y + h, x:x + w] = (40, 200, 230)
-        sec, nsec = 1000 + i // 10, (i % 10) * 100_000_000
-        img_pub.publish(image_msg(frame, sec, nsec, encoding="bgr8"))
-        det_pub.publish(detections_msg([("obj", (x - 3.0, y + 2.0, w + 6.0, h - 4.0))], sec, nsec))
+        sec, nsec = args.first_sec + i // 10, (i % 10) * 100_000_000
+        img_pub.publish(image_msg(frame, sec, nsec, encoding="bgr8", frame_id=args.frame_id))
+        det_pub.publish(detections_msg([(args.target_id, (x - 3.0, y + 2.0, w + 6.0, h - 4.0))], sec, nsec,
+                                       frame_id=args.frame_id))
         sent += 1
         rclpy.spin_once(node, timeout_sec=0.0)
         time.sleep(max(0.0, 1.0 / args.rate - (time.monotonic() - t0)))

@@ -41,7 +41,7 @@ class Harness:
         self.det_pub = t.create_publisher(Detection2DArray, "detections", 10)
         assert spin_until(self.ex, lambda: self.img_pub.get_subscription_count() > 0
                           and self.det_pub.get_subscription_count() > 0
-                          and self.node._pubs["detections"].get_subscription_count() > 0)
+                          and self.node.camera.pubs["detections"].get_subscription_count() > 0)
 
     def subscribe_images(self):
         from rclpy.qos import DurabilityPolicy, QoSProfile
@@ -50,13 +50,13 @@ class Harness:
         t.create_subscription(Image, "refined/overlay", self.got["overlay"].append, 10)
         t.create_subscription(LabelInfo, "refined/mask/label_info", self.got["label"].append,
                               QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL))
-        assert spin_until(self.ex, lambda: self.node._pubs["mask"].get_subscription_count() > 0
-                          and self.node._pubs["overlay"].get_subscription_count() > 0)
+        assert spin_until(self.ex, lambda: self.node.camera.pubs["mask"].get_subscription_count() > 0
+                          and self.node.camera.pubs["overlay"].get_subscription_count() > 0)
 
     def send(self, frame, sec, boxes, encoding="rgb8", nanosec=0):
         self.img_pub.publish(image_msg(frame, sec, nanosec, encoding))
-        spin_until(self.ex, lambda: len(self.node._cache) > 0 and
-                   any(s == sec * 1_000_000_000 + nanosec for s in self.node._cache._items), 5.0)
+        spin_until(self.ex, lambda: len(self.node.camera.cache) > 0 and
+                   any(s == sec * 1_000_000_000 + nanosec for s in self.node.camera.cache._items), 5.0)
         if boxes is not None:
             self.det_pub.publish(detections_msg(boxes, sec, nanosec))
 
@@ -155,8 +155,8 @@ def test_set_target_clear_and_enable_round_trips(ros_context, small_checkpoint, 
 def test_disabled_node_skips_detections(harness, frame):
     harness.call(SetBool, "enable", SetBool.Request(data=False))
     harness.send(frame, 3, [("a", BOX)])
-    spin_until(harness.ex, lambda: harness.node.counters.get("disabled_skips") > 0, 5.0)
-    assert harness.node.counters.get("disabled_skips") == 1 and not harness.got["det"]
+    spin_until(harness.ex, lambda: harness.node.camera.counters.get("disabled_skips") > 0, 5.0)
+    assert harness.node.camera.counters.get("disabled_skips") == 1 and not harness.got["det"]
     harness.call(SetBool, "enable", SetBool.Request(data=True))
     harness.send(frame, 4, [("a", BOX)])
     assert spin_until(harness.ex, lambda: harness.got["det"])
@@ -182,15 +182,15 @@ def test_bad_input_is_logged_counted_and_survived(harness, frame):
     bad = image_msg(frame, 10)
     bad.encoding = "32FC3"
     harness.img_pub.publish(bad)
-    assert spin_until(harness.ex, lambda: len(node._cache) == 1)
+    assert spin_until(harness.ex, lambda: len(node.camera.cache) == 1)
     harness.det_pub.publish(detections_msg([("a", BOX)], 10))
-    assert spin_until(harness.ex, lambda: node.counters.get("bad_images") == 1)
+    assert spin_until(harness.ex, lambda: node.camera.counters.get("bad_images") == 1)
     short = image_msg(frame, 11)
     short.step = 10
     harness.img_pub.publish(short)
-    assert spin_until(harness.ex, lambda: len(node._cache) == 2)
+    assert spin_until(harness.ex, lambda: len(node.camera.cache) == 2)
     harness.det_pub.publish(detections_msg([("a", BOX)], 11))
-    assert spin_until(harness.ex, lambda: node.counters.get("bad_images") == 2)
+    assert spin_until(harness.ex, lambda: node.camera.counters.get("bad_images") == 2)
     # empty detections, NaN and outside boxes, stale stamps
     harness.send(frame, 12, [])
     assert spin_until(harness.ex, lambda: any(m.header.stamp.sec == 12 for m in harness.got["det"]))
@@ -198,15 +198,15 @@ def test_bad_input_is_logged_counted_and_survived(harness, frame):
     harness.send(frame, 13, [("n", (float("nan"), 1.0, 5.0, 5.0)), ("o", (9000.0, 0.0, 5.0, 5.0)), ("a", BOX)])
     assert spin_until(harness.ex, lambda: any(m.header.stamp.sec == 13 for m in harness.got["det"]))
     assert [d.id for d in next(m for m in harness.got["det"] if m.header.stamp.sec == 13).detections] == ["a"]
-    assert node.counters.get("invalid_box") == 2
+    assert node.camera.counters.get("invalid_box") == 2
     harness.det_pub.publish(detections_msg([("a", BOX)], 1))  # 12 s older than the newest image
-    assert spin_until(harness.ex, lambda: node.counters.get("stale") >= 1)
+    assert spin_until(harness.ex, lambda: node.camera.counters.get("stale") >= 1)
     # a 4K frame still works
     big = np.zeros((2160, 3840, 3), np.uint8)
     big[1000:1200, 2000:2300] = 200
     harness.send(big, 14, [("a", (2000.0, 1000.0, 300.0, 200.0))], encoding="bgr8")
     assert spin_until(harness.ex, lambda: any(m.header.stamp.sec == 14 for m in harness.got["det"]), 20.0)
-    assert node.counters.get("errors") == 0
+    assert node.camera.counters.get("errors") == 0
 
 
 def test_nearest_stamp_within_slop_pairs_and_late_detections_still_match(harness, frame):
@@ -245,14 +245,14 @@ def test_compressed_image_transport(ros_context, small_checkpoint, frame):
         msg = CompressedImage(format="bgr8; jpeg compressed bgr8", data=jpg.tobytes())
         msg.header.stamp = stamp(9)
         pub.publish(msg)
-        assert spin_until(h.ex, lambda: len(h.node._cache) == 1)
+        assert spin_until(h.ex, lambda: len(h.node.camera.cache) == 1)
         det_pub.publish(detections_msg([("a", BOX)], 9))
         assert spin_until(h.ex, lambda: got)
         bad = CompressedImage(format="jpeg", data=jpg.tobytes()[:100])
         bad.header.stamp = stamp(10)
         pub.publish(bad)
-        assert spin_until(h.ex, lambda: len(h.node._cache) == 2)
+        assert spin_until(h.ex, lambda: len(h.node.camera.cache) == 2)
         det_pub.publish(detections_msg([("a", BOX)], 10))
-        assert spin_until(h.ex, lambda: h.node.counters.get("bad_images") == 1)
+        assert spin_until(h.ex, lambda: h.node.camera.counters.get("bad_images") == 1)
     finally:
         h.close()

@@ -47,3 +47,19 @@ def test_track_mode_uses_matching_ids_then_overlap_then_last_box(small_net, fram
     with pytest.raises(ValueError, match="max_targets"):
         s.add_targets(frame, {"p": BOX, "q": BOX, "r": BOX})
     assert s.clear(["x", "ghost"]) == ["ghost"] and s.targets == []
+
+
+def test_namespaced_sessions_share_one_refiner_and_batch_across_frames(small_net, frame):
+    refiner = Refiner(small_net)
+    front = RefineSession(refiner, namespace="front")
+    left = RefineSession(refiner, namespace="left")
+    plans = [(front, front.plan(frame, [("a", BOX)], 0)), (left, left.plan(frame[::-1].copy(), [("a", BOX)], 0))]
+    assert sorted(refiner.targets) == [("front", "a"), ("left", "a")]
+    passes = refiner.passes
+    outputs = refiner.refine_many([(frame, plans[0][1].bases), (frame[::-1].copy(), plans[1][1].bases)])
+    assert refiner.passes == passes + 1 and refiner.last_batch_size == 2
+    steps = [s.finish(p, out) for (s, p), out in zip(plans, outputs)]
+    assert list(steps[0].results) == ["a"] and list(steps[1].results) == ["a"]
+    assert front.targets == ["a"] and left.targets == ["a"]
+    front.clear()
+    assert refiner.targets == [("left", "a")] and left.targets == ["a"]

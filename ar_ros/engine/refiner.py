@@ -5,7 +5,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Hashable, Iterable, List, Mapping, Optional, Tuple, Union
+from typing import Dict, Hashable, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -175,40 +175,53 @@ class Refiner:
         frame) and a refinement that fails the plausibility gate both come back as the base box with
         ``fallback=True`` and a ``reason``.
         """
-        height, width = check_frame(frame)
+        return self.refine_many([(frame, boxes_by_id)], color=color, mask=mask)[0]
+
+    def refine_many(self, jobs: Sequence[Tuple[np.ndarray, Mapping[Hashable, Iterable[float]]]],
+                    color: str = "rgb", mask: bool = False) -> List[Dict[Hashable, Result]]:
+        """:meth:`refine` for several frames (e.g. one per camera) in ONE forward pass over all targets."""
         _check_color(color)
-        unknown = [tid for tid in boxes_by_id if tid not in self._kernels]
-        if unknown:
-            raise KeyError(f"no template for target(s) {unknown}; call set_target first")
-        results: Dict[Hashable, Result] = {}
-        ids, windows, bases = [], [], []
-        for tid, raw in boxes_by_id.items():
-            try:
-                base = as_box(raw)
-            except ValueError as err:
-                results[tid] = Result(box=(math.nan,) * 4, score=0.0, base_box=(math.nan,) * 4, fallback=True,
-                                      reason=str(err))
-                continue
-            problem = box_problem(base, width, height)
-            if problem:
-                results[tid] = Result(box=base, score=0.0, base_box=base, fallback=True, reason=problem)
-                continue
-            ids.append(tid)
-            bases.append(base)
-            windows.append(cropping.window_for(base, self.search_factor, self.input_size, self.crop_mode))
-        if ids:
+        outputs: List[Dict[Hashable, Result]] = []
+        todo = []  # (job index, id, base, window)
+        batches = []
+        for j, (frame, boxes_by_id) in enumerate(jobs):
+            height, width = check_frame(frame)
+            unknown = [tid for tid in boxes_by_id if tid not in self._kernels]
+            if unknown:
+                raise KeyError(f"no template for target(s) {unknown}; call set_target first")
+            results: Dict[Hashable, Result] = {}
+            windows = []
+            for tid, raw in boxes_by_id.items():
+                try:
+                    base = as_box(raw)
+                except ValueError as err:
+                    results[tid] = Result(box=(math.nan,) * 4, score=0.0, base_box=(math.nan,) * 4,
+                                          fallback=True, reason=str(err))
+                    continue
+                problem = box_problem(base, width, height)
+                if problem:
+                    results[tid] = Result(box=base, score=0.0, base_box=base, fallback=True, reason=problem)
+                    continue
+                win = cropping.window_for(base, self.search_factor, self.input_size, self.crop_mode)
+                todo.append((j, tid, base, win))
+                windows.append(win)
+            if windows:
+                batches.append(self._batch(frame, windows, color))
+            outputs.append(results)
+        if todo:
             with torch.inference_mode():
-                kernels = torch.cat([self._kernels[tid] for tid in ids])
-                out = self.net.search(self._batch(frame, windows, color), kernels, with_mask=mask)
+                kernels = torch.cat([self._kernels[tid] for _, tid, _, _ in todo])
+                out = self.net.search(torch.cat(batches) if len(batches) > 1 else batches[0], kernels, with_mask=mask)
                 crop_boxes = out["boxes"].float().cpu().numpy()
                 scores = out["score"].float().cpu().numpy()
                 probs = out["mask"][:, 0].float().cpu().numpy() if mask else None
             self.passes += 1
-            self.last_batch_size = len(ids)
-            for i, tid in enumerate(ids):
-                results[tid] = self._result(bases[i], windows[i], crop_boxes[i], float(scores[i]),
-                                            None if probs is None else probs[i], height, width)
-        return {tid: results[tid] for tid in boxes_by_id}
+            self.last_batch_size = len(todo)
+            for i, (j, tid, base, win) in enumerate(todo):
+                height, width = jobs[j][0].shape[:2]
+                outputs[j][tid] = self._result(base, win, crop_boxes[i], float(scores[i]),
+                                               None if probs is None else probs[i], height, width)
+        return [{tid: res[tid] for tid in boxes_by_id} for res, (_, boxes_by_id) in zip(outputs, jobs)]
 
     def _batch(self, frame: np.ndarray, windows: List[cropping.CropWindow], color: str) -> torch.Tensor:
         """Crop every window, normalise through the lookup table, return (B,3,S,S) on the device."""

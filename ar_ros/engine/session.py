@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -33,26 +33,41 @@ class Step:
     results: Dict[str, Result] = field(default_factory=dict)
     skipped: List[Tuple[str, str, str]] = field(default_factory=list)   # (id, kind, message)
     forgotten: List[str] = field(default_factory=list)
+    bases: Dict[Hashable, Box] = field(default_factory=dict)            # refiner key -> base box (planned)
 
 
 class RefineSession:
-    """Feed frames with base detections, get refined boxes; see the module docstring for the modes."""
+    """Feed frames with base detections, get refined boxes; see the module docstring for the modes.
+
+    ``namespace`` lets several sessions (one per camera) share one :class:`Refiner`: targets are then
+    keyed ``(namespace, id)`` inside it, so the same id on two cameras are two targets.
+    """
 
     def __init__(self, refiner: Refiner, mode: str = "refine", max_targets: int = 8,
-                 target_timeout_ns: int = 1_000_000_000) -> None:
+                 target_timeout_ns: int = 1_000_000_000, namespace: Optional[str] = None) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.refiner = refiner
         self.mode = mode
         self.max_targets = int(max_targets)
         self.target_timeout_ns = int(target_timeout_ns)
+        self.namespace = namespace
         self.last_seen: Dict[str, int] = {}
         self.last_box: Dict[str, Box] = {}
+
+    def _key(self, tid: str) -> Hashable:
+        return tid if self.namespace is None else (self.namespace, tid)
+
+    def _known(self) -> List[str]:
+        """Ids of this session that have a template (anonymous ones included)."""
+        if self.namespace is None:
+            return [k for k in self.refiner.targets if isinstance(k, str) and not k.startswith("__")]
+        return [k[1] for k in self.refiner.targets if isinstance(k, tuple) and k[0] == self.namespace]
 
     @property
     def targets(self) -> List[str]:
         """Live target ids (not per-frame anonymous ones)."""
-        return [t for t in self.refiner.targets if isinstance(t, str) and not t.startswith(ANONYMOUS_PREFIX)]
+        return [t for t in self._known() if not t.startswith(ANONYMOUS_PREFIX)]
 
     def add_targets(self, frame: np.ndarray, boxes: Mapping[str, Box], stamp_ns: int = 0,
                     color: str = "rgb") -> Dict[str, Result]:
@@ -63,8 +78,10 @@ class RefineSession:
         after = set(self.targets) | set(boxes)
         if len(after) > self.max_targets:
             raise ValueError(f"{len(after)} targets would exceed max_targets={self.max_targets}; clear some first")
-        self.refiner.set_targets(frame, boxes, color=color)
-        results = self.refiner.refine(frame, boxes, color=color)
+        keyed = {self._key(t): b for t, b in boxes.items()}
+        self.refiner.set_targets(frame, keyed, color=color)
+        refined = self.refiner.refine(frame, keyed, color=color)
+        results = {t: refined[self._key(t)] for t in boxes}
         for tid, res in results.items():
             self.last_seen[tid] = stamp_ns
             self.last_box[tid] = res.box
@@ -73,11 +90,11 @@ class RefineSession:
     def clear(self, ids: Optional[Sequence[str]] = None) -> List[str]:
         """Forget ``ids`` (all when ``None``); returns the ids that were unknown."""
         wanted = list(self.targets if ids is None else ids)
-        known = set(self.refiner.targets)
+        known = set(self._known())
         unknown = [t for t in wanted if t not in known]
         for tid in wanted:
             if tid in known:
-                self.refiner.clear(tid)
+                self.refiner.clear(self._key(tid))
             self.last_seen.pop(tid, None)
             self.last_box.pop(tid, None)
         return unknown
@@ -85,25 +102,39 @@ class RefineSession:
     def step(self, frame: np.ndarray, detections: Sequence[Tuple[str, Box]], stamp_ns: int,
              mask: bool = False, color: str = "rgb") -> Step:
         """Refine one frame. ``detections`` are (id, xywh box) pairs; an empty id means anonymous."""
+        step = self.plan(frame, detections, stamp_ns, color)
+        results = self.refiner.refine(frame, step.bases, color=color, mask=mask) if step.bases else {}
+        return self.finish(step, results)
+
+    def plan(self, frame: np.ndarray, detections: Sequence[Tuple[str, Box]], stamp_ns: int,
+             color: str = "rgb") -> Step:
+        """First half of :meth:`step`: templates for new ids, and the base boxes to refine (``step.bases``)."""
         out = Step()
         if self.mode == "refine":
-            base = self._refine_mode_bases(frame, detections, stamp_ns, out)
+            bases = self._refine_mode_bases(frame, detections, stamp_ns, out, color)
         else:
-            base = self._track_mode_bases(detections)
-        if base:
-            out.results = self.refiner.refine(frame, base, color=color, mask=mask)
-        for tid in [t for t in out.results if t.startswith(ANONYMOUS_PREFIX)]:
-            self.refiner.clear(tid)
-        for tid, res in out.results.items():
-            if not tid.startswith(ANONYMOUS_PREFIX):
-                self.last_box[tid] = res.box
+            bases = self._track_mode_bases(detections)
+        out.bases = {self._key(t): b for t, b in bases.items()}
         return out
 
+    def finish(self, step: Step, results: Mapping[Hashable, Result]) -> Step:
+        """Second half of :meth:`step`: file the refiner's results (keyed as in ``step.bases``)."""
+        for key in step.bases:
+            tid = key if self.namespace is None else key[1]
+            step.results[tid] = results[key]
+            if tid.startswith(ANONYMOUS_PREFIX):
+                self.refiner.clear(key)
+            else:
+                self.last_box[tid] = results[key].box
+        return step
+
     def _refine_mode_bases(self, frame: np.ndarray, detections: Sequence[Tuple[str, Box]], stamp_ns: int,
-                           out: Step) -> Dict[str, Box]:
+                           out: Step, color: str) -> Dict[str, Box]:
         height, width = frame.shape[:2]
         base: Dict[str, Box] = {}
         new: Dict[str, Box] = {}
+        known = set(self._known())
+        live = len([t for t in known if not t.startswith(ANONYMOUS_PREFIX)])
         for i, (tid, box) in enumerate(detections):
             tid = tid or f"{ANONYMOUS_PREFIX}{i}"
             problem = box_problem(box, width, height) if len(box) == 4 else "box must be 4 numbers"
@@ -113,9 +144,10 @@ class RefineSession:
             if tid in base:
                 out.skipped.append((tid, "duplicate_id", f"duplicate id '{tid}' in one frame; keeping the first"))
                 continue
-            if tid not in self.refiner.targets:
-                if len(self.targets) + len([t for t in new if not t.startswith(ANONYMOUS_PREFIX)]) >= \
-                        self.max_targets and not tid.startswith(ANONYMOUS_PREFIX):
+            if tid not in known:
+                anonymous = tid.startswith(ANONYMOUS_PREFIX)
+                if not anonymous and live + len([t for t in new if not t.startswith(ANONYMOUS_PREFIX)]) >= \
+                        self.max_targets:
                     out.skipped.append((tid, "over_max_targets",
                                         f"more than max_targets={self.max_targets} targets; dropping '{tid}'"))
                     continue
@@ -124,14 +156,14 @@ class RefineSession:
             if not tid.startswith(ANONYMOUS_PREFIX):
                 self.last_seen[tid] = stamp_ns
         if new:
-            self.refiner.set_targets(frame, new)
+            self.refiner.set_targets(frame, {self._key(t): b for t, b in new.items()}, color=color)
         for tid, seen in list(self.last_seen.items()):
             # abs(): a bag that loops back in time also ages targets out
             if abs(stamp_ns - seen) > self.target_timeout_ns and tid not in base:
                 del self.last_seen[tid]
                 self.last_box.pop(tid, None)
-                if tid in self.refiner.targets:
-                    self.refiner.clear(tid)
+                if tid in known:
+                    self.refiner.clear(self._key(tid))
                 out.forgotten.append(tid)
         return base
 
@@ -149,4 +181,3 @@ class RefineSession:
                 best = max(anonymous, key=lambda b: iou(last, b), default=None)
                 base[tid] = best if best is not None and iou(last, best) > 0.1 else last
         return base
-

@@ -22,6 +22,9 @@ class Spec:
 
 
 PARAMS: Tuple[Spec, ...] = (
+    Spec("cameras", None, "Camera names for one node serving several cameras with one model (topics "
+         "<cam>/image, <cam>/detections, <cam>/refined/..., services <cam>/set_target ...). Unset = one "
+         "camera on image / detections.", read_only=True),
     Spec("checkpoint", "", "Model file: ar_ros checkpoint, the authors' SEcmnet_ep0040-c.pth.tar, or a "
          "state_dict. Empty = the built-in default model.", read_only=True),
     Spec("device", "auto", "auto | cpu | cuda | cuda:N", read_only=True),
@@ -68,8 +71,9 @@ PARAMS: Tuple[Spec, ...] = (
 )
 
 BY_NAME: Dict[str, Spec] = {p.name: p for p in PARAMS}
-DEFAULTS: Dict[str, Any] = {p.name: p.default for p in PARAMS}
+DEFAULTS: Dict[str, Any] = {p.name: p.default for p in PARAMS if p.default is not None}
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
 def validate(name: str, value: Any) -> str:
@@ -77,6 +81,14 @@ def validate(name: str, value: Any) -> str:
     spec = BY_NAME.get(name)
     if spec is None:
         return ""  # not ours (e.g. qos_overrides.*, use_sim_time)
+    if name == "cameras":
+        names = list(value or [])
+        bad = [n for n in names if not isinstance(n, str) or not _NAME.match(n)]
+        if bad:
+            return f"cameras must be names like 'front' or 'cam_1' (letters, digits, _), got {bad}"
+        if len(set(names)) != len(names):
+            return f"cameras must be unique, got {names}"
+        return ""
     kind = type(spec.default)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)

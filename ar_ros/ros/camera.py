@@ -1,0 +1,321 @@
+"""One camera's side of the refiner node: topics, services, image cache, pairing, publishing, statistics.
+
+The single-camera node has one :class:`Camera` with no name (topics ``image``, ``refined/...``); the
+multi-camera node has one per name in ``cameras`` (topics ``<cam>/image``, ``<cam>/refined/...``).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+from rclpy.qos_overriding_options import QoSOverridingOptions
+from sensor_msgs.msg import CompressedImage, Image
+from vision_msgs.msg import (BoundingBox2D, Detection2D, Detection2DArray, LabelInfo, ObjectHypothesisWithPose,
+                             VisionClass)
+
+from ar_ros.msg import RefinedTarget, RefinedTargetArray
+from ar_ros.srv import ClearTargets, SetTarget
+
+from ..draw import draw_targets, label_image
+from ..engine.boxes import check_box
+from ..io.detections import bbox_to_xywh, fill_bbox, stamp_to_ns
+from ..io.images import ImageError, array_to_image, compressed_to_rgb, image_to_rgb, rgb_to_bgr
+from .diagnostics import Counters, Meter, fmt
+from .qos import (DETECTIONS_QOS, IMAGE_OUTPUT_QOS, IMAGE_QOS, LATCHED_QOS, OUTPUT_QOS, publisher_events,
+                  subscription_events)
+from .stamp_cache import StampCache
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .node import RefinerNode
+
+MAX_WAITING = 10  # detection messages held while their image has not arrived
+
+
+@dataclass
+class CachedImage:
+    """A received frame; decoded to RGB on first use only."""
+
+    msg: Any  # sensor_msgs/Image or CompressedImage
+    received: float
+    _rgb: Optional[np.ndarray] = None
+    error: str = ""
+
+    def rgb(self) -> Optional[np.ndarray]:
+        if self._rgb is None and not self.error:
+            try:
+                self._rgb = compressed_to_rgb(self.msg) if isinstance(self.msg, CompressedImage) \
+                    else image_to_rgb(self.msg)
+            except ImageError as err:
+                self.error = str(err)
+        return self._rgb
+
+
+@dataclass
+class Job:
+    """One synchronised (image, detections) pair waiting for the refiner thread."""
+
+    image: CachedImage
+    detections: Optional[Detection2DArray]
+    received: float = field(default_factory=time.monotonic)
+
+
+class Camera:
+    def __init__(self, node: "RefinerNode", name: str = "") -> None:
+        self.node, self.name = node, name
+        self.prefix = f"{name}/" if name else ""
+        self.cache: StampCache[CachedImage] = StampCache(int(node.param("image_cache_size")))
+        self.waiting: List[Tuple[int, Detection2DArray, float]] = []
+        self.pending: Optional[Job] = None
+        self.session = None
+        self.counters = Counters()
+        self.meters = {k: Meter() for k in ("image", "detections", "output", "refine_ms", "age_ms")}
+        self.pubs: Dict[str, Any] = {}
+        self.det_topic = ""
+        self._label_ids: Tuple[str, ...] = ()
+        self._next_auto_id = 1
+
+    # ------------------------------------------------------------------ endpoints
+    def create_endpoints(self) -> None:
+        node, p = self.node, self.prefix
+        qos_opts = QoSOverridingOptions.with_default_policies()
+        # image_transport naming: the compressed stream of `image` is `image/compressed`
+        compressed = node.param("image_transport") == "compressed"
+        image_topic = p + ("image/compressed" if compressed else "image")
+        node.create_subscription(CompressedImage if compressed else Image, image_topic, self.on_image, IMAGE_QOS,
+                                 qos_overriding_options=qos_opts, event_callbacks=subscription_events(
+                                     self.qos_problem, node.resolve_topic_name(image_topic)))
+        self.det_topic = node.resolve_topic_name(p + "detections")
+        node.create_subscription(Detection2DArray, p + "detections", self.on_detections, DETECTIONS_QOS,
+                                 qos_overriding_options=qos_opts,
+                                 event_callbacks=subscription_events(self.qos_problem, self.det_topic))
+
+        def pub(msg_type, topic, qos):
+            return node.create_publisher(msg_type, p + topic, qos, event_callbacks=publisher_events(
+                self.qos_problem, node.resolve_topic_name(p + topic)))
+        self.pubs = {
+            "detections": pub(Detection2DArray, "refined/detections", OUTPUT_QOS),
+            "targets": pub(RefinedTargetArray, "refined/targets", OUTPUT_QOS),
+            "mask": pub(Image, "refined/mask", IMAGE_OUTPUT_QOS),
+            "label_info": pub(LabelInfo, "refined/mask/label_info", LATCHED_QOS),
+            "overlay": pub(Image, "refined/overlay", IMAGE_OUTPUT_QOS),
+        }
+        node.create_service(SetTarget, p + "set_target", self.srv_set_target)
+        node.create_service(ClearTargets, p + "clear_targets", self.srv_clear_targets)
+
+    # ------------------------------------------------------------------ input
+    def on_image(self, msg: Any) -> None:
+        self.meters["image"].add()
+        self.counters.inc("images_received")
+        if not self.node.active:
+            return
+        stamp = stamp_to_ns(msg.header.stamp)
+        entry = CachedImage(msg, time.monotonic())
+        self.cache.put(stamp, entry)
+        if self.node.param("mode") == "track" and self.node.count_publishers(self.det_topic) == 0:
+            # no base tracker: the previous refined box is the base box, frame by frame
+            self.node.submit(self, Job(entry, None))
+        else:
+            self.pair()
+
+    def on_detections(self, msg: Detection2DArray) -> None:
+        self.meters["detections"].add()
+        self.counters.inc("detections_received")
+        if not self.node.active:
+            return
+        if not self.node.enabled:
+            self.counters.inc("disabled_skips")
+            return
+        with self.node.cond:
+            self.waiting.append((stamp_to_ns(msg.header.stamp), msg, time.monotonic()))
+            if len(self.waiting) > MAX_WAITING:  # a base tracker without images must not grow memory
+                self.waiting.pop(0)
+                self.counters.inc("unsynced")
+        self.pair()
+
+    def pair(self) -> None:
+        """Match waiting detections to cached images by stamp; the newest match becomes the job."""
+        slop = int(float(self.node.param("sync_slop")) * 1e9)
+        max_age = int(float(self.node.param("max_image_age")) * 1e9)
+        newest_image = self.cache.span()[1]
+        with self.node.cond:
+            keep, found = [], None
+            for stamp, msg, arrived in self.waiting:
+                hit = self.cache.get(stamp, slop)
+                if hit is not None:
+                    if found is not None:
+                        self.counters.inc("skipped_stale")
+                    found = Job(hit[1], msg, arrived)
+                elif newest_image and newest_image - stamp > max_age:
+                    self.counters.inc("stale")
+                    self.warn("stale", f"dropping detections stamped {stamp / 1e9:.3f}: no image within "
+                                       "sync_slop and older than max_image_age")
+                else:
+                    keep.append((stamp, msg, arrived))
+            self.waiting = keep
+        if found is not None:
+            self.node.submit(self, found)
+
+    def inputs(self, job: Job) -> Tuple[List[Tuple[str, Tuple[float, float, float, float]]], Dict[str, Any]]:
+        """(id, box) inputs of a job and the base Detection2D per output key (anonymous = ``#i``)."""
+        inputs, dets = [], {}
+        for i, det in enumerate(job.detections.detections if job.detections is not None else []):
+            inputs.append((det.id, bbox_to_xywh(det.bbox)))
+            dets.setdefault(det.id or f"#{i}", det)
+        return inputs, dets
+
+    # ------------------------------------------------------------------ output
+    def wants_mask(self) -> bool:
+        return bool(self.node.param("publish_mask")) and self.pubs["mask"].get_subscription_count() > 0
+
+    def publish(self, header, rgb: np.ndarray, results: Dict[str, Any], dets: Dict[str, Detection2D],
+                refine_ms: float, with_mask: bool) -> None:
+        node = self.node
+        height, width = rgb.shape[:2]
+        out = Detection2DArray(header=header)
+        targets = RefinedTargetArray(header=header, refine_ms=refine_ms)
+        ordered = list(results.items())
+        for tid, res in ordered:
+            if res.fallback:
+                self.counters.inc("fallbacks")
+            det = Detection2D(header=header, id=tid if not tid.startswith("#") else "")
+            fill_bbox(det.bbox, res.box)
+            base_det = dets.get(tid)
+            hyps = list(base_det.results) if base_det is not None and len(base_det.results) else \
+                [ObjectHypothesisWithPose()]
+            for hyp in hyps:
+                hyp.hypothesis.score = float(res.score)
+            det.results = hyps
+            out.detections.append(det)
+            item = RefinedTarget(id=det.id, score=float(res.score), fallback=bool(res.fallback), reason=res.reason)
+            fill_bbox(item.base_box, res.base_box)
+            fill_bbox(item.refined_box, res.box)
+            targets.targets.append(item)
+        self.pubs["detections"].publish(out)
+        if node.param("publish_targets"):
+            self.pubs["targets"].publish(targets)
+        threshold = float(node.param("mask_threshold"))
+        if with_mask and all(res.mask is not None for _, res in ordered):
+            labels = label_image((height, width), [res.mask for _, res in ordered], [res.score for _, res in ordered],
+                                 threshold, binary=node.param("mask_mode") == "binary")
+            self.pubs["mask"].publish(array_to_image(labels, "mono8", Image, header))
+            ids = tuple(det.id for det in out.detections)
+            if ids != self._label_ids:
+                self._label_ids = ids
+                info = LabelInfo(header=header, threshold=threshold)
+                info.class_map = [VisionClass(class_id=k + 1, class_name=tid) for k, tid in enumerate(ids)]
+                self.pubs["label_info"].publish(info)
+        if node.param("publish_overlay") and self.pubs["overlay"].get_subscription_count() > 0:
+            drawn = draw_targets(rgb, [(tid, res.base_box, res.box, res.score, res.fallback) for tid, res in ordered],
+                                 [res.mask for _, res in ordered] if with_mask else None, threshold)
+            self.pubs["overlay"].publish(array_to_image(rgb_to_bgr(drawn), "bgr8", Image, header))
+        self.meters["output"].add()
+        self.meters["refine_ms"].add(refine_ms)
+        self.counters.inc("frames_refined")
+        self.meters["age_ms"].add((node.get_clock().now().nanoseconds - stamp_to_ns(header.stamp)) / 1e6)
+
+    # ------------------------------------------------------------------ services
+    def live_ids(self) -> List[str]:
+        return [] if self.session is None else self.session.targets
+
+    def srv_set_target(self, req: SetTarget.Request, res: SetTarget.Response) -> SetTarget.Response:
+        res.success = False
+        node = self.node
+        if node.refiner is None or not node.active:
+            res.message = "node is not active"
+            return res
+        n = len(req.boxes)
+        if n == 0:
+            res.message = "no boxes given"
+            return res
+        ids = list(req.target_ids)
+        if ids and len(ids) != n:
+            res.message = f"{len(ids)} target_ids for {n} boxes: give one id per box (empty id = auto)"
+            return res
+        ids = ids or [""] * n
+        stamp = stamp_to_ns(req.header.stamp)
+        hit = self.cache.latest() if stamp == 0 else self.cache.get(stamp, int(float(node.param("sync_slop")) * 1e9))
+        if hit is None:
+            lo, hi = self.cache.span()
+            res.message = ("no image received yet" if not len(self.cache) else
+                           f"no cached image near stamp {stamp / 1e9:.3f} (cache holds {lo / 1e9:.3f}.."
+                           f"{hi / 1e9:.3f})")
+            return res
+        rgb = hit[1].rgb()
+        if rgb is None:
+            res.message = f"cached image cannot be decoded: {hit[1].error}"
+            return res
+        height, width = rgb.shape[:2]
+        boxes, next_id = {}, self._next_auto_id
+        for i, (tid, bbox) in enumerate(zip(ids, req.boxes)):
+            try:
+                box = check_box(bbox_to_xywh(bbox), width, height)
+            except ValueError as err:
+                res.message = f"box {i}: {err}"
+                return res
+            if not tid:
+                while f"t{next_id}" in self.live_ids() or f"t{next_id}" in boxes:
+                    next_id += 1
+                tid = f"t{next_id}"
+            boxes[tid] = box
+        with node.refiner_lock:
+            try:
+                refined = self.session.add_targets(rgb, boxes, stamp_ns=hit[0])
+            except ValueError as err:
+                res.message = str(err)
+                return res
+        self._next_auto_id = next_id
+        res.refined_boxes = [fill_bbox(BoundingBox2D(), refined[tid].box) for tid in boxes]
+        res.success = True
+        res.message = f"set {len(boxes)} target(s) on the frame stamped {hit[0] / 1e9:.3f}"
+        res.target_ids = self.live_ids()
+        return res
+
+    def srv_clear_targets(self, req: ClearTargets.Request, res: ClearTargets.Response) -> ClearTargets.Response:
+        if self.session is None:
+            res.success, res.message = False, "node is not configured"
+            return res
+        with self.node.refiner_lock:
+            unknown = self.session.clear(list(req.target_ids) or None)
+        res.success = not unknown
+        res.message = f"unknown target(s): {unknown}" if unknown else "cleared"
+        res.target_ids = self.live_ids()
+        return res
+
+    # ------------------------------------------------------------------ diagnostics and logging
+    COUNTERS = ("images_received", "detections_received", "frames_refined", "skipped_stale", "stale", "unsynced",
+                "bad_images", "invalid_box", "duplicate_id", "fallbacks", "over_max_targets", "batch_full",
+                "errors", "disabled_skips", "qos_incompatible")
+
+    def status(self, title: str, extra: Dict[str, str]) -> DiagnosticStatus:
+        node = self.node
+        counts = self.counters.snapshot()
+        p50, p95 = self.meters["refine_ms"].percentiles()
+        age50, _ = self.meters["age_ms"].percentiles()
+        rates = {k: self.meters[k].rate() for k in ("image", "detections", "output")}
+        level, message = DiagnosticStatus.OK, "refining"
+        if not node.active:
+            level, message = DiagnosticStatus.WARN, "inactive"
+        elif rates["image"] == 0.0:
+            level, message = DiagnosticStatus.WARN, "no images"
+        elif rates["output"] == 0.0 and rates["detections"] > 0:
+            level, message = DiagnosticStatus.WARN, "detections arrive but nothing is refined"
+        elif rates["image"] > 0 and age50 == age50 and age50 > 2000.0 / rates["image"]:
+            level, message = DiagnosticStatus.WARN, "output lags the camera"
+        values = {"image_hz": fmt(rates["image"]), "detections_hz": fmt(rates["detections"]),
+                  "output_hz": fmt(rates["output"]), "refine_ms_p50": fmt(p50), "refine_ms_p95": fmt(p95),
+                  "stamp_age_ms_p50": fmt(age50), "targets": str(len(self.live_ids())), **extra}
+        for key in self.COUNTERS:
+            values[key] = str(counts.get(key, 0))
+        status = DiagnosticStatus(level=level, name=title, message=message, hardware_id=node.device_label)
+        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+        return status
+
+    def qos_problem(self, text: str) -> None:
+        self.counters.inc("qos_incompatible")
+        self.node.get_logger().error(text)
+
+    def warn(self, key: str, text: str) -> None:
+        self.node.throttled_warn(f"{self.name}:{key}", f"[{self.name}] {text}" if self.name else text)
