@@ -56,3 +56,13 @@ def test_installed_scripts_are_executable():
     for name in ("ar_ros", "base_tracker"):
         path = ROOT / "scripts" / name
         assert path.is_file() and os.access(path, os.X_OK), name
+
+
+def test_readme_documents_every_parameter_and_command():
+    readme = (ROOT / "README.md").read_text()
+    for spec in PARAMS:
+        assert f"| `{spec.name}` |" in readme, spec.name
+    from ar_ros.cli import build_parser
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    for name in sub.choices:
+        assert f"`{name}" in readme, name
