@@ -57,3 +57,20 @@ def test_node_runs_with_the_onnxruntime_backend(ros_context, onnx_dir, frame):
         assert [d.id for d in h.got["det"][0].detections] == ["a"]
     finally:
         h.close()
+
+
+def test_int8_quantisation_is_gated_on_agreement_with_fp32(tmp_path, small_net, frame):
+    from ar_ros.backends.onnx import INT8_FILE, calibration_batches, quantize_int8
+    out = export_onnx(small_net, tmp_path / "q")
+    calib = calibration_batches(out, n_batches=2, batch=2)
+    with pytest.raises(BackendError, match="not kept"):
+        quantize_int8(out, calib, min_iou=1.01)
+    assert not (out / INT8_FILE).exists()
+    agreement = quantize_int8(out, calib, min_iou=0.0)
+    assert 0.0 <= agreement <= 1.0 and (out / INT8_FILE).exists()
+    r = Refiner(str(out), backend="onnxruntime-int8")
+    r.set_target(frame, (200.0, 150.0, 120.0, 90.0), "a")
+    res = r.refine(frame, {"a": (200.0, 150.0, 120.0, 90.0)})["a"]
+    assert len(res.raw_box) == 4
+    with pytest.raises(BackendError, match="no int8 graph"):
+        OnnxRuntimeBackend(export_onnx(small_net, tmp_path / "plain"), int8=True)

@@ -17,7 +17,7 @@ from .masks import mask_to_box
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "weights" / "ar_ros_default.pt"
 COLORS = ("rgb", "bgr")
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8")
 
 
 @dataclass
@@ -91,13 +91,13 @@ class Refiner:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.backend = backend
-        if backend == "onnxruntime":
+        if backend.startswith("onnxruntime"):
             from ..backends.onnx import OnnxRuntimeBackend
             if self.dtype != torch.float32:
-                raise ValueError("backend 'onnxruntime' runs the exported fp32 graphs; use precision 'fp32'")
+                raise ValueError(f"backend '{backend}' runs the exported graphs; use precision 'fp32'")
             if checkpoint is None or isinstance(checkpoint, AlphaRefineNet):
-                raise ValueError("backend 'onnxruntime' needs checkpoint = a folder from `ar-refine export onnx`")
-            net = OnnxRuntimeBackend(checkpoint, device=self.device.type)
+                raise ValueError(f"backend '{backend}' needs checkpoint = a folder from `ar-refine export onnx`")
+            net = OnnxRuntimeBackend(checkpoint, device=self.device.type, int8=backend.endswith("int8"))
             self.meta = {"source": f"onnx:{checkpoint}"}
         elif isinstance(checkpoint, AlphaRefineNet):
             net, self.meta = checkpoint, {"source": "network"}

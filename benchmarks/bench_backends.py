@@ -1,0 +1,76 @@
+#!/usr/bin/env python3
+"""All available backends x precisions x batch sizes in one run, with the plain-torch baseline.
+
+CPU here; on a CUDA machine torch fp16 is added. Box-only and box+mask, 1/4/8 targets, median and p95
+of Refiner.refine per frame, and ratios against plain fp32 torch (NCHW, no channels_last) measured in
+the same run.
+
+    python benchmarks/bench_backends.py [--model PATH] [--threads 2] [--repeat 20] [--json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+
+import torch
+
+from ar_ros import Refiner
+from ar_ros.backends.onnx import calibration_batches, export_onnx, quantize_int8
+from ar_ros.model import load_network
+from ar_ros.engine.refiner import DEFAULT_CHECKPOINT
+from bench_refiner import frame_and_boxes, timeit
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None, help="checkpoint (default: the shipped model)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=20)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    path = args.model or DEFAULT_CHECKPOINT
+    onnx_dir = tempfile.mkdtemp(prefix="ar_ros_onnx_")
+    net, _ = load_network(path)
+    export_onnx(net, onnx_dir)
+    try:
+        quantize_int8(onnx_dir, calibration_batches(onnx_dir))
+        int8 = True
+    except Exception as err:  # reported, the others still run
+        print(f"int8: {err}")
+        int8 = False
+    configs = {
+        "torch-plain/fp32": lambda: Refiner(path, channels_last=False),
+        "torch/fp32": lambda: Refiner(path),
+        "onnxruntime/fp32": lambda: Refiner(onnx_dir, backend="onnxruntime"),
+    }
+    if int8:
+        configs["onnxruntime/int8"] = lambda: Refiner(onnx_dir, backend="onnxruntime-int8")
+    if torch.cuda.is_available():
+        configs["torch/fp16-cuda"] = lambda: Refiner(path, device="cuda", precision="fp16")
+    results = {}
+    for name, make in configs.items():
+        refiner = make()
+        for mask in (False, True):
+            if mask and name.endswith("int8"):
+                continue  # the int8 graph is box-only; masks use the fp32 graph
+            for n in (1, 4, 8):
+                frame, boxes = frame_and_boxes(n)
+                refiner.clear()
+                refiner.set_targets(frame, boxes)
+                med, p95 = timeit(lambda: refiner.refine(frame, boxes, mask=mask), args.repeat)
+                results[f"{name}/{'box+mask' if mask else 'box'}/{n}"] = (med, p95)
+    if args.json:
+        print(json.dumps({k: round(v[0], 3) for k, v in results.items()}))
+        return
+    print(f"model: {path}  threads: {args.threads}  torch {torch.__version__}")
+    print(f"{'configuration':36s} {'median ms':>10s} {'p95 ms':>9s} {'vs plain':>9s}")
+    for key, (med, p95) in results.items():
+        name, kind, n = key.rsplit("/", 2)
+        base = results.get(f"torch-plain/fp32/{kind}/{n}", (float("nan"),))[0]
+        print(f"{key:36s} {med:10.2f} {p95:9.2f} {med / base:8.2f}x")
+
+
+if __name__ == "__main__":
+    main()
