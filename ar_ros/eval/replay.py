@@ -6,6 +6,7 @@ detections by header stamp, exactly as the node does, and targets are handled by
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -86,46 +87,48 @@ def replay(bag: Union[str, Path], refiner: Refiner, out: Union[str, Path, None] 
         if progress:
             from tqdm import tqdm
             bar = tqdm(total=total, desc=f"replay {Path(bag).name}", unit="frame")
-        writer_ctx = bags.atomic_bag(out, storage or _storage_of(reader), overwrite) if out else None
-        writer = writer_ctx.__enter__() if writer_ctx else None
         video_writer = None
         t0 = time.perf_counter()
         try:
-            out_conns = {}
-            if writer is not None:
-                for c in reader.connections:
-                    out_conns[c.id] = _copy_connection(writer, c, store)
-                refined_conn = writer.add_connection(bags.REFINED_TOPIC, bags.DETECTIONS_TYPE, typestore=store)
-                mask_conn = writer.add_connection("/refined/mask", bags.IMAGE_TYPE, typestore=store) if mask else None
-            images: "OrderedDict[int, tuple]" = OrderedDict()
-            dets: "OrderedDict[int, object]" = OrderedDict()
-            gts: Dict[int, object] = {}
-            for conn, t, raw, msg in bags.messages(reader, store):
+            with contextlib.ExitStack() as stack:  # the output bag is renamed into place only on success
+                writer = stack.enter_context(bags.atomic_bag(out, storage or _storage_of(reader), overwrite)) \
+                    if out else None
+                out_conns = {}
                 if writer is not None:
-                    writer.write(out_conns[conn.id], t, raw)
-                if conn.topic == gt_topic:
-                    gts[stamp_to_ns(msg.header.stamp)] = msg
-                    continue
-                if conn.id == image_conn.id:
-                    stamp = stamp_to_ns(msg.header.stamp)
-                    images[stamp] = (t, msg)
-                    result.frames += 1
-                    if bar is not None:
-                        bar.update(1)
-                    while len(images) > _BUFFER:
-                        images.popitem(last=False)
-                elif conn.topic == detections_topic:
-                    stamp = stamp_to_ns(msg.header.stamp)
-                    dets[stamp] = msg
-                    while len(dets) > _BUFFER:
-                        dets.popitem(last=False)
-                        result.unpaired += 1
-                else:
-                    continue
-                if stamp in images and stamp in dets:
+                    for c in reader.connections:
+                        out_conns[c.id] = _copy_connection(writer, c, store)
+                    refined_conn = writer.add_connection(bags.REFINED_TOPIC, bags.DETECTIONS_TYPE, typestore=store)
+                    mask_conn = writer.add_connection("/refined/mask", bags.IMAGE_TYPE, typestore=store) \
+                        if mask else None
+                images: "OrderedDict[int, tuple]" = OrderedDict()
+                dets: "OrderedDict[int, object]" = OrderedDict()
+                gts: Dict[int, object] = {}
+                for conn, t, raw, msg in bags.messages(reader, store):
+                    if writer is not None:
+                        writer.write(out_conns[conn.id], t, raw)
+                    if conn.topic == gt_topic:
+                        gts[stamp_to_ns(msg.header.stamp)] = msg
+                        continue
+                    if conn.id == image_conn.id:
+                        stamp = stamp_to_ns(msg.header.stamp)
+                        images[stamp] = (t, msg)
+                        result.frames += 1
+                        if bar is not None:
+                            bar.update(1)
+                        while len(images) > _BUFFER:
+                            images.popitem(last=False)
+                    elif conn.topic == detections_topic:
+                        stamp = stamp_to_ns(msg.header.stamp)
+                        dets[stamp] = msg
+                        while len(dets) > _BUFFER:
+                            dets.popitem(last=False)
+                            result.unpaired += 1
+                    else:
+                        continue
+                    if stamp not in images or stamp not in dets:
+                        continue
                     log_t, img_msg = images.pop(stamp)
-                    det_msg = dets.pop(stamp)
-                    frame = _process(session, img_msg, det_msg, image_conn.msgtype, stamp, result, mask)
+                    frame = _process(session, img_msg, dets.pop(stamp), image_conn.msgtype, stamp, result, mask)
                     if frame is None:
                         continue
                     rgb, step = frame
@@ -141,23 +144,16 @@ def replay(bag: Union[str, Path], refiner: Refiner, out: Union[str, Path, None] 
                     if video is not None:
                         video_writer = _video_frame(video_writer, video, video_fps, rgb, step,
                                                     _gt_box(gts.get(stamp)))
-            result.unpaired += len(dets)
-            if gts:
-                result.gt = [_gt_box(gts.get(s)) for s in result.stamps]
-            result.seconds = time.perf_counter() - t0
-        except BaseException:
-            if writer_ctx is not None:
-                writer_ctx.__exit__(*__import__("sys").exc_info())
-                writer_ctx = None
-            raise
+                result.unpaired += len(dets)
+                if gts:
+                    result.gt = [_gt_box(gts.get(s)) for s in result.stamps]
+                result.seconds = time.perf_counter() - t0
+            result.output = Path(out) if out else None
         finally:
             if bar is not None:
                 bar.close()
             if video_writer is not None:
                 video_writer.release()
-        if writer_ctx is not None:
-            writer_ctx.__exit__(None, None, None)
-            result.output = Path(out)
         _pad(result)
         return result
     finally:
