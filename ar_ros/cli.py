@@ -137,30 +137,46 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
+    import numpy as np
+    from .draw import draw_targets
     from .engine.refiner import Refiner
     from .eval import report
     from .eval.benchmark import run_suite, summary
     from .eval.synthetic import suite
     refiner = Refiner(args.checkpoint, device=args.device)
-    results = run_suite(refiner, suite(args.suite), base=args.base, progress=print)
+    sequences = suite(args.suite)
+    results = run_suite(refiner, sequences, base=args.base, progress=None if args.json else print)
     totals = summary(results)
-    print(report.table(totals))
+    data = {"suite": args.suite, "base": args.base, "summary": {k: v.to_dict() for k, v in totals.items()},
+            "sequences": {r.name: {"base": r.base.to_dict(), "refined": r.refined.to_dict(),
+                                   "refine_ms": r.refine_ms, "fallbacks": r.fallbacks} for r in results}}
+    if args.json:
+        print(json.dumps(data))
+    else:
+        print(report.table(totals))
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        report.write_json(out / f"eval_{args.suite}_{args.base}.json", {
-            "suite": args.suite, "base": args.base, "summary": totals,
-            "sequences": {r.name: {"base": r.base, "refined": r.refined, "refine_ms": r.refine_ms,
-                                   "fallbacks": r.fallbacks} for r in results}})
-        report.plot_per_sequence(out / f"eval_{args.suite}_{args.base}.png", [r.name for r in results],
+        stem = f"{args.suite}_{args.base}"
+        report.write_json(out / f"eval_{stem}.json", data)
+        report.plot_per_sequence(out / f"auc_{stem}.png", [r.name for r in results],
                                  [r.base.auc for r in results], [r.refined.auc for r in results],
                                  title=f"AUC per sequence, suite '{args.suite}', base '{args.base}'")
-        import numpy as np
-        report.plot_curves(out / f"success_{args.suite}_{args.base}.png", {
+        report.plot_curves(out / f"success_{stem}.png", {
             "base": (np.concatenate([r.base_boxes[1:] for r in results]), np.concatenate([r.gt[1:] for r in results])),
             "refined": (np.concatenate([r.refined_boxes[1:] for r in results]),
-                        np.concatenate([r.gt[1:] for r in results]))})
-        print(f"wrote {out}/eval_{args.suite}_{args.base}.json and plots")
+                        np.concatenate([r.gt[1:] for r in results]))}, title=f"suite '{args.suite}', base '{args.base}'")
+        gains = [r.refined.auc - r.base.auc for r in results]
+        rows = {}
+        for label, i in (("best", int(np.argmax(gains))), ("worst", int(np.argmin(gains)))):
+            r, seq = results[i], sequences[i]
+            picks = np.linspace(1, len(seq) - 1, 4).astype(int)
+            rows[f"{label}: {r.name} (AUC {r.base.auc * 100:.1f} -> {r.refined.auc * 100:.1f})"] = [
+                draw_targets(seq[t].image, [("t", r.base_boxes[t], r.refined_boxes[t], 1.0, False)], gt=r.gt[t])
+                for t in picks]
+        report.contact_sheet(out / f"contact_{stem}.png", rows)
+        if not args.json:
+            print(f"wrote {out}/eval_{stem}.json, auc_{stem}.png, success_{stem}.png, contact_{stem}.png")
     return 0
 
 
@@ -255,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="score base vs refined on a synthetic suite")
     p.add_argument("--suite", default="small", help="tiny | small | reference")
     p.add_argument("--base", default="jitter", choices=["jitter", "csrt", "kcf", "mil"])
-    p.add_argument("--out", default=None, help="folder for JSON and plots")
+    p.add_argument("--out", default=None, help="folder for JSON, plots and a best/worst contact sheet")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
     common(p)
     p.set_defaults(func=_cmd_eval)
 
@@ -284,7 +301,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     from .model import CheckpointError
     try:
         sys.exit(args.func(args))
-    except (CheckpointError, ValueError, FileNotFoundError, RuntimeError) as err:
+    except (CheckpointError, ValueError, FileNotFoundError, RuntimeError, OSError) as err:
         print(f"ar-refine {args.command}: error: {err}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

@@ -14,20 +14,20 @@ from ar_ros.eval.synthetic import Sequence, mask_box, suite
 
 @pytest.fixture(scope="module")
 def tiny_seq():
-    seq = Sequence(100_000, 12, (320, 240))
+    seq = Sequence(100_000, 30, (320, 240))
     return seq, list(seq)
 
 
 def test_sequences_are_deterministic_and_boxes_match_masks(tiny_seq):
     seq, frames = tiny_seq
-    again = Sequence(100_000, 12, (320, 240))[5]
+    again = Sequence(100_000, 30, (320, 240))[5]
     assert np.array_equal(again.image, frames[5].image) and again.box == frames[5].box
     for f in frames:
         assert f.image.shape == (240, 320, 3) and f.image.dtype == np.uint8
         assert f.box == mask_box(f.mask)
-    assert not np.array_equal(Sequence(100_001, 12, (320, 240))[0].image, frames[0].image)
+    assert not np.array_equal(Sequence(100_001, 30, (320, 240))[0].image, frames[0].image)
     with pytest.raises(IndexError):
-        seq[12]
+        seq[30]
     assert len(suite("tiny")) == 2
 
 
@@ -47,8 +47,8 @@ def test_bag_round_trip_and_replay_writes_refined_topic(tmp_path, tiny_seq, smal
     bag = bags.write_sequence(tmp_path / "in", (f.image for f in frames), jittered_gt(gt, 1), gt, fps=10,
                               storage=storage, compressed=compressed)
     result = replay(bag, Refiner(small_net), out=tmp_path / "out", progress=False, video=tmp_path / "v.mp4")
-    assert (result.frames, result.refined_frames, result.unpaired, result.bad_images) == (12, 12, 0, 0)
-    assert result.boxes("refined").shape == (12, 4) and not np.isnan(result.boxes("refined")).any()
+    assert (result.frames, result.refined_frames, result.unpaired, result.bad_images) == (30, 30, 0, 0)
+    assert result.boxes("refined").shape == (30, 4) and not np.isnan(result.boxes("refined")).any()
     assert np.allclose(np.stack(result.gt), np.array(gt))
     assert set(result.scores()) == {"base", "refined"}
     assert os.path.getsize(tmp_path / "v.mp4") > 0
@@ -60,7 +60,7 @@ def test_bag_round_trip_and_replay_writes_refined_topic(tmp_path, tiny_seq, smal
     finally:
         reader.close()
     image_topic = bags.COMPRESSED_TOPIC if compressed else bags.IMAGE_TOPIC
-    assert counts == {image_topic: 12, bags.BASE_TOPIC: 12, bags.GT_TOPIC: 12, bags.REFINED_TOPIC: 12}
+    assert counts == {image_topic: 30, bags.BASE_TOPIC: 30, bags.GT_TOPIC: 30, bags.REFINED_TOPIC: 30}
     assert first.detections[0].id == "target" and first.header.frame_id == "camera"
 
 
@@ -103,3 +103,37 @@ def test_replay_without_the_detections_topic_names_the_topics(tmp_path, tiny_seq
     bag = bags.write_sequence(tmp_path / "in", (f.image for f in frames[:3]), gt[:3], None, fps=10)
     with pytest.raises(bags.BagError, match="/camera/image"):
         replay(bag, Refiner(small_net), detections_topic="/nope", progress=False)
+
+
+def _cli(*args):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "ar_ros", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_cli_errors_are_one_line_and_exit_2(tmp_path, tiny_seq):
+    proc = _cli("replay", str(tmp_path / "nope"))
+    assert proc.returncode == 2 and "bag not found" in proc.stderr and "Traceback" not in proc.stderr
+    _, frames = tiny_seq
+    bag = bags.write_sequence(tmp_path / "in", (f.image for f in frames[:3]), [f.box for f in frames[:3]], None)
+    proc = _cli("replay", str(bag), "--detections-topic", "/other")
+    assert proc.returncode == 2 and "no detections topic /other" in proc.stderr
+    proc = _cli("replay", str(bag), "--out", str(bag))
+    assert proc.returncode == 2 and "exists" in proc.stderr
+
+
+def test_cli_replay_and_eval_json(tmp_path, tiny_seq):
+    import json
+    _, frames = tiny_seq
+    gt = [f.box for f in frames]
+    bag = bags.write_sequence(tmp_path / "in", (f.image for f in frames), jittered_gt(gt, 3), gt, fps=10)
+    proc = _cli("replay", str(bag), "--out", str(tmp_path / "out"), "--json", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["refined_frames"] == 30 and set(info["scores"]) == {"base", "refined"}
+    proc = _cli("eval", "--suite", "tiny", "--json", "--out", str(tmp_path / "ev"), "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert set(data["summary"]) == {"base", "refined"} and len(data["sequences"]) == 2
+    for name in ("eval_tiny_jitter.json", "auc_tiny_jitter.png", "success_tiny_jitter.png", "contact_tiny_jitter.png"):
+        assert (tmp_path / "ev" / name).exists(), name

@@ -93,3 +93,23 @@ def plot_per_sequence(path: Path, names: List[str], base: List[float], refined: 
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def contact_sheet(path: Path, rows: Dict[str, List[np.ndarray]], thumb_width: int = 240) -> Path:
+    """A PNG grid: one row per label (e.g. best / worst sequence), frames drawn with boxes, left to right."""
+    import cv2
+    lines = []
+    for label, frames in rows.items():
+        thumbs = []
+        for f in frames:
+            scale = thumb_width / f.shape[1]
+            thumbs.append(cv2.resize(f, (thumb_width, int(round(f.shape[0] * scale))), interpolation=cv2.INTER_AREA))
+        line = np.concatenate(thumbs, axis=1)
+        banner = np.full((22, line.shape[1], 3), 255, np.uint8)
+        cv2.putText(banner, label, (6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+        lines.append(np.concatenate([banner, line], axis=0))
+    width = max(line.shape[1] for line in lines)
+    sheet = np.concatenate([np.pad(line, ((0, 0), (0, width - line.shape[1]), (0, 0)), constant_values=255)
+                            for line in lines], axis=0)
+    cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+    return path
