@@ -24,7 +24,6 @@ def _node(context, *args, **kwargs):
             value = context.launch_configurations.get(key)
             if value:
                 remaps.append((f"{cam}/{kind}", value))
-    share = get_package_share_directory("ar_ros")
     return [Node(package="ar_ros", executable="ar_ros", name="ar_ros", output="screen",
                  namespace=LaunchConfiguration("namespace"),
                  parameters=[LaunchConfiguration("params_file"),

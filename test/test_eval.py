@@ -1,6 +1,5 @@
 """Synthetic data, rosbag2 files, offline replay and the suite benchmark, end to end on tiny inputs."""
 import os
-import shutil
 
 import numpy as np
 import pytest

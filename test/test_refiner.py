@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ar_ros import Refiner, Result
-from ar_ros.model import AlphaRefineNet, CheckpointError, NetConfig
+from ar_ros.model import AlphaRefineNet, CheckpointError
 
 BOX = (200.0, 150.0, 120.0, 90.0)
 

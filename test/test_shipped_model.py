@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from ar_ros import Refiner
 from ar_ros.engine.refiner import DEFAULT_CHECKPOINT
