@@ -66,3 +66,13 @@ def test_readme_documents_every_parameter_and_command():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     for name in sub.choices:
         assert f"`{name}" in readme, name
+
+
+def test_code_has_no_pyflakes_findings():
+    pyflakes = pytest.importorskip("pyflakes.api")
+    from pyflakes.reporter import Reporter
+    import io
+    out = io.StringIO()
+    paths = [str(ROOT / d) for d in ("ar_ros", "benchmarks", "tools", "launch")]
+    count = pyflakes.checkRecursive(paths, Reporter(out, out))
+    assert count == 0, out.getvalue()
