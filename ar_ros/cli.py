@@ -184,7 +184,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .train.trainer import TrainConfig, train
     cfg = TrainConfig(out_dir=args.out, depth=args.depth, input_size=args.input_size, batch_size=args.batch_size,
                       epochs=args.epochs, iters_per_epoch=args.iters, lr=args.lr, lr_step=args.lr_step,
-                      backbone_weights=args.backbone_weights or "", threads=args.threads)
+                      backbone_weights=args.backbone_weights or "", threads=args.threads,
+                      data=args.data or ["synthetic"])
     path = train(cfg, progress=not args.no_progress)
     print(f"final checkpoint: {path}")
     return 0
@@ -286,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--lr-step", type=int, default=5, help="epochs per LR halving")
     p.add_argument("--backbone-weights", default=None, help="torchvision-format ImageNet ResNet file")
+    p.add_argument("--data", action="append", default=None,
+                   help="'synthetic' (default) or DATASET:FOLDER with DATASET in lasot, got10k, trackingnet, otb, "
+                        "youtube_vos (masks); repeat to mix sources evenly")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_train)

@@ -71,3 +71,39 @@ def test_a_dataset_sequence_with_predictions_becomes_a_bag(tmp_path):
     finally:
         reader.close()
     assert counts == {bags.IMAGE_TOPIC: 3, bags.BASE_TOPIC: 3, bags.GT_TOPIC: 3}
+
+
+def _youtube_vos(root, n=3):
+    from PIL import Image as PILImage
+    for i in range(n):
+        (root / "JPEGImages" / "vid1").mkdir(parents=True, exist_ok=True)
+        (root / "Annotations" / "vid1").mkdir(parents=True, exist_ok=True)
+        img = np.full((96, 128, 3), 50, np.uint8)
+        labels = np.zeros((96, 128), np.uint8)
+        labels[10 + i:40 + i, 20:60] = 1
+        labels[50:80, 70 + 2 * i:110 + 2 * i] = 2
+        img[labels == 1] = (200, 40, 40)
+        img[labels == 2] = (40, 200, 40)
+        cv2.imwrite(str(root / "JPEGImages" / "vid1" / f"{5 * i:05d}.jpg"), img)
+        pal = PILImage.fromarray(labels, mode="P")
+        pal.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * (256 * 3 - 9))
+        pal.save(root / "Annotations" / "vid1" / f"{5 * i:05d}.png")
+    return root
+
+
+def test_youtube_vos_gives_one_masked_sequence_per_object(tmp_path):
+    seqs = open_dataset("youtube_vos", _youtube_vos(tmp_path))
+    assert [s.name for s in seqs] == ["vid1_1", "vid1_2"]
+    obj1 = seqs[0]
+    assert len(obj1) == 3 and obj1.gt[1].tolist() == [20, 11, 40, 30]
+    mask = obj1.mask(1)
+    assert mask.dtype == np.float32 and mask.sum() == 30 * 40
+
+
+def test_dataset_pairs_feed_the_trainer_sampler(tmp_path):
+    from ar_ros.train.sampler import PairSampler, SamplerConfig, dataset_pairs
+    seqs = open_dataset("youtube_vos", _youtube_vos(tmp_path))
+    sampler = PairSampler(dataset_pairs(seqs, max_gap=2), SamplerConfig(input_size=64))
+    batch = sampler.batch(np.random.default_rng(0), 3)
+    assert batch["search"].shape == (3, 3, 64, 64) and float(batch["has_mask"].min()) == 1.0
+    assert float(batch["mask"].sum()) > 0

@@ -68,3 +68,12 @@ def test_ddp_two_gloo_processes_run_a_step(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (tmp_path / "final.pt").exists()
     assert json.loads((tmp_path / "train_log.jsonl").read_text().splitlines()[0])["epoch"] == 1
+
+
+def test_training_on_a_dataset_folder(tmp_path):
+    from test_datasets import _youtube_vos
+    root = _youtube_vos(tmp_path / "yvos")
+    cfg = TrainConfig(out_dir=str(tmp_path / "run"), epochs=1, data=[f"youtube_vos:{root}", "synthetic"], **TINY)
+    assert train(cfg, progress=False).exists()
+    with pytest.raises(ValueError, match="DATASET|<dataset>"):
+        train(TrainConfig(out_dir=str(tmp_path / "bad"), epochs=1, data=["nonsense"], **TINY), progress=False)

@@ -6,6 +6,8 @@
 * ``got10k``: ``<root>/<Seq>/groundtruth.txt`` and frames ``00000001.jpg`` in the same folder, optional
   ``absence.label``; test splits give only the first GT row
 * ``trackingnet``: ``<root>/anno/<Seq>.txt`` and ``<root>/frames/<Seq>/0.jpg`` ... (one TRAIN_k/TEST chunk)
+* ``youtube_vos``: ``<root>/JPEGImages/<video>/<frame>.jpg`` and ``<root>/Annotations/<video>/<frame>.png``
+  (palette PNG, pixel value = object id); one sequence per (video, object), with masks, annotated frames only
 
 GT rows of absent frames become all zeros (LaSOT's convention, understood by ``metrics``).
 """
@@ -21,7 +23,7 @@ import numpy as np
 
 from .metrics import read_boxes
 
-DATASETS = ("otb", "lasot", "got10k", "trackingnet")
+DATASETS = ("otb", "lasot", "got10k", "trackingnet", "youtube_vos")
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
@@ -36,6 +38,8 @@ class SequenceInfo:
     name: str
     frames: List[Path]
     gt: np.ndarray
+    masks: Optional[List[Path]] = None   # label PNGs (YouTube-VOS); object ``object_id`` is the target
+    object_id: int = 0
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -51,6 +55,19 @@ class SequenceInfo:
     def images(self) -> Iterator[np.ndarray]:
         for i in range(len(self.frames)):
             yield self.image(i)
+
+    def mask(self, index: int) -> Optional[np.ndarray]:
+        """Float32 0/1 mask of the target on frame ``index`` (None for box-only datasets)."""
+        if self.masks is None:
+            return None
+        from PIL import Image as PILImage  # OpenCV turns palette PNGs into colours; PIL keeps the indices
+        try:
+            labels = np.asarray(PILImage.open(self.masks[index]))
+        except OSError as err:
+            raise DatasetError(f"cannot read mask {self.masks[index]}: {err}") from None
+        if labels.ndim == 3:  # saved as colour: fall back to the first channel
+            labels = labels[..., 0]
+        return (labels == self.object_id).astype(np.float32)
 
 
 def _numeric_key(path: Path) -> Tuple[int, str]:
@@ -134,7 +151,35 @@ def _trackingnet(root: Path) -> List[SequenceInfo]:
     return out
 
 
-_READERS = {"otb": _otb, "lasot": _lasot, "got10k": _got10k, "trackingnet": _trackingnet}
+def _youtube_vos(root: Path) -> List[SequenceInfo]:
+    from PIL import Image as PILImage  # palette PNGs keep their indices only through PIL
+    out = []
+    ann_root, img_root = root / "Annotations", root / "JPEGImages"
+    if not ann_root.is_dir() or not img_root.is_dir():
+        raise DatasetError(f"{root}: expected Annotations/ and JPEGImages/ (YouTube-VOS layout)")
+    for video in sorted(p for p in ann_root.iterdir() if p.is_dir()):
+        masks = sorted(video.glob("*.png"), key=_numeric_key)
+        per_object: dict = {}
+        for m in masks:
+            labels = np.asarray(PILImage.open(m))
+            for obj in np.unique(labels):
+                if obj == 0 or obj == 255:
+                    continue
+                ys, xs = np.nonzero(labels == obj)
+                box = (xs.min(), ys.min(), xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min())
+                per_object.setdefault(int(obj), []).append((m, box))
+        for obj, items in per_object.items():
+            frames = [img_root / video.name / (m.stem + ".jpg") for m, _ in items]
+            missing = [f for f in frames if not f.is_file()]
+            if missing:
+                raise DatasetError(f"{video.name}: no image for {missing[0].name}")
+            out.append(SequenceInfo(f"{video.name}_{obj}", frames, np.array([b for _, b in items], np.float64),
+                                    masks=[m for m, _ in items], object_id=obj))
+    return out
+
+
+_READERS = {"otb": _otb, "lasot": _lasot, "got10k": _got10k, "trackingnet": _trackingnet,
+            "youtube_vos": _youtube_vos}
 
 
 def open_dataset(kind: str, root: Union[str, Path], names: Optional[List[str]] = None) -> List[SequenceInfo]:

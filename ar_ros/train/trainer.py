@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 from ..model import AlphaRefineNet, NetConfig, load_checkpoint, save_checkpoint
 from .losses import box_iou_xyxy, refine_loss
-from .sampler import PairSampler, SamplerConfig, fixed_batches, synthetic_pairs
+from .sampler import PairSampler, SamplerConfig, dataset_pairs, fixed_batches, mixed_pairs, synthetic_pairs
 
 VAL_SEEDS = (95_000, 99_000)  # held out from training seeds and from the reference suites
 
@@ -39,6 +39,7 @@ class TrainConfig:
     seed: int = 0
     frame_size: List[int] = field(default_factory=lambda: [320, 240])
     backbone_weights: str = ""     # optional torchvision-format ImageNet ResNet file
+    data: List[str] = field(default_factory=lambda: ["synthetic"])  # "synthetic" or "<dataset>:<folder>"
     threads: int = 0               # torch CPU threads (0 = torch default)
 
 
@@ -51,6 +52,23 @@ def _world() -> tuple:
 def _maybe_init_distributed() -> None:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+
+def training_source(cfg: TrainConfig):
+    """The pair source for ``cfg.data``: synthetic and/or dataset folders, mixed evenly."""
+    from ..eval.datasets import open_dataset
+    sources = []
+    for item in cfg.data:
+        if item == "synthetic":
+            sources.append(synthetic_pairs(size=tuple(cfg.frame_size)))
+            continue
+        kind, sep, root = item.partition(":")
+        if not sep:
+            raise ValueError(f"data entries are 'synthetic' or '<dataset>:<folder>', got {item!r}")
+        sources.append(dataset_pairs(open_dataset(kind, root)))
+    if not sources:
+        raise ValueError("no training data given")
+    return sources[0] if len(sources) == 1 else mixed_pairs(sources)
 
 
 def load_backbone_weights(net: AlphaRefineNet, path: str) -> int:
@@ -104,7 +122,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         if rank == 0:
             print(f"resuming from {last} at epoch {start_epoch}")
     model = torch.nn.parallel.DistributedDataParallel(net, find_unused_parameters=True) if world > 1 else net
-    sampler = PairSampler(synthetic_pairs(size=tuple(cfg.frame_size)), SamplerConfig(input_size=cfg.input_size))
+    sampler = PairSampler(training_source(cfg), SamplerConfig(input_size=cfg.input_size))
     val = fixed_batches(sampler, 12345, cfg.val_batches, cfg.batch_size,
                         source=synthetic_pairs(seed_range=VAL_SEEDS, size=tuple(cfg.frame_size)))
     log = open(out / "train_log.jsonl", "a") if rank == 0 else None
