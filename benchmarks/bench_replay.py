@@ -1,0 +1,81 @@
+#!/usr/bin/env python3
+"""Offline replay throughput and its overhead over the refiner's own time, in one run.
+
+Writes a synthetic bag (640x480, jittered-GT base), replays it with the shipped model, and times the
+refiner calls inside the replay separately: overhead = (replay time - refiner time) / refiner time.
+
+    python benchmarks/bench_replay.py [--frames 150] [--backend torch|onnxruntime|onnxruntime-int8] [--json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from ar_ros import Refiner
+from ar_ros.eval import bags
+from ar_ros.eval.base_trackers import jittered_gt
+from ar_ros.eval.replay import replay
+from ar_ros.eval.synthetic import Sequence
+
+
+class TimedRefiner(Refiner):
+    """A Refiner that adds up the time spent in refine and set_targets."""
+
+    spent = 0.0
+
+    def refine_many(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return super().refine_many(*args, **kwargs)
+        finally:
+            TimedRefiner.spent += time.perf_counter() - t0
+
+    def set_targets(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return super().set_targets(*args, **kwargs)
+        finally:
+            TimedRefiner.spent += time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=int, default=150)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--backend", default="torch")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    tmp = Path(tempfile.mkdtemp(prefix="ar_ros_bench_"))
+    frames = list(Sequence(100_001, args.frames, (640, 480)))
+    gt = [f.box for f in frames]
+    bag = bags.write_sequence(tmp / "in", (f.image for f in frames), jittered_gt(gt, 1), gt, fps=30)
+    checkpoint = None
+    if args.backend != "torch":
+        from ar_ros.backends.onnx import calibration_batches, export_onnx, quantize_int8
+        from ar_ros.engine.refiner import DEFAULT_CHECKPOINT
+        from ar_ros.model import load_network
+        checkpoint = str(export_onnx(load_network(DEFAULT_CHECKPOINT)[0], tmp / "onnx"))
+        if args.backend.endswith("int8"):
+            quantize_int8(checkpoint, calibration_batches(checkpoint))
+    refiner = TimedRefiner(checkpoint, backend=args.backend)
+    t0 = time.perf_counter()
+    result = replay(bag, refiner, out=tmp / "out", progress=False)
+    total = time.perf_counter() - t0
+    out = {"frames": result.refined_frames, "backend": args.backend, "replay_s": total,
+           "refiner_s": TimedRefiner.spent, "fps": result.refined_frames / total,
+           "overhead_pct": (total - TimedRefiner.spent) / TimedRefiner.spent * 100}
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for k, v in out.items():
+            print(f"{k:12s} {v:.2f}" if isinstance(v, float) else f"{k:12s} {v}")
+
+
+if __name__ == "__main__":
+    main()
