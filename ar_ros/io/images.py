@@ -29,6 +29,14 @@ class ImageError(ValueError):
     """An image message that cannot be decoded; the message says why."""
 
 
+def _as_bytes_array(data: Any) -> np.ndarray:
+    """uint8 view of message data without a copy (rclpy gives array.array, rosbags numpy, tests bytes)."""
+    try:
+        return np.frombuffer(data, dtype=np.uint8)
+    except TypeError:  # a plain list of ints
+        return np.asarray(data, dtype=np.uint8).reshape(-1)
+
+
 def image_to_array(msg: Any) -> np.ndarray:
     """Image message -> HxW or HxWxC array with the message's own layout (no colour conversion)."""
     enc = str(msg.encoding)
@@ -44,8 +52,7 @@ def image_to_array(msg: Any) -> np.ndarray:
     row_bytes = w * ch * itemsize
     if step < row_bytes:
         raise ImageError(f"step {step} is smaller than width*channels*bytes = {row_bytes} for {enc} {w}x{h}")
-    data = np.frombuffer(bytes(msg.data) if not isinstance(msg.data, (bytes, np.ndarray)) else msg.data,
-                         dtype=np.uint8)
+    data = _as_bytes_array(msg.data)
     if data.size < step * h:
         raise ImageError(f"data has {data.size} bytes, expected step*height = {step * h} for {enc} {w}x{h}")
     rows = data[: step * h].reshape(h, step)[:, :row_bytes]
@@ -104,7 +111,7 @@ def parse_compressed_format(fmt: str) -> Tuple[str, str]:
 def compressed_to_rgb(msg: Any) -> np.ndarray:
     """CompressedImage message (jpeg/png) -> HxWx3 uint8 RGB."""
     raw, _codec = parse_compressed_format(str(msg.format))
-    buf = np.frombuffer(bytes(msg.data) if not isinstance(msg.data, (bytes, np.ndarray)) else msg.data, np.uint8)
+    buf = _as_bytes_array(msg.data)
     if buf.size == 0:
         raise ImageError("compressed image has no data")
     img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
