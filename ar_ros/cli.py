@@ -116,6 +116,11 @@ def _cmd_live_replay(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    if args.format == "tensorrt":
+        from .backends.tensorrt import build_engines
+        out = build_engines(args.out)
+        print(f"wrote fp16 engines to {out}/ (keyed by GPU and TensorRT version)")
+        return 0
     from .backends.onnx import export_onnx, max_box_difference
     from .model import load_network
     from .engine.refiner import DEFAULT_CHECKPOINT
@@ -261,9 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=_cmd_live_replay)
 
-    p = sub.add_parser("export", help="export ONNX graphs (template + search, dynamic batch) and check them")
-    p.add_argument("format", choices=["onnx"])
-    p.add_argument("out", help="output folder")
+    p = sub.add_parser("export", help="export ONNX graphs (template + search, dynamic batch) and check them; "
+                                      "or build TensorRT engines from such a folder")
+    p.add_argument("format", choices=["onnx", "tensorrt"])
+    p.add_argument("out", help="onnx: output folder; tensorrt: the folder written by `export onnx`")
     p.add_argument("--checkpoint", default=None, help="model file (default: the shipped model)")
     p.add_argument("--int8", action="store_true", help="also a CPU int8 search graph (ONNX Runtime, calibrated "
                                                        "on synthetic crops, kept only if IoU >= 0.95 vs fp32)")

@@ -74,3 +74,21 @@ def test_int8_quantisation_is_gated_on_agreement_with_fp32(tmp_path, small_net, 
     assert len(res.raw_box) == 4
     with pytest.raises(BackendError, match="no int8 graph"):
         OnnxRuntimeBackend(export_onnx(small_net, tmp_path / "plain"), int8=True)
+
+
+def test_tensorrt_errors_are_clear_without_a_gpu(onnx_dir):
+    from ar_ros.backends.tensorrt import stale_reason
+    try:
+        import tensorrt  # noqa: F401
+        has_trt = True
+    except ImportError:
+        has_trt = False
+    import torch
+    if not has_trt or not torch.cuda.is_available():
+        with pytest.raises((BackendError, ValueError), match="tensorrt|CUDA"):
+            Refiner(str(onnx_dir), device="auto", backend="tensorrt")
+    saved = {"gpu": "Orin", "compute_capability": "8.7", "tensorrt": "8.6.2", "onnx_sha256": "ab"}
+    here = dict(saved, gpu="H100", tensorrt="10.3.0")
+    reason = stale_reason(saved, here)
+    assert "gpu: engine 'Orin' vs here 'H100'" in reason and "tensorrt" in reason
+    assert stale_reason(saved, dict(saved)) == ""

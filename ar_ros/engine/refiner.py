@@ -17,7 +17,7 @@ from .masks import mask_to_box
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "weights" / "ar_ros_default.pt"
 COLORS = ("rgb", "bgr")
-BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8")
+BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8", "tensorrt")
 
 
 @dataclass
@@ -99,6 +99,14 @@ class Refiner:
                 raise ValueError(f"backend '{backend}' needs checkpoint = a folder from `ar-refine export onnx`")
             net = OnnxRuntimeBackend(checkpoint, device=self.device.type, int8=backend.endswith("int8"))
             self.meta = {"source": f"onnx:{checkpoint}"}
+        elif backend == "tensorrt":
+            from ..backends.tensorrt import TensorRTBackend
+            if checkpoint is None or isinstance(checkpoint, AlphaRefineNet):
+                raise ValueError("backend 'tensorrt' needs checkpoint = a folder from `ar-refine export onnx` "
+                                 "with engines from `ar-refine export tensorrt`")
+            net = TensorRTBackend(checkpoint, device=str(self.device))
+            self.dtype = torch.float32  # engines take fp32 inputs and run fp16 inside
+            self.meta = {"source": f"tensorrt:{checkpoint}"}
         elif isinstance(checkpoint, AlphaRefineNet):
             net, self.meta = checkpoint, {"source": "network"}
         else:
@@ -124,7 +132,7 @@ class Refiner:
         self.memory_format = torch.channels_last if channels_last and backend == "torch" else torch.contiguous_format
         self.net = net.eval().to(self.device, dtype=self.dtype, memory_format=self.memory_format) \
             if backend == "torch" else net
-        lut_device = self.device if backend == "torch" else torch.device("cpu")
+        lut_device = torch.device("cpu") if backend.startswith("onnxruntime") else self.device
         self._lut = torch.from_numpy(cropping.normalisation_table().reshape(-1)).to(lut_device)
         self._kernels: Dict[Hashable, torch.Tensor] = {}
         self.passes = 0            # forward passes over search crops (one per refine call with targets)

@@ -30,8 +30,9 @@ PARAMS: Tuple[Spec, ...] = (
     Spec("device", "auto", "auto | cpu | cuda | cuda:N", read_only=True),
     Spec("precision", "auto", "auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16", read_only=True,
          choices=("auto", "fp32", "fp16")),
-    Spec("backend", "torch", "torch | onnxruntime | onnxruntime-int8 (checkpoint = a folder from `ar-refine "
-         "export onnx [--int8]`).", read_only=True, choices=("torch", "onnxruntime", "onnxruntime-int8")),
+    Spec("backend", "torch", "torch | onnxruntime | onnxruntime-int8 | tensorrt (checkpoint = a folder from "
+         "`ar-refine export onnx [--int8]`; tensorrt also needs `ar-refine export tensorrt`).", read_only=True,
+         choices=("torch", "onnxruntime", "onnxruntime-int8", "tensorrt")),
     Spec("crop_mode", "", "Empty = what the model was trained with; 'exact' = the authors' crop "
          "(use with their weights); 'clean' = ours.", read_only=True, choices=("", "exact", "clean")),
     Spec("search_factor", 0.0, "Search region = factor x box per side. 0 = the model's own (2.0 as in the "
