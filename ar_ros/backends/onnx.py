@@ -204,12 +204,9 @@ def quantize_int8(model_dir: Union[str, Path], calibration: "list", min_iou: flo
 
 
 def _iou_xyxy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    iw = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
-    ih = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
-    inter = iw * ih
-    area = lambda t: np.clip(t[:, 2] - t[:, 0], 0, None) * np.clip(t[:, 3] - t[:, 1], 0, None)  # noqa: E731
-    union = area(a) + area(b) - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-9), 1.0)
+    from ..engine.boxes import iou_matrix
+    to_xywh = lambda t: np.concatenate([t[:, :2], t[:, 2:] - t[:, :2]], axis=1)  # noqa: E731
+    return iou_matrix(to_xywh(a), to_xywh(b))
 
 
 def calibration_batches(model_dir: Union[str, Path], n_batches: int = 16, batch: int = 4, seed: int = 0) -> list:

@@ -12,6 +12,8 @@ from typing import Dict, Iterable, Union
 
 import numpy as np
 
+from ..engine.boxes import iou_matrix
+
 SUCCESS_THRESHOLDS = np.linspace(0.0, 1.0, 21)        # 0, 0.05, ..., 1 (OTB / LaSOT)
 PRECISION_THRESHOLDS = np.arange(0, 51, dtype=float)   # px
 NORM_PRECISION_THRESHOLDS = np.linspace(0.0, 0.5, 51)
@@ -26,14 +28,8 @@ def absent(gt: np.ndarray) -> np.ndarray:
 def ious(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     """Per-row IoU; 0 for NaN or empty predictions."""
     p = np.asarray(pred, dtype=np.float64).reshape(-1, 4)
-    g = np.asarray(gt, dtype=np.float64).reshape(-1, 4)
     bad = np.isnan(p).any(axis=1) | (p[:, 2] <= 0) | (p[:, 3] <= 0)
-    p = np.where(bad[:, None], 0.0, p)
-    iw = np.clip(np.minimum(p[:, 0] + p[:, 2], g[:, 0] + g[:, 2]) - np.maximum(p[:, 0], g[:, 0]), 0, None)
-    ih = np.clip(np.minimum(p[:, 1] + p[:, 3], g[:, 1] + g[:, 3]) - np.maximum(p[:, 1], g[:, 1]), 0, None)
-    inter = iw * ih
-    union = p[:, 2] * p[:, 3] + np.clip(g[:, 2], 0, None) * np.clip(g[:, 3], 0, None) - inter
-    out = np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+    out = iou_matrix(np.where(bad[:, None], 0.0, p), gt)
     out[bad] = 0.0
     return out
 
