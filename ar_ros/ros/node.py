@@ -37,6 +37,8 @@ class RefinerNode(LifecycleNode):
 
     def __init__(self, node_name: str = "ar_ros", **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
+        self._worker: Optional[threading.Thread] = None  # first: shutdown paths may run if __init__ raises
+        self._stop = threading.Event()
         for spec in P.PARAMS:
             default = Parameter.Type.STRING_ARRAY if spec.default is None else spec.default
             self.declare_parameter(spec.name, default, _descriptor(spec))
@@ -58,8 +60,6 @@ class RefinerNode(LifecycleNode):
         self.batch_meter = Meter()      # size of each forward pass
         self.pass_meter = Meter()       # ms per forward pass (all cameras)
         self._rr = 0                    # round-robin start when a pass is over max_targets
-        self._worker: Optional[threading.Thread] = None
-        self._stop = threading.Event()
         self._endpoints = False
         self._diag_pub = None
         self._last_warn: Dict[str, float] = {}
