@@ -90,3 +90,19 @@ def test_bbox_conversions_round_trip():
     assert (bbox.center.position.x, bbox.center.position.y, bbox.center.theta) == (25.0, 40.0, 0.0)
     assert bbox_to_xywh(bbox) == (10.0, 20.0, 30.0, 40.0)
     assert stamp_to_ns(SimpleNamespace(sec=3, nanosec=5)) == 3_000_000_005
+
+
+def test_compressed_frames_refine_like_the_raw_frame(small_net, frame):
+    from ar_ros import Refiner
+    box = (200.0, 150.0, 120.0, 90.0)
+    results = {}
+    for name, ext in (("raw", None), ("png", ".png"), ("jpeg", ".jpg")):
+        img = frame
+        if ext:
+            ok, buf = cv2.imencode(ext, frame[..., ::-1])
+            img = compressed_to_rgb(SimpleNamespace(format=f"bgr8; {name} compressed bgr8", data=buf.tobytes()))
+        r = Refiner(small_net)
+        r.set_target(img, box, "a")
+        results[name] = np.array(r.refine(img, {"a": (205.0, 148.0, 118.0, 95.0)})["a"].raw_box)
+    assert np.array_equal(results["png"], results["raw"])          # lossless: identical
+    assert np.abs(results["jpeg"] - results["raw"]).max() < 3.0    # lossy: close
