@@ -16,7 +16,14 @@ from launch_ros.actions import Node
 
 
 def _node(context, *args, **kwargs):
-    cams = [c.strip() for c in LaunchConfiguration("cameras").perform(context).split(",") if c.strip()]
+    raw = [c.strip() for c in LaunchConfiguration("cameras").perform(context).split(",")]
+    cams = [c for c in raw if c]
+    if len(cams) != len(raw) or len(set(cams)) != len(cams):
+        raise RuntimeError(f"cameras must be unique, non-empty names, got {raw}")
+    unknown = sorted(k for k in context.launch_configurations
+                     if k.endswith(("_image", "_detections")) and k.rsplit("_", 1)[0] not in cams)
+    if unknown:
+        raise RuntimeError(f"topic arguments {unknown} name no camera in cameras:={','.join(cams)}")
     remaps = []
     for cam in cams:
         for kind in ("image", "detections"):

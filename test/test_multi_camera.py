@@ -96,9 +96,10 @@ def test_total_max_targets_is_shared_round_robin(multi, frame):
     assert len(full) == 1  # one camera waited this pass, with its base box published and flagged
 
 
-def test_bad_camera_names_are_refused(ros_context):
+@pytest.mark.parametrize("names", [["front", "front"], ["front", ""], ["9lives"], ["has space"]])
+def test_bad_camera_names_are_refused(ros_context, names):
     with pytest.raises(ValueError, match="cameras must"):
-        RefinerNode(context=ros_context, parameter_overrides=[Parameter("cameras", value=["front", "front"])])
+        RefinerNode(context=ros_context, parameter_overrides=[Parameter("cameras", value=names)])
 
 
 @pytest.mark.slow
