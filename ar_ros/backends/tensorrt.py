@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Dict, Optional, Union
+from typing import Dict, Union
 
 import torch
 
@@ -149,8 +149,3 @@ class TensorRTBackend:
 
     def eval(self) -> "TensorRTBackend":  # interface parity with torch modules
         return self
-
-
-def engine_dir(onnx_dir: Union[str, Path]) -> Optional[Path]:
-    path = Path(onnx_dir) / "tensorrt"
-    return path if path.is_dir() else None
