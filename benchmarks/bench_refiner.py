@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Latency of Refiner.refine per frame: 1, 4, 8 targets, box-only and box+mask, CPU (and CUDA if present).
 
-Also times, in the same run, an authors'-style pipeline on the same network (one target per forward
-pass, float64 normalisation per pixel, no channels_last) as the baseline, and prints ratios.
+Also times, in the same run, an authors'-style pipeline on the same weights (one target per forward
+pass, float64 normalisation per pixel, no channels_last, BatchNorm not folded) as the baseline, and
+prints ratios. All configurations are called round-robin, so slow drift of a shared machine hits every
+configuration alike and the ratios stay meaningful even when the absolute figures move.
 
     python benchmarks/bench_refiner.py [--model authors|default|PATH] [--threads 2] [--repeat 20] [--json]
 """
@@ -19,7 +21,8 @@ import torch
 
 from ar_ros import Refiner
 from ar_ros.engine import crop as cropping
-from ar_ros.model import AUTHORS_CONFIG, AlphaRefineNet
+from ar_ros.engine.refiner import DEFAULT_CHECKPOINT
+from ar_ros.model import AUTHORS_CONFIG, AlphaRefineNet, load_network
 
 
 def frame_and_boxes(n):
@@ -29,15 +32,19 @@ def frame_and_boxes(n):
     return frame, boxes
 
 
-def timeit(fn, repeat, warmup=3):
+def interleaved(fns, repeat, warmup=2):
+    """Median and p95 ms of each named function, called round-robin so that machine drift hits all alike."""
+    names = list(fns)
     for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times), float(np.percentile(times, 95))
+        for name in names:
+            fns[name]()
+    times = {name: [] for name in names}
+    for r in range(repeat):
+        for name in names[r % len(names):] + names[:r % len(names)]:  # rotate the order every round
+            t0 = time.perf_counter()
+            fns[name]()
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    return {name: (statistics.median(t), float(np.percentile(t, 95))) for name, t in times.items()}
 
 
 def authors_style(net, frame, box, kernel):
@@ -67,33 +74,33 @@ def main():
     else:
         checkpoint = None if args.model == "default" else args.model
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    frame, boxes = frame_and_boxes(8)
     results = {}
     for device in devices:
         precision = "fp16" if device == "cuda" else "fp32"
         refiner = Refiner(checkpoint, device=device, precision=precision)
+        refiner.set_targets(frame, boxes)
+        fns = {}
         for mask in (False, True):
             for n in (1, 4, 8):
-                frame, boxes = frame_and_boxes(n)
-                refiner.clear()
-                refiner.set_targets(frame, boxes)
-                med, p95 = timeit(lambda: refiner.refine(frame, boxes, mask=mask), args.repeat)
-                if device == "cuda":
-                    torch.cuda.synchronize()
-                results[f"{device}/{precision}/{'box+mask' if mask else 'box'}/{n}"] = {"median_ms": med, "p95_ms": p95}
-    # the in-run baseline, CPU fp32, box only
-    base_net = (checkpoint if isinstance(checkpoint, AlphaRefineNet) else Refiner(checkpoint).net.float()).eval()
-    base_net = base_net.to(memory_format=torch.contiguous_format)
-    frame, boxes = frame_and_boxes(8)
-    win = cropping.window_for(boxes["t0"], 2.0, base_net.config.input_size, "exact")
-    with torch.no_grad():
-        patch = cropping.crop(frame, win).astype(np.float64) / 255.0
-        x = torch.from_numpy(((patch - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]).astype(np.float32)
-                             .transpose(2, 0, 1).copy())[None]
-        kernel = base_net.template(x)
-    for n in (1, 8):
-        med, p95 = timeit(lambda: [authors_style(base_net, frame, b, kernel) for b in list(boxes.values())[:n]],
-                          max(5, args.repeat // 2))
-        results[f"baseline/cpu/fp32/box/{n}"] = {"median_ms": med, "p95_ms": p95}
+                subset = dict(list(boxes.items())[:n])
+                fns[f"{device}/{precision}/{'box+mask' if mask else 'box'}/{n}"] = \
+                    (lambda s=subset, m=mask: refiner.refine(frame, s, mask=m))
+        if device == "cpu":  # the in-run baseline: the same weights, unfolded, authors'-style pipeline
+            base_net = checkpoint if isinstance(checkpoint, AlphaRefineNet) else load_network(
+                checkpoint or DEFAULT_CHECKPOINT)[0]
+            base_net = base_net.float().eval().to(memory_format=torch.contiguous_format)
+            win = cropping.window_for(boxes["t0"], 2.0, base_net.config.input_size, "exact")
+            with torch.no_grad():
+                patch = cropping.crop(frame, win).astype(np.float64) / 255.0
+                x = torch.from_numpy(((patch - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225])
+                                     .astype(np.float32).transpose(2, 0, 1).copy())[None]
+                kernel = base_net.template(x)
+            for n in (1, 8):
+                fns[f"baseline/cpu/fp32/box/{n}"] = (lambda k=n: [authors_style(base_net, frame, b, kernel)
+                                                                 for b in list(boxes.values())[:k]])
+        for name, (med, p95) in interleaved(fns, args.repeat).items():  # refine() syncs (.cpu() of outputs)
+            results[name] = {"median_ms": med, "p95_ms": p95}
     if args.json:
         print(json.dumps({k: round(v["median_ms"], 3) for k, v in results.items()}))
         return

@@ -60,6 +60,12 @@ def test_bgr_frames_give_the_same_answer_as_rgb(refiner, frame):
     bgr_ref.set_target(frame[..., ::-1].copy(), BOX, "a", color="bgr")
     bgr = bgr_ref.refine(frame[..., ::-1].copy(), {"a": BOX}, color="bgr")["a"]
     assert rgb.raw_box == pytest.approx(bgr.raw_box)
+    # one pass over an RGB and a BGR frame (cameras with different encodings) gives the same answers
+    both = refiner.refine_many([(frame, {"a": BOX}), (frame[..., ::-1].copy(), {"a": BOX}, "bgr")])
+    assert both[0]["a"].raw_box == pytest.approx(rgb.raw_box, abs=1e-3)
+    assert both[1]["a"].raw_box == pytest.approx(rgb.raw_box, abs=1e-3)
+    with pytest.raises(ValueError, match="color"):
+        refiner.refine_many([(frame, {"a": BOX}, "bgra")])
 
 
 def test_mask_is_frame_sized_probabilities(refiner, frame):

@@ -1,6 +1,7 @@
 """The inference engine: cached template kernels per target, one batched forward pass per frame."""
 from __future__ import annotations
 
+import copy
 import math
 import os
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 
 from ..model import AlphaRefineNet, CheckpointError, load_network
+from ..model.fuse import fold_batchnorm
 from . import crop as cropping
 from .boxes import Box, as_box, box_problem, check_box
 from .masks import mask_to_box
@@ -109,7 +111,7 @@ class Refiner:
             self.dtype = torch.float32  # engines take fp32 inputs and run fp16 inside
             self.meta = {"source": f"tensorrt:{checkpoint}"}
         elif isinstance(checkpoint, AlphaRefineNet):
-            net, self.meta = checkpoint, {"source": "network"}
+            net, self.meta = copy.deepcopy(checkpoint), {"source": "network"}  # folding must not touch theirs
         else:
             path = Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT
             if checkpoint is None and not path.is_file():
@@ -131,8 +133,11 @@ class Refiner:
         self.max_scale_change = float(max_scale_change)
         self.mask_threshold = float(mask_threshold)
         self.memory_format = torch.channels_last if channels_last and backend == "torch" else torch.contiguous_format
-        self.net = net.eval().to(self.device, dtype=self.dtype, memory_format=self.memory_format) \
-            if backend == "torch" else net
+        if backend == "torch":
+            net.eval()
+            fold_batchnorm(net)  # in fp32, before any cast
+            net = net.to(self.device, dtype=self.dtype, memory_format=self.memory_format)
+        self.net = net
         lut_device = torch.device("cpu") if backend.startswith("onnxruntime") else self.device
         table = cropping.normalisation_table()
         self._lut = torch.from_numpy(table.reshape(-1)).to(lut_device)
@@ -188,14 +193,20 @@ class Refiner:
         """
         return self.refine_many([(frame, boxes_by_id)], color=color, mask=mask)[0]
 
-    def refine_many(self, jobs: Sequence[Tuple[np.ndarray, Mapping[Hashable, Iterable[float]]]],
-                    color: str = "rgb", mask: bool = False) -> List[Dict[Hashable, Result]]:
-        """:meth:`refine` for several frames (e.g. one per camera) in ONE forward pass over all targets."""
+    def refine_many(self, jobs: Sequence[Tuple], color: str = "rgb", mask: bool = False) -> List[Dict[Hashable, Result]]:
+        """:meth:`refine` for several frames (e.g. one per camera) in ONE forward pass over all targets.
+
+        ``jobs`` are ``(frame, boxes_by_id)`` pairs, or ``(frame, boxes_by_id, color)`` triples when the
+        frames differ in channel order (``color`` is then the default for pairs).
+        """
         _check_color(color)
         outputs: List[Dict[Hashable, Result]] = []
         todo = []  # (job index, id, base, window)
         batches = []
-        for j, (frame, boxes_by_id) in enumerate(jobs):
+        for j, job in enumerate(jobs):
+            frame, boxes_by_id = job[0], job[1]
+            job_color = job[2] if len(job) > 2 else color
+            _check_color(job_color)
             height, width = check_frame(frame)
             unknown = [tid for tid in boxes_by_id if tid not in self._kernels]
             if unknown:
@@ -217,7 +228,7 @@ class Refiner:
                 todo.append((j, tid, base, win))
                 windows.append(win)
             if windows:
-                batches.append(self._batch(frame, windows, color))
+                batches.append(self._batch(frame, windows, job_color))
             outputs.append(results)
         if todo:
             with torch.inference_mode():
@@ -232,7 +243,7 @@ class Refiner:
                 height, width = jobs[j][0].shape[:2]
                 outputs[j][tid] = self._result(base, win, crop_boxes[i], float(scores[i]),
                                                None if probs is None else probs[i], height, width)
-        return [{tid: res[tid] for tid in boxes_by_id} for res, (_, boxes_by_id) in zip(outputs, jobs)]
+        return [{tid: res[tid] for tid in job[1]} for res, job in zip(outputs, jobs)]
 
     def _batch(self, frame: np.ndarray, windows: List[cropping.CropWindow], color: str) -> torch.Tensor:
         """Crop every window, normalise through the lookup table, return (B,3,S,S) on the device."""

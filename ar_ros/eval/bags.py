@@ -8,8 +8,13 @@ a half-written bag under the final name.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import queue
 import shutil
+import struct
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Sequence, Tuple, Union
 
@@ -45,8 +50,9 @@ class BagError(ValueError):
     """A bag that cannot be read or written; the message names the file and the problem."""
 
 
+@functools.lru_cache(maxsize=1)
 def typestore():
-    """rosbags typestore for ROS 2 Jazzy plus the vision_msgs types."""
+    """rosbags typestore for ROS 2 Jazzy plus the vision_msgs types (built once per process)."""
     from rosbags.typesys import Stores, get_types_from_msg, get_typestore
     store = get_typestore(Stores.ROS2_JAZZY)
     types = {}
@@ -174,13 +180,166 @@ def open_reader(path: Union[str, Path]):
     return reader
 
 
-def messages(reader, store, topics: Optional[Sequence[str]] = None) -> Iterator[Tuple[Any, int, bytes, Any]]:
-    """(connection, log time ns, raw bytes, decoded message) in log-time order; undecodable ones raise BagError."""
+@dataclass
+class Stamp:
+    sec: int
+    nanosec: int
+
+
+@dataclass
+class Header:
+    stamp: Stamp
+    frame_id: str
+
+
+@dataclass
+class RawImage:
+    """An Image or CompressedImage read straight from its CDR bytes; ``data`` is a view, not a copy.
+
+    Has the attributes :func:`ar_ros.io.images.image_to_rgb` and ``compressed_to_rgb`` read, so it
+    decodes like a deserialised message, without building one (a 640x480 frame is 900 KB).
+    """
+
+    header: Header
+    data: memoryview
+    height: int = 0
+    width: int = 0
+    encoding: str = ""
+    is_bigendian: int = 0
+    step: int = 0
+    format: str = ""
+
+
+class _Cdr:
+    """A cursor over one CDR-encoded message (XCDR1, either byte order, alignment from byte 4)."""
+
+    def __init__(self, raw: bytes) -> None:
+        if len(raw) < 4 or raw[0] != 0 or raw[1] not in (0, 1):
+            raise ValueError("not a CDR message (bad encapsulation header)")
+        self.raw, self.pos = memoryview(raw), 4
+        self.u32 = struct.Struct("<I" if raw[1] == 1 else ">I")
+
+    def uint32(self) -> int:
+        self.pos += -(self.pos - 4) % 4
+        (value,) = self.u32.unpack_from(self.raw, self.pos)
+        self.pos += 4
+        return value
+
+    def uint8(self) -> int:
+        value = self.raw[self.pos]
+        self.pos += 1
+        return value
+
+    def bytes(self) -> memoryview:
+        n = self.uint32()
+        if self.pos + n > len(self.raw):
+            raise ValueError(f"a field of {n} bytes runs past the end of the {len(self.raw)}-byte message")
+        view = self.raw[self.pos:self.pos + n]
+        self.pos += n
+        return view
+
+    def string(self) -> str:
+        return bytes(self.bytes()).rstrip(b"\0").decode("utf-8", "replace")
+
+    def header(self) -> Header:
+        sec, nanosec = self.uint32(), self.uint32()
+        return Header(Stamp(sec - (1 << 32) if sec >= 1 << 31 else sec, nanosec), self.string())
+
+
+def raw_image(raw: bytes, msgtype: str) -> RawImage:
+    """Parse a serialised ``sensor_msgs/Image`` or ``CompressedImage`` without copying its pixels."""
+    cdr = _Cdr(raw)
+    header = cdr.header()
+    if msgtype == COMPRESSED_TYPE:
+        fmt = cdr.string()
+        return RawImage(header=header, format=fmt, data=cdr.bytes())
+    height, width, encoding = cdr.uint32(), cdr.uint32(), cdr.string()
+    is_bigendian, step = cdr.uint8(), cdr.uint32()
+    return RawImage(header=header, height=height, width=width, encoding=encoding, is_bigendian=is_bigendian,
+                    step=step, data=cdr.bytes())
+
+
+def messages(reader, store, topics: Optional[Sequence[str]] = None,
+             raw_images: bool = False) -> Iterator[Tuple[Any, int, bytes, Any]]:
+    """(connection, log time ns, raw bytes, decoded message) in log-time order; undecodable ones raise BagError.
+
+    With ``raw_images``, image messages come as :class:`RawImage` views of the raw bytes (no
+    deserialisation, no pixel copy); everything else is deserialised by rosbags.
+    """
     conns = [c for c in reader.connections if topics is None or c.topic in topics]
     for conn, t, raw in reader.messages(connections=conns):
         try:
-            msg = store.deserialize_cdr(raw, conn.msgtype)
+            if raw_images and conn.msgtype in (IMAGE_TYPE, COMPRESSED_TYPE):
+                msg = raw_image(raw, conn.msgtype)
+            else:
+                msg = store.deserialize_cdr(raw, conn.msgtype)
         except Exception as err:
             raise BagError(f"cannot decode a {conn.msgtype} message on {conn.topic} at t={t}: "
                            f"{type(err).__name__}: {err}") from None
         yield conn, t, raw, msg
+
+
+class ThreadedBag:
+    """:func:`atomic_bag` run in a writer thread, behind a bounded queue; use it as a context manager.
+
+    The storage back ends copy and write without holding the GIL, so the caller decodes and refines
+    the next frame while the last one is written. At most ``maxsize`` writes wait (a full queue blocks
+    the caller: memory stays bounded). Every call on the rosbags ``Writer`` runs in that one thread
+    (sqlite3 connections must stay in the thread that made them). A failed write is raised in the
+    caller at the next :meth:`write` or at the end, and the bag is then not renamed into place.
+    """
+
+    def __init__(self, path: Union[str, Path], storage: str = "sqlite3", overwrite: bool = False,
+                 maxsize: int = 16) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bag-writer")
+        self._slots = threading.BoundedSemaphore(maxsize)
+        self._error: Optional[BaseException] = None
+        self._bag = atomic_bag(path, storage, overwrite)
+        try:
+            self._writer = self._call(self._bag.__enter__)
+        except BaseException:
+            self._pool.shutdown()
+            raise
+
+    def _call(self, fn, *args, **kwargs):
+        return self._pool.submit(fn, *args, **kwargs).result()
+
+    def add_connection(self, *args, **kwargs):
+        return self._call(self._writer.add_connection, *args, **kwargs)
+
+    def _done(self, future) -> None:
+        self._slots.release()
+        if future.exception() is not None and self._error is None:
+            self._error = future.exception()
+
+    def _failure(self) -> Optional[BagError]:
+        if self._error is None:
+            return None
+        return BagError(f"writing the output bag failed: {type(self._error).__name__}: {self._error}")
+
+    def write(self, conn, timestamp: int, raw: bytes) -> None:
+        failure = self._failure()
+        if failure is not None:
+            raise failure
+        self._slots.acquire()
+        self._pool.submit(self._writer.write, conn, timestamp, raw).add_done_callback(self._done)
+
+    def __enter__(self) -> "ThreadedBag":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc is None:  # the queue runs in order: this waits for every write before it
+                self._call(lambda: None)
+                failure = self._failure()
+                if failure is not None:  # abort: the temporary bag is removed, not renamed
+                    with contextlib.suppress(BagError):
+                        self._call(self._bag.__exit__, BagError, failure, None)
+                    raise failure
+                self._call(self._bag.__exit__, None, None, None)
+            else:
+                with contextlib.suppress(BaseException):  # the block's own error wins
+                    self._call(self._bag.__exit__, exc_type, exc, tb)
+        finally:
+            self._pool.shutdown()

@@ -19,7 +19,7 @@ from ..draw import draw_targets, label_image
 from ..engine.refiner import Refiner
 from ..engine.session import RefineSession
 from ..io.detections import bbox_to_xywh, stamp_to_ns
-from ..io.images import ImageError, compressed_to_rgb, image_to_rgb
+from ..io.images import ImageError, compressed_to_rgb, image_to_frame
 from . import bags
 from .metrics import Scores, score
 
@@ -58,8 +58,9 @@ class ReplayResult:
         return {"base": score(self.boxes("base", target), gt), "refined": score(self.boxes("refined", target), gt)}
 
 
-def _decode(msg, msgtype: str) -> np.ndarray:
-    return compressed_to_rgb(msg) if msgtype == bags.COMPRESSED_TYPE else image_to_rgb(msg)
+def _decode(msg, msgtype: str):
+    """(frame, colour order): bgr8 frames go to the refiner as they are, which swaps channels per crop."""
+    return (compressed_to_rgb(msg), "rgb") if msgtype == bags.COMPRESSED_TYPE else image_to_frame(msg)
 
 
 def replay(bag: Union[str, Path], refiner: Refiner, out: Union[str, Path, None] = None,
@@ -91,7 +92,7 @@ def replay(bag: Union[str, Path], refiner: Refiner, out: Union[str, Path, None] 
         t0 = time.perf_counter()
         try:
             with contextlib.ExitStack() as stack:  # the output bag is renamed into place only on success
-                writer = stack.enter_context(bags.atomic_bag(out, storage or _storage_of(reader), overwrite)) \
+                writer = stack.enter_context(bags.ThreadedBag(out, storage or _storage_of(reader), overwrite)) \
                     if out else None
                 out_conns = {}
                 if writer is not None:
@@ -103,7 +104,7 @@ def replay(bag: Union[str, Path], refiner: Refiner, out: Union[str, Path, None] 
                 images: "OrderedDict[int, tuple]" = OrderedDict()
                 dets: "OrderedDict[int, object]" = OrderedDict()
                 gts: Dict[int, object] = {}
-                for conn, t, raw, msg in bags.messages(reader, store):
+                for conn, t, raw, msg in bags.messages(reader, store, raw_images=True):
                     if writer is not None:
                         writer.write(out_conns[conn.id], t, raw)
                     if conn.topic == gt_topic:
@@ -131,17 +132,19 @@ def replay(bag: Union[str, Path], refiner: Refiner, out: Union[str, Path, None] 
                     frame = _process(session, img_msg, dets.pop(stamp), image_conn.msgtype, stamp, result, mask)
                     if frame is None:
                         continue
-                    rgb, step = frame
+                    image, color, step = frame
                     if writer is not None:
                         writer.write(refined_conn, log_t, store.serialize_cdr(
                             _refined_msg(store, img_msg.header, step.results), bags.DETECTIONS_TYPE))
                         if mask_conn is not None:
                             ordered = list(step.results.values())
-                            labels = label_image(rgb.shape[:2], [r.mask for r in ordered], [r.score for r in ordered])
+                            labels = label_image(image.shape[:2], [r.mask for r in ordered],
+                                                 [r.score for r in ordered])
                             writer.write(mask_conn, log_t, store.serialize_cdr(
                                 bags.image(store, stamp, labels, img_msg.header.frame_id, encoding="mono8"),
                                 bags.IMAGE_TYPE))
                     if video is not None:
+                        rgb = image if color == "rgb" else np.ascontiguousarray(image[..., ::-1])
                         video_writer = _video_frame(video_writer, video, video_fps, rgb, step,
                                                     _gt_box(gts.get(stamp)))
                 result.unpaired += len(dets)
@@ -176,12 +179,12 @@ def _copy_connection(writer, conn, store):
 
 def _process(session: RefineSession, img_msg, det_msg, msgtype: str, stamp: int, result: ReplayResult, mask: bool):
     try:
-        rgb = _decode(img_msg, msgtype)
+        image, color = _decode(img_msg, msgtype)
     except ImageError:
         result.bad_images += 1
         return None
     inputs = [(d.id, bbox_to_xywh(d.bbox)) for d in det_msg.detections]
-    step = session.step(rgb, inputs, stamp, mask=mask)
+    step = session.step(image, inputs, stamp, mask=mask, color=color)
     index = len(result.stamps)
     result.stamps.append(stamp)
     result.refined_frames += 1
@@ -192,7 +195,7 @@ def _process(session: RefineSession, img_msg, det_msg, msgtype: str, stamp: int,
         result.refined.setdefault(tid, [np.full(4, np.nan)] * index).append(np.asarray(res.box, np.float64))
         result.fallbacks += int(res.fallback)
     _pad(result)
-    return rgb, step
+    return image, color, step
 
 
 def _pad(result: ReplayResult) -> None:

@@ -75,6 +75,14 @@ def image_to_rgb(msg: Any) -> np.ndarray:
     return cv2.cvtColor(arr, _TO_RGB[enc])
 
 
+def image_to_frame(msg: Any) -> Tuple[np.ndarray, str]:
+    """Image message -> (HxWx3 uint8 frame, ``"rgb"`` or ``"bgr"``), skipping the colour conversion of
+    bgr8 frames: the refiner takes either order and swaps channels per crop, far cheaper than per frame."""
+    if str(msg.encoding) in ("bgr8", "8UC3"):
+        return image_to_array(msg), "bgr"
+    return image_to_rgb(msg), "rgb"
+
+
 def rgb_to_bgr(rgb: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
 

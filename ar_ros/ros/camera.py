@@ -22,7 +22,7 @@ from ar_ros.srv import ClearTargets, SetTarget
 from ..draw import draw_targets, label_image
 from ..engine.boxes import check_box
 from ..io.detections import bbox_to_xywh, fill_bbox, stamp_to_ns
-from ..io.images import ImageError, array_to_image, compressed_to_rgb, image_to_rgb, rgb_to_bgr
+from ..io.images import ImageError, array_to_image, compressed_to_rgb, image_to_frame, rgb_to_bgr
 from .diagnostics import Counters, Meter, fmt
 from .qos import (DETECTIONS_QOS, IMAGE_OUTPUT_QOS, IMAGE_QOS, LATCHED_QOS, OUTPUT_QOS, publisher_events,
                   subscription_events)
@@ -36,21 +36,32 @@ MAX_WAITING = 10  # detection messages held while their image has not arrived
 
 @dataclass
 class CachedImage:
-    """A received frame; decoded to RGB on first use only."""
+    """A received frame; decoded on first use only, bgr8 kept in its own channel order (no conversion)."""
 
     msg: Any  # sensor_msgs/Image or CompressedImage
     received: float
-    _rgb: Optional[np.ndarray] = None
+    _frame: Optional[np.ndarray] = None
+    color: str = "rgb"  # channel order of frame()
     error: str = ""
 
-    def rgb(self) -> Optional[np.ndarray]:
-        if self._rgb is None and not self.error:
+    def frame(self) -> Optional[np.ndarray]:
+        """HxWx3 uint8 in the order ``self.color``, or ``None`` (then ``error`` says why)."""
+        if self._frame is None and not self.error:
             try:
-                self._rgb = compressed_to_rgb(self.msg) if isinstance(self.msg, CompressedImage) \
-                    else image_to_rgb(self.msg)
+                if isinstance(self.msg, CompressedImage):
+                    self._frame, self.color = compressed_to_rgb(self.msg), "rgb"
+                else:
+                    self._frame, self.color = image_to_frame(self.msg)
             except ImageError as err:
                 self.error = str(err)
-        return self._rgb
+        return self._frame
+
+    def rgb(self) -> Optional[np.ndarray]:
+        """The frame in RGB order (for drawing), or ``None``."""
+        frame = self.frame()
+        if frame is None or self.color == "rgb":
+            return frame
+        return np.ascontiguousarray(frame[..., ::-1])
 
 
 @dataclass
@@ -170,10 +181,10 @@ class Camera:
     def wants_mask(self) -> bool:
         return bool(self.node.param("publish_mask")) and self.pubs["mask"].get_subscription_count() > 0
 
-    def publish(self, header, rgb: np.ndarray, results: Dict[str, Any], dets: Dict[str, Detection2D],
+    def publish(self, header, image: CachedImage, results: Dict[str, Any], dets: Dict[str, Detection2D],
                 refine_ms: float, with_mask: bool) -> None:
         node = self.node
-        height, width = rgb.shape[:2]
+        height, width = image.frame().shape[:2]
         out = Detection2DArray(header=header)
         targets = RefinedTargetArray(header=header, refine_ms=refine_ms)
         ordered = list(results.items())
@@ -208,7 +219,8 @@ class Camera:
                 info.class_map = [VisionClass(class_id=k + 1, class_name=tid) for k, tid in enumerate(ids)]
                 self.pubs["label_info"].publish(info)
         if node.param("publish_overlay") and self.pubs["overlay"].get_subscription_count() > 0:
-            drawn = draw_targets(rgb, [(tid, res.base_box, res.box, res.score, res.fallback) for tid, res in ordered],
+            drawn = draw_targets(image.rgb(), [(tid, res.base_box, res.box, res.score, res.fallback)
+                                               for tid, res in ordered],
                                  [res.mask for _, res in ordered] if with_mask else None, threshold)
             self.pubs["overlay"].publish(array_to_image(rgb_to_bgr(drawn), "bgr8", Image, header))
         self.meters["output"].add()
@@ -243,11 +255,11 @@ class Camera:
                            f"no cached image near stamp {stamp / 1e9:.3f} (cache holds {lo / 1e9:.3f}.."
                            f"{hi / 1e9:.3f})")
             return res
-        rgb = hit[1].rgb()
-        if rgb is None:
+        frame = hit[1].frame()
+        if frame is None:
             res.message = f"cached image cannot be decoded: {hit[1].error}"
             return res
-        height, width = rgb.shape[:2]
+        height, width = frame.shape[:2]
         boxes, next_id = {}, self._next_auto_id
         for i, (tid, bbox) in enumerate(zip(ids, req.boxes)):
             try:
@@ -262,7 +274,7 @@ class Camera:
             boxes[tid] = box
         with node.refiner_lock:
             try:
-                refined = self.session.add_targets(rgb, boxes, stamp_ns=hit[0])
+                refined = self.session.add_targets(frame, boxes, stamp_ns=hit[0], color=hit[1].color)
             except ValueError as err:
                 res.message = str(err)
                 return res

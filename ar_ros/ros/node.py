@@ -226,27 +226,27 @@ class RefinerNode(LifecycleNode):
             return
         ready = []
         for cam, job in jobs:
-            rgb = job.image.rgb()
-            if rgb is None:
+            frame = job.image.frame()
+            if frame is None:
                 cam.counters.inc("bad_images")
                 cam.warn("bad_image", f"skipping frame: {job.image.error}")
                 continue
-            ready.append((cam, job, rgb))
+            ready.append((cam, job, frame))
         if not ready:
             return
         with_mask = any(cam.wants_mask() for cam, _, _ in ready)
         t0 = time.perf_counter()
         with self.refiner_lock:
             plans = []
-            for cam, job, rgb in ready:
+            for cam, job, frame in ready:
                 inputs, dets = cam.inputs(job)
-                step = cam.session.plan(rgb, inputs, _stamp(job))
-                plans.append((cam, job, rgb, dets, step))
+                step = cam.session.plan(frame, inputs, _stamp(job), color=job.image.color)
+                plans.append((cam, job, frame, dets, step))
             allowed = self._cap_batch([p[4] for p in plans])
-            outputs = self.refiner.refine_many([(rgb, {k: step.bases[k] for k in keep})
-                                                for (cam, job, rgb, dets, step), keep in zip(plans, allowed)],
+            outputs = self.refiner.refine_many([(frame, {k: step.bases[k] for k in keep}, job.image.color)
+                                                for (cam, job, frame, dets, step), keep in zip(plans, allowed)],
                                                mask=with_mask)
-            for (cam, job, rgb, dets, step), keep, out in zip(plans, allowed, outputs):
+            for (cam, job, frame, dets, step), keep, out in zip(plans, allowed, outputs):
                 for key, base in step.bases.items():
                     if key not in out:  # over the pass's max_targets: this frame keeps the base box
                         out[key] = _batch_full(base)
@@ -255,14 +255,14 @@ class RefinerNode(LifecycleNode):
         pass_ms = (time.perf_counter() - t0) * 1e3
         self.pass_meter.add(pass_ms)
         self.batch_meter.add(float(sum(len(k) for k in allowed)))
-        for cam, job, rgb, dets, step in plans:
+        for cam, job, frame, dets, step in plans:
             for tid, kind, text in step.skipped:
                 cam.counters.inc(kind)
                 cam.warn(kind, text)
             if any(t.startswith("#") for t in step.results):
                 cam.warn("no_id", "detections without an id: each is refined against a template from its own "
                                   "frame (set Detection2D.id to track across frames)")
-            cam.publish(job.image.msg.header, rgb, step.results, dets, pass_ms, with_mask and cam.wants_mask())
+            cam.publish(job.image.msg.header, job.image, step.results, dets, pass_ms, with_mask and cam.wants_mask())
 
     def _cap_batch(self, steps: List) -> List[List]:
         """Keys to refine per camera, at most ``max_targets`` in total, taken round-robin across cameras."""

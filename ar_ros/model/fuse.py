@@ -1,0 +1,59 @@
+"""Fold inference-mode BatchNorm layers into the convolutions before them.
+
+In eval mode a BatchNorm is a per-channel affine map, so ``bn(conv(x))`` equals one convolution with
+scaled weights and a shifted bias. Folding removes about a fifth of the CPU time of a forward pass
+(measured by ``benchmarks/bench_refiner.py``) and changes outputs only by float rounding. The folded
+network is for inference only: its state_dict no longer has the ``bn`` keys of Appendix A, so
+checkpoints are always saved and exported from the unfolded network.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    """Make ``conv`` compute ``bn(conv(x))`` (``bn`` in eval mode); ``bn`` must then be dropped."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError("cannot fold a BatchNorm without running statistics")
+    with torch.no_grad():
+        dtype = conv.weight.dtype
+        scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+        bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
+        conv.weight.copy_((conv.weight.double() * scale.reshape(-1, 1, 1, 1)).to(dtype))
+        folded = (bn.bias.double() + (bias - bn.running_mean.double()) * scale).to(dtype)
+        if conv.bias is None:
+            conv.bias = nn.Parameter(folded, requires_grad=False)
+        else:
+            conv.bias.copy_(folded)
+
+
+def fold_batchnorm(net: nn.Module) -> int:
+    """Fold every conv -> BatchNorm pair of ``net`` in place; returns how many were folded.
+
+    Two patterns are recognised, which cover the whole refiner: consecutive ``Conv2d``, ``BatchNorm2d``
+    entries of an ``nn.Sequential``, and sibling attributes ``convN`` / ``bnN`` (torchvision's ResNet
+    naming, used by the backbone). The network must be in eval mode.
+    """
+    if net.training:
+        raise ValueError("fold_batchnorm needs a network in eval mode")
+    folded = 0
+    for module in list(net.modules()):
+        if isinstance(module, nn.Sequential):
+            names = list(module._modules)
+            for first, second in zip(names, names[1:]):
+                conv, bn = module._modules[first], module._modules[second]
+                if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                    fold_conv_bn(conv, bn)
+                    module._modules[second] = nn.Identity()
+                    folded += 1
+            continue
+        for name, child in list(module.named_children()):
+            if not (isinstance(child, nn.BatchNorm2d) and name.startswith("bn")):
+                continue
+            conv = getattr(module, "conv" + name[2:], None)
+            if isinstance(conv, nn.Conv2d):
+                fold_conv_bn(conv, child)
+                setattr(module, name, nn.Identity())
+                folded += 1
+    return folded
