@@ -295,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone-weights", default=None, help="torchvision-format ImageNet ResNet file")
     p.add_argument("--data", action="append", default=None,
                    help="'synthetic' (default) or DATASET:FOLDER with DATASET in lasot, got10k, trackingnet, otb, "
-                        "youtube_vos (masks); repeat to mix sources evenly")
+                        "youtube_vos (masks), coco (masks, single images); repeat to mix sources evenly")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_train)

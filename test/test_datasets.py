@@ -107,3 +107,87 @@ def test_dataset_pairs_feed_the_trainer_sampler(tmp_path):
     batch = sampler.batch(np.random.default_rng(0), 3)
     assert batch["search"].shape == (3, 3, 64, 64) and float(batch["has_mask"].min()) == 1.0
     assert float(batch["mask"].sum()) > 0
+
+
+def _rle_string(runs):
+    """COCO's compressed RLE string, written from the format definition (the inverse of the reader)."""
+    out = []
+    for i, run in enumerate(runs):
+        x = run - runs[i - 2] if i > 2 else run
+        while True:
+            c = x & 0x1F
+            x >>= 5
+            more = not ((c & 0x10 == 0 and x == 0) or (c & 0x10 and x == -1))
+            out.append(chr(c + 48 + (0x20 if more else 0)))
+            if not more:
+                break
+    return "".join(out)
+
+
+def _runs(mask):
+    flat = mask.T.reshape(-1)  # column-major
+    runs, current, count = [], 0, 0
+    for v in flat:
+        if v == current:
+            count += 1
+        else:
+            runs.append(count)
+            current, count = v, 1
+    runs.append(count)
+    return runs
+
+
+def _coco(root):
+    import json
+    (root / "annotations").mkdir(parents=True)
+    (root / "val2017").mkdir()
+    img = np.full((60, 80, 3), 90, np.uint8)
+    cv2.imwrite(str(root / "val2017" / "000001.jpg"), img)
+    blob = np.zeros((60, 80), np.uint8)
+    blob[20:45, 50:70] = 1
+    blob[30:35, 55:60] = 0  # a hole: several runs per column
+    anns = [
+        {"id": 1, "image_id": 1, "iscrowd": 0, "bbox": [10, 5, 20, 30],
+         "segmentation": [[10, 5, 30, 5, 30, 35, 10, 35]]},
+        {"id": 2, "image_id": 1, "iscrowd": 0, "bbox": [50, 20, 20, 25],
+         "segmentation": {"size": [60, 80], "counts": _rle_string(_runs(blob))}},
+        {"id": 3, "image_id": 1, "iscrowd": 0, "bbox": [50, 20, 20, 25],
+         "segmentation": {"size": [60, 80], "counts": _runs(blob)}},
+        {"id": 4, "image_id": 1, "iscrowd": 1, "bbox": [0, 0, 40, 40], "segmentation": {"size": [60, 80],
+                                                                                          "counts": [4800]}},
+        {"id": 5, "image_id": 1, "iscrowd": 0, "bbox": [0, 0, 5, 5], "segmentation": [[0, 0, 5, 0, 5, 5]]},
+    ]
+    (root / "annotations" / "instances_val2017.json").write_text(json.dumps(
+        {"images": [{"id": 1, "file_name": "000001.jpg", "height": 60, "width": 80}], "annotations": anns}))
+    return root, blob
+
+
+def test_coco_instances_become_masked_single_frame_sequences(tmp_path):
+    root, blob = _coco(tmp_path / "coco")
+    seqs = open_dataset("coco", root)
+    assert [s.name for s in seqs] == ["val2017/1", "val2017/2", "val2017/3"]  # no crowd, nothing under 8 px
+    poly = seqs[0].mask(0)
+    assert poly.dtype == np.float32 and poly[5:36, 10:31].all() and poly.sum() == 31 * 21
+    assert np.array_equal(seqs[1].mask(0), blob) and np.array_equal(seqs[2].mask(0), blob)
+    assert seqs[1].image(0).shape == (60, 80, 3) and seqs[1].gt.tolist() == [[50, 20, 20, 25]]
+
+
+def test_rle_strings_decode_large_and_negative_deltas():
+    from ar_ros.eval.datasets import rle_counts
+    runs = [0, 5000, 3, 70000, 1, 2, 900]
+    assert rle_counts(_rle_string(runs)) == runs
+    with pytest.raises(DatasetError, match="truncated"):
+        rle_counts(_rle_string(runs) + "P")  # a continuation bit with nothing after it
+
+
+def test_coco_pairs_feed_the_sampler_and_bad_files_are_clear(tmp_path):
+    from ar_ros.train.sampler import PairSampler, SamplerConfig, dataset_pairs
+    root, _ = _coco(tmp_path / "coco")
+    sampler = PairSampler(dataset_pairs(open_dataset("coco", root)), SamplerConfig(input_size=64))
+    batch = sampler.batch(np.random.default_rng(0), 4)
+    assert float(batch["has_mask"].min()) == 1.0 and float(batch["mask"].sum()) > 0
+    (root / "annotations" / "instances_val2017.json").write_text("{not json")
+    with pytest.raises(DatasetError, match="not a COCO instances file"):
+        open_dataset("coco", root)
+    with pytest.raises(DatasetError, match="COCO layout"):
+        open_dataset("coco", tmp_path)

@@ -8,22 +8,29 @@
 * ``trackingnet``: ``<root>/anno/<Seq>.txt`` and ``<root>/frames/<Seq>/0.jpg`` ... (one TRAIN_k/TEST chunk)
 * ``youtube_vos``: ``<root>/JPEGImages/<video>/<frame>.jpg`` and ``<root>/Annotations/<video>/<frame>.png``
   (palette PNG, pixel value = object id); one sequence per (video, object), with masks, annotated frames only
+* ``coco``: ``<root>/annotations/instances_<split>.json`` and images in ``<root>/<split>/`` (or
+  ``<root>/images/<split>/``); one single-frame sequence per non-crowd instance of at least 8x8 px, with
+  its mask (polygons, or RLE in either COCO encoding). The trainer pairs such a frame with itself, as
+  the paper does with image datasets.
 
 GT rows of absent frames become all zeros (LaSOT's convention, understood by ``metrics``).
 """
 from __future__ import annotations
 
+import functools
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
 
 import cv2
 import numpy as np
 
 from .metrics import read_boxes
 
-DATASETS = ("otb", "lasot", "got10k", "trackingnet", "youtube_vos")
+DATASETS = ("otb", "lasot", "got10k", "trackingnet", "youtube_vos", "coco")
+MIN_COCO_SIZE = 8  # px: smaller instances are too small to learn corners from
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
@@ -40,6 +47,7 @@ class SequenceInfo:
     gt: np.ndarray
     masks: Optional[List[Path]] = None   # label PNGs (YouTube-VOS); object ``object_id`` is the target
     object_id: int = 0
+    mask_loader: Optional[Callable[[int], np.ndarray]] = None  # frame index -> 0/1 mask (COCO)
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -58,6 +66,8 @@ class SequenceInfo:
 
     def mask(self, index: int) -> Optional[np.ndarray]:
         """Float32 0/1 mask of the target on frame ``index`` (None for box-only datasets)."""
+        if self.mask_loader is not None:
+            return self.mask_loader(index).astype(np.float32)
         if self.masks is None:
             return None
         from PIL import Image as PILImage  # OpenCV turns palette PNGs into colours; PIL keeps the indices
@@ -178,8 +188,82 @@ def _youtube_vos(root: Path) -> List[SequenceInfo]:
     return out
 
 
+def rle_counts(counts: Union[str, List[int]]) -> List[int]:
+    """Run lengths of a COCO RLE: a list already, or COCO's compressed string (6-bit groups, offset 48:
+    5 value bits plus a continuation bit, sign-extended; runs after the second are stored as deltas)."""
+    if not isinstance(counts, str):
+        return [int(c) for c in counts]
+    out: List[int] = []
+    pos = 0
+    while pos < len(counts):
+        value, shift, more = 0, 0, True
+        while more:
+            if pos >= len(counts):
+                raise DatasetError("truncated RLE string")
+            c = ord(counts[pos]) - 48
+            value |= (c & 0x1F) << shift
+            more = bool(c & 0x20)
+            pos += 1
+            shift += 5
+            if not more and c & 0x10:
+                value |= -1 << shift
+        if len(out) > 2:
+            value += out[-2]
+        out.append(value)
+    return out
+
+
+def coco_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
+    """uint8 0/1 mask of a COCO segmentation: polygons ``[[x, y, ...], ...]`` or RLE ``{counts, size}``."""
+    if isinstance(segmentation, dict):
+        h, w = (int(v) for v in segmentation.get("size", (height, width)))
+        runs = rle_counts(segmentation["counts"])
+        if sum(runs) != h * w or any(r < 0 for r in runs):
+            raise DatasetError(f"RLE runs cover {sum(runs)} pixels, the mask has {h * w}")
+        flat = np.repeat(np.arange(len(runs)) % 2, runs).astype(np.uint8)  # starts with a run of zeros
+        return flat.reshape(w, h).T.copy()  # column-major
+    mask = np.zeros((height, width), np.uint8)
+    polygons = [np.round(np.asarray(p, np.float64).reshape(-1, 2)).astype(np.int32)
+                for p in segmentation if len(p) >= 6]
+    if polygons:
+        cv2.fillPoly(mask, polygons, 1)
+    return mask
+
+
+def _coco(root: Path) -> List[SequenceInfo]:
+    files = sorted((root / "annotations").glob("instances_*.json"))
+    if not files:
+        raise DatasetError(f"{root}: expected annotations/instances_<split>.json (COCO layout)")
+    out = []
+    for path in files:
+        split = path.stem[len("instances_"):]
+        folder = next((f for f in (root / split, root / "images" / split) if f.is_dir()), None)
+        if folder is None:
+            raise DatasetError(f"{root}: no image folder {split}/ or images/{split}/ for {path.name}")
+        try:
+            data = json.loads(path.read_text())
+            images = {im["id"]: im for im in data["images"]}
+            annotations = data["annotations"]
+        except (ValueError, KeyError, TypeError) as err:
+            raise DatasetError(f"{path}: not a COCO instances file ({type(err).__name__}: {err})") from None
+        for ann in annotations:
+            x, y, w, h = (float(v) for v in ann.get("bbox", (0, 0, 0, 0)))
+            image = images.get(ann.get("image_id"))
+            if ann.get("iscrowd") or image is None or min(w, h) < MIN_COCO_SIZE or not ann.get("segmentation"):
+                continue
+            loader = functools.partial(_first_frame_mask, ann["segmentation"], int(image["height"]),
+                                       int(image["width"]))
+            out.append(SequenceInfo(f"{split}/{ann['id']}", [folder / image["file_name"]],
+                                    np.array([[x, y, w, h]], np.float64), mask_loader=loader))
+    return out
+
+
+def _first_frame_mask(segmentation: Any, height: int, width: int, index: int) -> np.ndarray:
+    return coco_mask(segmentation, height, width)
+
+
 _READERS = {"otb": _otb, "lasot": _lasot, "got10k": _got10k, "trackingnet": _trackingnet,
-            "youtube_vos": _youtube_vos}
+            "youtube_vos": _youtube_vos, "coco": _coco}
 
 
 def open_dataset(kind: str, root: Union[str, Path], names: Optional[List[str]] = None) -> List[SequenceInfo]:

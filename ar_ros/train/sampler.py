@@ -47,10 +47,12 @@ def synthetic_pairs(seed_range: Tuple[int, int] = TRAIN_SEEDS, length: int = 150
 
 def dataset_pairs(sequences, max_gap: int = 50) -> PairSource:
     """Pairs from dataset sequences (``eval.datasets.SequenceInfo``): two frames at most ``max_gap``
-    apart with the target present in both; masks where the dataset has them (YouTube-VOS)."""
-    usable = [s for s in sequences if len(s.gt) == len(s) and len(s) >= 2]
+    apart with the target present in both; masks where the dataset has them (YouTube-VOS, COCO).
+    A single-frame sequence (an image dataset such as COCO) pairs its frame with itself; the search
+    crop's jitter still makes the pair a refinement problem, as in the paper."""
+    usable = [s for s in sequences if len(s.gt) == len(s) and len(s) >= 1]
     if not usable:
-        raise ValueError("no sequence with full ground truth and at least 2 frames")
+        raise ValueError("no sequence with full ground truth")
 
     def draw(rng: np.random.Generator) -> Tuple[Frame, Frame]:
         for _ in range(100):
@@ -59,7 +61,8 @@ def dataset_pairs(sequences, max_gap: int = 50) -> PairSource:
             t2 = int(np.clip(t1 + rng.integers(-max_gap, max_gap + 1), 0, len(seq) - 1))
             b1, b2 = tuple(seq.gt[t1]), tuple(seq.gt[t2])
             if min(b1[2], b1[3], b2[2], b2[3]) >= 4:
-                return (Frame(seq.image(t1), b1, seq.mask(t1)), Frame(seq.image(t2), b2, seq.mask(t2)))
+                first = Frame(seq.image(t1), b1, seq.mask(t1))
+                return first, (first if t2 == t1 else Frame(seq.image(t2), b2, seq.mask(t2)))
         raise RuntimeError("could not find a visible target pair in 100 draws")
     return draw
 
