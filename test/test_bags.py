@@ -91,3 +91,14 @@ def test_threaded_bag_error_in_block_leaves_no_bag(tmp_path):
     with pytest.raises(bags.BagError, match="exists"):
         (tmp_path / "exists").mkdir()
         bags.ThreadedBag(tmp_path / "exists")
+
+
+def test_progress_bar_shows_rate_and_count_or_stays_silent(capsys):
+    from ar_ros.progress import progress_bar
+    with progress_bar(3, "replay x", enabled=False) as bar:
+        bar.update(3)
+    assert capsys.readouterr().err == ""
+    with progress_bar(3, "replay x") as bar:
+        bar.update(3)
+    err = capsys.readouterr().err
+    assert "replay x" in err and "3/3" in err and "frame/s" in err

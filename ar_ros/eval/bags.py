@@ -20,6 +20,8 @@ from typing import Any, Iterable, Iterator, Optional, Sequence, Tuple, Union
 import cv2
 import numpy as np
 
+from ..progress import progress_bar
+
 Box = Tuple[float, float, float, float]
 
 IMAGE_TOPIC = "/camera/image"
@@ -139,16 +141,14 @@ def write_sequence(path: Union[str, Path], frames: Iterable[np.ndarray], base: S
     """Write a sequence (RGB frames + base boxes [+ GT]) as a rosbag2. ``None`` boxes are omitted."""
     store = typestore()
     period = int(round(1e9 / fps))
-    with atomic_bag(path, storage, overwrite) as writer:
+    with atomic_bag(path, storage, overwrite) as writer, \
+            progress_bar(len(base), f"writing {Path(path).name}", enabled=progress) as bar:
         img_conn = writer.add_connection(COMPRESSED_TOPIC if compressed else IMAGE_TOPIC,
                                          COMPRESSED_TYPE if compressed else IMAGE_TYPE, typestore=store)
         base_conn = writer.add_connection(BASE_TOPIC, DETECTIONS_TYPE, typestore=store)
         gt_conn = writer.add_connection(GT_TOPIC, DETECTIONS_TYPE, typestore=store) if gt is not None else None
-        it = enumerate(frames)
-        if progress:
-            from tqdm import tqdm
-            it = tqdm(it, total=len(base), desc=f"writing {Path(path).name}", unit="frame")
-        for i, rgb in it:
+        for i, rgb in enumerate(frames):
+            bar.update(1)
             ns = start_ns + i * period
             msg = compressed_image(store, ns, rgb) if compressed else image(store, ns, rgb)
             writer.write(img_conn, ns, store.serialize_cdr(msg, img_conn.msgtype))

@@ -20,6 +20,7 @@ from ..engine.refiner import Refiner
 from ..engine.session import RefineSession
 from ..io.detections import bbox_to_xywh, stamp_to_ns
 from ..io.images import ImageError, compressed_to_rgb, image_to_frame
+from ..progress import progress_bar
 from . import bags
 from .metrics import Scores, score
 
@@ -84,10 +85,7 @@ def replay(bag: Union[str, Path], refiner: Refiner, out: Union[str, Path, None] 
             raise bags.BagError(f"{bag}: no detections topic {detections_topic}; topics: {sorted(topics)}")
         session = RefineSession(refiner, mode=mode, max_targets=max_targets)
         total = image_conn.msgcount
-        bar = None
-        if progress:
-            from tqdm import tqdm
-            bar = tqdm(total=total, desc=f"replay {Path(bag).name}", unit="frame")
+        bar = progress_bar(total, f"replay {Path(bag).name}", enabled=progress)
         video_writer = None
         t0 = time.perf_counter()
         try:
@@ -114,8 +112,7 @@ def replay(bag: Union[str, Path], refiner: Refiner, out: Union[str, Path, None] 
                         stamp = stamp_to_ns(msg.header.stamp)
                         images[stamp] = (t, msg)
                         result.frames += 1
-                        if bar is not None:
-                            bar.update(1)
+                        bar.update(1)
                         while len(images) > _BUFFER:
                             images.popitem(last=False)
                     elif conn.topic == detections_topic:
@@ -153,8 +150,7 @@ def replay(bag: Union[str, Path], refiner: Refiner, out: Union[str, Path, None] 
                 result.seconds = time.perf_counter() - t0
             result.output = Path(out) if out else None
         finally:
-            if bar is not None:
-                bar.close()
+            bar.close()
             if video_writer is not None:
                 video_writer.release()
         _pad(result)

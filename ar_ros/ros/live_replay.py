@@ -25,6 +25,7 @@ from vision_msgs.msg import Detection2DArray
 
 from ..eval import bags
 from ..io.detections import stamp_to_ns
+from ..progress import progress_bar
 from .node import RefinerNode
 
 
@@ -98,10 +99,7 @@ def live_replay(bag: Union[str, Path], out: Union[str, Path, None] = None, check
         while time.monotonic() < end and (img_pub.get_subscription_count() == 0 or det_pub.get_subscription_count() == 0):
             play_exec.spin_once(timeout_sec=0.05)
 
-        bar = None
-        if progress:
-            from tqdm import tqdm
-            bar = tqdm(total=image_conn.msgcount, desc=f"live replay {Path(bag).name}", unit="frame")
+        bar = progress_bar(image_conn.msgcount, f"live replay {Path(bag).name}", enabled=progress)
         first_t, wall0 = None, time.monotonic()
         conns = [image_conn] + [c for c in reader.connections if c.topic == detections_topic]
         for conn, t, raw in reader.messages(connections=conns):
@@ -118,14 +116,12 @@ def live_replay(bag: Union[str, Path], out: Union[str, Path, None] = None, check
                 sent_at[stamp_to_ns(msg.header.stamp)] = time.monotonic()
                 img_pub.publish(msg)
                 report.published += 1
-                if bar is not None:
-                    bar.update(1)
+                bar.update(1)
             else:
                 det_pub.publish(deserialize_message(bytes(raw), Detection2DArray))
             play_exec.spin_once(timeout_sec=0.0)
         _wait_for(play_exec, lambda: report.received >= report.published, settle)
-        if bar is not None:
-            bar.close()
+        bar.close()
         done.set()
         spinner.join(timeout=5.0)
         if out is not None:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..progress import progress_bar
 from ..model import AlphaRefineNet, NetConfig, load_checkpoint, save_checkpoint
 from .losses import box_iou_xyxy, refine_loss
 from .sampler import PairSampler, SamplerConfig, dataset_pairs, fixed_batches, mixed_pairs, synthetic_pairs
@@ -130,7 +131,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         for epoch in range(start_epoch, cfg.epochs):
             rng = np.random.default_rng([cfg.seed, epoch, rank])
             net.train()
-            bar = _progress(cfg.iters_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", progress and rank == 0)
+            bar = progress_bar(cfg.iters_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", unit="it",
+                               enabled=progress and rank == 0, leave=False)
             t0, sums = time.time(), {}
             for it in range(cfg.iters_per_epoch):
                 batch = sampler.batch(rng, cfg.batch_size)
@@ -141,11 +143,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                 opt.step()
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + v
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{parts['total']:.1f}")
-            if bar is not None:
-                bar.close()
+                bar.update(1)
+                bar.set_postfix(loss=f"{parts['total']:.1f}")
+            bar.close()
             sched.step()
             if rank == 0:
                 record = {"epoch": epoch + 1, "seconds": round(time.time() - t0, 1),
@@ -170,11 +170,3 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             log.close()
 
 
-def _progress(total: int, desc: str, enabled: bool):
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        return None
-    return tqdm(total=total, desc=desc, unit="it", leave=False, dynamic_ncols=True)
