@@ -133,10 +133,20 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if diff >= 0.05:
         raise RuntimeError(f"exported model disagrees with torch by {diff:.3f} px (limit 0.05)")
     if args.int8:
-        from .backends.onnx import calibration_batches, quantize_int8
-        agreement = quantize_int8(out, calibration_batches(out))
-        print(f"int8 search graph kept: boxes agree with fp32 to mean IoU {agreement:.3f} (backend "
-              f"'onnxruntime-int8')")
+        from .backends.onnx import calibration_batches, drop_int8, quantize_int8
+        from .engine.refiner import Refiner
+        from .eval.benchmark import agreement
+        from .eval.synthetic import suite
+        crops = quantize_int8(out, calibration_batches(out))
+        # accepted only if it refines like fp32 on whole sequences of the synthetic suite, not just crops
+        on_suite = agreement(Refiner(str(out), backend="onnxruntime"), Refiner(str(out), backend="onnxruntime-int8"),
+                             suite(args.int8_suite))
+        if on_suite < 0.95:
+            drop_int8(out)
+            raise RuntimeError(f"int8 refined boxes agree with fp32 only to mean IoU {on_suite:.3f} on the "
+                               f"'{args.int8_suite}' synthetic suite (limit 0.95); int8 graph not kept")
+        print(f"int8 search graph kept: refined boxes agree with fp32 to mean IoU {on_suite:.3f} on the "
+              f"'{args.int8_suite}' synthetic suite ({crops:.3f} on calibration crops); backend 'onnxruntime-int8'")
     return 0
 
 
@@ -272,7 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="onnx: output folder; tensorrt: the folder written by `export onnx`")
     p.add_argument("--checkpoint", default=None, help="model file (default: the shipped model)")
     p.add_argument("--int8", action="store_true", help="also a CPU int8 search graph (ONNX Runtime, calibrated "
-                                                       "on synthetic crops, kept only if IoU >= 0.95 vs fp32)")
+                                                       "on synthetic crops, kept only if its refined boxes agree "
+                                                       "with fp32 to mean IoU >= 0.95 on a synthetic suite)")
+    p.add_argument("--int8-suite", default="small", choices=["tiny", "small", "reference"],
+                   help="synthetic suite for the int8 acceptance check (default: small)")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("eval", help="score base vs refined on a synthetic suite")

@@ -2,8 +2,9 @@
 """All available backends x precisions x batch sizes in one run, with the plain-torch baseline.
 
 CPU here; on a CUDA machine torch fp16 is added. Box-only and box+mask, 1/4/8 targets, median and p95
-of Refiner.refine per frame, and ratios against plain fp32 torch (NCHW, no channels_last) measured in
-the same run.
+of Refiner.refine per frame, and ratios against plain fp32 torch (the authors' way: NCHW, no
+channels_last, BatchNorm not folded) measured in the same run. All configurations are called
+round-robin (see bench_refiner.interleaved), so machine drift hits them alike.
 
     python benchmarks/bench_backends.py [--model PATH] [--threads 2] [--repeat 20] [--json]
 """
@@ -19,7 +20,7 @@ from ar_ros import Refiner
 from ar_ros.backends.onnx import calibration_batches, export_onnx, quantize_int8
 from ar_ros.model import load_network
 from ar_ros.engine.refiner import DEFAULT_CHECKPOINT
-from bench_refiner import frame_and_boxes, timeit
+from bench_refiner import frame_and_boxes, interleaved
 
 
 def main() -> None:
@@ -41,7 +42,7 @@ def main() -> None:
         print(f"int8: {err}")
         int8 = False
     configs = {
-        "torch-plain/fp32": lambda: Refiner(path, channels_last=False),
+        "torch-plain/fp32": lambda: Refiner(path, channels_last=False, fold_batchnorm=False),
         "torch/fp32": lambda: Refiner(path),
         "onnxruntime/fp32": lambda: Refiner(onnx_dir, backend="onnxruntime"),
     }
@@ -49,18 +50,19 @@ def main() -> None:
         configs["onnxruntime/int8"] = lambda: Refiner(onnx_dir, backend="onnxruntime-int8")
     if torch.cuda.is_available():
         configs["torch/fp16-cuda"] = lambda: Refiner(path, device="cuda", precision="fp16")
-    results = {}
+    frame, boxes = frame_and_boxes(8)
+    fns = {}
     for name, make in configs.items():
         refiner = make()
+        refiner.set_targets(frame, boxes)
         for mask in (False, True):
             if mask and name.endswith("int8"):
                 continue  # the int8 graph is box-only; masks use the fp32 graph
             for n in (1, 4, 8):
-                frame, boxes = frame_and_boxes(n)
-                refiner.clear()
-                refiner.set_targets(frame, boxes)
-                med, p95 = timeit(lambda: refiner.refine(frame, boxes, mask=mask), args.repeat)
-                results[f"{name}/{'box+mask' if mask else 'box'}/{n}"] = (med, p95)
+                subset = dict(list(boxes.items())[:n])
+                fns[f"{name}/{'box+mask' if mask else 'box'}/{n}"] = \
+                    (lambda r=refiner, s=subset, m=mask: r.refine(frame, s, mask=m))
+    results = interleaved(fns, args.repeat)
     if args.json:
         print(json.dumps({k: round(v[0], 3) for k, v in results.items()}))
         return

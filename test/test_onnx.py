@@ -74,6 +74,18 @@ def test_int8_quantisation_is_gated_on_agreement_with_fp32(tmp_path, small_net, 
     assert len(res.raw_box) == 4
     with pytest.raises(BackendError, match="no int8 graph"):
         OnnxRuntimeBackend(export_onnx(small_net, tmp_path / "plain"), int8=True)
+    # the whole-sequence check the CLI runs before keeping the graph; a refiner agrees with itself exactly
+    from ar_ros.backends.onnx import drop_int8
+    from ar_ros.eval.benchmark import agreement
+    from ar_ros.eval.synthetic import suite
+    fp32 = Refiner(str(out), backend="onnxruntime")
+    tiny = suite("tiny")[:1]
+    assert agreement(fp32, fp32, tiny) == pytest.approx(1.0)
+    assert 0.0 < agreement(fp32, r, tiny) <= 1.0
+    drop_int8(out)
+    assert not (out / INT8_FILE).exists()
+    with pytest.raises(BackendError, match="no int8 graph"):
+        Refiner(str(out), backend="onnxruntime-int8")
 
 
 def test_tensorrt_errors_are_clear_without_a_gpu(onnx_dir):

@@ -203,6 +203,16 @@ def quantize_int8(model_dir: Union[str, Path], calibration: "list", min_iou: flo
     return agreement
 
 
+def drop_int8(model_dir: Union[str, Path]) -> None:
+    """Remove the int8 graph from an export folder (file and manifest entry)."""
+    model_dir = Path(model_dir)
+    manifest = read_manifest(model_dir)
+    name = manifest["files"].pop("search_box_int8", None)
+    if name and (model_dir / name).exists():
+        (model_dir / name).unlink()
+    (model_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
+
+
 def _iou_xyxy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     from ..engine.boxes import iou_matrix
     to_xywh = lambda t: np.concatenate([t[:, :2], t[:, 2:] - t[:, :2]], axis=1)  # noqa: E731

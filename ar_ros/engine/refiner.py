@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..model import AlphaRefineNet, CheckpointError, load_network
-from ..model.fuse import fold_batchnorm
+from ..model.fuse import fold_batchnorm as fold_batchnorm_layers
 from . import crop as cropping
 from .boxes import Box, as_box, box_problem, check_box
 from .masks import mask_to_box
@@ -82,13 +82,15 @@ class Refiner:
 
     ``checkpoint`` is a path (ours, the authors' ``.pth.tar`` or a state_dict), an
     :class:`AlphaRefineNet`, or ``None`` for the shipped default. ``crop_mode`` defaults to the mode the
-    weights were trained with (``exact`` for the authors' weights, ``clean`` for ours).
+    weights were trained with (``exact`` for the authors' weights, ``clean`` for ours). With the torch
+    backend, BatchNorm layers are folded into the convolutions of a private copy of the network
+    (``fold_batchnorm=False`` keeps them, e.g. to time the unmodified network).
     """
 
     def __init__(self, checkpoint: Union[None, str, os.PathLike, AlphaRefineNet] = None, device: str = "cpu",
                  precision: str = "fp32", crop_mode: Optional[str] = None, search_factor: Optional[float] = None,
                  min_score: float = 0.0, max_scale_change: float = 3.0, mask_threshold: float = 0.5,
-                 channels_last: bool = True, backend: str = "torch") -> None:
+                 channels_last: bool = True, backend: str = "torch", fold_batchnorm: bool = True) -> None:
         self.device = resolve_device(device)
         self.dtype = resolve_precision(precision, self.device)
         if backend not in BACKENDS:
@@ -135,7 +137,8 @@ class Refiner:
         self.memory_format = torch.channels_last if channels_last and backend == "torch" else torch.contiguous_format
         if backend == "torch":
             net.eval()
-            fold_batchnorm(net)  # in fp32, before any cast
+            if fold_batchnorm:
+                fold_batchnorm_layers(net)  # in fp32, before any cast
             net = net.to(self.device, dtype=self.dtype, memory_format=self.memory_format)
         self.net = net
         lut_device = torch.device("cpu") if backend.startswith("onnxruntime") else self.device

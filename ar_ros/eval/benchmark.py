@@ -73,5 +73,25 @@ def run_suite(refiner: Refiner, sequences: Iterable[Sequence], base: str = "jitt
     return results
 
 
+def agreement(reference: Refiner, other: Refiner, sequences: Iterable[Sequence], base: str = "jitter") -> float:
+    """Mean IoU between two refiners' refined boxes over every frame of ``sequences`` (same base boxes).
+
+    Used to accept a faster variant (e.g. the int8 graph) only if it refines like the reference.
+    """
+    from ..engine.boxes import iou_matrix
+    ious = []
+    for seq in sequences:
+        frames = list(seq)
+        boxes = base_boxes(seq, frames, base, seed=seq.seed)
+        a, _, _ = refine_sequence(reference, frames, boxes)
+        b, _, _ = refine_sequence(other, frames, boxes)
+        valid = ~(np.isnan(a).any(axis=1) | np.isnan(b).any(axis=1))
+        ious.append(iou_matrix(a[valid], b[valid]))
+    values = np.concatenate(ious) if ious else np.zeros(0)
+    if values.size == 0:
+        raise ValueError("no frame was refined by both refiners")
+    return float(values.mean())
+
+
 def summary(results: List[SequenceResult]) -> Dict[str, Scores]:
     return {"base": average(r.base for r in results), "refined": average(r.refined for r in results)}
