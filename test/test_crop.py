@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ar_ros.engine import crop as C
-from ar_ros.engine.boxes import clip_box, iou, iou_matrix
+from ar_ros.engine.boxes import clip_box, iou, iou_rows
 
 H, W, S = 120, 160, 64
 
@@ -128,5 +128,5 @@ def test_iou_helpers():
     assert iou((0, 0, 10, 10), (5, 0, 10, 10)) == pytest.approx(50 / 150)
     assert iou((0, 0, 10, 10), (20, 20, 5, 5)) == 0.0
     assert iou((0, 0, 0, 0), (0, 0, 0, 0)) == 0.0
-    m = iou_matrix(np.array([[0, 0, 10, 10], [0, 0, 0, 0]]), np.array([[5, 0, 10, 10], [0, 0, 1, 1]]))
+    m = iou_rows(np.array([[0, 0, 10, 10], [0, 0, 0, 0]]), np.array([[5, 0, 10, 10], [0, 0, 1, 1]]))
     assert m == pytest.approx([50 / 150, 0.0])

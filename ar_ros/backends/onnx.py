@@ -214,9 +214,9 @@ def drop_int8(model_dir: Union[str, Path]) -> None:
 
 
 def _iou_xyxy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    from ..engine.boxes import iou_matrix
+    from ..engine.boxes import iou_rows
     to_xywh = lambda t: np.concatenate([t[:, :2], t[:, 2:] - t[:, :2]], axis=1)  # noqa: E731
-    return iou_matrix(to_xywh(a), to_xywh(b))
+    return iou_rows(to_xywh(a), to_xywh(b))
 
 
 def calibration_batches(model_dir: Union[str, Path], n_batches: int = 16, batch: int = 4, seed: int = 0) -> list:

@@ -67,7 +67,7 @@ def iou(a: Sequence[float], b: Sequence[float]) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def iou_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise IoU of two (N,4) xywh arrays -> (N,)."""
     a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
     b = np.asarray(b, dtype=np.float64).reshape(-1, 4)

@@ -78,7 +78,7 @@ def agreement(reference: Refiner, other: Refiner, sequences: Iterable[Sequence],
 
     Used to accept a faster variant (e.g. the int8 graph) only if it refines like the reference.
     """
-    from ..engine.boxes import iou_matrix
+    from ..engine.boxes import iou_rows
     ious = []
     for seq in sequences:
         frames = list(seq)
@@ -86,7 +86,7 @@ def agreement(reference: Refiner, other: Refiner, sequences: Iterable[Sequence],
         a, _, _ = refine_sequence(reference, frames, boxes)
         b, _, _ = refine_sequence(other, frames, boxes)
         valid = ~(np.isnan(a).any(axis=1) | np.isnan(b).any(axis=1))
-        ious.append(iou_matrix(a[valid], b[valid]))
+        ious.append(iou_rows(a[valid], b[valid]))
     values = np.concatenate(ious) if ious else np.zeros(0)
     if values.size == 0:
         raise ValueError("no frame was refined by both refiners")

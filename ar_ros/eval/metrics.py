@@ -12,7 +12,7 @@ from typing import Dict, Iterable, Union
 
 import numpy as np
 
-from ..engine.boxes import iou_matrix
+from ..engine.boxes import iou_rows
 
 SUCCESS_THRESHOLDS = np.linspace(0.0, 1.0, 21)        # 0, 0.05, ..., 1 (OTB / LaSOT)
 PRECISION_THRESHOLDS = np.arange(0, 51, dtype=float)   # px
@@ -29,7 +29,7 @@ def ious(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     """Per-row IoU; 0 for NaN or empty predictions."""
     p = np.asarray(pred, dtype=np.float64).reshape(-1, 4)
     bad = np.isnan(p).any(axis=1) | (p[:, 2] <= 0) | (p[:, 3] <= 0)
-    out = iou_matrix(np.where(bad[:, None], 0.0, p), gt)
+    out = iou_rows(np.where(bad[:, None], 0.0, p), gt)
     out[bad] = 0.0
     return out
 
