@@ -220,6 +220,7 @@ def cached_sequence(seed: int, length: int, width: int, height: int, difficulty:
 SUITES = {
     # name: (first seed, count, frames, (width, height)); seeds of the reference suites never overlap training
     "reference": (100_000, 20, 150, (640, 480)),
+    "validation": (95_000, 10, 150, (640, 480)),  # for choosing between models; never report from it
     "small": (100_000, 4, 60, (640, 480)),
     "tiny": (100_000, 2, 20, (320, 240)),
 }
