@@ -289,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("eval", help="score base vs refined on a synthetic suite")
-    p.add_argument("--suite", default="small", help="tiny | small | reference | validation (seeds for choosing models, not for reporting)")
+    p.add_argument("--suite", default="small",
+                   help="tiny | small | reference | validation (seeds for choosing models, not for reporting)")
     p.add_argument("--base", default="jitter", choices=["jitter", "csrt", "kcf", "mil"])
     p.add_argument("--out", default=None, help="folder for JSON, plots and a best/worst contact sheet")
     p.add_argument("--json", action="store_true", help="print one JSON object")
