@@ -85,7 +85,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     refiner = Refiner(args.checkpoint, device=args.device, precision=args.precision)
     result = replay(args.bag, refiner, out=args.out, image_topic=args.image_topic,
                     detections_topic=args.detections_topic, gt_topic=args.gt_topic, mask=args.mask,
-                    video=args.video, progress=not args.no_progress, overwrite=args.force)
+                    video=args.video, progress=not args.no_progress, overwrite=args.force, storage=args.storage)
     info = {"frames": result.frames, "refined_frames": result.refined_frames, "unpaired": result.unpaired,
             "bad_images": result.bad_images, "fallbacks": result.fallbacks,
             "fps": round(result.refined_frames / max(result.seconds, 1e-9), 2),
@@ -241,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--fps", type=float, default=30.0)
     p.add_argument("--base", default="jitter", choices=["jitter", "csrt", "kcf", "mil"])
-    p.add_argument("--storage", default="sqlite3", choices=["sqlite3", "mcap"])
+    p.add_argument("--storage", default="mcap", choices=["mcap", "sqlite3"],
+                   help="rosbag2 storage (mcap is ROS 2's default since Iron)")
     p.add_argument("--compressed", action="store_true", help="JPEG images on /camera/image/compressed")
     p.add_argument("--dataset", choices=["otb", "lasot", "got10k", "trackingnet"], default=None,
                    help="convert a dataset sequence instead of a synthetic one")
@@ -263,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video", default=None, help="write an overlay video (.mp4)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--force", action="store_true", help="overwrite an existing output bag")
+    p.add_argument("--storage", default="mcap", choices=["mcap", "sqlite3"], help="output bag storage")
     common(p)
     p.set_defaults(func=_cmd_replay)
 

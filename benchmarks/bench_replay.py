@@ -53,7 +53,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=150)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--storage", default="mcap", choices=["mcap", "sqlite3"], help="input and output bags")
     ap.add_argument("--backend", default="torch")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -61,7 +62,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="ar_ros_bench_"))
     frames = list(Sequence(100_001, args.frames, (640, 480)))
     gt = [f.box for f in frames]
-    bag = bags.write_sequence(tmp / "in", (f.image for f in frames), jittered_gt(gt, 1), gt, fps=30)
+    bag = bags.write_sequence(tmp / "in", (f.image for f in frames), jittered_gt(gt, 1), gt, fps=30,
+                               storage=args.storage)
     checkpoint = None
     if args.backend != "torch":
         from ar_ros.backends.onnx import calibration_batches, export_onnx, quantize_int8
@@ -89,12 +91,12 @@ def main() -> None:
         shutil.rmtree(tmp / "out", ignore_errors=True)
         TimedRefiner.spent = 0.0
         t0 = time.perf_counter()
-        result = replay(bag, refiner, out=tmp / "out", progress=False)
+        result = replay(bag, refiner, out=tmp / "out", progress=False, storage=args.storage)
         replays.append(time.perf_counter() - t0)
         inside.append(TimedRefiner.spent)
         engines.append(engine_only())
     total, engine = statistics.median(replays), statistics.median(engines)
-    out = {"frames": result.refined_frames, "backend": args.backend, "rounds": args.rounds,
+    out = {"frames": result.refined_frames, "backend": args.backend, "storage": args.storage, "rounds": args.rounds,
            "replay_s": total, "engine_s": engine, "refiner_in_replay_s": statistics.median(inside),
            "fps": result.refined_frames / total, "overhead_pct": (total - engine) / engine * 100}
     shutil.rmtree(tmp, ignore_errors=True)

@@ -109,7 +109,7 @@ def compressed_image(store, ns: int, rgb: np.ndarray, frame_id: str = "camera", 
 
 
 @contextlib.contextmanager
-def atomic_bag(path: Union[str, Path], storage: str = "sqlite3", overwrite: bool = False):
+def atomic_bag(path: Union[str, Path], storage: str = "mcap", overwrite: bool = False):
     """A rosbags ``Writer`` on a temporary path, renamed to ``path`` only if the block succeeds."""
     from rosbags.rosbag2 import StoragePlugin, Writer
     path = Path(path)
@@ -125,6 +125,7 @@ def atomic_bag(path: Union[str, Path], storage: str = "sqlite3", overwrite: bool
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with Writer(tmp, version=9, storage_plugin=plugin) as writer:
+            _large_pages(writer)
             yield writer
         if path.exists():
             shutil.rmtree(path)
@@ -134,8 +135,21 @@ def atomic_bag(path: Union[str, Path], storage: str = "sqlite3", overwrite: bool
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _large_pages(writer) -> None:
+    """Give a new sqlite3 bag 64 KiB pages: a 900 KB image then spans 15 pages instead of 225, which
+    makes writing it about 2.5x cheaper (still a standard SQLite file that rosbag2 reads). Skipped
+    silently where the storage is not the sqlite3 connection this expects."""
+    import sqlite3
+    conn = getattr(getattr(writer, "storage", None), "conn", None)
+    if not isinstance(conn, sqlite3.Connection) or conn.in_transaction:
+        return
+    with contextlib.suppress(sqlite3.Error):
+        conn.execute("PRAGMA page_size=65536")
+        conn.execute("VACUUM")  # applies the page size; the database holds only its empty schema here
+
+
 def write_sequence(path: Union[str, Path], frames: Iterable[np.ndarray], base: Sequence[Optional[Box]],
-                   gt: Optional[Sequence[Optional[Box]]] = None, fps: float = 30.0, storage: str = "sqlite3",
+                   gt: Optional[Sequence[Optional[Box]]] = None, fps: float = 30.0, storage: str = "mcap",
                    compressed: bool = False, target_id: str = "target", start_ns: int = 1_700_000_000 * 10**9,
                    overwrite: bool = False, progress: bool = False) -> Path:
     """Write a sequence (RGB frames + base boxes [+ GT]) as a rosbag2. ``None`` boxes are omitted."""
@@ -281,14 +295,14 @@ def messages(reader, store, topics: Optional[Sequence[str]] = None,
 class ThreadedBag:
     """:func:`atomic_bag` run in a writer thread, behind a bounded queue; use it as a context manager.
 
-    The storage back ends copy and write without holding the GIL, so the caller decodes and refines
-    the next frame while the last one is written. At most ``maxsize`` writes wait (a full queue blocks
+    File writes release the GIL, so the caller decodes and refines the next frame while the last one
+    is written (measured with mcap; sqlite3 binds each blob under the GIL and gains little). At most ``maxsize`` writes wait (a full queue blocks
     the caller: memory stays bounded). Every call on the rosbags ``Writer`` runs in that one thread
     (sqlite3 connections must stay in the thread that made them). A failed write is raised in the
     caller at the next :meth:`write` or at the end, and the bag is then not renamed into place.
     """
 
-    def __init__(self, path: Union[str, Path], storage: str = "sqlite3", overwrite: bool = False,
+    def __init__(self, path: Union[str, Path], storage: str = "mcap", overwrite: bool = False,
                  maxsize: int = 16) -> None:
         from concurrent.futures import ThreadPoolExecutor
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bag-writer")

@@ -69,7 +69,11 @@ def replay(bag: Union[str, Path], refiner: Refiner, out: Union[str, Path, None] 
            gt_topic: str = bags.GT_TOPIC, mask: bool = False, storage: Optional[str] = None,
            mode: str = "refine", max_targets: int = 8, video: Union[str, Path, None] = None,
            progress: bool = True, overwrite: bool = False, video_fps: float = 15.0) -> ReplayResult:
-    """Refine a bag. With ``out``, writes all its topics plus ``/refined/detections`` (and ``/refined/mask``)."""
+    """Refine a bag. With ``out``, writes all its topics plus ``/refined/detections`` (and ``/refined/mask``).
+
+    The output storage defaults to mcap (ROS 2's default since Iron, and here the cheapest to write:
+    ``benchmarks/bench_replay.py --storage``); ``storage="sqlite3"`` is available.
+    """
     store = bags.typestore()
     reader = bags.open_reader(bag)
     result = ReplayResult()
@@ -90,7 +94,7 @@ def replay(bag: Union[str, Path], refiner: Refiner, out: Union[str, Path, None] 
         t0 = time.perf_counter()
         try:
             with contextlib.ExitStack() as stack:  # the output bag is renamed into place only on success
-                writer = stack.enter_context(bags.ThreadedBag(out, storage or _storage_of(reader), overwrite)) \
+                writer = stack.enter_context(bags.ThreadedBag(out, storage or "mcap", overwrite)) \
                     if out else None
                 out_conns = {}
                 if writer is not None:
@@ -157,11 +161,6 @@ def replay(bag: Union[str, Path], refiner: Refiner, out: Union[str, Path, None] 
         return result
     finally:
         reader.close()
-
-
-def _storage_of(reader) -> str:
-    path = Path(reader.path)
-    return "mcap" if any(p.suffix == ".mcap" for p in (path.iterdir() if path.is_dir() else [path])) else "sqlite3"
 
 
 def _copy_connection(writer, conn, store):
