@@ -11,15 +11,14 @@ import contextlib
 import functools
 import os
 import shutil
-import struct
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
 
+from ..io.cdr import COMPRESSED_TYPE, IMAGE_TYPE, raw_image
 from ..progress import progress_bar
 
 Box = Tuple[float, float, float, float]
@@ -29,8 +28,6 @@ COMPRESSED_TOPIC = "/camera/image/compressed"
 BASE_TOPIC = "/base/detections"
 GT_TOPIC = "/gt/detections"
 REFINED_TOPIC = "/refined/detections"
-IMAGE_TYPE = "sensor_msgs/msg/Image"
-COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
 DETECTIONS_TYPE = "vision_msgs/msg/Detection2DArray"
 
 # vision_msgs 4.x field layouts (Humble..Kilted); registering them gives the same type hashes as the
@@ -191,85 +188,6 @@ def open_reader(path: Union[str, Path]):
     except Exception as err:  # rosbags raises its own ReaderError and a few others for corrupt metadata
         raise BagError(f"{path}: cannot open bag ({type(err).__name__}: {err})") from None
     return reader
-
-
-@dataclass
-class Stamp:
-    sec: int
-    nanosec: int
-
-
-@dataclass
-class Header:
-    stamp: Stamp
-    frame_id: str
-
-
-@dataclass
-class RawImage:
-    """An Image or CompressedImage read straight from its CDR bytes; ``data`` is a view, not a copy.
-
-    Has the attributes :func:`ar_ros.io.images.image_to_rgb` and ``compressed_to_rgb`` read, so it
-    decodes like a deserialised message, without building one (a 640x480 frame is 900 KB).
-    """
-
-    header: Header
-    data: memoryview
-    height: int = 0
-    width: int = 0
-    encoding: str = ""
-    is_bigendian: int = 0
-    step: int = 0
-    format: str = ""
-
-
-class _Cdr:
-    """A cursor over one CDR-encoded message (XCDR1, either byte order, alignment from byte 4)."""
-
-    def __init__(self, raw: bytes) -> None:
-        if len(raw) < 4 or raw[0] != 0 or raw[1] not in (0, 1):
-            raise ValueError("not a CDR message (bad encapsulation header)")
-        self.raw, self.pos = memoryview(raw), 4
-        self.u32 = struct.Struct("<I" if raw[1] == 1 else ">I")
-
-    def uint32(self) -> int:
-        self.pos += -(self.pos - 4) % 4
-        (value,) = self.u32.unpack_from(self.raw, self.pos)
-        self.pos += 4
-        return value
-
-    def uint8(self) -> int:
-        value = self.raw[self.pos]
-        self.pos += 1
-        return value
-
-    def bytes(self) -> memoryview:
-        n = self.uint32()
-        if self.pos + n > len(self.raw):
-            raise ValueError(f"a field of {n} bytes runs past the end of the {len(self.raw)}-byte message")
-        view = self.raw[self.pos:self.pos + n]
-        self.pos += n
-        return view
-
-    def string(self) -> str:
-        return bytes(self.bytes()).rstrip(b"\0").decode("utf-8", "replace")
-
-    def header(self) -> Header:
-        sec, nanosec = self.uint32(), self.uint32()
-        return Header(Stamp(sec - (1 << 32) if sec >= 1 << 31 else sec, nanosec), self.string())
-
-
-def raw_image(raw: bytes, msgtype: str) -> RawImage:
-    """Parse a serialised ``sensor_msgs/Image`` or ``CompressedImage`` without copying its pixels."""
-    cdr = _Cdr(raw)
-    header = cdr.header()
-    if msgtype == COMPRESSED_TYPE:
-        fmt = cdr.string()
-        return RawImage(header=header, format=fmt, data=cdr.bytes())
-    height, width, encoding = cdr.uint32(), cdr.uint32(), cdr.string()
-    is_bigendian, step = cdr.uint8(), cdr.uint32()
-    return RawImage(header=header, height=height, width=width, encoding=encoding, is_bigendian=is_bigendian,
-                    step=step, data=cdr.bytes())
 
 
 def messages(reader, store, topics: Optional[Sequence[str]] = None,

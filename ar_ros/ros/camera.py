@@ -10,9 +10,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import numpy as np
+from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header
 from vision_msgs.msg import (BoundingBox2D, Detection2D, Detection2DArray, LabelInfo, ObjectHypothesisWithPose,
                              VisionClass)
 
@@ -21,6 +23,7 @@ from ar_ros.srv import ClearTargets, SetTarget
 
 from ..draw import draw_targets, label_image
 from ..engine.boxes import check_box
+from ..io.cdr import COMPRESSED_TYPE, IMAGE_TYPE, RawImage, raw_image
 from ..io.detections import bbox_to_xywh, fill_bbox, stamp_to_ns
 from ..io.images import ImageError, array_to_image, compressed_to_rgb, image_to_frame, rgb_to_bgr
 from .diagnostics import Counters, Meter, fmt
@@ -38,8 +41,9 @@ MAX_WAITING = 10  # detection messages held while their image has not arrived
 class CachedImage:
     """A received frame; decoded on first use only, bgr8 kept in its own channel order (no conversion)."""
 
-    msg: Any  # sensor_msgs/Image or CompressedImage
+    msg: RawImage  # parsed from the serialised Image or CompressedImage (no pixel copy)
     received: float
+    compressed: bool = False
     _frame: Optional[np.ndarray] = None
     color: str = "rgb"  # channel order of frame()
     error: str = ""
@@ -48,13 +52,18 @@ class CachedImage:
         """HxWx3 uint8 in the order ``self.color``, or ``None`` (then ``error`` says why)."""
         if self._frame is None and not self.error:
             try:
-                if isinstance(self.msg, CompressedImage):
+                if self.compressed:
                     self._frame, self.color = compressed_to_rgb(self.msg), "rgb"
                 else:
                     self._frame, self.color = image_to_frame(self.msg)
             except ImageError as err:
                 self.error = str(err)
         return self._frame
+
+    def header(self) -> Header:
+        """The image's header as a std_msgs/Header (outputs carry it unchanged)."""
+        h = self.msg.header
+        return Header(stamp=Time(sec=h.stamp.sec, nanosec=h.stamp.nanosec), frame_id=h.frame_id)
 
     def rgb(self) -> Optional[np.ndarray]:
         """The frame in RGB order (for drawing), or ``None``."""
@@ -85,6 +94,7 @@ class Camera:
         self.meters = {k: Meter() for k in ("image", "detections", "output", "refine_ms", "age_ms")}
         self.pubs: Dict[str, Any] = {}
         self.det_topic = ""
+        self.compressed = False
         self._label_ids: Tuple[str, ...] = ()
         self._next_auto_id = 1
 
@@ -93,11 +103,14 @@ class Camera:
         node, p = self.node, self.prefix
         qos_opts = QoSOverridingOptions.with_default_policies()
         # image_transport naming: the compressed stream of `image` is `image/compressed`
-        compressed = node.param("image_transport") == "compressed"
-        image_topic = p + ("image/compressed" if compressed else "image")
-        node.create_subscription(CompressedImage if compressed else Image, image_topic, self.on_image, IMAGE_QOS,
-                                 qos_overriding_options=qos_opts, event_callbacks=subscription_events(
-                                     self.qos_problem, node.resolve_topic_name(image_topic)))
+        self.compressed = node.param("image_transport") == "compressed"
+        image_topic = p + ("image/compressed" if self.compressed else "image")
+        # raw=True: the callback gets the serialised message, parsed by io.cdr without copying the
+        # pixels; rclpy's deserialise + C -> Python conversion of a 900 KB frame is skipped
+        node.create_subscription(CompressedImage if self.compressed else Image, image_topic, self.on_image,
+                                 IMAGE_QOS, raw=True, qos_overriding_options=qos_opts,
+                                 event_callbacks=subscription_events(self.qos_problem,
+                                                                     node.resolve_topic_name(image_topic)))
         self.det_topic = node.resolve_topic_name(p + "detections")
         node.create_subscription(Detection2DArray, p + "detections", self.on_detections, DETECTIONS_QOS,
                                  qos_overriding_options=qos_opts,
@@ -117,13 +130,19 @@ class Camera:
         node.create_service(ClearTargets, p + "clear_targets", self.srv_clear_targets)
 
     # ------------------------------------------------------------------ input
-    def on_image(self, msg: Any) -> None:
+    def on_image(self, serialised: bytes) -> None:
         self.meters["image"].add()
         self.counters.inc("images_received")
         if not self.node.active:
             return
+        try:
+            msg = raw_image(serialised, COMPRESSED_TYPE if self.compressed else IMAGE_TYPE)
+        except ValueError as err:  # not a well-formed message: nothing to pair it with
+            self.counters.inc("bad_images")
+            self.warn("bad_image", f"dropping an image that cannot be parsed: {err}")
+            return
         stamp = stamp_to_ns(msg.header.stamp)
-        entry = CachedImage(msg, time.monotonic())
+        entry = CachedImage(msg, time.monotonic(), compressed=self.compressed)
         self.cache.put(stamp, entry)
         if self.node.param("mode") == "track" and self.node.count_publishers(self.det_topic) == 0:
             # no base tracker: the previous refined box is the base box, frame by frame
