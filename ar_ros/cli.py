@@ -13,9 +13,22 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from .engine.refiner import DEFAULT_CHECKPOINT
     path = args.checkpoint or DEFAULT_CHECKPOINT
     state, config, meta = load_checkpoint(path)
+    if args.json:
+        print(json.dumps({"checkpoint": str(path), "config": config.to_dict(), "meta": meta,
+                          "tensors": len(state)}, default=str))
+        return 0
     print(f"checkpoint: {path}")
     print(f"config:     {config.to_dict()}")
-    print(f"meta:       {meta}")
+    history = list(meta.get("history") or [])
+    brief = {k: v for k, v in meta.items() if k not in ("history", "train_config")}
+    print(f"meta:       {brief}")
+    if history:
+        last = history[-1]
+        print(f"training:   {len(history)} epochs; last: epoch {last.get('epoch')}, val IoU "
+              f"{last.get('val_iou', float('nan')):.4f} (base {last.get('base_iou', float('nan')):.4f}), "
+              f"loss {last.get('total', float('nan')):.2f}")
+    if meta.get("train_config"):
+        print(f"recipe:     {meta['train_config']}")
     print(f"tensors:    {len(state)}  values: {sum(v.numel() for v in state.values())}")
     return 0
 
@@ -211,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("info", help="describe a checkpoint (default: the shipped model)")
     p.add_argument("checkpoint", nargs="?", help="checkpoint path")
+    p.add_argument("--json", action="store_true", help="everything, including the training history, as JSON")
     p.set_defaults(func=_cmd_info)
     p = sub.add_parser("score", help="OPE scores of one sequence from two x,y,w,h text files")
     p.add_argument("gt", help="ground truth boxes (x,y,w,h per line)")
