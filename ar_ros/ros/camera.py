@@ -205,7 +205,9 @@ class Camera:
         node = self.node
         height, width = image.frame().shape[:2]
         out = Detection2DArray(header=header)
-        targets = RefinedTargetArray(header=header, refine_ms=refine_ms)
+        # refined/targets is built only for subscribers (diagnostic tools); most deployments have none
+        targets = RefinedTargetArray(header=header, refine_ms=refine_ms) \
+            if node.param("publish_targets") and self.pubs["targets"].get_subscription_count() > 0 else None
         ordered = list(results.items())
         for tid, res in ordered:
             if res.fallback:
@@ -219,12 +221,14 @@ class Camera:
                 hyp.hypothesis.score = float(res.score)
             det.results = hyps
             out.detections.append(det)
-            item = RefinedTarget(id=det.id, score=float(res.score), fallback=bool(res.fallback), reason=res.reason)
-            fill_bbox(item.base_box, res.base_box)
-            fill_bbox(item.refined_box, res.box)
-            targets.targets.append(item)
+            if targets is not None:
+                item = RefinedTarget(id=det.id, score=float(res.score), fallback=bool(res.fallback),
+                                     reason=res.reason)
+                fill_bbox(item.base_box, res.base_box)
+                fill_bbox(item.refined_box, res.box)
+                targets.targets.append(item)
         self.pubs["detections"].publish(out)
-        if node.param("publish_targets"):
+        if targets is not None:
             self.pubs["targets"].publish(targets)
         threshold = float(node.param("mask_threshold"))
         if with_mask and all(res.mask is not None for _, res in ordered):

@@ -48,6 +48,8 @@ class RefinerNode(LifecycleNode):
         self.active = False
         self.enabled = True
         self.cond = threading.Condition()
+        self._worker_idle = False
+        self._picked_up = threading.Event()
         self.refiner_lock = threading.Lock()
         try:
             names = list(self.get_parameter("cameras").value or [])
@@ -201,16 +203,26 @@ class RefinerNode(LifecycleNode):
             if camera.pending is not None:
                 camera.counters.inc("skipped_stale")
             camera.pending = job
+            idle = self._worker_idle
+            if idle:
+                self._picked_up.clear()
             self.cond.notify()
+        if idle:
+            # Hand over now: waiting here releases the GIL, so the idle worker starts at once instead of
+            # when this thread next blocks (Python switches threads only every 5 ms otherwise). Bounded.
+            self._picked_up.wait(timeout=0.002)
 
     def _work(self) -> None:
         while not self._stop.is_set():
             with self.cond:
+                self._worker_idle = True
                 while not any(c.pending for c in self.cameras) and not self._stop.is_set():
                     self.cond.wait(timeout=0.5)
+                self._worker_idle = False
                 jobs = [(c, c.pending) for c in self.cameras if c.pending is not None]
                 for cam, _ in jobs:
                     cam.pending = None
+            self._picked_up.set()
             if not jobs:
                 continue
             try:
