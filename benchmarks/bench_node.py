@@ -44,6 +44,9 @@ def main() -> None:
     ap.add_argument("--checkpoint", default="")
     ap.add_argument("--compare-every", type=int, default=1,
                     help="time the engine alone after every N-th frame (1 = every frame)")
+    ap.add_argument("--executor", default="events", choices=["events", "single"],
+                    help="rclpy EventsExecutor (what the ar_ros executable uses where rclpy has it) or "
+                         "SingleThreadedExecutor")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     import sys
@@ -58,7 +61,11 @@ def main() -> None:
     node.trigger_configure()
     node.trigger_activate()
     bench = Node("bench", context=ctx)
-    ex = SingleThreadedExecutor(context=ctx)
+    if args.executor == "events":
+        from rclpy.experimental import EventsExecutor
+        ex = EventsExecutor(context=ctx)
+    else:
+        ex = SingleThreadedExecutor(context=ctx)
     ex.add_node(node)
     ex.add_node(bench)
     outs, targets = {}, {}
@@ -104,7 +111,7 @@ def main() -> None:
             memory.append(rss_mb())
     warm = max(1, len(memory) // 10)
     result = {
-        "frames": args.frames, "refined": len(e2e), "targets": args.targets,
+        "frames": args.frames, "refined": len(e2e), "targets": args.targets, "executor": args.executor,
         "end_to_end_ms_median": statistics.median(e2e), "engine_ms_median": statistics.median(engine),
         "node_overhead_ms_median": statistics.median(paired),
         "node_overhead_ms_p95": float(np.percentile(paired, 95)),

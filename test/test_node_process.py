@@ -164,3 +164,26 @@ def test_incompatible_qos_is_logged_with_the_policy(ros_context, tmp_path, small
         stop(proc)
         ex.shutdown()
         cam.destroy_node()
+
+
+def test_executables_spin_the_events_executor_where_rclpy_has_it(monkeypatch):
+    from ar_ros.ros.executor import make_executor
+    try:
+        from rclpy.experimental import EventsExecutor
+    except ImportError:  # Humble
+        EventsExecutor = None
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    try:
+        ex = make_executor(context=ctx)
+        if EventsExecutor is None:
+            assert type(ex) is SingleThreadedExecutor
+        else:  # a factory function returning the C++ executor
+            assert type(ex) is type(EventsExecutor(context=ctx)) and "EventsExecutor" in type(ex).__name__
+        ex.shutdown()
+        monkeypatch.setenv("AR_ROS_EXECUTOR", "single")
+        ex = make_executor(context=ctx)
+        assert type(ex) is SingleThreadedExecutor
+        ex.shutdown()
+    finally:
+        rclpy.try_shutdown(context=ctx)

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional
 
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 from vision_msgs.msg import BoundingBox2D, Detection2D, Detection2DArray, ObjectHypothesisWithPose
@@ -23,6 +23,7 @@ from ..engine.boxes import check_box
 from ..io.detections import bbox_to_xywh, fill_bbox
 from ..io.images import ImageError, image_to_rgb
 from ..opencv_trackers import OPENCV_TRACKERS, OpenCVTracker
+from .executor import make_executor
 from .qos import IMAGE_QOS, OUTPUT_QOS
 
 
@@ -115,7 +116,7 @@ def main(args: Optional[List[str]] = None) -> None:
         print(f"base_tracker: {err}", file=sys.stderr)
         rclpy.try_shutdown()
         sys.exit(2)
-    executor = SingleThreadedExecutor()
+    executor = make_executor()
     executor.add_node(node)
     try:
         while rclpy.ok():

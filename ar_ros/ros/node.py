@@ -21,7 +21,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 SetParametersResult)
 from rclpy.exceptions import ParameterUninitializedException
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from std_srvs.srv import SetBool
@@ -30,6 +30,7 @@ from ..io.detections import stamp_to_ns
 from . import params as P
 from .camera import Camera, Job
 from .diagnostics import Meter, fmt
+from .executor import make_executor
 
 
 class RefinerNode(LifecycleNode):
@@ -355,7 +356,7 @@ def main(args: Optional[List[str]] = None) -> None:
         print(f"ar_ros: {err}", file=sys.stderr)
         rclpy.try_shutdown()
         sys.exit(2)
-    executor = SingleThreadedExecutor()
+    executor = make_executor()
     executor.add_node(node)
     code = 0
     try:
