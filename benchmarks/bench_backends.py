@@ -4,7 +4,8 @@
 CPU here; on a CUDA machine torch fp16 is added. Box-only and box+mask, 1/4/8 targets, median and p95
 of Refiner.refine per frame, and ratios against plain fp32 torch (the authors' way: NCHW, no
 channels_last, BatchNorm not folded) measured in the same run. All configurations are called
-round-robin (see bench_refiner.interleaved), so machine drift hits them alike.
+round-robin in blocks (one untimed call, then four timed; see bench_refiner.interleaved), so machine
+drift hits them alike and one backend's spinning threads do not spill into the next one's timing.
 
     python benchmarks/bench_backends.py [--model PATH] [--threads 2] [--repeat 20] [--json]
 """
@@ -62,7 +63,7 @@ def main() -> None:
                 subset = dict(list(boxes.items())[:n])
                 fns[f"{name}/{'box+mask' if mask else 'box'}/{n}"] = \
                     (lambda r=refiner, s=subset, m=mask: r.refine(frame, s, mask=m))
-    results = interleaved(fns, args.repeat)
+    results = interleaved(fns, args.repeat, block=4)
     if args.json:
         print(json.dumps({k: round(v[0], 3) for k, v in results.items()}))
         return

@@ -32,18 +32,26 @@ def frame_and_boxes(n):
     return frame, boxes
 
 
-def interleaved(fns, repeat, warmup=2):
-    """Median and p95 ms of each named function, called round-robin so that machine drift hits all alike."""
+def interleaved(fns, repeat, warmup=2, block=1):
+    """Median and p95 ms of each named function, called round-robin so that machine drift hits all alike.
+
+    With ``block`` > 1, each visit makes one untimed call and then ``block`` timed ones: a backend whose
+    threads keep spinning after a call (ONNX Runtime) then cannot slow down the next one's timing.
+    """
     names = list(fns)
     for _ in range(warmup):
         for name in names:
             fns[name]()
     times = {name: [] for name in names}
-    for r in range(repeat):
+    rounds = max(1, -(-repeat // block))
+    for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:  # rotate the order every round
-            t0 = time.perf_counter()
-            fns[name]()
-            times[name].append((time.perf_counter() - t0) * 1e3)
+            if block > 1:
+                fns[name]()
+            for _ in range(block):
+                t0 = time.perf_counter()
+                fns[name]()
+                times[name].append((time.perf_counter() - t0) * 1e3)
     return {name: (statistics.median(t), float(np.percentile(t, 95))) for name, t in times.items()}
 
 
