@@ -214,10 +214,11 @@ class ThreadedBag:
     """:func:`atomic_bag` run in a writer thread, behind a bounded queue; use it as a context manager.
 
     File writes release the GIL, so the caller decodes and refines the next frame while the last one
-    is written (measured with mcap; sqlite3 binds each blob under the GIL and gains little). At most ``maxsize`` writes wait (a full queue blocks
-    the caller: memory stays bounded). Every call on the rosbags ``Writer`` runs in that one thread
-    (sqlite3 connections must stay in the thread that made them). A failed write is raised in the
-    caller at the next :meth:`write` or at the end, and the bag is then not renamed into place.
+    is written (measured with mcap; sqlite3 binds each blob under the GIL and gains little). At most
+    ``maxsize`` writes wait (a full queue blocks the caller: memory stays bounded). Every call on the
+    rosbags ``Writer`` runs in that one thread (sqlite3 connections must stay in the thread that made
+    them). A failed write is raised in the caller at the next :meth:`write` or at the end, and the bag
+    is then not renamed into place.
     """
 
     def __init__(self, path: Union[str, Path], storage: str = "mcap", overwrite: bool = False,
