@@ -196,7 +196,8 @@ class Refiner:
         """
         return self.refine_many([(frame, boxes_by_id)], color=color, mask=mask)[0]
 
-    def refine_many(self, jobs: Sequence[Tuple], color: str = "rgb", mask: bool = False) -> List[Dict[Hashable, Result]]:
+    def refine_many(self, jobs: Sequence[Tuple], color: str = "rgb",
+                    mask: bool = False) -> List[Dict[Hashable, Result]]:
         """:meth:`refine` for several frames (e.g. one per camera) in ONE forward pass over all targets.
 
         ``jobs`` are ``(frame, boxes_by_id)`` pairs, or ``(frame, boxes_by_id, color)`` triples when the
