@@ -42,6 +42,9 @@ def test_raw_image_refuses_garbage(rgb):
     raw = store.serialize_cdr(bags.image(store, 5, rgb), bags.IMAGE_TYPE)
     with pytest.raises(ValueError, match="runs past the end"):
         bags.raw_image(raw[:-10], bags.IMAGE_TYPE)
+    for cut in (5, 9, 30, 60):  # truncated anywhere in the header fields
+        with pytest.raises(ValueError, match="runs past the end"):
+            bags.raw_image(raw[:cut], bags.IMAGE_TYPE)
     with pytest.raises(ValueError, match="encapsulation"):
         bags.raw_image(b"\x07\x07" + raw[2:], bags.IMAGE_TYPE)
     short = bags.image(store, 5, rgb)

@@ -191,6 +191,11 @@ def test_bad_input_is_logged_counted_and_survived(harness, frame):
     assert spin_until(harness.ex, lambda: len(node.camera.cache) == 2)
     harness.det_pub.publish(detections_msg([("a", BOX)], 11))
     assert spin_until(harness.ex, lambda: node.camera.counters.get("bad_images") == 2)
+    # bytes that are not a serialised Image at all (published raw): dropped and counted, nothing cached
+    cached = len(node.camera.cache)
+    harness.img_pub.publish(b"\x00\x01\x00\x00\x05")
+    assert spin_until(harness.ex, lambda: node.camera.counters.get("bad_images") == 3)
+    assert len(node.camera.cache) == cached
     # empty detections, NaN and outside boxes, stale stamps
     harness.send(frame, 12, [])
     assert spin_until(harness.ex, lambda: any(m.header.stamp.sec == 12 for m in harness.got["det"]))

@@ -52,21 +52,26 @@ class _Cdr:
         self.raw, self.pos = memoryview(raw), 4
         self.u32 = struct.Struct("<I" if raw[1] == 1 else ">I")
 
+    def _need(self, n: int) -> None:
+        if self.pos + n > len(self.raw):
+            raise ValueError(f"a field of {n} bytes runs past the end of the {len(self.raw)}-byte message")
+
     def uint32(self) -> int:
         self.pos += -(self.pos - 4) % 4
+        self._need(4)
         (value,) = self.u32.unpack_from(self.raw, self.pos)
         self.pos += 4
         return value
 
     def uint8(self) -> int:
+        self._need(1)
         value = self.raw[self.pos]
         self.pos += 1
         return value
 
     def bytes(self) -> memoryview:
         n = self.uint32()
-        if self.pos + n > len(self.raw):
-            raise ValueError(f"a field of {n} bytes runs past the end of the {len(self.raw)}-byte message")
+        self._need(n)
         view = self.raw[self.pos:self.pos + n]
         self.pos += n
         return view
