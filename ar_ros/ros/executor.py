@@ -3,8 +3,8 @@
 rclpy's ``SingleThreadedExecutor`` rebuilds its wait set in Python on every ``spin_once``: with the
 refiner node's 15 services (lifecycle, parameters, ours) that is about 0.45 ms per callback, paid for
 every image and every detections message. rclpy's ``EventsExecutor`` (Jazzy and later, C++) dispatches
-callbacks without that loop: node overhead at 640x480 drops from 5.7 to 3.2 ms in
-``benchmarks/bench_node.py`` (same run). Humble has no EventsExecutor and gets the single-threaded one.
+callbacks without that loop: node overhead at 640x480 was 3.2 ms with it and 5.7 ms without in two
+consecutive runs of ``benchmarks/bench_node.py --executor events|single``. Humble has no EventsExecutor and gets the single-threaded one.
 ``AR_ROS_EXECUTOR=single`` forces the single-threaded executor anywhere.
 """
 from __future__ import annotations
