@@ -14,18 +14,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 
 import numpy as np
 import rclpy
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image
 from vision_msgs.msg import Detection2DArray
 
 from ar_ros.msg import RefinedTargetArray
+from ar_ros.ros.executor import make_executor
 from ar_ros.ros.node import RefinerNode
 
 
@@ -61,11 +62,8 @@ def main() -> None:
     node.trigger_configure()
     node.trigger_activate()
     bench = Node("bench", context=ctx)
-    if args.executor == "events":
-        from rclpy.experimental import EventsExecutor
-        ex = EventsExecutor(context=ctx)
-    else:
-        ex = SingleThreadedExecutor(context=ctx)
+    os.environ["AR_ROS_EXECUTOR"] = args.executor  # the executables' own choice (events falls back on Humble)
+    ex = make_executor(context=ctx)
     ex.add_node(node)
     ex.add_node(bench)
     outs, targets = {}, {}
@@ -111,7 +109,7 @@ def main() -> None:
             memory.append(rss_mb())
     warm = max(1, len(memory) // 10)
     result = {
-        "frames": args.frames, "refined": len(e2e), "targets": args.targets, "executor": args.executor,
+        "frames": args.frames, "refined": len(e2e), "targets": args.targets, "executor": type(ex).__name__,
         "end_to_end_ms_median": statistics.median(e2e), "engine_ms_median": statistics.median(engine),
         "node_overhead_ms_median": statistics.median(paired),
         "node_overhead_ms_p95": float(np.percentile(paired, 95)),

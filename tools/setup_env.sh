@@ -6,10 +6,11 @@
 _ar_ros_setup() {
   local root venv py stamp want ldp standin=""
   root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-  local distro="${AR_ROS_DISTRO:-jazzy}" ros_reqs
+  local distro="${AR_ROS_DISTRO:-jazzy}" ros_reqs ws
   case "$distro" in
-    jazzy) ros_reqs="$root/requirements-ros.txt"; venv="${AR_ROS_VENV:-$root/.venv}" ;;
-    kilted) ros_reqs="$root/requirements-ros-kilted.txt"; venv="${AR_ROS_VENV:-$root/.venv-kilted}" ;;
+    jazzy) ros_reqs="$root/requirements-ros.txt"; venv="${AR_ROS_VENV:-$root/.venv}"; ws=".ros_ws" ;;
+    kilted) ros_reqs="$root/requirements-ros-kilted.txt"; venv="${AR_ROS_VENV:-$root/.venv-kilted}"
+            ws=".ros_ws-kilted" ;;
     *) echo "[ar_ros] AR_ROS_DISTRO must be jazzy or kilted, got '$distro'"; return 1 ;;
   esac
   py="$(command -v python3.11 || command -v python3)"
@@ -42,8 +43,6 @@ _ar_ros_setup() {
   fi
   # Build through a symlinked source path: CMake refuses generated targets whose include paths (the
   # venv's numpy headers) lie inside the package source dir, and .venv sits in the repo.
-  local ws=".ros_ws"
-  [ "$distro" = jazzy ] || ws=".ros_ws-$distro"
   mkdir -p "$root/$ws/src" && ln -sfn ../.. "$root/$ws/src/ar_ros"
   ( cd "$root" && colcon --log-base $ws/log build --base-paths $ws/src/ar_ros $standin \
       --build-base $ws/build --install-base $ws/install --symlink-install \

@@ -66,7 +66,7 @@ def _decode(msg, msgtype: str):
 
 def replay(bag: Union[str, Path], refiner: Refiner, out: Union[str, Path, None] = None,
            image_topic: Optional[str] = None, detections_topic: str = bags.BASE_TOPIC,
-           gt_topic: str = bags.GT_TOPIC, mask: bool = False, storage: Optional[str] = None,
+           gt_topic: str = bags.GT_TOPIC, mask: bool = False, storage: str = "mcap",
            mode: str = "refine", max_targets: int = 8, video: Union[str, Path, None] = None,
            progress: bool = True, overwrite: bool = False, video_fps: float = 15.0) -> ReplayResult:
     """Refine a bag. With ``out``, writes all its topics plus ``/refined/detections`` (and ``/refined/mask``).
@@ -94,7 +94,7 @@ def replay(bag: Union[str, Path], refiner: Refiner, out: Union[str, Path, None] 
         t0 = time.perf_counter()
         try:
             with contextlib.ExitStack() as stack:  # the output bag is renamed into place only on success
-                writer = stack.enter_context(bags.ThreadedBag(out, storage or "mcap", overwrite)) \
+                writer = stack.enter_context(bags.ThreadedBag(out, storage, overwrite)) \
                     if out else None
                 out_conns = {}
                 if writer is not None:

@@ -200,9 +200,10 @@ class Camera:
     def wants_mask(self) -> bool:
         return bool(self.node.param("publish_mask")) and self.pubs["mask"].get_subscription_count() > 0
 
-    def publish(self, header, image: CachedImage, results: Dict[str, Any], dets: Dict[str, Detection2D],
+    def publish(self, image: CachedImage, results: Dict[str, Any], dets: Dict[str, Detection2D],
                 refine_ms: float, with_mask: bool) -> None:
         node = self.node
+        header = image.header()
         height, width = image.frame().shape[:2]
         out = Detection2DArray(header=header)
         # refined/targets is built only for subscribers (diagnostic tools); most deployments have none

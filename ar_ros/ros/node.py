@@ -275,7 +275,7 @@ class RefinerNode(LifecycleNode):
             if any(t.startswith("#") for t in step.results):
                 cam.warn("no_id", "detections without an id: each is refined against a template from its own "
                                   "frame (set Detection2D.id to track across frames)")
-            cam.publish(job.image.header(), job.image, step.results, dets, pass_ms, with_mask and cam.wants_mask())
+            cam.publish(job.image, step.results, dets, pass_ms, with_mask and cam.wants_mask())
 
     def _cap_batch(self, steps: List) -> List[List]:
         """Keys to refine per camera, at most ``max_targets`` in total, taken round-robin across cameras."""

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..progress import progress_bar
 from ..model import AlphaRefineNet, NetConfig, load_checkpoint, save_checkpoint
+from ..progress import progress_bar
 from .losses import box_iou_xyxy, refine_loss
 from .sampler import PairSampler, SamplerConfig, dataset_pairs, fixed_batches, mixed_pairs, synthetic_pairs
 
@@ -168,5 +168,3 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     finally:
         if log is not None:
             log.close()
-
-
