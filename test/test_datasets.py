@@ -186,6 +186,18 @@ def test_coco_pairs_feed_the_sampler_and_bad_files_are_clear(tmp_path):
     sampler = PairSampler(dataset_pairs(open_dataset("coco", root)), SamplerConfig(input_size=64))
     batch = sampler.batch(np.random.default_rng(0), 4)
     assert float(batch["has_mask"].min()) == 1.0 and float(batch["mask"].sum()) > 0
+    from ar_ros.eval.datasets import coco_mask
+    with pytest.raises(DatasetError, match="malformed COCO segmentation"):
+        coco_mask([[1, 2, 3, 4, 5, 6, 7]], 10, 10)  # odd number of coordinates
+    with pytest.raises(DatasetError, match="malformed COCO segmentation"):
+        coco_mask({"size": [10, 10]}, 10, 10)  # RLE without counts
+    import json
+    bad = {"images": [{"id": 1, "file_name": "000001.jpg"}],  # no height/width
+           "annotations": [{"id": 7, "image_id": 1, "iscrowd": 0, "bbox": [1, 1, 20, 20],
+                            "segmentation": [[1, 1, 20, 1, 20, 20]]}]}
+    (root / "annotations" / "instances_val2017.json").write_text(json.dumps(bad))
+    with pytest.raises(DatasetError, match="malformed annotation 7"):
+        open_dataset("coco", root)
     (root / "annotations" / "instances_val2017.json").write_text("{not json")
     with pytest.raises(DatasetError, match="not a COCO instances file"):
         open_dataset("coco", root)

@@ -214,7 +214,18 @@ def rle_counts(counts: Union[str, List[int]]) -> List[int]:
 
 
 def coco_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
-    """uint8 0/1 mask of a COCO segmentation: polygons ``[[x, y, ...], ...]`` or RLE ``{counts, size}``."""
+    """uint8 0/1 mask of a COCO segmentation: polygons ``[[x, y, ...], ...]`` or RLE ``{counts, size}``.
+
+    A malformed segmentation raises :class:`DatasetError` saying what is wrong."""
+    try:
+        return _coco_mask(segmentation, height, width)
+    except (KeyError, TypeError, ValueError) as err:
+        if isinstance(err, DatasetError):
+            raise
+        raise DatasetError(f"malformed COCO segmentation ({type(err).__name__}: {err})") from None
+
+
+def _coco_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
     if isinstance(segmentation, dict):
         h, w = (int(v) for v in segmentation.get("size", (height, width)))
         runs = rle_counts(segmentation["counts"])
@@ -247,14 +258,18 @@ def _coco(root: Path) -> List[SequenceInfo]:
         except (ValueError, KeyError, TypeError) as err:
             raise DatasetError(f"{path}: not a COCO instances file ({type(err).__name__}: {err})") from None
         for ann in annotations:
-            x, y, w, h = (float(v) for v in ann.get("bbox", (0, 0, 0, 0)))
-            image = images.get(ann.get("image_id"))
-            if ann.get("iscrowd") or image is None or min(w, h) < MIN_COCO_SIZE or not ann.get("segmentation"):
-                continue
-            loader = functools.partial(_first_frame_mask, ann["segmentation"], int(image["height"]),
-                                       int(image["width"]))
-            out.append(SequenceInfo(f"{split}/{ann['id']}", [folder / image["file_name"]],
-                                    np.array([[x, y, w, h]], np.float64), mask_loader=loader))
+            try:
+                x, y, w, h = (float(v) for v in ann.get("bbox", (0, 0, 0, 0)))
+                image = images.get(ann.get("image_id"))
+                if ann.get("iscrowd") or image is None or min(w, h) < MIN_COCO_SIZE or not ann.get("segmentation"):
+                    continue
+                loader = functools.partial(_first_frame_mask, ann["segmentation"], int(image["height"]),
+                                           int(image["width"]))
+                out.append(SequenceInfo(f"{split}/{ann['id']}", [folder / image["file_name"]],
+                                        np.array([[x, y, w, h]], np.float64), mask_loader=loader))
+            except (AttributeError, KeyError, TypeError, ValueError) as err:
+                which = ann.get("id", "?") if isinstance(ann, dict) else repr(ann)
+                raise DatasetError(f"{path}: malformed annotation {which} ({type(err).__name__}: {err})") from None
     return out
 
 
