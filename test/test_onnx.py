@@ -5,7 +5,8 @@ import pytest
 pytest.importorskip("onnxruntime")
 
 from ar_ros import Refiner  # noqa: E402
-from ar_ros.backends.onnx import BackendError, OnnxRuntimeBackend, export_onnx, max_box_difference  # noqa: E402
+from ar_ros.backends.onnx import (BackendError, OnnxRuntimeBackend, export_onnx, max_box_difference,  # noqa: E402
+                                  session_options)
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +28,14 @@ def test_refiner_on_onnxruntime_matches_torch_with_several_targets(onnx_dir, sma
     for tid in boxes:
         assert np.allclose(results[0][tid].raw_box, results[1][tid].raw_box, atol=0.05)
         assert np.abs(results[0][tid].mask - results[1][tid].mask).max() < 1e-3
+
+
+def test_sessions_stop_spinning_after_each_run():
+    # spinning pool threads left behind by one session slow every other session in the process
+    opts = session_options(threads=3)
+    assert opts.get_session_config_entry("session.force_spinning_stop") == "1"
+    assert opts.intra_op_num_threads == 3
+    assert session_options().intra_op_num_threads == 0  # ONNX Runtime's default
 
 
 def test_backend_errors_are_clear(tmp_path, small_net):
