@@ -30,11 +30,20 @@ def test_refiner_on_onnxruntime_matches_torch_with_several_targets(onnx_dir, sma
         assert np.abs(results[0][tid].mask - results[1][tid].mask).max() < 1e-3
 
 
-def test_sessions_stop_spinning_after_each_run():
-    # spinning pool threads left behind by one session slow every other session in the process
-    opts = session_options(threads=3)
-    assert opts.get_session_config_entry("session.force_spinning_stop") == "1"
-    assert opts.intra_op_num_threads == 3
+def test_sessions_take_torchs_thread_count_and_stop_spinning_after_each_run(onnx_dir):
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # what the node's `threads` parameter does
+    try:
+        refiner = Refiner(str(onnx_dir), backend="onnxruntime")
+    finally:
+        torch.set_num_threads(before)
+    assert refiner.net.sessions
+    for session in refiner.net.sessions.values():
+        opts = session.get_session_options()
+        assert opts.intra_op_num_threads == 1
+        # spinning pool threads left behind by one session slow every other session in the process
+        assert opts.get_session_config_entry("session.force_spinning_stop") == "1"
     assert session_options().intra_op_num_threads == 0  # ONNX Runtime's default
 
 

@@ -102,7 +102,9 @@ class Refiner:
                 raise ValueError(f"backend '{backend}' runs the exported graphs; use precision 'fp32'")
             if checkpoint is None or isinstance(checkpoint, AlphaRefineNet):
                 raise ValueError(f"backend '{backend}' needs checkpoint = a folder from `ar-refine export onnx`")
-            net = OnnxRuntimeBackend(checkpoint, device=self.device.type, int8=backend.endswith("int8"))
+            # one thread setting for both libraries: ONNX Runtime takes torch's (torch.set_num_threads)
+            net = OnnxRuntimeBackend(checkpoint, device=self.device.type, int8=backend.endswith("int8"),
+                                     threads=torch.get_num_threads())
             self.meta = {"source": f"onnx:{checkpoint}"}
         elif backend == "tensorrt":
             from ..backends.tensorrt import TensorRTBackend

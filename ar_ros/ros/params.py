@@ -37,7 +37,7 @@ PARAMS: Tuple[Spec, ...] = (
          "(use with their weights); 'clean' = ours.", read_only=True, choices=("", "exact", "clean")),
     Spec("search_factor", 0.0, "Search region = factor x box per side. 0 = the model's own (2.0 as in the "
          "paper).", read_only=True, low=0.0, high=10.0),
-    Spec("threads", 0, "torch CPU threads (0 = torch default).", read_only=True, low=0, high=256),
+    Spec("threads", 0, "CPU threads for inference, torch and ONNX Runtime (0 = torch's default).", read_only=True, low=0, high=256),
     Spec("image_transport", "raw", "raw: subscribe `image` (sensor_msgs/Image); compressed: subscribe "
          "`image/compressed` (sensor_msgs/CompressedImage, jpeg or png).", read_only=True,
          choices=("raw", "compressed")),
