@@ -51,6 +51,7 @@ def main() -> None:
         configs["onnxruntime/int8"] = lambda: Refiner(onnx_dir, backend="onnxruntime-int8")
     if torch.cuda.is_available():
         configs["torch/fp16-cuda"] = lambda: Refiner(path, device="cuda", precision="fp16")
+        configs["torch/fp16-cuda-graphs"] = lambda: Refiner(path, device="cuda", precision="fp16", cuda_graphs=True)
     frame, boxes = frame_and_boxes(8)
     fns = {}
     for name, make in configs.items():

@@ -81,19 +81,20 @@ def main():
         checkpoint = net
     else:
         checkpoint = None if args.model == "default" else args.model
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    variants = [("cpu", "fp32", False)]  # (device, precision, CUDA graphs)
+    if torch.cuda.is_available():
+        variants += [("cuda", "fp16", False), ("cuda", "fp16", True)]
     frame, boxes = frame_and_boxes(8)
     results = {}
-    for device in devices:
-        precision = "fp16" if device == "cuda" else "fp32"
-        refiner = Refiner(checkpoint, device=device, precision=precision)
+    for device, precision, graphs in variants:
+        refiner = Refiner(checkpoint, device=device, precision=precision, cuda_graphs=graphs)
         refiner.set_targets(frame, boxes)
         fns = {}
         for mask in (False, True):
             for n in (1, 4, 8):
                 subset = dict(list(boxes.items())[:n])
-                fns[f"{device}/{precision}/{'box+mask' if mask else 'box'}/{n}"] = \
-                    (lambda s=subset, m=mask: refiner.refine(frame, s, mask=m))
+                fns[f"{device}/{precision}{'-graphs' if graphs else ''}/{'box+mask' if mask else 'box'}/{n}"] = \
+                    (lambda r=refiner, s=subset, m=mask: r.refine(frame, s, mask=m))
         if device == "cpu":  # the in-run baseline: the same weights, unfolded, authors'-style pipeline
             base_net = checkpoint if isinstance(checkpoint, AlphaRefineNet) else load_network(
                 checkpoint or DEFAULT_CHECKPOINT)[0]

@@ -156,6 +156,33 @@ def test_device_and_precision_errors(small_net):
         Refiner(small_net, device="gpu7")
     with pytest.raises(ValueError, match="crop_mode"):
         Refiner(small_net, crop_mode="fancy")
+    with pytest.raises(ValueError, match="cuda_graphs needs backend 'torch' on device 'cuda'"):
+        Refiner(small_net, cuda_graphs=True)
+
+
+def test_cuda_graphs_refuse_a_network_that_is_not_on_a_gpu(small_net):
+    from ar_ros.backends.cuda_graphs import GraphedSearch
+    with pytest.raises(ValueError, match="CUDA device"):
+        GraphedSearch(small_net)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda_graph_replays_equal_eager_passes_for_every_batch_size(small_net, frame):
+    boxes = {"a": (200.0, 150.0, 120.0, 90.0), "b": (20.0, 30.0, 60.0, 50.0), "c": (500.0, 300.0, 80.0, 90.0)}
+    eager = Refiner(small_net, device="cuda")
+    graphed = Refiner(small_net, device="cuda", cuda_graphs=True)
+    for r in (eager, graphed):
+        r.set_targets(frame, boxes)
+    for n in (1, 3, 1, 2):  # a shape seen before replays its graph with new inputs
+        subset = dict(list(boxes.items())[:n])
+        shifted = {k: (x + 3.0 * n, y, w, h) for k, (x, y, w, h) in subset.items()}
+        for mask in (False, True):
+            a, b = eager.refine(frame, shifted, mask=mask), graphed.refine(frame, shifted, mask=mask)
+            for tid in subset:
+                assert np.allclose(a[tid].raw_box, b[tid].raw_box, atol=1e-3)
+                if mask:
+                    assert np.abs(a[tid].mask - b[tid].mask).max() < 1e-4
+    assert graphed.net.captured == [(1, False), (1, True), (2, False), (2, True), (3, False), (3, True)]
 
 
 def test_missing_checkpoint_file_is_a_clear_error(tmp_path):

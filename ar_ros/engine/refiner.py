@@ -84,17 +84,22 @@ class Refiner:
     :class:`AlphaRefineNet`, or ``None`` for the shipped default. ``crop_mode`` defaults to the mode the
     weights were trained with (``exact`` for the authors' weights, ``clean`` for ours). With the torch
     backend, BatchNorm layers are folded into the convolutions of a private copy of the network
-    (``fold_batchnorm=False`` keeps them, e.g. to time the unmodified network).
+    (``fold_batchnorm=False`` keeps them, e.g. to time the unmodified network). ``cuda_graphs=True``
+    (torch on CUDA) replays each search shape from a captured CUDA graph (backends/cuda_graphs.py).
     """
 
     def __init__(self, checkpoint: Union[None, str, os.PathLike, AlphaRefineNet] = None, device: str = "cpu",
                  precision: str = "fp32", crop_mode: Optional[str] = None, search_factor: Optional[float] = None,
                  min_score: float = 0.0, max_scale_change: float = 3.0, mask_threshold: float = 0.5,
-                 channels_last: bool = True, backend: str = "torch", fold_batchnorm: bool = True) -> None:
+                 channels_last: bool = True, backend: str = "torch", fold_batchnorm: bool = True,
+                 cuda_graphs: bool = False) -> None:
         self.device = resolve_device(device)
         self.dtype = resolve_precision(precision, self.device)
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if cuda_graphs and (backend != "torch" or self.device.type != "cuda"):
+            raise ValueError(f"cuda_graphs needs backend 'torch' on device 'cuda' (got {backend!r} on "
+                             f"{self.device.type!r})")
         self.backend = backend
         if backend.startswith("onnxruntime"):
             from ..backends.onnx import OnnxRuntimeBackend
@@ -142,6 +147,9 @@ class Refiner:
             if fold_batchnorm:
                 fold_batchnorm_layers(net)  # in fp32, before any cast
             net = net.to(self.device, dtype=self.dtype, memory_format=self.memory_format)
+            if cuda_graphs:
+                from ..backends.cuda_graphs import GraphedSearch
+                net = GraphedSearch(net)
         self.net = net
         lut_device = torch.device("cpu") if backend.startswith("onnxruntime") else self.device
         table = cropping.normalisation_table()

@@ -107,17 +107,23 @@ class RefinerNode(LifecycleNode):
 
     # ------------------------------------------------------------------ lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        from ..engine.refiner import Refiner  # torch loads here, not at import
+        from ..engine.refiner import Refiner, resolve_device  # torch loads here, not at import
         from ..engine.session import RefineSession
         try:
             if self.param("threads"):
                 import torch
                 torch.set_num_threads(int(self.param("threads")))
+            cuda_graphs = bool(self.param("cuda_graphs"))
+            if cuda_graphs and (self.param("backend") != "torch"
+                                or resolve_device(self.param("device")).type != "cuda"):
+                self.get_logger().warning("cuda_graphs ignored: it needs backend 'torch' on a CUDA device")
+                cuda_graphs = False
             self.refiner = Refiner(self.param("checkpoint") or None, device=self.param("device"),
                                    precision=self.param("precision"), crop_mode=self.param("crop_mode") or None,
                                    search_factor=self.param("search_factor") or None,
                                    min_score=self.param("min_score"), max_scale_change=self.param("max_scale_change"),
-                                   mask_threshold=self.param("mask_threshold"), backend=self.param("backend"))
+                                   mask_threshold=self.param("mask_threshold"), backend=self.param("backend"),
+                                   cuda_graphs=cuda_graphs)
         except (ValueError, KeyError, OSError, RuntimeError) as err:
             self.get_logger().error(f"cannot load the refiner: {err}")
             return TransitionCallbackReturn.FAILURE

@@ -33,11 +33,15 @@ PARAMS: Tuple[Spec, ...] = (
     Spec("backend", "torch", "torch | onnxruntime | onnxruntime-int8 | tensorrt (checkpoint = a folder from "
          "`ar-refine export onnx [--int8]`; tensorrt also needs `ar-refine export tensorrt`).", read_only=True,
          choices=("torch", "onnxruntime", "onnxruntime-int8", "tensorrt")),
+    Spec("cuda_graphs", False, "Replay each search pass from a CUDA graph captured on first use (one per "
+         "batch size): less launch overhead on a GPU. torch backend on CUDA only; ignored with a warning "
+         "elsewhere.", read_only=True),
     Spec("crop_mode", "", "Empty = what the model was trained with; 'exact' = the authors' crop "
          "(use with their weights); 'clean' = ours.", read_only=True, choices=("", "exact", "clean")),
     Spec("search_factor", 0.0, "Search region = factor x box per side. 0 = the model's own (2.0 as in the "
          "paper).", read_only=True, low=0.0, high=10.0),
-    Spec("threads", 0, "CPU threads for inference, torch and ONNX Runtime (0 = torch's default).", read_only=True, low=0, high=256),
+    Spec("threads", 0, "CPU threads for inference, torch and ONNX Runtime (0 = torch's default).",
+         read_only=True, low=0, high=256),
     Spec("image_transport", "raw", "raw: subscribe `image` (sensor_msgs/Image); compressed: subscribe "
          "`image/compressed` (sensor_msgs/CompressedImage, jpeg or png).", read_only=True,
          choices=("raw", "compressed")),
