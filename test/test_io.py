@@ -62,6 +62,50 @@ def test_bad_images_raise_image_error_with_reason(rgb, bad, words):
         image_to_rgb(m)
 
 
+def test_yuv422_with_an_odd_width_is_an_image_error():
+    with pytest.raises(ImageError, match="even width"):
+        image_to_rgb(SimpleNamespace(height=2, width=3, encoding="yuv422", is_bigendian=0, step=6, data=bytes(12)))
+
+
+def test_mangled_serialised_images_decode_or_raise_value_error():
+    # what the node and replay do with every image: parse the CDR bytes in place, then decode
+    from rosbags.typesys import Stores, get_typestore
+    from ar_ros.io.cdr import IMAGE_TYPE, raw_image
+    from ar_ros.io.images import image_to_frame
+    store = get_typestore(Stores.ROS2_JAZZY)
+    types = store.types
+    rng = np.random.default_rng(1)
+    outcomes = {"frame": 0, "error": 0}
+    for enc, ch, dtype in (("bgr8", 3, np.uint8), ("mono16", 1, np.uint16), ("yuv422", 2, np.uint8),
+                           ("rgba8", 4, np.uint8)):
+        row = 8 * ch * np.dtype(dtype).itemsize
+        image = types[IMAGE_TYPE](
+            header=types["std_msgs/msg/Header"](stamp=types["builtin_interfaces/msg/Time"](sec=1, nanosec=2),
+                                                frame_id="cam"),
+            height=6, width=8, encoding=enc, is_bigendian=0, step=row,
+            data=rng.integers(0, 256, 6 * row, dtype=np.uint8))
+        raw = bytes(store.serialize_cdr(image, IMAGE_TYPE))
+        for _ in range(400):
+            b = bytearray(raw)
+            kind = rng.integers(3)
+            if kind == 0:  # a few random bytes
+                for pos in rng.integers(0, len(b), rng.integers(1, 5)):
+                    b[pos] = rng.integers(256)
+            elif kind == 1:  # truncated
+                b = b[:rng.integers(len(b))]
+            else:  # height, width, step or a length field set to an odd value
+                pos = int(rng.choice([16, 20, 24, 28, 32, 36, 40]))
+                b[pos:pos + 4] = int(rng.choice([0, 1, 3, 7, 2**31, 2**32 - 1, 99])).to_bytes(4, "little")
+            try:
+                frame, order = image_to_frame(raw_image(bytes(b), IMAGE_TYPE))
+            except ValueError:
+                outcomes["error"] += 1
+                continue
+            assert frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3 and order in ("rgb", "bgr")
+            outcomes["frame"] += 1
+    assert outcomes["frame"] > 100 and outcomes["error"] > 100  # both paths were exercised
+
+
 def test_supported_encodings_listed():
     for enc in ("bgr8", "rgb8", "mono8", "bgra8", "rgba8"):
         assert enc in SUPPORTED_ENCODINGS

@@ -22,6 +22,7 @@ _TO_RGB = {
     "yuv422": cv2.COLOR_YUV2RGB_UYVY, "uyvy": cv2.COLOR_YUV2RGB_UYVY,
     "yuv422_yuy2": cv2.COLOR_YUV2RGB_YUYV, "yuyv": cv2.COLOR_YUV2RGB_YUYV,
 }
+_PAIRED = ("yuv422", "uyvy", "yuv422_yuy2", "yuyv")  # two pixels share one U, V pair
 MAX_PIXELS = 8192 * 8192
 
 
@@ -48,6 +49,8 @@ def image_to_array(msg: Any) -> np.ndarray:
         raise ImageError(f"empty image ({w}x{h})")
     if h * w > MAX_PIXELS:
         raise ImageError(f"image too large ({w}x{h})")
+    if enc in _PAIRED and w % 2:
+        raise ImageError(f"{enc} needs an even width (two pixels share one U/V pair), got {w}")
     itemsize = np.dtype(dtype).itemsize
     row_bytes = w * ch * itemsize
     if step < row_bytes:
