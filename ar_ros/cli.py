@@ -130,9 +130,13 @@ def _cmd_live_replay(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     if args.format == "tensorrt":
-        from .backends.tensorrt import build_engines
-        out = build_engines(args.out)
-        print(f"wrote fp16 engines to {out}/ (keyed by GPU and TensorRT version)")
+        from .backends.tensorrt import adopt_engines, build_engines
+        if args.adopt:
+            out = adopt_engines(args.out)
+            print(f"checked the engines in {out}/ and keyed them to this GPU and TensorRT version")
+        else:
+            out = build_engines(args.out)
+            print(f"wrote fp16 engines to {out}/ (keyed by GPU and TensorRT version)")
         return 0
     from .backends.onnx import export_onnx, max_box_difference
     from .model import load_network
@@ -302,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "with fp32 to mean IoU >= 0.95 on a synthetic suite)")
     p.add_argument("--int8-suite", default="small", choices=["tiny", "small", "reference"],
                    help="synthetic suite for the int8 acceptance check (default: small)")
+    p.add_argument("--adopt", action="store_true", help="tensorrt: do not build; check engines built with "
+                                                        "trtexec in OUT/tensorrt/ and key them to this machine")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("eval", help="score base vs refined on a synthetic suite")

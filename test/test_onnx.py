@@ -108,7 +108,7 @@ def test_int8_quantisation_is_gated_on_agreement_with_fp32(tmp_path, small_net, 
 
 
 def test_tensorrt_errors_are_clear_without_a_gpu(onnx_dir):
-    from ar_ros.backends.tensorrt import stale_reason
+    from ar_ros.backends.tensorrt import adopt_engines, stale_reason
     try:
         import tensorrt  # noqa: F401
         has_trt = True
@@ -118,6 +118,8 @@ def test_tensorrt_errors_are_clear_without_a_gpu(onnx_dir):
     if not has_trt or not torch.cuda.is_available():
         with pytest.raises((BackendError, ValueError), match="tensorrt|CUDA"):
             Refiner(str(onnx_dir), device="auto", backend="tensorrt")
+        with pytest.raises(BackendError, match="tensorrt|CUDA"):
+            adopt_engines(onnx_dir)
     saved = {"gpu": "Orin", "compute_capability": "8.7", "tensorrt": "8.6.2", "onnx_sha256": "ab"}
     here = dict(saved, gpu="H100", tensorrt="10.3.0")
     reason = stale_reason(saved, here)

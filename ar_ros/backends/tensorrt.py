@@ -3,8 +3,9 @@
 Engines are not portable across GPUs or TensorRT versions, so each one is stored as
 ``<onnx dir>/tensorrt/<graph>.engine`` next to a JSON key (GPU name, compute capability, TensorRT version,
 sha256 of the ONNX file). A cached engine whose key does not match this machine is refused with a
-message saying how to rebuild it, never silently used. On Jetson the same engines can be built with
-``trtexec --onnx=search_box.onnx --fp16 --saveEngine=...`` (see the README); ar_ros checks the key.
+message saying how to rebuild it, never silently used. Engines built outside ar_ros (``trtexec`` on a
+Jetson, see the README) get their key from :func:`adopt_engines` (``ar-refine export tensorrt --adopt``),
+which first checks that each one loads here and has the graph's inputs and outputs.
 
 Needs CUDA and the ``tensorrt`` Python package (JetPack ships it; desktop: ``pip install tensorrt``).
 Untested on this project's CI (no GPU); the error paths are tested.
@@ -23,6 +24,8 @@ from .onnx import BackendError, read_manifest
 
 MAX_BATCH = 8
 GRAPHS = ("template", "search_box", "search_mask")
+IO_NAMES = {"template": {"images", "kernels"}, "search_box": {"images", "kernels", "boxes", "score"},
+            "search_mask": {"images", "kernels", "boxes", "score", "mask"}}
 
 
 def _trt():
@@ -85,6 +88,34 @@ def build_engines(onnx_dir: Union[str, Path], max_batch: int = MAX_BATCH, fp16: 
             raise BackendError(f"TensorRT failed to build an engine for {onnx_file}")
         (out / f"{graph}.engine").write_bytes(bytes(engine))
         (out / f"{graph}.json").write_text(json.dumps(machine_key(trt.__version__, onnx_file), indent=2))
+    return out
+
+
+def adopt_engines(onnx_dir: Union[str, Path]) -> Path:
+    """Key engines built outside ar_ros (e.g. by trtexec) to this machine, after checking each one.
+
+    Each ``<onnx dir>/tensorrt/<graph>.engine`` must load with this machine's TensorRT and have exactly the
+    exported graph's tensors; then its key is written as if ar_ros had built it. Returns the engine folder.
+    """
+    trt = _trt()
+    onnx_dir = Path(onnx_dir)
+    manifest = read_manifest(onnx_dir)
+    out = onnx_dir / "tensorrt"
+    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    for graph in GRAPHS:
+        engine_file = out / f"{graph}.engine"
+        if not engine_file.is_file():
+            raise BackendError(f"no engine {engine_file}: build all of {', '.join(GRAPHS)} first (README: trtexec)")
+        engine = runtime.deserialize_cuda_engine(engine_file.read_bytes())
+        if engine is None:
+            raise BackendError(f"{engine_file} does not load with TensorRT {trt.__version__} on this GPU; "
+                               "rebuild it here")
+        names = {engine.get_tensor_name(i) for i in range(engine.num_io_tensors)}
+        if names != IO_NAMES[graph]:
+            raise BackendError(f"{engine_file} has tensors {sorted(names)}, expected {sorted(IO_NAMES[graph])}: "
+                               f"was it built from {manifest['files'][graph]}?")
+        (out / f"{graph}.json").write_text(json.dumps(
+            machine_key(trt.__version__, onnx_dir / manifest["files"][graph]), indent=2))
     return out
 
 
