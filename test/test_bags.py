@@ -73,6 +73,9 @@ def test_threaded_bag_writes_everything_in_order(tmp_path, storage):
         reader.close()
     assert stamps == list(range(50))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    # the data file is named after the bag, as ros2 bag record names it (not a hidden temporary name)
+    suffix = {"sqlite3": ".db3", "mcap": ".mcap"}[storage]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["metadata.yaml", "out" + suffix]
 
 
 def test_threaded_bag_failed_write_raises_and_leaves_no_bag(tmp_path):
@@ -105,3 +108,85 @@ def test_progress_bar_shows_rate_and_count_or_stays_silent(capsys):
         bar.update(3)
     err = capsys.readouterr().err
     assert "replay x" in err and "3/3" in err and "frame/s" in err
+
+
+def _cut_off_recording(tmp_path, n=24):
+    """A bag of n 240x320 frames in several MCAP chunks, then 'killed': no metadata.yaml, file cut at 60%."""
+    rng = np.random.default_rng(3)
+    frames = [rng.integers(0, 256, (240, 320, 3), dtype=np.uint8) for _ in range(n)]
+    boxes = [(100.0 + i, 80.0, 60.0, 50.0) for i in range(n)]
+    bag = bags.write_sequence(tmp_path / "rec", frames, boxes, boxes, fps=10)
+    data = bag / "rec.mcap"
+    full = data.read_bytes()
+    (bag / "metadata.yaml").unlink()
+    data.write_bytes(full[:len(full) * 6 // 10])
+    return bag, boxes, full
+
+
+def _stamps(reader, topic):
+    return [t for c, t, _ in reader.messages() if c.topic == topic]
+
+
+def test_a_cut_off_mcap_recording_is_read_up_to_where_it_ends(tmp_path, caplog):
+    bag, boxes, _ = _cut_off_recording(tmp_path)
+    with caplog.at_level("WARNING"):
+        reader = bags.open_reader(bag)
+    assert "read it by scanning" in caplog.text and "file cut off" in caplog.text
+    images = _stamps(reader, bags.IMAGE_TOPIC)
+    period = 100_000_000
+    assert 0 < len(images) < len(boxes)
+    assert images == [1_700_000_000 * 10**9 + i * period for i in range(len(images))]  # a prefix, in order
+    conn = next(c for c in reader.connections if c.topic == bags.IMAGE_TOPIC)
+    assert conn.msgcount == len(images) and conn.msgtype == bags.IMAGE_TYPE
+    # the messages are the recorded ones, byte for byte: decode the base detections
+    store = bags.typestore()
+    first = next(m for c, _, _, m in bags.messages(reader, store) if c.topic == bags.BASE_TOPIC)
+    assert first.detections[0].bbox.size_x == 60.0
+
+
+def test_zstd_and_lz4_chunks_are_read_and_a_damaged_chunk_is_skipped(tmp_path):
+    import struct
+    import lz4.frame
+    from ar_ros.eval.mcap_scan import ScanReader
+    try:
+        from compression import zstd
+    except ImportError:
+        from backports import zstd
+    _, _, full = _cut_off_recording(tmp_path)
+    # recompress every chunk of the complete file, alternating codecs; break the third chunk's stream
+    out, pos, chunk_no = bytearray(full[:8]), 8, 0
+    while pos + 9 <= len(full):
+        op, (length,) = full[pos], struct.unpack_from("<Q", full, pos + 1)
+        body = full[pos + 9:pos + 9 + length]
+        if op == 0x06:
+            (clen,) = struct.unpack_from("<I", body, 28)
+            start = 32 + clen
+            (rlen,) = struct.unpack_from("<Q", body, start)
+            records = body[start + 8:start + 8 + rlen]
+            codec = ("zstd", "lz4")[chunk_no % 2]
+            packed = zstd.compress(records) if codec == "zstd" else lz4.frame.compress(records)
+            if chunk_no == 2:
+                packed = packed[:len(packed) // 2]
+            body = body[:28] + struct.pack("<I", len(codec)) + codec.encode() + struct.pack("<Q", len(packed)) + packed
+            chunk_no += 1
+        out += bytes([op]) + struct.pack("<Q", len(body)) + body
+        pos += 9 + length
+    assert chunk_no >= 4
+    (tmp_path / "z.mcap").write_bytes(out)
+    reader = ScanReader(tmp_path / "z.mcap")
+    assert reader.damaged_chunks == 1 and not reader.truncated
+    got = _stamps(reader, bags.IMAGE_TOPIC)
+    (tmp_path / "full.mcap").write_bytes(full)
+    everything = _stamps(ScanReader(tmp_path / "full.mcap"), bags.IMAGE_TOPIC)
+    assert len(everything) == 24 and 0 < len(got) < 24 and set(got) < set(everything)
+
+
+def test_a_file_that_is_not_mcap_or_has_no_complete_chunk_is_a_bag_error(tmp_path):
+    bag = tmp_path / "junk"
+    bag.mkdir()
+    (bag / "junk.mcap").write_bytes(b"\x89MCAP0\r\n" + b"\x01" + (9).to_bytes(8, "little"))  # ends at once
+    with pytest.raises(bags.BagError, match="found nothing readable"):
+        bags.open_reader(bag)
+    (bag / "junk.mcap").write_bytes(b"not an mcap file at all")
+    with pytest.raises(bags.BagError, match="not an MCAP file"):
+        bags.open_reader(bag)

@@ -96,6 +96,22 @@ def test_bad_bags_give_clear_errors(tmp_path, small_net):
             pass
 
 
+def test_replay_of_a_cut_off_recording_refines_every_intact_frame(tmp_path, small_net):
+    from test_bags import _cut_off_recording
+    bag, boxes, _ = _cut_off_recording(tmp_path)
+    result = replay(bag, Refiner(small_net), out=tmp_path / "out", progress=False)
+    reader = bags.open_reader(tmp_path / "out")  # a complete bag again (rosbags opens it, no scan)
+    try:
+        assert type(reader).__name__ == "Reader"
+        counts = {c.topic: c.msgcount for c in reader.connections}
+    finally:
+        reader.close()
+    assert 0 < counts[bags.IMAGE_TOPIC] < len(boxes)
+    assert result.frames == counts[bags.IMAGE_TOPIC]
+    assert result.refined_frames >= counts[bags.IMAGE_TOPIC] - 1  # the last detections may be cut off
+    assert counts[bags.REFINED_TOPIC] == result.refined_frames
+
+
 def test_replay_without_the_detections_topic_names_the_topics(tmp_path, tiny_seq, small_net):
     _, frames = tiny_seq
     gt = [f.box for f in frames]

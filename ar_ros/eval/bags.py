@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import shutil
 import threading
@@ -22,6 +23,7 @@ from ..io.cdr import COMPRESSED_TYPE, IMAGE_TYPE, raw_image
 from ..progress import progress_bar
 
 Box = Tuple[float, float, float, float]
+log = logging.getLogger(__name__)
 
 IMAGE_TOPIC = "/camera/image"
 COMPRESSED_TOPIC = "/camera/image/compressed"
@@ -107,7 +109,11 @@ def compressed_image(store, ns: int, rgb: np.ndarray, frame_id: str = "camera", 
 
 @contextlib.contextmanager
 def atomic_bag(path: Union[str, Path], storage: str = "mcap", overwrite: bool = False):
-    """A rosbags ``Writer`` on a temporary path, renamed to ``path`` only if the block succeeds."""
+    """A rosbags ``Writer`` on a temporary path, renamed to ``path`` only if the block succeeds.
+
+    The bag is written as ``<hidden partial folder>/<name>``: rosbags names the data file after the bag's
+    folder, so the finished bag holds ``<name>.mcap`` (or ``.db3``) as ``ros2 bag record`` would write it.
+    """
     from rosbags.rosbag2 import StoragePlugin, Writer
     path = Path(path)
     if path.exists():
@@ -119,17 +125,16 @@ def atomic_bag(path: Union[str, Path], storage: str = "mcap", overwrite: bool = 
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp.mkdir(parents=True)
     try:
-        with Writer(tmp, version=9, storage_plugin=plugin) as writer:
+        with Writer(tmp / path.name, version=9, storage_plugin=plugin) as writer:
             _large_pages(writer)
             yield writer
         if path.exists():
             shutil.rmtree(path)
-        os.replace(tmp, path)
+        os.replace(tmp / path.name, path)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _large_pages(writer) -> None:
@@ -175,7 +180,11 @@ def write_sequence(path: Union[str, Path], frames: Iterable[np.ndarray], base: S
 
 
 def open_reader(path: Union[str, Path]):
-    """A rosbags ``Reader`` for a bag directory (or its .mcap/.db3 file), with a clear error on bad input."""
+    """A rosbags ``Reader`` for a bag directory (or its .mcap/.db3 file), with a clear error on bad input.
+
+    An MCAP recording that was cut off (no footer, no metadata.yaml) is read by scanning its intact
+    records, with a warning (:mod:`ar_ros.eval.mcap_scan`), as ROS 2's own reader does.
+    """
     from rosbags.rosbag2 import Reader
     path = Path(path)
     if path.is_file() and path.suffix in (".mcap", ".db3"):
@@ -186,7 +195,25 @@ def open_reader(path: Union[str, Path]):
         reader = Reader(path)
         reader.open()
     except Exception as err:  # rosbags raises its own ReaderError and a few others for corrupt metadata
-        raise BagError(f"{path}: cannot open bag ({type(err).__name__}: {err})") from None
+        problem = f"{path}: cannot open bag ({type(err).__name__}: {err})"
+        return _scan_cut_off_recording(path, problem)
+    return reader
+
+
+def _scan_cut_off_recording(path: Path, problem: str):
+    """A recording cut off mid-write (no footer, often no metadata.yaml): read what is intact, as ROS 2 does."""
+    from .mcap_scan import ScanError, ScanReader
+    files = sorted(path.glob("*.mcap"), key=lambda f: (len(f.name), f.name))  # bag_9 before bag_10
+    if not files:
+        raise BagError(problem)
+    try:
+        reader = ScanReader(files)
+    except (ScanError, OSError) as err:
+        raise BagError(f"{problem}; scanning its MCAP data found nothing readable either: {err}") from None
+    count = sum(c.msgcount for c in reader.connections)
+    log.warning("%s; read it by scanning instead (%d intact messages%s%s)", problem, count,
+                ", file cut off" if reader.truncated else "",
+                f", {reader.damaged_chunks} damaged chunks skipped" if reader.damaged_chunks else "")
     return reader
 
 
