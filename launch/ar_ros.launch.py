@@ -2,6 +2,9 @@
 
     ros2 launch ar_ros ar_ros.launch.py image_topic:=/camera/color/image_raw \
         detections_topic:=/tracker/detections device:=cuda precision:=fp16 use_rviz:=true
+
+On a CPU-only robot: `ar-refine export onnx model_onnx --int8`, then
+    ros2 launch ar_ros ar_ros.launch.py checkpoint:=$PWD/model_onnx backend:=onnxruntime-int8
 """
 import os
 
@@ -24,6 +27,9 @@ def generate_launch_description():
         DeclareLaunchArgument("checkpoint", default_value="", description="model file; empty = built-in"),
         DeclareLaunchArgument("device", default_value="auto", description="auto | cpu | cuda | cuda:N"),
         DeclareLaunchArgument("precision", default_value="auto", description="auto | fp32 | fp16"),
+        DeclareLaunchArgument("backend", default_value="torch",
+                              description="torch | onnxruntime | onnxruntime-int8 | tensorrt (checkpoint = the "
+                                          "folder from `ar-refine export onnx`)"),
         DeclareLaunchArgument("use_rviz", default_value="false"),
         DeclareLaunchArgument("use_sim_time", default_value="false"),
     ]
@@ -32,7 +38,7 @@ def generate_launch_description():
         output="screen", emulate_tty=True,
         parameters=[LaunchConfiguration("params_file"),
                     {"checkpoint": LaunchConfiguration("checkpoint"), "device": LaunchConfiguration("device"),
-                     "precision": LaunchConfiguration("precision"),
+                     "precision": LaunchConfiguration("precision"), "backend": LaunchConfiguration("backend"),
                      "use_sim_time": LaunchConfiguration("use_sim_time")}],
         remappings=[("image", LaunchConfiguration("image_topic")),
                     ("detections", LaunchConfiguration("detections_topic"))],
