@@ -12,6 +12,7 @@ It offers the part of the rosbags ``Reader`` interface that ar_ros uses: ``conne
 """
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,19 +59,29 @@ def _string(buf: memoryview, pos: int) -> Tuple[str, int]:
     return bytes(buf[pos + 4:end]).decode("utf-8", "replace"), end
 
 
-def _decompress(data: bytes, compression: str) -> bytes:
+MAX_CHUNK = 1 << 30  # rosbag2 writes chunks of about a megabyte; a larger declared size is damage
+
+
+def _decompress(data: bytes, compression: str, size: int) -> bytes:
+    """The ``size`` bytes a chunk declares, never more (a damaged stream cannot make us allocate more)."""
+    if size > MAX_CHUNK:
+        raise ValueError(f"chunk declares {size} bytes")
     if compression == "":
-        return data
-    if compression == "zstd":
+        out = data
+    elif compression == "zstd":
         try:
             from compression import zstd  # Python 3.14
         except ImportError:
             from backports import zstd  # what rosbags installs before 3.14
-        return zstd.decompress(data)
-    if compression == "lz4":
+        out = zstd.ZstdDecompressor().decompress(data, max_length=size + 1)
+    elif compression == "lz4":
         import lz4.frame
-        return lz4.frame.decompress(data)
-    raise ValueError(f"unsupported chunk compression {compression!r}")
+        out = lz4.frame.LZ4FrameDecompressor().decompress(data, max_length=size + 1)
+    else:
+        raise ValueError(f"unsupported chunk compression {compression!r}")
+    if len(out) != size:
+        raise ValueError(f"chunk holds {len(out)} bytes, declares {size}")
+    return out
 
 
 class ScanReader:
@@ -133,6 +144,7 @@ class ScanReader:
 
     def _records(self, bio: BinaryIO, first: bool) -> Iterator[Tuple[int, memoryview]]:
         """Top-level (op, body) records until the data section ends or the file is cut off."""
+        size = os.fstat(bio.fileno()).st_size
         while True:
             head = bio.read(9)
             if len(head) < 9:
@@ -141,11 +153,10 @@ class ScanReader:
             op, (length,) = head[0], _U64.unpack_from(head, 1)
             if op == OP_DATA_END:
                 return
-            body = bio.read(length)
-            if len(body) < length:
+            if bio.tell() + length > size:  # cut off here (or a damaged length): read no further
                 self.truncated |= first
                 return
-            yield op, memoryview(body)
+            yield op, memoryview(bio.read(length))
 
     def _chunk(self, body: memoryview, first: bool) -> List[Tuple[int, memoryview]]:
         """The records inside a chunk; a damaged chunk gives none (and is counted on the first pass)."""
@@ -155,7 +166,8 @@ class ScanReader:
             (size,) = _U64.unpack_from(body, pos)
             if pos + 8 + size > len(body):
                 raise ValueError("records run past the chunk")
-            view = memoryview(_decompress(bytes(body[pos + 8:pos + 8 + size]), compression))
+            view = memoryview(_decompress(bytes(body[pos + 8:pos + 8 + size]), compression,
+                                          _U64.unpack_from(body, 16)[0]))
             records, pos = [], 0
             while pos < len(view):
                 op, (length,) = view[pos], _U64.unpack_from(view, pos + 1)
