@@ -100,7 +100,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                     detections_topic=args.detections_topic, gt_topic=args.gt_topic, mask=args.mask,
                     video=args.video, progress=not args.no_progress, overwrite=args.force, storage=args.storage)
     info = {"frames": result.frames, "refined_frames": result.refined_frames, "unpaired": result.unpaired,
-            "bad_images": result.bad_images, "fallbacks": result.fallbacks,
+            "bad_images": result.bad_images, "bad_messages": result.bad_messages, "fallbacks": result.fallbacks,
             "fps": round(result.refined_frames / max(result.seconds, 1e-9), 2),
             "output": str(result.output) if result.output else None}
     if result.gt:

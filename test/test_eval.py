@@ -112,6 +112,34 @@ def test_replay_of_a_cut_off_recording_refines_every_intact_frame(tmp_path, smal
     assert counts[bags.REFINED_TOPIC] == result.refined_frames
 
 
+def test_replay_skips_undecodable_messages_counts_them_and_keeps_them_in_the_output(tmp_path, tiny_seq, small_net):
+    _, frames = tiny_seq
+    gt = [f.box for f in frames[:6]]
+    good = bags.write_sequence(tmp_path / "good", (f.image for f in frames[:6]), gt, gt, fps=10)
+    # copy the bag, cutting the 3rd image and the 5th base detections message short
+    store = bags.typestore()
+    reader = bags.open_reader(good)
+    seen = {bags.IMAGE_TOPIC: 0, bags.BASE_TOPIC: 0}
+    with bags.atomic_bag(tmp_path / "bad") as writer:
+        conns = {c.id: writer.add_connection(c.topic, c.msgtype, typestore=store) for c in reader.connections}
+        for conn, t, raw in reader.messages():
+            if conn.topic in seen:
+                seen[conn.topic] += 1
+                if (conn.topic, seen[conn.topic]) in ((bags.IMAGE_TOPIC, 3), (bags.BASE_TOPIC, 5)):
+                    raw = raw[:30]
+            writer.write(conns[conn.id], t, raw)
+    reader.close()
+    result = replay(tmp_path / "bad", Refiner(small_net), out=tmp_path / "out", progress=False)
+    assert (result.frames, result.bad_images, result.bad_messages) == (6, 1, 1)
+    assert result.refined_frames == 4  # the cut image, and the image whose detections were cut
+    out = bags.open_reader(tmp_path / "out")
+    try:
+        counts = {c.topic: c.msgcount for c in out.connections}
+    finally:
+        out.close()
+    assert counts[bags.IMAGE_TOPIC] == 6 and counts[bags.BASE_TOPIC] == 6 and counts[bags.REFINED_TOPIC] == 4
+
+
 def test_replay_without_the_detections_topic_names_the_topics(tmp_path, tiny_seq, small_net):
     _, frames = tiny_seq
     gt = [f.box for f in frames]

@@ -14,7 +14,7 @@ import os
 import shutil
 import threading
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -217,12 +217,15 @@ def _scan_cut_off_recording(path: Path, problem: str):
     return reader
 
 
-def messages(reader, store, topics: Optional[Sequence[str]] = None,
-             raw_images: bool = False) -> Iterator[Tuple[Any, int, bytes, Any]]:
-    """(connection, log time ns, raw bytes, decoded message) in log-time order; undecodable ones raise BagError.
+def messages(reader, store, topics: Optional[Sequence[str]] = None, raw_images: bool = False,
+             undecodable: Optional[Callable[[Any, int, bytes, str], None]] = None,
+             ) -> Iterator[Tuple[Any, int, bytes, Any]]:
+    """(connection, log time ns, raw bytes, decoded message) in log-time order.
 
     With ``raw_images``, image messages come as :class:`RawImage` views of the raw bytes (no
-    deserialisation, no pixel copy); everything else is deserialised by rosbags.
+    deserialisation, no pixel copy); everything else is deserialised by rosbags. A message that cannot be
+    decoded raises BagError, or, with ``undecodable``, is handed to it as (connection, time, raw bytes,
+    reason) and skipped.
     """
     conns = [c for c in reader.connections if topics is None or c.topic in topics]
     for conn, t, raw in reader.messages(connections=conns):
@@ -232,8 +235,11 @@ def messages(reader, store, topics: Optional[Sequence[str]] = None,
             else:
                 msg = store.deserialize_cdr(raw, conn.msgtype)
         except Exception as err:
-            raise BagError(f"cannot decode a {conn.msgtype} message on {conn.topic} at t={t}: "
-                           f"{type(err).__name__}: {err}") from None
+            reason = f"cannot decode a {conn.msgtype} message on {conn.topic} at t={t}: {type(err).__name__}: {err}"
+            if undecodable is None:
+                raise BagError(reason) from None
+            undecodable(conn, t, raw, reason)
+            continue
         yield conn, t, raw, msg
 
 

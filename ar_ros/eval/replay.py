@@ -7,6 +7,7 @@ detections by header stamp, exactly as the node does, and targets are handled by
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from ..progress import progress_bar
 from . import bags
 from .metrics import Scores, score
 
+log = logging.getLogger(__name__)
 _BUFFER = 64  # frames or detection messages held while waiting for their partner
 
 
@@ -39,6 +41,7 @@ class ReplayResult:
     refined_frames: int = 0
     unpaired: int = 0
     bad_images: int = 0
+    bad_messages: int = 0  # other messages that could not be decoded (skipped, copied as they were)
     fallbacks: int = 0
     seconds: float = 0.0
     output: Optional[Path] = None
@@ -106,7 +109,19 @@ def replay(bag: Union[str, Path], refiner: Refiner, out: Union[str, Path, None] 
                 images: "OrderedDict[int, tuple]" = OrderedDict()
                 dets: "OrderedDict[int, object]" = OrderedDict()
                 gts: Dict[int, object] = {}
-                for conn, t, raw, msg in bags.messages(reader, store, raw_images=True):
+                def undecodable(conn, t: int, raw: bytes, reason: str) -> None:
+                    if writer is not None:
+                        writer.write(out_conns[conn.id], t, raw)  # the output keeps every input message
+                    if conn.id == image_conn.id:
+                        result.frames += 1
+                        result.bad_images += 1
+                        bar.update(1)
+                    else:
+                        result.bad_messages += 1
+                    if result.bad_images + result.bad_messages <= 3:
+                        log.warning("%s: skipped: %s", bag, reason)
+
+                for conn, t, raw, msg in bags.messages(reader, store, raw_images=True, undecodable=undecodable):
                     if writer is not None:
                         writer.write(out_conns[conn.id], t, raw)
                     if conn.topic == gt_topic:
