@@ -7,13 +7,14 @@ channels_last, BatchNorm not folded) measured in the same run. All configuration
 round-robin in blocks (one untimed call, then four timed; see bench_refiner.interleaved), so machine
 drift hits them alike and one backend's spinning threads do not spill into the next one's timing.
 
-    python benchmarks/bench_backends.py [--model PATH] [--threads 2] [--repeat 20] [--json]
+    python benchmarks/bench_backends.py [--model PATH] [--threads 2] [--repeat 20] [--json] [--plot out.png]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import tempfile
+from pathlib import Path
 
 import torch
 
@@ -30,6 +31,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--plot", default=None, help="also draw the medians (p95 as whiskers) into this PNG")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     path = args.model or DEFAULT_CHECKPOINT
@@ -65,6 +67,8 @@ def main() -> None:
                 fns[f"{name}/{'box+mask' if mask else 'box'}/{n}"] = \
                     (lambda r=refiner, s=subset, m=mask: r.refine(frame, s, mask=m))
     results = interleaved(fns, args.repeat, block=4)
+    if args.plot:
+        plot(results, args.plot, f"{Path(path).name}, {args.threads} threads, torch {torch.__version__}")
     if args.json:
         print(json.dumps({k: round(v[0], 3) for k, v in results.items()}))
         return
@@ -74,6 +78,39 @@ def main() -> None:
         name, kind, n = key.rsplit("/", 2)
         base = results.get(f"torch-plain/fp32/{kind}/{n}", (float("nan"),))[0]
         print(f"{key:36s} {med:10.2f} {p95:9.2f} {med / base:8.2f}x")
+
+
+def plot(results, out, title: str) -> None:
+    """Rows box / box+mask, columns 1/4/8 targets: a bar per backend, median ms with p95 whiskers."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    split = {k: k.rsplit("/", 2) for k in results}
+    names = list(dict.fromkeys(name for name, _, _ in split.values()))
+    kinds = list(dict.fromkeys(kind for _, kind, _ in split.values()))
+    counts = sorted({n for _, _, n in split.values()}, key=int)
+    fig, axes = plt.subplots(len(kinds), len(counts), figsize=(3.4 * len(counts), 0.45 * len(names) * len(kinds) + 1.2),
+                             squeeze=False, sharey=True)
+    for r, kind in enumerate(kinds):
+        for c, n in enumerate(counts):
+            ax = axes[r][c]
+            med = [results.get(f"{name}/{kind}/{n}", (float("nan"),) * 2)[0] for name in names]
+            p95 = [results.get(f"{name}/{kind}/{n}", (float("nan"),) * 2)[1] for name in names]
+            ax.barh(range(len(names)), med, xerr=[[0] * len(med), [b - a for a, b in zip(med, p95)]],
+                    color="tab:blue", ecolor="grey", capsize=3)
+            ax.set_yticks(range(len(names)), names, fontsize=7)
+            for i, m in enumerate(med):
+                if m != m:  # NaN: this backend has no such configuration (int8 is box-only)
+                    ax.text(0, i, " n/a", va="center", fontsize=7, color="grey")
+            ax.set_title(f"{kind}, {n} target{'s' if n != '1' else ''}", fontsize=9)
+            ax.tick_params(axis="x", labelsize=7)
+            if r == len(kinds) - 1:
+                ax.set_xlabel("ms per refine (median, p95)", fontsize=8)
+    axes[0][0].invert_yaxis()  # the y axis is shared: first backend on top everywhere
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
