@@ -45,6 +45,20 @@ def test_batch_equals_single_calls(small_net, frame, mode):
         assert np.abs(one.mask - batched[k].mask).max() < 1e-4
 
 
+def test_more_targets_than_max_batch_run_in_several_passes_with_the_same_results(small_net, frame):
+    boxes = {i: (20.0 + 90 * i, 40.0 + 30 * i, 60.0 + 5 * i, 50.0) for i in range(5)}
+    one_pass, split = Refiner(small_net), Refiner(small_net, max_batch=2)
+    for r in (one_pass, split):
+        r.set_targets(frame, boxes)  # templates in passes of 2 as well
+    a, b = one_pass.refine(frame, boxes, mask=True), split.refine(frame, boxes, mask=True)
+    assert (one_pass.passes, split.passes) == (1, 3) and split.last_batch_size == 5
+    for i in boxes:
+        assert np.allclose(a[i].raw_box, b[i].raw_box, atol=1e-3)
+        assert np.abs(a[i].mask - b[i].mask).max() < 1e-4
+    with pytest.raises(ValueError, match="max_batch"):
+        Refiner(small_net, max_batch=0)
+
+
 def test_fp32_is_deterministic(refiner, frame):
     refiner.set_target(frame, BOX, "a")
     first = refiner.refine(frame, {"a": BOX}, mask=True)["a"]

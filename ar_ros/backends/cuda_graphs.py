@@ -3,7 +3,7 @@
 On a GPU, refining one target runs about sixty small kernels, and launching them one by one from Python
 takes longer than running them. A captured graph replays the whole pass with one launch. A graph has
 fixed shapes, so one is captured per (batch size, mask) the first time that shape is refined, up to
-``max_batch`` targets (larger batches run eagerly). All graphs share one memory pool.
+``max_graph_batch`` targets (larger batches run eagerly). All graphs share one memory pool.
 
 The outputs of a replay live in the graph's static buffers and are overwritten by the next replay of the
 same shape: the Refiner copies them to the host at once.
@@ -20,13 +20,13 @@ from ..model import AlphaRefineNet
 class GraphedSearch:
     """Wraps a network on a CUDA device: ``template`` runs eagerly, ``search`` replays captured graphs."""
 
-    def __init__(self, net: AlphaRefineNet, max_batch: int = 16, warmup: int = 3) -> None:
+    def __init__(self, net: AlphaRefineNet, max_graph_batch: int = 32, warmup: int = 3) -> None:
         device = next(net.parameters()).device
         if device.type != "cuda":
             raise ValueError(f"CUDA graphs need the network on a CUDA device, not {device}")
         self.net = net
         self.config = net.config
-        self.max_batch = int(max_batch)
+        self.max_graph_batch = int(max_graph_batch)
         self.warmup = int(warmup)
         self._graphs: Dict[Tuple[int, bool], tuple] = {}
         self._pool = None
@@ -36,7 +36,7 @@ class GraphedSearch:
 
     def search(self, images: torch.Tensor, kernels: torch.Tensor, with_mask: bool = False) -> Dict[str, torch.Tensor]:
         key = (images.shape[0], bool(with_mask))
-        if key[0] > self.max_batch:
+        if key[0] > self.max_graph_batch:
             return self.net.search(images, kernels, with_mask=with_mask)
         if key not in self._graphs:
             self._graphs[key] = self._capture(images, kernels, with_mask)

@@ -145,7 +145,17 @@ class TensorRTBackend:
             if engine is None:
                 raise BackendError(f"cannot load TensorRT engine {engine_file}; rebuild it")
             self.contexts[graph] = (engine, engine.create_execution_context())
+        # the Refiner splits larger batches into passes of this size
+        self.max_batch = min(self._max_batch(engine) for engine, _ in self.contexts.values())
         self.stream = torch.cuda.Stream(device=self.device)
+
+    @staticmethod
+    def _max_batch(engine) -> int:
+        """Largest batch of the engine's optimisation profile (trtexec engines may differ from ours)."""
+        try:
+            return int(engine.get_tensor_profile_shape("images", 0)[2][0])
+        except Exception:  # older TensorRT Python API
+            return MAX_BATCH
 
     def _run(self, graph: str, inputs: Dict[str, torch.Tensor], outputs: Dict[str, tuple]) -> Dict[str, torch.Tensor]:
         engine, ctx = self.contexts[graph]

@@ -92,7 +92,7 @@ class Refiner:
                  precision: str = "fp32", crop_mode: Optional[str] = None, search_factor: Optional[float] = None,
                  min_score: float = 0.0, max_scale_change: float = 3.0, mask_threshold: float = 0.5,
                  channels_last: bool = True, backend: str = "torch", fold_batchnorm: bool = True,
-                 cuda_graphs: bool = False) -> None:
+                 cuda_graphs: bool = False, max_batch: int = 32) -> None:
         self.device = resolve_device(device)
         self.dtype = resolve_precision(precision, self.device)
         if backend not in BACKENDS:
@@ -151,12 +151,17 @@ class Refiner:
                 from ..backends.cuda_graphs import GraphedSearch
                 net = GraphedSearch(net)
         self.net = net
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        # crops per forward pass: bounds memory however many targets come in (TensorRT engines have a maximum)
+        self.max_batch = min(int(max_batch), getattr(net, "max_batch", max_batch))
         lut_device = torch.device("cpu") if backend.startswith("onnxruntime") else self.device
         table = cropping.normalisation_table()
         self._lut = torch.from_numpy(table.reshape(-1)).to(lut_device)
         self._lut_cv = np.ascontiguousarray(table.T.reshape(1, 256, 3))  # per-channel table for cv2.LUT
         self._kernels: Dict[Hashable, torch.Tensor] = {}
-        self.passes = 0            # forward passes over search crops (one per refine call with targets)
+        self.passes = 0            # forward passes over search crops (one per refine call with targets,
+                                   # more when a call has over max_batch of them)
         self.last_batch_size = 0
 
     # ------------------------------------------------------------------ targets
@@ -181,7 +186,9 @@ class Refiner:
         windows = [cropping.window_for(b, self.search_factor, self.input_size, self.crop_mode)
                    for b in boxes.values()]
         with torch.inference_mode():
-            kernels = self.net.template(self._batch(frame, windows, color))
+            images = self._batch(frame, windows, color)
+            kernels = torch.cat([self.net.template(images[s:s + self.max_batch])
+                                 for s in range(0, len(images), self.max_batch)])
         for i, tid in enumerate(boxes):
             self._kernels[tid] = kernels[i:i + 1].clone()
 
@@ -247,11 +254,16 @@ class Refiner:
         if todo:
             with torch.inference_mode():
                 kernels = torch.cat([self._kernels[tid] for _, tid, _, _ in todo])
-                out = self.net.search(torch.cat(batches) if len(batches) > 1 else batches[0], kernels, with_mask=mask)
-                crop_boxes = out["boxes"].float().cpu().numpy()
-                scores = out["score"].float().cpu().numpy()
-                probs = out["mask"][:, 0].float().cpu().numpy() if mask else None
-            self.passes += 1
+                images = torch.cat(batches) if len(batches) > 1 else batches[0]
+                parts = []
+                for s in range(0, len(todo), self.max_batch):  # one pass unless over max_batch targets
+                    out = self.net.search(images[s:s + self.max_batch], kernels[s:s + self.max_batch],
+                                          with_mask=mask)
+                    parts.append([out["boxes"].float().cpu().numpy(), out["score"].float().cpu().numpy(),
+                                  out["mask"][:, 0].float().cpu().numpy() if mask else None])
+                    self.passes += 1
+            crop_boxes, scores = (np.concatenate([p[k] for p in parts]) for k in (0, 1))
+            probs = np.concatenate([p[2] for p in parts]) if mask else None
             self.last_batch_size = len(todo)
             for i, (j, tid, base, win) in enumerate(todo):
                 height, width = jobs[j][0].shape[:2]
