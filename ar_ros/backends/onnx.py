@@ -75,14 +75,17 @@ def export_onnx(net: AlphaRefineNet, out_dir: Union[str, Path], source: str = ""
             (_Search(net, False), (images, kernels), FILES["search_box"], ["images", "kernels"], ["boxes", "score"]),
             (_Search(net, True), (images, kernels), FILES["search_mask"], ["images", "kernels"],
              ["boxes", "score", "mask"])]
+    import inspect
     import warnings
+    # the TorchScript exporter: torch >= 2.9 defaults to the dynamo one; torch < 2.5 (JetPack 6) has no switch
+    legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
     for module, args, name, inputs, outputs in jobs:
         module.eval()  # the exporter restores the wrapper's mode afterwards; it must be eval
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(module, args, str(out / name), input_names=inputs, output_names=outputs,
                               dynamic_axes={n: batch for n in inputs + outputs}, opset_version=OPSET,
-                              do_constant_folding=True, dynamo=False)
+                              do_constant_folding=True, **legacy)
     net.eval()
     (out / MANIFEST).write_text(json.dumps({"config": net.config.to_dict(), "opset": OPSET, "files": FILES,
                                             "source": source}, indent=2))
