@@ -144,7 +144,25 @@ def test_a_cut_off_mcap_recording_is_read_up_to_where_it_ends(tmp_path, caplog):
     assert first.detections[0].bbox.size_x == 60.0
 
 
-def test_zstd_and_lz4_chunks_are_read_and_a_damaged_chunk_is_skipped(tmp_path):
+def _rechunk(full: bytes, chunk_fn):
+    """The MCAP file with each chunk record replaced by chunk_fn(chunk header, its records, n) -> bytes."""
+    import struct
+    out, pos, n = bytearray(full[:8]), 8, 0
+    while pos + 9 <= len(full):
+        op, (length,) = full[pos], struct.unpack_from("<Q", full, pos + 1)
+        record = full[pos:pos + 9 + length]
+        if op == 0x06:
+            body = record[9:]
+            (clen,) = struct.unpack_from("<I", body, 28)
+            (rlen,) = struct.unpack_from("<Q", body, 32 + clen)
+            record = chunk_fn(body[:28], body[40 + clen:40 + clen + rlen], n)
+            n += 1
+        out += record
+        pos += 9 + length
+    return bytes(out), n
+
+
+def test_zstd_lz4_and_unchunked_files_are_read_and_a_damaged_chunk_is_skipped(tmp_path):
     import struct
     import lz4.frame
     from ar_ros.eval.mcap_scan import ScanReader
@@ -153,32 +171,28 @@ def test_zstd_and_lz4_chunks_are_read_and_a_damaged_chunk_is_skipped(tmp_path):
     except ImportError:
         from backports import zstd
     _, _, full = _cut_off_recording(tmp_path)
-    # recompress every chunk of the complete file, alternating codecs; break the third chunk's stream
-    out, pos, chunk_no = bytearray(full[:8]), 8, 0
-    while pos + 9 <= len(full):
-        op, (length,) = full[pos], struct.unpack_from("<Q", full, pos + 1)
-        body = full[pos + 9:pos + 9 + length]
-        if op == 0x06:
-            (clen,) = struct.unpack_from("<I", body, 28)
-            start = 32 + clen
-            (rlen,) = struct.unpack_from("<Q", body, start)
-            records = body[start + 8:start + 8 + rlen]
-            codec = ("zstd", "lz4")[chunk_no % 2]
-            packed = zstd.compress(records) if codec == "zstd" else lz4.frame.compress(records)
-            if chunk_no == 2:
-                packed = packed[:len(packed) // 2]
-            body = body[:28] + struct.pack("<I", len(codec)) + codec.encode() + struct.pack("<Q", len(packed)) + packed
-            chunk_no += 1
-        out += bytes([op]) + struct.pack("<Q", len(body)) + body
-        pos += 9 + length
-    assert chunk_no >= 4
-    (tmp_path / "z.mcap").write_bytes(out)
+    (tmp_path / "full.mcap").write_bytes(full)
+    everything = _stamps(ScanReader(tmp_path / "full.mcap"), bags.IMAGE_TOPIC)
+    assert len(everything) == 24
+
+    def recompress(head, records, n):  # alternate codecs; break the third chunk's stream
+        codec = ("zstd", "lz4")[n % 2]
+        packed = zstd.compress(records) if codec == "zstd" else lz4.frame.compress(records)
+        if n == 2:
+            packed = packed[:len(packed) // 2]
+        body = head + struct.pack("<I", len(codec)) + codec.encode() + struct.pack("<Q", len(packed)) + packed
+        return b"\x06" + struct.pack("<Q", len(body)) + body
+
+    data, chunks = _rechunk(full, recompress)
+    assert chunks >= 4
+    (tmp_path / "z.mcap").write_bytes(data)
     reader = ScanReader(tmp_path / "z.mcap")
     assert reader.damaged_chunks == 1 and not reader.truncated
     got = _stamps(reader, bags.IMAGE_TOPIC)
-    (tmp_path / "full.mcap").write_bytes(full)
-    everything = _stamps(ScanReader(tmp_path / "full.mcap"), bags.IMAGE_TOPIC)
-    assert len(everything) == 24 and 0 < len(got) < 24 and set(got) < set(everything)
+    assert 0 < len(got) < 24 and set(got) < set(everything)
+    # records written straight into the data section, without chunks (rosbag2's 'fastwrite' preset)
+    (tmp_path / "flat.mcap").write_bytes(_rechunk(full, lambda head, records, n: records)[0])
+    assert _stamps(ScanReader(tmp_path / "flat.mcap"), bags.IMAGE_TOPIC) == everything
 
 
 def test_a_file_that_is_not_mcap_or_has_no_complete_chunk_is_a_bag_error(tmp_path):
