@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast demo bench clean
+.PHONY: setup test test-fast demo bench gpu-check clean
 
 setup:
 	source tools/setup_env.sh
@@ -19,6 +19,14 @@ demo:
 
 bench:
 	source tools/setup_env.sh && python benchmarks/bench_refiner.py
+
+# On a machine with a CUDA GPU (CI has none): the GPU tests, then both benchmarks (TensorRT when the
+# tensorrt package is installed: pip install tensorrt).
+gpu-check:
+	source tools/setup_env.sh && python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device')" \
+	  && pytest -q test -k "cuda or tensorrt" -rs \
+	  && python benchmarks/bench_refiner.py --model authors \
+	  && mkdir -p out && python benchmarks/bench_backends.py --plot out/bench_backends_gpu.png
 
 clean:
 	rm -rf .ros_ws out

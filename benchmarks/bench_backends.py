@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """All available backends x precisions x batch sizes in one run, with the plain-torch baseline.
 
-CPU here; on a CUDA machine torch fp16 is added. Box-only and box+mask, 1/4/8 targets, median and p95
-of Refiner.refine per frame, and ratios against plain fp32 torch (the authors' way: NCHW, no
+CPU here; on a CUDA machine torch fp16 (eager and CUDA graphs), ONNX Runtime's CUDA provider (when
+installed) and TensorRT fp16 engines (when the tensorrt package is) are added, with TensorRT's ratio to
+torch fp16. Box-only and box+mask, 1/4/8 targets, median and p95 of Refiner.refine per frame, and ratios against plain fp32 torch (the authors' way: NCHW, no
 channels_last, BatchNorm not folded) measured in the same run. All configurations are called
 round-robin in blocks (one untimed call, then four timed; see bench_refiner.interleaved), so machine
 drift hits them alike and one backend's spinning threads do not spill into the next one's timing.
@@ -54,6 +55,15 @@ def main() -> None:
     if torch.cuda.is_available():
         configs["torch/fp16-cuda"] = lambda: Refiner(path, device="cuda", precision="fp16")
         configs["torch/fp16-cuda-graphs"] = lambda: Refiner(path, device="cuda", precision="fp16", cuda_graphs=True)
+        import onnxruntime
+        if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+            configs["onnxruntime/fp32-cuda"] = lambda: Refiner(onnx_dir, device="cuda", backend="onnxruntime")
+        try:
+            from ar_ros.backends.tensorrt import build_engines
+            build_engines(onnx_dir)
+            configs["tensorrt/fp16"] = lambda: Refiner(onnx_dir, device="cuda", backend="tensorrt")
+        except Exception as err:  # no tensorrt package, or the build failed: reported, the others still run
+            print(f"tensorrt: {err}")
     frame, boxes = frame_and_boxes(8)
     fns = {}
     for name, make in configs.items():
@@ -78,6 +88,10 @@ def main() -> None:
         name, kind, n = key.rsplit("/", 2)
         base = results.get(f"torch-plain/fp32/{kind}/{n}", (float("nan"),))[0]
         print(f"{key:36s} {med:10.2f} {p95:9.2f} {med / base:8.2f}x")
+    for key, (med, _) in results.items():  # GPU only: the issue's TensorRT vs torch fp16 comparison
+        if key.startswith("tensorrt/fp16/"):
+            torch_fp16 = results[key.replace("tensorrt/fp16/", "torch/fp16-cuda/")][0]
+            print(f"{key}: {torch_fp16 / med:.2f}x faster than torch/fp16-cuda")
 
 
 def plot(results, out, title: str) -> None:
