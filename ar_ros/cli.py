@@ -8,10 +8,34 @@ import sys
 from typing import List, Optional
 
 
+def _info_export(path: str, as_json: bool) -> int:
+    """`info` on a folder from `export onnx`: model config, graphs, int8, TensorRT engines and their keys."""
+    from .backends.onnx import read_manifest
+    from .backends.tensorrt import engine_keys
+    manifest = read_manifest(path)
+    engines = engine_keys(path)
+    if as_json:
+        print(json.dumps({"export": str(path), **manifest, "tensorrt": engines}))
+        return 0
+    print(f"export:     {path} (opset {manifest.get('opset')}, from {manifest.get('source') or 'a network'})")
+    print(f"config:     {manifest['config']}")
+    for name, file in manifest["files"].items():
+        print(f"graph:      {name:16s} {file} ({os.path.getsize(os.path.join(path, file)) / 1e6:.1f} MB)")
+    print("int8:       " + ("yes (backend onnxruntime-int8)" if "search_box_int8" in manifest["files"]
+                            else "no (export with --int8)"))
+    for graph, key in engines.items():
+        print(f"tensorrt:   {graph:16s} " + ", ".join(f"{k} {v}" for k, v in key.items() if k != "onnx_sha256"))
+    if not engines:
+        print("tensorrt:   no engines (ar-refine export tensorrt, on the GPU machine)")
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from .model import load_checkpoint
     from .engine.refiner import DEFAULT_CHECKPOINT
     path = args.checkpoint or DEFAULT_CHECKPOINT
+    if os.path.isdir(path):
+        return _info_export(path, args.json)
     state, config, meta = load_checkpoint(path)
     if args.json:
         print(json.dumps({"checkpoint": str(path), "config": config.to_dict(), "meta": meta,
@@ -226,7 +250,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ar-refine", description="Alpha-Refine box refinement (ar_ros)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    p = sub.add_parser("info", help="describe a checkpoint (default: the shipped model)")
+    p = sub.add_parser("info", help="describe a checkpoint (default: the shipped model) or a folder from "
+                                    "`export onnx` (graphs, int8, TensorRT engines and what they were built for)")
     p.add_argument("checkpoint", nargs="?", help="checkpoint path")
     p.add_argument("--json", action="store_true", help="everything, including the training history, as JSON")
     p.set_defaults(func=_cmd_info)

@@ -47,6 +47,30 @@ def test_sessions_take_torchs_thread_count_and_stop_spinning_after_each_run(onnx
     assert session_options().intra_op_num_threads == 0  # ONNX Runtime's default
 
 
+def test_info_describes_an_export_folder_and_its_engines(onnx_dir, capsys):
+    import json
+    from ar_ros.cli import main
+    engines = onnx_dir / "tensorrt"
+    engines.mkdir(exist_ok=True)
+    (engines / "search_box.engine").write_bytes(b"serialised engine")
+    (engines / "search_box.json").write_text(json.dumps({"gpu": "Orin", "tensorrt": "8.6.2"}))
+    try:
+        with pytest.raises(SystemExit) as done:
+            main(["info", str(onnx_dir), "--json"])
+        assert done.value.code == 0
+        info = json.loads(capsys.readouterr().out)
+        assert info["config"]["input_size"] == 128 and set(info["files"]) >= {"template", "search_box"}
+        assert info["tensorrt"] == {"search_box": {"gpu": "Orin", "tensorrt": "8.6.2"}}
+        with pytest.raises(SystemExit):
+            main(["info", str(onnx_dir)])
+        text = capsys.readouterr().out
+        assert "search_mask.onnx" in text and "gpu Orin, tensorrt 8.6.2" in text
+    finally:
+        for f in engines.iterdir():
+            f.unlink()
+        engines.rmdir()
+
+
 def test_backend_errors_are_clear(tmp_path, small_net):
     with pytest.raises(BackendError, match="export onnx"):
         OnnxRuntimeBackend(tmp_path)

@@ -93,10 +93,15 @@ def export_onnx(net: AlphaRefineNet, out_dir: Union[str, Path], source: str = ""
 
 
 def read_manifest(model_dir: Union[str, Path]) -> Dict:
+    """The export folder's manifest (config, opset, graph files); BackendError if it or a graph is missing."""
     path = Path(model_dir) / MANIFEST
     if not path.is_file():
-        raise BackendError(f"{model_dir}: no {MANIFEST}; export with `ar-refine export onnx CHECKPOINT OUT_DIR`")
-    data = json.loads(path.read_text())
+        raise BackendError(f"{model_dir}: no {MANIFEST}; export with `ar-refine export onnx OUT_DIR "
+                           "[--checkpoint C]`")
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as err:
+        raise BackendError(f"{path}: not a valid manifest ({err}); export again") from None
     missing = [f for f in data.get("files", FILES).values() if not (Path(model_dir) / f).is_file()]
     if missing:
         raise BackendError(f"{model_dir}: missing {missing}; export again")

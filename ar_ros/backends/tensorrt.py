@@ -52,6 +52,19 @@ def stale_reason(saved: Dict[str, str], current: Dict[str, str]) -> str:
     return "; ".join(diffs)
 
 
+def engine_keys(onnx_dir: Union[str, Path]) -> Dict[str, Dict[str, str]]:
+    """The key of each engine built (or adopted) in ``onnx_dir``; needs neither CUDA nor tensorrt."""
+    keys = {}
+    for graph in GRAPHS:
+        key_file = Path(onnx_dir) / "tensorrt" / f"{graph}.json"
+        if key_file.is_file() and key_file.with_suffix(".engine").is_file():
+            try:
+                keys[graph] = json.loads(key_file.read_text())
+            except ValueError:
+                keys[graph] = {"error": f"unreadable key file {key_file.name}"}
+    return keys
+
+
 def build_engines(onnx_dir: Union[str, Path], max_batch: int = MAX_BATCH, fp16: bool = True) -> Path:
     """Build (or rebuild) the fp16 engines for every exported graph; returns the engine folder."""
     trt = _trt()
