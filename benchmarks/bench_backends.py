@@ -3,8 +3,9 @@
 
 CPU here; on a CUDA machine torch fp16 (eager and CUDA graphs), ONNX Runtime's CUDA provider (when
 installed) and TensorRT fp16 engines (when the tensorrt package is) are added, with TensorRT's ratio to
-torch fp16. Box-only and box+mask, 1/4/8 targets, median and p95 of Refiner.refine per frame, and ratios against plain fp32 torch (the authors' way: NCHW, no
-channels_last, BatchNorm not folded) measured in the same run. All configurations are called
+torch fp16. Box-only and box+mask, 1/4/8 targets, median and p95 of Refiner.refine per frame, and
+ratios against plain fp32 torch (the authors' way: NCHW, no channels_last, BatchNorm not folded)
+measured in the same run. All configurations are called
 round-robin in blocks (one untimed call, then four timed; see bench_refiner.interleaved), so machine
 drift hits them alike and one backend's spinning threads do not spill into the next one's timing.
 
@@ -108,8 +109,7 @@ def plot(results, out, title: str) -> None:
     for r, kind in enumerate(kinds):
         for c, n in enumerate(counts):
             ax = axes[r][c]
-            med = [results.get(f"{name}/{kind}/{n}", (float("nan"),) * 2)[0] for name in names]
-            p95 = [results.get(f"{name}/{kind}/{n}", (float("nan"),) * 2)[1] for name in names]
+            med, p95 = zip(*(results.get(f"{name}/{kind}/{n}", (float("nan"),) * 2) for name in names))
             ax.barh(range(len(names)), med, xerr=[[0] * len(med), [b - a for a, b in zip(med, p95)]],
                     color="tab:blue", ecolor="grey", capsize=3)
             ax.set_yticks(range(len(names)), names, fontsize=7)

@@ -64,6 +64,13 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     return torch.float16 if precision == "fp16" else torch.float32
 
 
+def cuda_graphs_problem(backend: str, device: torch.device) -> str:
+    """Why CUDA graphs cannot be used with this backend and device ('' when they can)."""
+    if backend == "torch" and device.type == "cuda":
+        return ""
+    return f"cuda_graphs needs backend 'torch' on device 'cuda' (got {backend!r} on {device.type!r})"
+
+
 def check_frame(frame: np.ndarray) -> Tuple[int, int]:
     """An HxWx3 uint8 array, or a ``ValueError`` that says what is wrong. Returns (height, width)."""
     if not isinstance(frame, np.ndarray):
@@ -97,9 +104,9 @@ class Refiner:
         self.dtype = resolve_precision(precision, self.device)
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        if cuda_graphs and (backend != "torch" or self.device.type != "cuda"):
-            raise ValueError(f"cuda_graphs needs backend 'torch' on device 'cuda' (got {backend!r} on "
-                             f"{self.device.type!r})")
+        problem = cuda_graphs_problem(backend, self.device) if cuda_graphs else ""
+        if problem:
+            raise ValueError(problem)
         self.backend = backend
         if backend.startswith("onnxruntime"):
             from ..backends.onnx import OnnxRuntimeBackend

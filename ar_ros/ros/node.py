@@ -107,16 +107,17 @@ class RefinerNode(LifecycleNode):
 
     # ------------------------------------------------------------------ lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        from ..engine.refiner import Refiner, resolve_device  # torch loads here, not at import
+        from ..engine.refiner import Refiner, cuda_graphs_problem, resolve_device  # torch loads here
         from ..engine.session import RefineSession
         try:
             if self.param("threads"):
                 import torch
                 torch.set_num_threads(int(self.param("threads")))
             cuda_graphs = bool(self.param("cuda_graphs"))
-            if cuda_graphs and (self.param("backend") != "torch"
-                                or resolve_device(self.param("device")).type != "cuda"):
-                self.get_logger().warning("cuda_graphs ignored: it needs backend 'torch' on a CUDA device")
+            problem = cuda_graphs_problem(self.param("backend"), resolve_device(self.param("device"))) \
+                if cuda_graphs else ""
+            if problem:
+                self.get_logger().warning(f"{problem}: cuda_graphs ignored")
                 cuda_graphs = False
             self.refiner = Refiner(self.param("checkpoint") or None, device=self.param("device"),
                                    precision=self.param("precision"), crop_mode=self.param("crop_mode") or None,
