@@ -43,12 +43,25 @@ _ar_ros_setup() {
   fi
   # Build through a symlinked source path: CMake refuses generated targets whose include paths (the
   # venv's numpy headers) lie inside the package source dir, and .venv sits in the repo.
+  # One build at a time (two shells sourcing this at once raced in colcon), and none when nothing that
+  # the install depends on changed: with --symlink-install, edits to installed files need no rebuild,
+  # only a different set of files or a changed interface / CMake / package file does.
   mkdir -p "$root/$ws/src" && ln -sfn ../.. "$root/$ws/src/ar_ros"
-  ( cd "$root" && colcon --log-base $ws/log build --base-paths $ws/src/ar_ros $standin \
-      --build-base $ws/build --install-base $ws/install --symlink-install \
-      --event-handlers console_cohesion- summary- status- \
-      --cmake-args -DPython3_EXECUTABLE="$VIRTUAL_ENV/bin/python" -DCMAKE_BUILD_TYPE=Release \
-      > $ws/colcon_build.log 2>&1 ) || { echo "[ar_ros] colcon build failed:"; tail -40 "$root/$ws/colcon_build.log"; return 1; }
+  local build_key
+  build_key="$( cd "$root" && { find ar_ros launch config rviz scripts msg srv -type f ! -name '*.pyc' \
+      ! -path '*/__pycache__/*' | LC_ALL=C sort; cat CMakeLists.txt package.xml msg/* srv/*; \
+      echo "$standin"; } | sha256sum | cut -c1-16 )"
+  ( flock 9
+    [ "$(cat "$root/$ws/.ar_ros_build" 2>/dev/null)" = "$build_key" ] && [ -f "$root/$ws/install/setup.bash" ] \
+      && exit 0
+    ( cd "$root" && colcon --log-base $ws/log build --base-paths $ws/src/ar_ros $standin \
+        --build-base $ws/build --install-base $ws/install --symlink-install \
+        --event-handlers console_cohesion- summary- status- \
+        --cmake-args -DPython3_EXECUTABLE="$VIRTUAL_ENV/bin/python" -DCMAKE_BUILD_TYPE=Release \
+        > $ws/colcon_build.log 2>&1 ) || { echo "[ar_ros] colcon build failed:"; tail -40 "$root/$ws/colcon_build.log"
+                                           exit 1; }
+    echo "$build_key" > "$root/$ws/.ar_ros_build"
+  ) 9>"$root/$ws/.build.lock" || return 1
   local had_u=0; [[ $- == *u* ]] && had_u=1; set +u   # colcon's setup.bash is not `set -u` safe
   # shellcheck disable=SC1091
   source "$root/$ws/install/setup.bash"
