@@ -19,8 +19,9 @@ def _rect(img: np.ndarray, box: Sequence[float], color, thickness: int) -> None:
     x, y, w, h = box
     if not all(np.isfinite([x, y, w, h])):
         return
-    cv2.rectangle(img, (int(round(x)), int(round(y))), (int(round(x + w)), int(round(y + h))), color,
-                  thickness, cv2.LINE_AA)
+    # clipped: a finite but absurd box (w = 2e300, passed through as a fallback) overflows OpenCV's int
+    x1, y1, x2, y2 = (int(round(v)) for v in np.clip([x, y, x + w, y + h], -(1 << 20), 1 << 20))
+    cv2.rectangle(img, (x1, y1), (x2, y2), color, thickness, cv2.LINE_AA)
 
 
 def draw_targets(rgb: np.ndarray, targets: Iterable[Tuple[str, Sequence[float], Sequence[float], float, bool]],
@@ -50,7 +51,7 @@ def draw_targets(rgb: np.ndarray, targets: Iterable[Tuple[str, Sequence[float], 
         label = f"{tid} {score:.2f}" + (" fallback" if fallback else "")
         x, y = refined[0], refined[1]
         if np.isfinite(x) and np.isfinite(y):
-            org = (int(max(x, 0)), int(max(y - 6, 12)))
+            org = (int(min(max(x, 0), out.shape[1])), int(min(max(y - 6, 12), out.shape[0])))
             cv2.putText(out, label, org, cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3, cv2.LINE_AA)
             cv2.putText(out, label, org, cv2.FONT_HERSHEY_SIMPLEX, 0.5, color, 1, cv2.LINE_AA)
     return out

@@ -22,10 +22,16 @@ def test_new_ids_get_templates_and_time_out(session, frame):
 
 
 def test_max_targets_invalid_and_duplicate_inputs_are_skipped_with_reasons(session, frame):
-    step = session.step(frame, [("a", BOX), ("a", BOX), ("b", BOX), ("c", BOX), ("n", (float("nan"), 0, 1, 1))], 0)
-    assert list(step.results) == ["a", "b"]
+    huge = (0.0, 0.0, 2e300, 50.0)  # finite but absurd: not "refined" to 2.2e300
+    step = session.step(frame, [("a", BOX), ("n", (float("nan"), 0, 1, 1)), ("a", BOX), ("b", BOX), ("c", BOX),
+                                ("h", huge)], 0)
+    # invalid boxes come out under their id, base box kept, flagged (the same ids in as out)
+    assert list(step.results) == ["a", "n", "b", "h"]
+    assert step.results["h"].box == huge and step.results["h"].fallback and "times the" in step.results["h"].reason
+    assert step.results["n"].fallback and "NaN" in step.results["n"].reason and step.results["n"].score == 0.0
     kinds = {(tid, kind) for tid, kind, _ in step.skipped}
-    assert kinds == {("a", "duplicate_id"), ("c", "over_max_targets"), ("n", "invalid_box")}
+    assert kinds == {("a", "duplicate_id"), ("c", "over_max_targets"), ("n", "invalid_box"), ("h", "invalid_box")}
+    assert sorted(session.targets) == ["a", "b"]
 
 
 def test_anonymous_detections_use_their_own_frame_and_leave_nothing_behind(session, frame):

@@ -12,6 +12,7 @@ from typing import Iterable, Sequence, Tuple
 import numpy as np
 
 Box = Tuple[float, float, float, float]
+MAX_BOX_SCALE = 4.0  # a box wider / taller than this many frames is no box of that frame (e.g. w = 2e300)
 
 
 def as_box(box: Iterable[float]) -> Box:
@@ -34,6 +35,8 @@ def box_problem(box: Sequence[float], width: int, height: int) -> str:
         return f"box has zero or negative size: w={w:g} h={h:g}"
     if x >= width or y >= height or x + w <= 0 or y + h <= 0:
         return f"box {tuple(round(v, 1) for v in box)} lies outside the {width}x{height} frame"
+    if w > MAX_BOX_SCALE * width or h > MAX_BOX_SCALE * height:
+        return f"box size {w:g}x{h:g} is more than {MAX_BOX_SCALE:g} times the {width}x{height} frame"
     return ""
 
 

@@ -34,6 +34,8 @@ class Step:
     skipped: List[Tuple[str, str, str]] = field(default_factory=list)   # (id, kind, message)
     forgotten: List[str] = field(default_factory=list)
     bases: Dict[Hashable, Box] = field(default_factory=dict)            # refiner key -> base box (planned)
+    passed: Dict[str, Result] = field(default_factory=dict)  # id -> base box kept unrefined (e.g. invalid box)
+    order: List[str] = field(default_factory=list)          # ids of ``results`` in input order
 
 
 class RefineSession:
@@ -113,19 +115,22 @@ class RefineSession:
         if self.mode == "refine":
             bases = self._refine_mode_bases(frame, detections, stamp_ns, out, color)
         else:
-            bases = self._track_mode_bases(detections)
+            bases = self._track_mode_bases(detections, frame.shape[1], frame.shape[0])
+            out.order = list(bases)
         out.bases = {self._key(t): b for t, b in bases.items()}
         return out
 
     def finish(self, step: Step, results: Mapping[Hashable, Result]) -> Step:
         """Second half of :meth:`step`: file the refiner's results (keyed as in ``step.bases``)."""
+        refined = {}
         for key in step.bases:
             tid = key if self.namespace is None else key[1]
-            step.results[tid] = results[key]
+            refined[tid] = results[key]
             if tid.startswith(ANONYMOUS_PREFIX):
                 self.refiner.clear(key)
             else:
                 self.last_box[tid] = results[key].box
+        step.results = {tid: refined[tid] if tid in refined else step.passed[tid] for tid in step.order}
         return step
 
     def _refine_mode_bases(self, frame: np.ndarray, detections: Sequence[Tuple[str, Box]], stamp_ns: int,
@@ -140,6 +145,11 @@ class RefineSession:
             problem = box_problem(box, width, height) if len(box) == 4 else "box must be 4 numbers"
             if problem:
                 out.skipped.append((tid, "invalid_box", problem))
+                if tid not in base and tid not in out.passed:  # same id out, base box kept, flagged
+                    kept = tuple(float(v) for v in box) if len(box) == 4 else (math.nan,) * 4
+                    out.passed[tid] = Result(box=kept, score=0.0, base_box=kept, fallback=True,  # type: ignore
+                                             reason=problem)
+                    out.order.append(tid)
                 continue
             if tid in base:
                 out.skipped.append((tid, "duplicate_id", f"duplicate id '{tid}' in one frame; keeping the first"))
@@ -153,6 +163,8 @@ class RefineSession:
                     continue
                 new[tid] = tuple(float(v) for v in box)  # type: ignore[assignment]
             base[tid] = tuple(float(v) for v in box)  # type: ignore[assignment]
+            if out.passed.pop(tid, None) is None:  # else a valid box replaces an invalid one of this id
+                out.order.append(tid)
             if not tid.startswith(ANONYMOUS_PREFIX):
                 self.last_seen[tid] = stamp_ns
         if new:
@@ -167,9 +179,8 @@ class RefineSession:
                 out.forgotten.append(tid)
         return base
 
-    def _track_mode_bases(self, detections: Sequence[Tuple[str, Box]]) -> Dict[str, Box]:
-        usable = [(tid, box) for tid, box in detections
-                  if len(box) == 4 and all(math.isfinite(v) for v in box) and box[2] > 0 and box[3] > 0]
+    def _track_mode_bases(self, detections: Sequence[Tuple[str, Box]], width: int, height: int) -> Dict[str, Box]:
+        usable = [(tid, box) for tid, box in detections if len(box) == 4 and not box_problem(box, width, height)]
         by_id = {tid: box for tid, box in usable if tid}
         anonymous = [box for tid, box in usable if not tid]
         base: Dict[str, Box] = {}
