@@ -52,3 +52,15 @@ def bbox(box):
     from vision_msgs.msg import BoundingBox2D
     from ar_ros.io.detections import fill_bbox
     return fill_bbox(BoundingBox2D(), box)
+
+
+def installed_executable(name: str) -> str:
+    """Path of an ar_ros executable installed by colcon (lib/ar_ros/NAME); skips the test when not built."""
+    import os
+    from pathlib import Path
+    import pytest
+    for prefix in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep):
+        exe = Path(prefix) / "lib" / "ar_ros" / name
+        if exe.is_file():
+            return str(exe)
+    pytest.skip(f"ar_ros is not installed (no lib/ar_ros/{name}; source tools/setup_env.sh)")

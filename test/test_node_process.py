@@ -17,18 +17,14 @@ from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from vision_msgs.msg import Detection2DArray  # noqa: E402
 
-from ros_helpers import spin_until  # noqa: E402
+from ros_helpers import installed_executable, spin_until  # noqa: E402
 
 pytestmark = pytest.mark.ros
 HERE = Path(__file__).parent
 
 
 def node_executable() -> str:
-    for prefix in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep):
-        exe = Path(prefix) / "lib" / "ar_ros" / "ar_ros"
-        if exe.is_file():
-            return str(exe)
-    pytest.skip("ar_ros is not installed (source tools/setup_env.sh)")
+    return installed_executable("ar_ros")
 
 
 def start_node(tmp_path, checkpoint, extra_params="", remaps=()):

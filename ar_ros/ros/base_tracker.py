@@ -6,13 +6,10 @@ in every ``Detection2D`` of ``detections``. A lost target repeats its last box w
 """
 from __future__ import annotations
 
-import sys
 import threading
 from typing import Any, Dict, List, Optional
 
-import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 from vision_msgs.msg import BoundingBox2D, Detection2D, Detection2DArray, ObjectHypothesisWithPose
@@ -23,7 +20,7 @@ from ..engine.boxes import check_box
 from ..io.detections import bbox_to_xywh, fill_bbox
 from ..io.images import ImageError, image_to_rgb
 from ..opencv_trackers import OPENCV_TRACKERS, OpenCVTracker
-from .executor import make_executor
+from .executor import run_node
 from .qos import IMAGE_QOS, OUTPUT_QOS
 
 
@@ -109,21 +106,4 @@ class BaseTrackerNode(Node):
 
 
 def main(args: Optional[List[str]] = None) -> None:
-    rclpy.init(args=args if args is not None else sys.argv)
-    try:
-        node = BaseTrackerNode()
-    except ValueError as err:
-        print(f"base_tracker: {err}", file=sys.stderr)
-        rclpy.try_shutdown()
-        sys.exit(2)
-    executor = make_executor()
-    executor.add_node(node)
-    try:
-        while rclpy.ok():
-            executor.spin_once(timeout_sec=0.25)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        executor.shutdown(timeout_sec=1.0)
-        node.destroy_node()
-        rclpy.try_shutdown()
+    run_node("base_tracker", BaseTrackerNode, args=args)

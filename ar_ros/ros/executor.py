@@ -10,9 +10,13 @@ consecutive runs of ``benchmarks/bench_node.py --executor events|single``. Humbl
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+import re
+import sys
+from typing import Any, Callable, List, NoReturn, Optional
 
-from rclpy.executors import SingleThreadedExecutor
+import rclpy
+from rclpy.exceptions import InvalidParameterValueException, ParameterException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
 
 def make_executor(context: Optional[Any] = None):
@@ -25,3 +29,47 @@ def make_executor(context: Optional[Any] = None):
         else:
             return EventsExecutor(context=context)
     return SingleThreadedExecutor(context=context)
+
+
+def startup_error(err: Exception) -> str:
+    """One line for a node that could not be built: a rejected ``-p`` value or our own ValueError."""
+    if isinstance(err, InvalidParameterValueException):
+        # rclpy's text is 'Invalid parameter value (V) for parameter. Reason: R[: name]' (Humble: args (text, name))
+        text = str(err.args[0]) if err.args else str(err)
+        return "invalid parameter: " + re.sub(r": [A-Za-z_][\w.]*$", "", text.split("Reason: ", 1)[-1])
+    if isinstance(err, ParameterException):
+        return "invalid parameter: " + re.sub(r": [A-Za-z_][\w.]*$", "", " ".join(str(a) for a in err.args))
+    return str(err)
+
+
+def run_node(prog: str, make_node: Callable[[], Any], start: Optional[Callable[[Any], bool]] = None,
+             args: Optional[List[str]] = None) -> NoReturn:
+    """What an executable's ``main`` does: init, build the node, ``start`` it, spin until SIGINT/SIGTERM, exit.
+
+    Exit status (what launch ``respawn`` and systemd see): 0 after a signal, 2 when the node cannot be
+    built (a bad ``-p`` value: one line on stderr, no traceback), 1 when ``start`` returns False (e.g.
+    the model did not load; the node has logged why).
+    """
+    rclpy.init(args=args if args is not None else sys.argv)
+    try:
+        node = make_node()
+    except (ValueError, ParameterException) as err:
+        print(f"{prog}: {startup_error(err)}", file=sys.stderr)
+        rclpy.try_shutdown()
+        sys.exit(2)
+    executor = make_executor()
+    executor.add_node(node)
+    code = 0
+    try:
+        if start is not None and not start(node):
+            code = 1
+        # spin_once polling rather than spin(): a signal always ends the loop (rcl_wait can miss it)
+        while code == 0 and rclpy.ok():
+            executor.spin_once(timeout_sec=0.25)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        executor.shutdown(timeout_sec=1.0)
+        node.destroy_node()
+        rclpy.try_shutdown()
+    sys.exit(code)

@@ -10,18 +10,15 @@ model, targets keyed by (camera, id).
 """
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from typing import Any, Dict, List, Optional
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 SetParametersResult)
 from rclpy.exceptions import ParameterUninitializedException
-from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from std_srvs.srv import SetBool
@@ -30,7 +27,7 @@ from ..io.detections import stamp_to_ns
 from . import params as P
 from .camera import Camera, Job
 from .diagnostics import Meter, fmt
-from .executor import make_executor
+from .executor import run_node
 
 
 class RefinerNode(LifecycleNode):
@@ -43,6 +40,11 @@ class RefinerNode(LifecycleNode):
         for spec in P.PARAMS:
             default = Parameter.Type.STRING_ARRAY if spec.default is None else spec.default
             self.declare_parameter(spec.name, default, _descriptor(spec))
+        # values given at start (-p, params file) skip the set-parameters callback: same checks here
+        problem = next(filter(None, (P.validate(s.name, self.get_parameter(s.name).value)
+                                     for s in P.PARAMS if s.default is not None)), "")
+        if problem:
+            raise ValueError(problem)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.refiner = None
         self.device_label = ""
@@ -162,6 +164,7 @@ class RefinerNode(LifecycleNode):
             for cam in self.cameras:
                 cam.pending = None
                 cam.waiting.clear()
+                cam.unpaired = None
         try:
             import torch
             if torch.cuda.is_available():
@@ -211,7 +214,7 @@ class RefinerNode(LifecycleNode):
             if camera.pending is not None:
                 camera.counters.inc("skipped_stale")
             camera.pending = job
-            idle = self._worker_idle
+            idle = self._worker_idle and threading.current_thread() is not self._worker
             if idle:
                 self._picked_up.clear()
             self.cond.notify()
@@ -224,8 +227,13 @@ class RefinerNode(LifecycleNode):
         while not self._stop.is_set():
             with self.cond:
                 self._worker_idle = True
-                while not any(c.pending for c in self.cameras) and not self._stop.is_set():
-                    self.cond.wait(timeout=0.5)
+                while not self._stop.is_set():
+                    # detections waiting for their image (and track-mode frames for their detections)
+                    # time out here: each camera says when its next wait ends
+                    due = [d for d in (c.pair() for c in self.cameras) if d is not None]
+                    if any(c.pending for c in self.cameras):
+                        break
+                    self.cond.wait(timeout=min([0.5] + [max(d, 0.001) for d in due]))
                 self._worker_idle = False
                 jobs = [(c, c.pending) for c in self.cameras if c.pending is not None]
                 for cam, _ in jobs:
@@ -355,31 +363,15 @@ def _descriptor(spec: P.Spec) -> ParameterDescriptor:
 
 
 def main(args: Optional[List[str]] = None) -> None:
-    """Entry point: init, (auto)start, spin with a polling loop, shut down cleanly on SIGINT/SIGTERM."""
-    rclpy.init(args=args if args is not None else sys.argv)
-    try:
-        node = RefinerNode()
-    except ValueError as err:
-        print(f"ar_ros: {err}", file=sys.stderr)
-        rclpy.try_shutdown()
-        sys.exit(2)
-    executor = make_executor()
-    executor.add_node(node)
-    code = 0
-    try:
-        if node.get_parameter("autostart").value:
-            node.trigger_configure()
-            if node.refiner is None:
-                code = 1  # the reason is already logged
-                return
-            node.trigger_activate()
-        # spin_once polling rather than spin(): a signal always ends the loop (rcl_wait can miss it)
-        while rclpy.ok():
-            executor.spin_once(timeout_sec=0.25)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        executor.shutdown(timeout_sec=1.0)
-        node.destroy_node()
-        rclpy.try_shutdown()
-    sys.exit(code)
+    """Entry point: init, (auto)start, spin until SIGINT/SIGTERM; exits 1 when the model cannot be loaded."""
+    run_node("ar_ros", RefinerNode, _autostart, args)
+
+
+def _autostart(node: RefinerNode) -> bool:
+    """With ``autostart``, configure and activate; False when configuring failed (the reason is logged)."""
+    if not node.get_parameter("autostart").value:
+        return True
+    if node.trigger_configure() != TransitionCallbackReturn.SUCCESS or node.refiner is None:
+        return False
+    node.trigger_activate()
+    return True
