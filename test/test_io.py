@@ -1,4 +1,5 @@
 """Image and detection message conversions (duck-typed: work on any object with the fields)."""
+import struct
 from types import SimpleNamespace
 
 import cv2
@@ -6,8 +7,8 @@ import numpy as np
 import pytest
 
 from ar_ros.io.detections import bbox_to_xywh, fill_bbox, stamp_to_ns
-from ar_ros.io.images import (ImageError, SUPPORTED_ENCODINGS, compressed_to_rgb, image_to_rgb,
-                              parse_compressed_format)
+from ar_ros.io.images import (ImageError, SUPPORTED_ENCODINGS, check_image, compressed_size, compressed_to_rgb,
+                              image_to_rgb, parse_compressed_format)
 
 
 def msg(arr, encoding, step=None, bigendian=0):
@@ -125,6 +126,31 @@ def test_compressed_formats_and_corrupt_data(rgb):
         compressed_to_rgb(SimpleNamespace(format="jpeg", data=jpg.tobytes()[:50]))
     with pytest.raises(ImageError, match="unknown compressed format"):
         compressed_to_rgb(SimpleNamespace(format="bgr8; webp compressed", data=jpg.tobytes()))
+
+
+def test_sizes_are_checked_before_anything_is_decoded():
+    small = np.zeros((48, 64, 3), np.uint8)
+    for ext, flags in ((".png", []), (".jpg", []), (".jpg", [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])):
+        assert compressed_size(cv2.imencode(ext, small, flags)[1]) == (64, 48)
+    # a small file whose header says 10000x10000 is refused before decoding (the raw path's cap)
+    jpg = bytearray(cv2.imencode(".jpg", small)[1].tobytes())
+    sof = jpg.index(b"\xff\xc0")
+    jpg[sof + 5:sof + 9] = struct.pack(">HH", 10000, 10000)
+    png = bytearray(cv2.imencode(".png", small)[1].tobytes())
+    png[16:24] = struct.pack(">II", 10000, 10000)
+    for data, fmt in ((jpg, "jpeg"), (png, "png")):
+        with pytest.raises(ImageError, match="too large"):
+            compressed_to_rgb(SimpleNamespace(format=fmt, data=bytes(data)))
+    for w, h in ((1, 1), (1, 640), (480, 1)):
+        tiny = np.zeros((h, w, 3), np.uint8)
+        with pytest.raises(ImageError, match="too small"):
+            compressed_to_rgb(SimpleNamespace(format="png", data=cv2.imencode(".png", tiny)[1].tobytes()))
+        with pytest.raises(ImageError, match="too small"):
+            check_image(msg(tiny, "bgr8"))
+    with pytest.raises(ImageError, match="neither PNG nor JPEG"):
+        compressed_to_rgb(SimpleNamespace(format="png", data=cv2.imencode(".bmp", small)[1].tobytes()))
+    with pytest.raises(ImageError, match="corrupt or truncated"):
+        compressed_size(bytes(jpg[:sof + 6]))
 
 
 def test_bbox_conversions_round_trip():

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import torch
 
+from ..io.images import MIN_SIDE
 from ..model import AlphaRefineNet, CheckpointError, load_network
 from ..model.fuse import fold_batchnorm as fold_batchnorm_layers
 from . import crop as cropping
@@ -79,7 +80,7 @@ def check_frame(frame: np.ndarray) -> Tuple[int, int]:
         raise ValueError(f"frame must be uint8, got {frame.dtype}")
     if frame.ndim != 3 or frame.shape[2] != 3:
         raise ValueError(f"frame must be HxWx3, got shape {frame.shape}")
-    if frame.shape[0] < 2 or frame.shape[1] < 2:
+    if frame.shape[0] < MIN_SIDE or frame.shape[1] < MIN_SIDE:
         raise ValueError(f"frame is too small: {frame.shape[1]}x{frame.shape[0]}")
     return frame.shape[0], frame.shape[1]
 

@@ -1,6 +1,7 @@
 """sensor_msgs/Image and CompressedImage <-> numpy (our small replacement for cv_bridge)."""
 from __future__ import annotations
 
+import struct
 from typing import Any, Optional, Tuple
 
 import cv2
@@ -23,7 +24,10 @@ _TO_RGB = {
     "yuv422_yuy2": cv2.COLOR_YUV2RGB_YUYV, "yuyv": cv2.COLOR_YUV2RGB_YUYV,
 }
 _PAIRED = ("yuv422", "uyvy", "yuv422_yuy2", "yuyv")  # two pixels share one U, V pair
+MIN_SIDE = 2  # pixels each way: the refiner crops and resamples around a box; a 1-pixel row or column cannot be
 MAX_PIXELS = 8192 * 8192
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # frame headers (C4 DHT, C8 JPG, CC DAC are not)
 
 
 class ImageError(ValueError):
@@ -38,26 +42,45 @@ def _as_bytes_array(data: Any) -> np.ndarray:
         return np.asarray(data, dtype=np.uint8).reshape(-1)
 
 
-def image_to_array(msg: Any) -> np.ndarray:
-    """Image message -> HxW or HxWxC array with the message's own layout (no colour conversion)."""
+def check_size(width: int, height: int) -> None:
+    """``ImageError`` unless a ``width`` x ``height`` frame can be refined: at least ``MIN_SIDE`` pixels each
+    way, at most ``MAX_PIXELS`` in all (what one message may cost to decode is bounded by this)."""
+    if height <= 0 or width <= 0:
+        raise ImageError(f"empty image ({width}x{height})")
+    if width < MIN_SIDE or height < MIN_SIDE:
+        raise ImageError(f"image too small to refine ({width}x{height}; at least {MIN_SIDE}x{MIN_SIDE})")
+    if height * width > MAX_PIXELS:
+        raise ImageError(f"image too large ({width}x{height}; at most {MAX_PIXELS} pixels)")
+
+
+def check_image(msg: Any) -> None:
+    """``ImageError`` unless an Image message decodes to a frame that can be refined. Reads the encoding,
+    size, step and data length, never the pixels: cheap enough for every message on arrival."""
     enc = str(msg.encoding)
     if enc not in _LAYOUT:
         raise ImageError(f"unsupported encoding '{enc}' (supported: {', '.join(SUPPORTED_ENCODINGS)})")
     dtype, ch = _LAYOUT[enc]
     h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    if h <= 0 or w <= 0:
-        raise ImageError(f"empty image ({w}x{h})")
-    if h * w > MAX_PIXELS:
-        raise ImageError(f"image too large ({w}x{h})")
+    check_size(w, h)
     if enc in _PAIRED and w % 2:
         raise ImageError(f"{enc} needs an even width (two pixels share one U/V pair), got {w}")
-    itemsize = np.dtype(dtype).itemsize
-    row_bytes = w * ch * itemsize
+    row_bytes = w * ch * np.dtype(dtype).itemsize
     if step < row_bytes:
         raise ImageError(f"step {step} is smaller than width*channels*bytes = {row_bytes} for {enc} {w}x{h}")
+    size = _as_bytes_array(msg.data).size
+    if size < step * h:
+        raise ImageError(f"data has {size} bytes, expected step*height = {step * h} for {enc} {w}x{h}")
+
+
+def image_to_array(msg: Any) -> np.ndarray:
+    """Image message -> HxW or HxWxC array with the message's own layout (no colour conversion)."""
+    check_image(msg)
+    enc = str(msg.encoding)
+    dtype, ch = _LAYOUT[enc]
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    itemsize = np.dtype(dtype).itemsize
+    row_bytes = w * ch * itemsize
     data = _as_bytes_array(msg.data)
-    if data.size < step * h:
-        raise ImageError(f"data has {data.size} bytes, expected step*height = {step * h} for {enc} {w}x{h}")
     rows = data[: step * h].reshape(h, step)[:, :row_bytes]
     dt = np.dtype(dtype).newbyteorder(">" if int(msg.is_bigendian) else "<")
     arr = np.ascontiguousarray(rows).view(dt).reshape(h, w, ch)
@@ -114,17 +137,58 @@ def parse_compressed_format(fmt: str) -> Tuple[str, str]:
     else:
         raw, codec = "bgr8", fmt.split()[0]
     codec = {"jpg": "jpeg"}.get(codec, codec)
-    if codec not in ("jpeg", "png", "tiff"):
+    if codec not in ("jpeg", "png"):  # the two whose size compressed_size reads before decoding
         raise ImageError(f"unknown compressed format '{fmt}'")
     return raw or "bgr8", codec
 
 
-def compressed_to_rgb(msg: Any) -> np.ndarray:
-    """CompressedImage message (jpeg/png) -> HxWx3 uint8 RGB."""
-    raw, _codec = parse_compressed_format(str(msg.format))
+def compressed_size(data: Any) -> Tuple[int, int]:
+    """(width, height) of PNG or JPEG data, read from its header (PNG IHDR, JPEG frame header) without
+    decoding; ``ImageError`` for other data or a header that cannot be read."""
+    view = memoryview(_as_bytes_array(data))  # indexing gives ints
+    if bytes(view[:8]) == _PNG_SIGNATURE:
+        if len(view) < 24 or bytes(view[12:16]) != b"IHDR":
+            raise ImageError(f"PNG without its IHDR header ({len(view)} bytes): corrupt or truncated")
+        width, height = struct.unpack(">II", view[16:24])
+        return width, height
+    if bytes(view[:2]) == b"\xff\xd8":
+        pos = 2
+        # segments up to the frame header: each step skips one whole segment, so a message of n bytes
+        # costs at most n / 4 steps
+        while pos + 4 <= len(view) and view[pos] == 0xFF:
+            marker = view[pos + 1]
+            if marker == 0xFF:  # fill byte
+                pos += 1
+            elif marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+                pos += 2
+            elif marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
+                break
+            elif marker in _JPEG_SOF:
+                if pos + 9 > len(view):
+                    break
+                height, width = struct.unpack(">HH", view[pos + 5:pos + 9])
+                return width, height
+            else:
+                pos += 2 + ((view[pos + 2] << 8) | view[pos + 3])
+        raise ImageError(f"JPEG without a readable frame header ({len(view)} bytes): corrupt or truncated")
+    raise ImageError(f"compressed data is neither PNG nor JPEG (starts {bytes(view[:8]).hex()})")
+
+
+def check_compressed(msg: Any) -> None:
+    """``ImageError`` unless a CompressedImage message names a known format and its header gives a size
+    that can be refined (:func:`check_size`); nothing is decoded."""
+    parse_compressed_format(str(msg.format))
     buf = _as_bytes_array(msg.data)
     if buf.size == 0:
         raise ImageError("compressed image has no data")
+    check_size(*compressed_size(buf))
+
+
+def compressed_to_rgb(msg: Any) -> np.ndarray:
+    """CompressedImage message (jpeg/png) -> HxWx3 uint8 RGB. The size is checked before decoding."""
+    check_compressed(msg)
+    raw, _codec = parse_compressed_format(str(msg.format))
+    buf = _as_bytes_array(msg.data)
     img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if img is None:
         raise ImageError(f"cannot decode compressed image ({buf.size} bytes, format '{msg.format}'): "
