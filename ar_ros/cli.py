@@ -201,11 +201,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .eval.synthetic import suite
     refiner = Refiner(args.checkpoint, device=args.device)
     sequences = suite(args.suite)
-    results = run_suite(refiner, sequences, base=args.base, progress=None if args.json else print)
+    results = run_suite(refiner, sequences, base=args.base, progress=None if args.json else print, loop=args.loop)
     totals = summary(results)
-    data = {"suite": args.suite, "base": args.base, "summary": {k: v.to_dict() for k, v in totals.items()},
+    data = {"suite": args.suite, "base": args.base, "loop": args.loop,
+            "summary": {k: v.to_dict() for k, v in totals.items()},
             "sequences": {r.name: {"base": r.base.to_dict(), "refined": r.refined.to_dict(),
-                                   "refine_ms": r.refine_ms, "fallbacks": r.fallbacks} for r in results}}
+                                   "refine_ms": r.refine_ms, "fallbacks": r.fallbacks, "reseeds": r.reseeds}
+                          for r in results}}
     if args.json:
         print(json.dumps(data))
     else:
@@ -213,7 +215,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        stem = f"{args.suite}_{args.base}"
+        stem = f"{args.suite}_{args.base}" + ("_closed" if args.loop == "closed" else "")
         report.write_json(out / f"eval_{stem}.json", data)
         report.plot_per_sequence(out / f"auc_{stem}.png", [r.name for r in results],
                                  [r.base.auc for r in results], [r.refined.auc for r in results],
@@ -347,7 +349,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="score base vs refined on a synthetic suite")
     p.add_argument("--suite", default="small",
                    help="tiny | small | reference | validation (seeds for choosing models, not for reporting)")
-    p.add_argument("--base", default="jitter", choices=["jitter", "csrt", "kcf", "mil"])
+    p.add_argument("--base", default="jitter", choices=["jitter", "oracle", "csrt", "kcf", "mil"],
+                   help="oracle = the ground truth itself (refinement must keep a right box right)")
+    p.add_argument("--loop", default="open", choices=["open", "closed"],
+                   help="closed: the OpenCV base tracker is re-seeded with the refined box every frame (the paper)")
     p.add_argument("--out", default=None, help="folder for JSON, plots and a best/worst contact sheet")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     common(p)

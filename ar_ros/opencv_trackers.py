@@ -30,12 +30,28 @@ class OpenCVTracker:
         self.kind = kind
         self._tracker = None
         self.last: Optional[Box] = None
+        self.reseeds = 0  # times reseed() re-initialised the tracker
 
     def init(self, rgb: np.ndarray, box: Box) -> None:
         self._tracker = create_opencv_tracker(self.kind)
         x, y, w, h = (int(round(v)) for v in box)
         self._tracker.init(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), (x, y, max(w, 1), max(h, 1)))
         self.last = tuple(float(v) for v in box)  # type: ignore[assignment]
+
+    def reseed(self, rgb: np.ndarray, box: Box) -> bool:
+        """The closed loop: the next :meth:`update` starts from ``box`` on ``rgb`` (e.g. the refined box).
+
+        OpenCV trackers have no way to move their state, so this re-initialises the tracker there. A box
+        within 1e-3 px of the one it reported itself (e.g. a refinement that fell back to the base box)
+        changes nothing and keeps the learned model; returns whether the tracker was re-initialised.
+        """
+        if self._tracker is None:
+            raise RuntimeError("call init() first")
+        if self.last is not None and np.allclose(self.last, box, rtol=0.0, atol=1e-3):
+            return False
+        self.init(rgb, box)
+        self.reseeds += 1
+        return True
 
     def update(self, rgb: np.ndarray) -> Optional[Box]:
         if self._tracker is None:

@@ -1,15 +1,19 @@
-"""Base trackers to refine in evaluation: the paper's jittered ground truth, and real OpenCV trackers."""
+"""Base trackers to refine in evaluation: the paper's jittered ground truth, the ground truth itself (the
+oracle: a box that is already right, which refinement must not spoil), and real OpenCV trackers."""
 from __future__ import annotations
 
 import math
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..opencv_trackers import OPENCV_TRACKERS, OpenCVTracker
 
 Box = Tuple[float, float, float, float]
-BASES = ("jitter",) + OPENCV_TRACKERS
+BASES = ("jitter", "oracle") + OPENCV_TRACKERS
+# open: the base tracker never sees the refined box. closed (the paper's): each frame the refined box
+# replaces the tracker's state, so its next update starts from it; only trackers with state can do it.
+LOOPS = ("open", "closed")
 
 
 def jitter(box: Box, rng: np.random.Generator, scale: float = 0.25, center: float = 0.25) -> Box:
@@ -33,15 +37,32 @@ def jittered_gt(gt: Sequence[Box], seed: int, scale: float = 0.25, center: float
     return out
 
 
-def run_opencv(frames: Iterable[np.ndarray], init_box: Box, kind: str = "csrt") -> List[Optional[Box]]:
-    """Track through ``frames`` from ``init_box``; a lost frame repeats the last box (as trackers report)."""
-    tracker = OpenCVTracker(kind)
-    out: List[Optional[Box]] = []
+def oracle(gt: Sequence[Box]) -> List[Optional[Box]]:
+    """The ground truth itself as the base box; absent GT (empty box) stays absent (None)."""
+    return [tuple(box) if box is not None and box[2] > 0 and box[3] > 0 else None for box in gt]
+
+
+def check_loop(base: str, loop: str) -> None:
+    """``ValueError`` unless ``base`` can run in ``loop``: closed loop needs a tracker with state."""
+    if loop not in LOOPS:
+        raise ValueError(f"loop must be one of {LOOPS}, got {loop!r}")
+    if loop == "closed" and base not in OPENCV_TRACKERS:
+        raise ValueError(f"base '{base}' has no tracker state to re-seed with the refined box, so closed loop "
+                         f"is the same as open; closed loop needs an OpenCV tracker ({', '.join(OPENCV_TRACKERS)})")
+
+
+def track_opencv(frames: Iterable[np.ndarray], init_box: Box, tracker: OpenCVTracker) -> Iterator[Box]:
+    """Yield ``tracker``'s box on each frame, from ``init_box`` on the first; a lost frame repeats the last
+    box (as trackers report). Lazy, so a caller may :meth:`~OpenCVTracker.reseed` it between frames."""
     for i, rgb in enumerate(frames):
         if i == 0:
             tracker.init(rgb, init_box)
-            out.append(tuple(init_box))
+            yield tuple(init_box)  # type: ignore[misc]
         else:
             box = tracker.update(rgb)
-            out.append(box if box is not None else tracker.last)
-    return out
+            yield box if box is not None else tracker.last  # type: ignore[misc]
+
+
+def run_opencv(frames: Iterable[np.ndarray], init_box: Box, kind: str = "csrt") -> List[Optional[Box]]:
+    """Track through ``frames`` from ``init_box`` in open loop (see :func:`track_opencv`)."""
+    return list(track_opencv(frames, init_box, OpenCVTracker(kind)))

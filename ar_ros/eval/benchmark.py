@@ -9,7 +9,8 @@ import numpy as np
 
 from ..engine.refiner import Refiner
 from ..engine.session import RefineSession
-from .base_trackers import OPENCV_TRACKERS, jittered_gt, run_opencv
+from ..opencv_trackers import OpenCVTracker
+from .base_trackers import OPENCV_TRACKERS, check_loop, jittered_gt, oracle, run_opencv, track_opencv
 from .metrics import Scores, average, score
 from .synthetic import Sequence
 
@@ -24,19 +25,28 @@ class SequenceResult:
     gt: np.ndarray
     refine_ms: float
     fallbacks: int
+    reseeds: int = 0  # closed loop: frames on which the base tracker was re-seeded with the refined box
 
 
 def base_boxes(seq: Sequence, frames: List, base: str, seed: int) -> List[Optional[tuple]]:
     gt = [f.box for f in frames]
     if base == "jitter":
         return jittered_gt(gt, seed)
+    if base == "oracle":
+        return oracle(gt)
     if base in OPENCV_TRACKERS:
         return run_opencv((f.image for f in frames), gt[0], base)
     raise ValueError(f"unknown base tracker {base!r}")
 
 
-def refine_sequence(refiner: Refiner, frames: List, boxes: List[Optional[tuple]]) -> tuple:
-    """Refine a single-target sequence: template from frame 0's box, then every frame's base box."""
+def refine_sequence(refiner: Refiner, frames: List, boxes: Iterable[Optional[tuple]],
+                    feedback: Optional[Callable[[int, tuple], None]] = None) -> tuple:
+    """Refine a single-target sequence: template from frame 0's box, then every frame's base box.
+
+    ``boxes`` is consumed one frame at a time, after ``feedback(frame index, refined box)`` was called
+    for the frame before (from frame 1 on: frame 0 holds the init box), so it may be a tracker that
+    takes the refined box back (closed loop).
+    """
     refiner.clear()
     session = RefineSession(refiner, mode="refine", max_targets=1, target_timeout_ns=10**18)
     out = np.full((len(frames), 4), np.nan)
@@ -51,22 +61,47 @@ def refine_sequence(refiner: Refiner, frames: List, boxes: List[Optional[tuple]]
         if res is not None:
             out[i] = res.box
             fallbacks += int(res.fallback)
+            if feedback is not None and i > 0:
+                feedback(i, res.box)
     return out, float(np.median(times)) if times else float("nan"), fallbacks
 
 
+def closed_loop_sequence(refiner: Refiner, frames: List, kind: str) -> tuple:
+    """The paper's loop: an OpenCV tracker from frame 0's box, re-seeded with the refined box every frame.
+
+    Returns (base boxes, refined boxes, median refine ms, fallbacks, re-seeds).
+    """
+    tracker = OpenCVTracker(kind)
+    boxes: List[Optional[tuple]] = []
+
+    def base_stream():
+        for box in track_opencv((f.image for f in frames), frames[0].box, tracker):
+            boxes.append(box)
+            yield box
+
+    refined, ms, fallbacks = refine_sequence(refiner, frames, base_stream(),
+                                             lambda i, box: tracker.reseed(frames[i].image, box))
+    return boxes, refined, ms, fallbacks, tracker.reseeds
+
+
 def run_suite(refiner: Refiner, sequences: Iterable[Sequence], base: str = "jitter",
-              progress: Optional[Callable[[str], None]] = None) -> List[SequenceResult]:
-    """Score base and refined boxes on every sequence."""
+              progress: Optional[Callable[[str], None]] = None, loop: str = "open") -> List[SequenceResult]:
+    """Score base and refined boxes on every sequence; ``loop`` see :data:`~.base_trackers.LOOPS`."""
+    check_loop(base, loop)
     results = []
     for seq in sequences:
         frames = list(seq)
         gt = np.array([f.box for f in frames], np.float64)
-        boxes = base_boxes(seq, frames, base, seed=seq.seed)
+        reseeds = 0
+        if loop == "closed":
+            boxes, refined, ms, fallbacks, reseeds = closed_loop_sequence(refiner, frames, base)
+        else:
+            boxes = base_boxes(seq, frames, base, seed=seq.seed)
+            refined, ms, fallbacks = refine_sequence(refiner, frames, boxes)
         base_arr = np.array([b if b is not None else (np.nan,) * 4 for b in boxes], np.float64)
-        refined, ms, fallbacks = refine_sequence(refiner, frames, boxes)
         # frame 0 is the init box in both: score from frame 1 as OPE toolkits do for the refined part
         r = SequenceResult(f"seq{seq.seed}", score(base_arr[1:], gt[1:]), score(refined[1:], gt[1:]),
-                           base_arr, refined, gt, ms, fallbacks)
+                           base_arr, refined, gt, ms, fallbacks, reseeds)
         results.append(r)
         if progress is not None:
             progress(f"{r.name}: base AUC {r.base.auc * 100:.1f} -> refined {r.refined.auc * 100:.1f}")

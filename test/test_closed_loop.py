@@ -1,0 +1,60 @@
+"""The paper's closed loop (refined box back into the base tracker) and the oracle base, on real OpenCV trackers."""
+import numpy as np
+import pytest
+
+from ar_ros import Refiner
+from ar_ros.eval.base_trackers import check_loop, oracle, run_opencv
+from ar_ros.eval.benchmark import closed_loop_sequence, run_suite
+from ar_ros.eval.synthetic import Sequence
+from ar_ros.opencv_trackers import OpenCVTracker
+
+
+@pytest.fixture(scope="module")
+def short_seq():
+    seq = Sequence(100_001, 8, (320, 240))
+    return seq, list(seq)
+
+
+def test_closed_loop_restarts_the_tracker_from_each_refined_box(short_seq):
+    _, frames = short_seq
+    kind = "kcf"
+    base, refined, _, _, reseeds = closed_loop_sequence(Refiner(), frames, kind)  # the shipped model
+    open_base = run_opencv((f.image for f in frames), frames[0].box, kind)
+    assert len(base) == len(frames) and reseeds > 0
+    # frame 1 is tracked from the init box in both loops; from frame 2 on, closed loop tracks from refined boxes
+    assert np.allclose(base[1], open_base[1])
+    assert not np.allclose(np.array(base[2:]), np.array(open_base[2:]))
+    checked = 0
+    for i in range(2, len(frames)):
+        if np.allclose(refined[i - 1], base[i - 1], atol=1e-3):
+            continue  # the refiner kept the base box: nothing to feed back
+        # the base box of frame i is what a tracker started on frame i-1 from the refined box reports
+        fresh = OpenCVTracker(kind)
+        fresh.init(frames[i - 1].image, tuple(refined[i - 1]))
+        box = fresh.update(frames[i].image)
+        assert np.allclose(base[i], box if box is not None else refined[i - 1], atol=1e-6), i
+        checked += 1
+    assert checked >= 2
+
+
+def test_reseed_with_the_trackers_own_box_keeps_its_model(short_seq):
+    _, frames = short_seq
+    tracker = OpenCVTracker("kcf")
+    tracker.init(frames[0].image, frames[0].box)
+    box = tracker.update(frames[1].image) or tracker.last
+    assert not tracker.reseed(frames[1].image, box) and tracker.reseeds == 0
+    moved = (box[0] + 3.0, box[1], box[2], box[3])
+    assert tracker.reseed(frames[1].image, moved) and tracker.reseeds == 1 and tracker.last == moved
+
+
+def test_oracle_base_is_the_ground_truth_and_stateless_bases_refuse_closed_loop(short_seq, small_net):
+    seq, frames = short_seq
+    (r,) = run_suite(Refiner(small_net), [seq], base="oracle")
+    assert np.allclose(r.base_boxes, r.gt)
+    assert r.base.auc == pytest.approx(20 / 21)  # IoU 1 passes every success threshold but the last (IoU > 1)
+    assert oracle([(1.0, 2.0, 3.0, 4.0), (0.0, 0.0, 0.0, 0.0)]) == [(1.0, 2.0, 3.0, 4.0), None]
+    for base in ("jitter", "oracle"):
+        with pytest.raises(ValueError, match="closed loop needs an OpenCV tracker"):
+            check_loop(base, "closed")
+    with pytest.raises(ValueError, match="loop must be one of"):
+        check_loop("csrt", "half")
