@@ -25,8 +25,10 @@ def test_max_targets_invalid_and_duplicate_inputs_are_skipped_with_reasons(sessi
     huge = (0.0, 0.0, 2e300, 50.0)  # finite but absurd: not "refined" to 2.2e300
     step = session.step(frame, [("a", BOX), ("n", (float("nan"), 0, 1, 1)), ("a", BOX), ("b", BOX), ("c", BOX),
                                 ("h", huge)], 0)
-    # invalid boxes come out under their id, base box kept, flagged (the same ids in as out)
-    assert list(step.results) == ["a", "n", "b", "h"]
+    # invalid boxes, and those over max_targets, come out under their id, base box kept, flagged (the same
+    # ids in as out)
+    assert list(step.results) == ["a", "n", "b", "c", "h"]
+    assert step.results["c"].fallback and step.results["c"].box == BOX and "max_targets" in step.results["c"].reason
     assert step.results["h"].box == huge and step.results["h"].fallback and "times the" in step.results["h"].reason
     assert step.results["n"].fallback and "NaN" in step.results["n"].reason and step.results["n"].score == 0.0
     kinds = {(tid, kind) for tid, kind, _ in step.skipped}
@@ -38,6 +40,19 @@ def test_anonymous_detections_use_their_own_frame_and_leave_nothing_behind(sessi
     step = session.step(frame, [("", BOX), ("", (10.0, 10.0, 50.0, 40.0))], stamp_ns=0)
     assert sorted(step.results) == ["#0", "#1"]
     assert session.targets == [] and session.refiner.targets == []
+
+
+def test_id_less_boxes_count_against_max_targets(session, frame):
+    # one message with 1000 id-less boxes: max_targets (2) templates and crops, the rest flagged, in input order
+    boxes = [("", (float(x), 100.0, 40.0, 30.0)) for x in range(0, 500, 5)] * 10
+    passes = session.refiner.passes
+    step = session.step(frame, [("a", BOX)] + boxes, stamp_ns=0)
+    assert len(step.results) == 1001 and list(step.results)[:3] == ["a", "#1", "#2"]
+    refined = [tid for tid, res in step.results.items() if "max_targets" not in res.reason]
+    assert refined == ["a", "#1"] and session.refiner.last_batch_size == 2 and session.refiner.passes == passes + 1
+    assert all(res.fallback and res.box == res.base_box for tid, res in step.results.items() if tid not in refined)
+    assert sum(kind == "over_max_targets" for _, kind, _ in step.skipped) == 999
+    assert session.targets == ["a"] and session.refiner.targets == ["a"]
 
 
 def test_track_mode_uses_matching_ids_then_overlap_then_last_box(small_net, frame):

@@ -138,6 +138,7 @@ class RefineSession:
         height, width = frame.shape[:2]
         base: Dict[str, Box] = {}
         new: Dict[str, Box] = {}
+        id_less: Dict[str, Box] = {}
         known = set(self._known())
         live = len([t for t in known if not t.startswith(ANONYMOUS_PREFIX)])
         for i, (tid, box) in enumerate(detections):
@@ -146,27 +147,38 @@ class RefineSession:
             if problem:
                 out.skipped.append((tid, "invalid_box", problem))
                 if tid not in base and tid not in out.passed:  # same id out, base box kept, flagged
-                    kept = tuple(float(v) for v in box) if len(box) == 4 else (math.nan,) * 4
-                    out.passed[tid] = Result(box=kept, score=0.0, base_box=kept, fallback=True,  # type: ignore
-                                             reason=problem)
+                    out.passed[tid] = _kept(box, problem)
                     out.order.append(tid)
                 continue
             if tid in base:
                 out.skipped.append((tid, "duplicate_id", f"duplicate id '{tid}' in one frame; keeping the first"))
                 continue
+            if tid.startswith(ANONYMOUS_PREFIX):  # refined with what is left of max_targets, below
+                id_less[tid] = tuple(float(v) for v in box)  # type: ignore[assignment]
+                out.order.append(tid)
+                continue
             if tid not in known:
-                anonymous = tid.startswith(ANONYMOUS_PREFIX)
-                if not anonymous and live + len([t for t in new if not t.startswith(ANONYMOUS_PREFIX)]) >= \
-                        self.max_targets:
-                    out.skipped.append((tid, "over_max_targets",
-                                        f"more than max_targets={self.max_targets} targets; dropping '{tid}'"))
+                if live + len(new) >= self.max_targets:
+                    reason = f"more than max_targets={self.max_targets} targets; '{tid}' keeps its base box"
+                    out.skipped.append((tid, "over_max_targets", reason))
+                    if tid not in out.passed:  # same id out, flagged
+                        out.passed[tid] = _kept(box, reason)
+                        out.order.append(tid)
                     continue
                 new[tid] = tuple(float(v) for v in box)  # type: ignore[assignment]
             base[tid] = tuple(float(v) for v in box)  # type: ignore[assignment]
             if out.passed.pop(tid, None) is None:  # else a valid box replaces an invalid one of this id
                 out.order.append(tid)
-            if not tid.startswith(ANONYMOUS_PREFIX):
-                self.last_seen[tid] = stamp_ns
+            self.last_seen[tid] = stamp_ns
+        # id-less boxes each need a template of their own: at most max_targets boxes are refined per frame,
+        # the rest keep their base box, flagged (1000 of them in one message took seconds and 50+ MB)
+        for tid, box in id_less.items():
+            if len(base) < self.max_targets:
+                new[tid] = base[tid] = box
+                continue
+            reason = f"more than max_targets={self.max_targets} targets in this frame; base box kept"
+            out.skipped.append((tid, "over_max_targets", reason))
+            out.passed[tid] = _kept(box, reason)
         if new:
             self.refiner.set_targets(frame, {self._key(t): b for t, b in new.items()}, color=color)
         for tid, seen in list(self.last_seen.items()):
@@ -192,3 +204,9 @@ class RefineSession:
                 best = max(anonymous, key=lambda b: iou(last, b), default=None)
                 base[tid] = best if best is not None and iou(last, best) > 0.1 else last
         return base
+
+
+def _kept(box: Sequence[float], reason: str) -> Result:
+    """The base box passed through unrefined, flagged as a fallback with ``reason``."""
+    kept = tuple(float(v) for v in box) if len(box) == 4 else (math.nan,) * 4
+    return Result(box=kept, score=0.0, base_box=kept, fallback=True, reason=reason)  # type: ignore[arg-type]
