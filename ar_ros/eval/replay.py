@@ -16,13 +16,14 @@ from typing import Dict, List, Optional, Union
 
 import numpy as np
 
-from ..draw import draw_targets, label_image
+from ..draw import draw_targets, label_image, open_video
 from ..engine.refiner import Refiner
 from ..engine.session import RefineSession
 from ..io.detections import bbox_to_xywh, stamp_to_ns
 from ..io.images import ImageError, compressed_to_rgb, image_to_frame
 from ..progress import progress_bar
 from . import bags
+from .base_trackers import LOOPS, TrackerBank
 from .metrics import Scores, score
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class ReplayResult:
     bad_images: int = 0
     bad_messages: int = 0  # other messages that could not be decoded (skipped, copied as they were)
     fallbacks: int = 0
+    reseeds: int = 0  # closed loop: times a base tracker was re-seeded with a refined box
     seconds: float = 0.0
     output: Optional[Path] = None
 
@@ -71,8 +73,13 @@ def replay(bag: Union[str, Path], refiner: Refiner, out: Union[str, Path, None] 
            image_topic: Optional[str] = None, detections_topic: str = bags.BASE_TOPIC,
            gt_topic: str = bags.GT_TOPIC, mask: bool = False, storage: str = "mcap",
            mode: str = "refine", max_targets: int = 8, video: Union[str, Path, None] = None,
-           progress: bool = True, overwrite: bool = False, video_fps: float = 15.0) -> ReplayResult:
+           progress: bool = True, overwrite: bool = False, video_fps: float = 15.0,
+           base_tracker: Optional[str] = None, loop: str = "open") -> ReplayResult:
     """Refine a bag. With ``out``, writes all its topics plus ``/refined/detections`` (and ``/refined/mask``).
+
+    The base boxes are the recorded detections, which are fixed, so closed loop needs ``base_tracker``
+    (an OpenCV tracker run on the bag's images, started from each id's first recorded box, see
+    :class:`~.base_trackers.TrackerBank`); ``loop="closed"`` re-seeds it with the refined box every frame.
 
     The output storage defaults to mcap (ROS 2's default since Iron, and here the cheapest to write:
     ``benchmarks/bench_replay.py --storage``); ``storage="sqlite3"`` is available.
@@ -90,6 +97,13 @@ def replay(bag: Union[str, Path], refiner: Refiner, out: Union[str, Path, None] 
         topics = {c.topic for c in reader.connections}
         if detections_topic not in topics:
             raise bags.BagError(f"{bag}: no detections topic {detections_topic}; topics: {sorted(topics)}")
+        if loop not in LOOPS:
+            raise ValueError(f"loop must be one of {LOOPS}, got {loop!r}")
+        if loop == "closed" and base_tracker is None:
+            raise ValueError("closed loop feeds the refined box back into the base tracker, but a bag's recorded "
+                             "detections are fixed: pass a base tracker to run on the bag's images (--base csrt, "
+                             "kcf or mil), started from each id's first recorded box")
+        bank = TrackerBank(base_tracker, loop) if base_tracker is not None else None
         session = RefineSession(refiner, mode=mode, max_targets=max_targets)
         total = image_conn.msgcount
         bar = progress_bar(total, f"replay {Path(bag).name}", enabled=progress)
@@ -145,7 +159,8 @@ def replay(bag: Union[str, Path], refiner: Refiner, out: Union[str, Path, None] 
                     if stamp not in images or stamp not in dets:
                         continue
                     log_t, img_msg = images.pop(stamp)
-                    frame = _process(session, img_msg, dets.pop(stamp), image_conn.msgtype, stamp, result, mask)
+                    frame = _process(session, img_msg, dets.pop(stamp), image_conn.msgtype, stamp, result, mask,
+                                     bank)
                     if frame is None:
                         continue
                     image, color, step = frame
@@ -187,14 +202,21 @@ def _copy_connection(writer, conn, store):
                                      offered_qos_profiles=conn.ext.offered_qos_profiles)
 
 
-def _process(session: RefineSession, img_msg, det_msg, msgtype: str, stamp: int, result: ReplayResult, mask: bool):
+def _process(session: RefineSession, img_msg, det_msg, msgtype: str, stamp: int, result: ReplayResult, mask: bool,
+             bank: Optional[TrackerBank] = None):
     try:
         image, color = _decode(img_msg, msgtype)
     except ImageError:
         result.bad_images += 1
         return None
     inputs = [(d.id, bbox_to_xywh(d.bbox)) for d in det_msg.detections]
+    if bank is not None:
+        rgb = image if color == "rgb" else np.ascontiguousarray(image[..., ::-1])  # OpenCVTracker takes RGB
+        inputs = bank.boxes(rgb, inputs)
     step = session.step(image, inputs, stamp, mask=mask, color=color)
+    if bank is not None:
+        bank.feedback(rgb, {tid: res.box for tid, res in step.results.items()})
+        result.reseeds = bank.reseeds
     index = len(result.stamps)
     result.stamps.append(stamp)
     result.refined_frames += 1
@@ -234,6 +256,6 @@ def _video_frame(writer, path, fps: float, rgb: np.ndarray, step, gt: np.ndarray
                                                                          step.results.values()) else None,
                          gt=gt if gt[2] > 0 else None)
     if writer is None:
-        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (rgb.shape[1], rgb.shape[0]))
+        writer = open_video(path, fps, (rgb.shape[1], rgb.shape[0]))
     writer.write(cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
     return writer
