@@ -1,0 +1,68 @@
+"""tools/gpu_check.sh --dry-run as the bare GPU machine would run it: no ROS, nothing on PYTHONPATH but the
+tree, this Python as PY. Its last line is one JSON object with every check, parity figure and median."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def clean_env(out: Path) -> dict:
+    """No ROS, no venv activation, no PYTHONPATH: only what a bare machine has, plus PY and OUT."""
+    env = {k: os.environ[k] for k in ("HOME", "LANG", "TMPDIR") if k in os.environ}
+    env.update(PATH="/usr/local/bin:/usr/bin:/bin", PY=sys.executable, OUT=str(out))
+    return env
+
+
+def test_dry_run_checks_everything_on_cpu_and_ends_with_one_json_line(tmp_path):
+    proc = subprocess.run(["bash", str(ROOT / "tools" / "gpu_check.sh"), "--dry-run"], cwd=tmp_path,
+                          env=clean_env(tmp_path / "out"), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert {"ok", "dry_run", "env", "checks", "parity", "median_ms", "goals"} <= set(summary)
+    assert summary["ok"] is True and summary["dry_run"] is True and summary["device"] == "cpu"
+    assert summary["env"]["torch"] and summary["env"]["numpy"] and "onnxruntime_providers" in summary["env"]
+    checks = summary["checks"]
+    for name in ("cuda_fp32_vs_cpu_fp32", "fp16_vs_fp32", "cuda_graphs_vs_eager"):
+        for model in ("shipped", "authors"):
+            assert checks[f"{name}/{model}"] == "skipped: no CUDA"
+    assert checks["onnxruntime_cuda_vs_torch/shipped"].startswith("skipped: ")
+    assert checks["tensorrt"].startswith("skipped: ")
+    assert checks["pytest_cuda"].startswith("ok: ") and "passed" in checks["pytest_cuda"]
+    # what runs on CPU really ran, within its tolerance
+    for model in ("shipped", "authors"):
+        for name in ("batch_vs_single", "refine_many_vs_refine"):
+            assert checks[f"{name}/{model}/cpu"] == "ok"
+            for fig in ("box_px", "score", "mask"):
+                assert 0.0 <= summary["parity"][f"{name}/{model}/cpu/{fig}"] < 1e-3
+    medians = summary["median_ms"]
+    for model in ("shipped", "authors"):
+        for kind in ("box", "box+mask"):
+            for n in (1, 2):
+                assert math.isfinite(medians[f"{model}/cpu-fp32/{kind}/{n}"]) and medians[f"{model}/cpu-fp32/{kind}/{n}"] > 0
+    out = tmp_path / "out"
+    assert json.loads((out / "gpu_check.json").read_text())["benchmarks"].keys() == medians.keys()
+    assert (out / "gpu_check.png").stat().st_size > 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA, this is the full GPU run")
+def test_without_cuda_and_without_dry_run_it_says_so_in_one_line(tmp_path):
+    proc = subprocess.run(["bash", str(ROOT / "tools" / "gpu_check.sh")], cwd=tmp_path,
+                          env=clean_env(tmp_path / "out"), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("gpu_check: no CUDA device")
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["ok"] is False
+
+
+def test_a_python_that_is_not_there_is_refused_before_anything_runs(tmp_path):
+    env = clean_env(tmp_path / "out")
+    env["PY"] = "/nonexistent/python3"
+    proc = subprocess.run(["bash", str(ROOT / "tools" / "gpu_check.sh"), "--dry-run"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "is not a Python on this machine" in proc.stderr
