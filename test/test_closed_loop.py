@@ -58,3 +58,21 @@ def test_oracle_base_is_the_ground_truth_and_stateless_bases_refuse_closed_loop(
             check_loop(base, "closed")
     with pytest.raises(ValueError, match="loop must be one of"):
         check_loop("csrt", "half")
+
+
+def test_replay_runs_the_base_tracker_on_the_bag_and_closes_the_loop_like_eval(tmp_path, short_seq):
+    from ar_ros.eval import bags
+    from ar_ros.eval.replay import replay
+    _, frames = short_seq
+    gt = [f.box for f in frames]
+    bag = bags.write_sequence(tmp_path / "in", (f.image for f in frames), gt, gt, fps=10)
+    refiner = Refiner()
+    with pytest.raises(ValueError, match="recorded detections are fixed"):
+        replay(bag, refiner, loop="closed", progress=False)
+    result = replay(bag, refiner, base_tracker="kcf", loop="closed", progress=False)
+    base, refined, _, _, reseeds = closed_loop_sequence(refiner, frames, "kcf")
+    assert result.reseeds == reseeds > 0
+    assert np.allclose(result.boxes("base"), np.array(base)) and np.allclose(result.boxes("refined"), refined)
+    opened = replay(bag, refiner, base_tracker="kcf", progress=False)  # open loop: the tracker alone
+    assert opened.reseeds == 0
+    assert np.allclose(opened.boxes("base"), np.array(run_opencv((f.image for f in frames), gt[0], "kcf")))

@@ -3,10 +3,11 @@ oracle: a box that is already right, which refinement must not spoil), and real 
 from __future__ import annotations
 
 import math
-from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..engine.boxes import box_problem
 from ..opencv_trackers import OPENCV_TRACKERS, OpenCVTracker
 
 Box = Tuple[float, float, float, float]
@@ -66,3 +67,52 @@ def track_opencv(frames: Iterable[np.ndarray], init_box: Box, tracker: OpenCVTra
 def run_opencv(frames: Iterable[np.ndarray], init_box: Box, kind: str = "csrt") -> List[Optional[Box]]:
     """Track through ``frames`` from ``init_box`` in open loop (see :func:`track_opencv`)."""
     return list(track_opencv(frames, init_box, OpenCVTracker(kind)))
+
+
+class TrackerBank:
+    """One OpenCV tracker per target id over a stream of frames (replay of a bag with a base tracker).
+
+    A new id starts its tracker from its first recorded box; after that its base box is the tracker's,
+    and the recording only says which ids are present. In closed loop each tracker is re-seeded with
+    its refined box after every frame but the one it started on (as eval does with frame 0).
+    """
+
+    def __init__(self, kind: str, loop: str = "open") -> None:
+        check_loop(kind, loop)
+        self.kind = kind
+        self.closed = loop == "closed"
+        self.trackers: Dict[str, OpenCVTracker] = {}
+        self._started: List[str] = []
+
+    @property
+    def reseeds(self) -> int:
+        return sum(t.reseeds for t in self.trackers.values())
+
+    def boxes(self, rgb: np.ndarray, detections: Sequence[Tuple[str, Box]]) -> List[Tuple[str, Box]]:
+        """The base box of each recorded (id, box) on this frame; an empty id is keyed ``#index``."""
+        height, width = rgb.shape[:2]
+        out: List[Tuple[str, Box]] = []
+        self._started = []
+        for i, (tid, box) in enumerate(detections):
+            key = tid or f"#{i}"
+            tracker = self.trackers.get(key)
+            if tracker is None:
+                if len(box) != 4 or box_problem(box, width, height):
+                    out.append((tid, box))  # left to the refiner, which flags it
+                    continue
+                tracker = self.trackers[key] = OpenCVTracker(self.kind)
+                tracker.init(rgb, box)
+                self._started.append(key)
+            else:
+                found = tracker.update(rgb)
+                box = found if found is not None else tracker.last  # type: ignore[assignment]
+            out.append((tid, box))
+        return out
+
+    def feedback(self, rgb: np.ndarray, refined: Dict[str, Box]) -> None:
+        """Closed loop: re-seed each tracker with its target's refined box on this frame."""
+        if not self.closed:
+            return
+        for key, box in refined.items():
+            if key in self.trackers and key not in self._started:
+                self.trackers[key].reseed(rgb, box)
