@@ -16,7 +16,7 @@ from ..io.images import MIN_SIDE
 from ..model import AlphaRefineNet, CheckpointError, load_network
 from ..model.fuse import fold_batchnorm as fold_batchnorm_layers
 from . import crop as cropping
-from .boxes import Box, as_box, box_problem, check_box
+from .boxes import Box, as_box, box_problem, check_box, iou
 from .masks import mask_to_box
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "weights" / "ar_ros_default.pt"
@@ -33,6 +33,8 @@ class Result:
     base_box: Box                              # the box that was refined
     fallback: bool = False                     # True when ``box`` is the base box, see ``reason``
     reason: str = ""                           # why the refinement was rejected
+    kept: bool = False                         # True when ``box`` is the base box because the refined box
+                                               # agreed with it (IoU > keep_iou): a good box stays good
     raw_box: Optional[Box] = None              # the network's box before the plausibility gate
     mask: Optional[np.ndarray] = None          # HxW float32 probabilities when asked for
     mask_box: Optional[Box] = None             # tight box of the largest mask region
@@ -94,13 +96,15 @@ class Refiner:
     backend, BatchNorm layers are folded into the convolutions of a private copy of the network
     (``fold_batchnorm=False`` keeps them, e.g. to time the unmodified network). ``cuda_graphs=True``
     (torch on CUDA) replays each search shape from a captured CUDA graph (backends/cuda_graphs.py).
+    ``keep_iou`` > 0 keeps the base box (``Result.kept``) when the refined box overlaps it by more than
+    that IoU, so a box that is already right is not moved by the model's own error (0 = off).
     """
 
     def __init__(self, checkpoint: Union[None, str, os.PathLike, AlphaRefineNet] = None, device: str = "cpu",
                  precision: str = "fp32", crop_mode: Optional[str] = None, search_factor: Optional[float] = None,
                  min_score: float = 0.0, max_scale_change: float = 3.0, mask_threshold: float = 0.5,
                  channels_last: bool = True, backend: str = "torch", fold_batchnorm: bool = True,
-                 cuda_graphs: bool = False, max_batch: int = 32) -> None:
+                 cuda_graphs: bool = False, max_batch: int = 32, keep_iou: float = 0.0) -> None:
         self.device = resolve_device(device)
         self.dtype = resolve_precision(precision, self.device)
         if backend not in BACKENDS:
@@ -146,8 +150,11 @@ class Refiner:
             raise ValueError(f"min_score must be in [0, 1], got {min_score}")
         if not max_scale_change > 1.0:
             raise ValueError(f"max_scale_change must be > 1, got {max_scale_change}")
+        if not 0.0 <= keep_iou <= 1.0:
+            raise ValueError(f"keep_iou must be in [0, 1], got {keep_iou}")
         self.min_score = float(min_score)
         self.max_scale_change = float(max_scale_change)
+        self.keep_iou = float(keep_iou)
         self.mask_threshold = float(mask_threshold)
         self.memory_format = torch.channels_last if channels_last and backend == "torch" else torch.contiguous_format
         if backend == "torch":
@@ -304,8 +311,11 @@ class Refiner:
                 prob: Optional[np.ndarray], height: int, width: int) -> Result:
         refined = tuple(float(v) for v in window.box_to_frame(crop_xyxy))
         reason = self._implausible(base, refined, score, width, height)
-        res = Result(box=base if reason else refined, score=score, base_box=base, fallback=bool(reason),
-                     reason=reason, raw_box=refined)  # type: ignore[arg-type]
+        # do no harm: refining a box that is already right moves it by the model's own error, so when the
+        # two agree closely the base box is kept (keep_iou chosen on the validation suite, README)
+        kept = not reason and 0.0 < self.keep_iou < iou(base, refined)
+        res = Result(box=base if reason or kept else refined, score=score, base_box=base, fallback=bool(reason),
+                     reason=reason, raw_box=refined, kept=kept)  # type: ignore[arg-type]
         if prob is not None:
             res.mask = cropping.paste_mask(prob, window, height, width)
             x1 = max(int(math.floor(window.x0)), 0)
