@@ -119,14 +119,17 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from .engine.refiner import Refiner
     from .eval import report
     from .eval.replay import replay
-    refiner = Refiner(args.checkpoint, device=args.device, precision=args.precision)
+    refiner = Refiner(args.checkpoint, device=args.device, precision=args.precision, keep_iou=args.keep_iou)
     result = replay(args.bag, refiner, out=args.out, image_topic=args.image_topic,
                     detections_topic=args.detections_topic, gt_topic=args.gt_topic, mask=args.mask,
-                    video=args.video, progress=not args.no_progress, overwrite=args.force, storage=args.storage)
+                    video=args.video, progress=not args.no_progress, overwrite=args.force, storage=args.storage,
+                    base_tracker=args.base, loop=args.loop)
     info = {"frames": result.frames, "refined_frames": result.refined_frames, "unpaired": result.unpaired,
             "bad_images": result.bad_images, "bad_messages": result.bad_messages, "fallbacks": result.fallbacks,
             "fps": round(result.refined_frames / max(result.seconds, 1e-9), 2),
             "output": str(result.output) if result.output else None}
+    if args.base:
+        info.update(base=args.base, loop=args.loop, reseeds=result.reseeds)
     if result.gt:
         info["scores"] = {k: v.to_dict() for k, v in result.scores().items()}
     if args.json:
@@ -199,7 +202,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .eval import report
     from .eval.benchmark import run_suite, summary
     from .eval.synthetic import suite
-    refiner = Refiner(args.checkpoint, device=args.device)
+    refiner = Refiner(args.checkpoint, device=args.device, keep_iou=args.keep_iou)
     sequences = suite(args.suite)
     results = run_suite(refiner, sequences, base=args.base, progress=None if args.json else print, loop=args.loop)
     totals = summary(results)
@@ -319,6 +322,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--force", action="store_true", help="overwrite an existing output bag")
     p.add_argument("--storage", default="mcap", choices=["mcap", "sqlite3"], help="output bag storage")
+    p.add_argument("--base", default=None, choices=["csrt", "kcf", "mil"],
+                   help="run this OpenCV tracker on the bag's images (from each id's first recorded box) "
+                        "instead of using the recorded base boxes")
+    p.add_argument("--loop", default="open", choices=["open", "closed"],
+                   help="closed: re-seed the --base tracker with the refined box every frame (recorded "
+                        "detections cannot take it back)")
+    p.add_argument("--keep-iou", type=float, default=0.0,
+                   help="keep the base box when the refined box overlaps it by more than this IoU (0 = off)")
     common(p)
     p.set_defaults(func=_cmd_replay)
 
@@ -353,6 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="oracle = the ground truth itself (refinement must keep a right box right)")
     p.add_argument("--loop", default="open", choices=["open", "closed"],
                    help="closed: the OpenCV base tracker is re-seeded with the refined box every frame (the paper)")
+    p.add_argument("--keep-iou", type=float, default=0.0,
+                   help="keep the base box when the refined box overlaps it by more than this IoU (0 = off)")
     p.add_argument("--out", default=None, help="folder for JSON, plots and a best/worst contact sheet")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     common(p)
