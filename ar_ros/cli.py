@@ -5,7 +5,7 @@ import argparse
 import json
 import os
 import sys
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 
 def _info_export(path: str, as_json: bool) -> int:
@@ -75,7 +75,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from . import demo
-    demo.run(args.out, args.checkpoint, frames=args.frames, base=args.base, device=args.device,
+    _set_threads(args)
+    demo.run(args.out, frames=args.frames, base=args.base, **_model_kwargs(args),
              progress=not args.no_progress)
     return 0
 
@@ -116,10 +117,9 @@ def _cmd_make_bag(args: argparse.Namespace) -> int:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    from .engine.refiner import Refiner
     from .eval import report
     from .eval.replay import replay
-    refiner = Refiner(args.checkpoint, device=args.device, precision=args.precision, keep_iou=args.keep_iou)
+    refiner = _refiner(args, keep_iou=args.keep_iou)
     result = replay(args.bag, refiner, out=args.out, image_topic=args.image_topic,
                     detections_topic=args.detections_topic, gt_topic=args.gt_topic, mask=args.mask,
                     video=args.video, progress=not args.no_progress, overwrite=args.force, storage=args.storage,
@@ -147,7 +147,7 @@ def _cmd_live_replay(args: argparse.Namespace) -> int:
     except ImportError as err:
         raise RuntimeError(f"live replay needs ROS 2 (rclpy and the built ar_ros interfaces): {err}; "
                            "source tools/setup_env.sh, or use `replay` (offline, no ROS)") from None
-    report = live_replay(args.bag, out=args.out, checkpoint=args.checkpoint, device=args.device, rate=args.rate,
+    report = live_replay(args.bag, out=args.out, **_model_kwargs(args), threads=args.threads, rate=args.rate,
                          detections_topic=args.detections_topic, overwrite=args.force, progress=not args.no_progress)
     info = report.summary()
     print(json.dumps(info) if args.json else ", ".join(f"{k}: {v:.1f}" if isinstance(v, float) else f"{k}: {v}"
@@ -198,11 +198,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
     import numpy as np
     from .draw import draw_targets
-    from .engine.refiner import Refiner
     from .eval import report
     from .eval.benchmark import run_suite, summary
     from .eval.synthetic import suite
-    refiner = Refiner(args.checkpoint, device=args.device, keep_iou=args.keep_iou)
+    refiner = _refiner(args, keep_iou=args.keep_iou)
     sequences = suite(args.suite)
     results = run_suite(refiner, sequences, base=args.base, progress=None if args.json else print, loop=args.loop)
     totals = summary(results)
@@ -261,6 +260,41 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_options(p: argparse.ArgumentParser) -> None:
+    """The node's model parameters as options of every command that refines; choices and help come from
+    the node's parameter table (ros/params.py), so the CLI and the node take the same values."""
+    from .ros.params import BY_NAME
+    p.add_argument("--checkpoint", default=None, help="model file, or a folder from `export onnx` for the "
+                                                      "onnxruntime / tensorrt backends (default: the shipped model)")
+    p.add_argument("--device", default="cpu", help=BY_NAME["device"].description + " (default: cpu)")
+    for name in ("backend", "precision"):
+        spec = BY_NAME[name]
+        p.add_argument(f"--{name}", default=spec.default, choices=spec.choices, help=spec.description)
+    p.add_argument("--threads", type=int, default=0, help=BY_NAME["threads"].description)
+
+
+def _model_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
+    """--checkpoint/--device/--backend/--precision by the names the Refiner and the node's parameters share."""
+    if args.checkpoint and os.path.isdir(args.checkpoint) and args.backend == "torch":
+        raise ValueError(f"{args.checkpoint} is a folder (from `export onnx`?): pass --backend onnxruntime, "
+                         "onnxruntime-int8 or tensorrt, or --checkpoint a model file")
+    return {"checkpoint": args.checkpoint, "device": args.device, "backend": args.backend,
+            "precision": args.precision}
+
+
+def _set_threads(args: argparse.Namespace) -> None:
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)  # ONNX Runtime takes torch's thread count
+
+
+def _refiner(args: argparse.Namespace, **kwargs: Any):
+    """A Refiner from the model options (_model_options) plus any other keyword argument."""
+    from .engine.refiner import Refiner
+    _set_threads(args)
+    return Refiner(**_model_kwargs(args), **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ar-refine", description="Alpha-Refine box refinement (ar_ros)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -277,8 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(p, model=True):
         if model:
-            p.add_argument("--checkpoint", default=None, help="model file (default: the shipped model)")
-            p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+            _model_options(p)
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("demo", help="the main job on a built-in sample: bag -> refiner -> scores, plots, video")
@@ -292,12 +325,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("make-bag", help="write a sequence (synthetic or from a dataset) with base and GT "
                                         "detections as a rosbag2")
     p.add_argument("out", help="output bag directory")
-    p.add_argument("--seed", type=int, default=100_000)
-    p.add_argument("--frames", type=int, default=150)
-    p.add_argument("--width", type=int, default=640)
-    p.add_argument("--height", type=int, default=480)
-    p.add_argument("--fps", type=float, default=30.0)
-    p.add_argument("--base", default="jitter", choices=["jitter", "csrt", "kcf", "mil"])
+    p.add_argument("--seed", type=int, default=100_000, help="synthetic sequence seed (default: 100000)")
+    p.add_argument("--frames", type=int, default=150, help="synthetic sequence length (default: 150)")
+    p.add_argument("--width", type=int, default=640, help="synthetic frame width in pixels (default: 640)")
+    p.add_argument("--height", type=int, default=480, help="synthetic frame height in pixels (default: 480)")
+    p.add_argument("--fps", type=float, default=30.0, help="frame rate of the recorded stamps (default: 30)")
+    p.add_argument("--base", default="jitter", choices=["jitter", "csrt", "kcf", "mil"],
+                   help="base tracker written to /base/detections: jitter = ground truth with the paper's "
+                        "noise, or an OpenCV tracker run on the images (default: jitter)")
     p.add_argument("--storage", default="mcap", choices=["mcap", "sqlite3"],
                    help="rosbag2 storage (mcap is ROS 2's default since Iron)")
     p.add_argument("--compressed", action="store_true", help="JPEG images on /camera/image/compressed")
@@ -316,7 +351,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-topic", default=None, help="default: the first Image/CompressedImage topic")
     p.add_argument("--detections-topic", default="/base/detections")
     p.add_argument("--gt-topic", default="/gt/detections")
-    p.add_argument("--precision", default="fp32")
     p.add_argument("--mask", action="store_true", help="also write /refined/mask")
     p.add_argument("--video", default=None, help="write an overlay video (.mp4)")
     p.add_argument("--json", action="store_true")
@@ -410,7 +444,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     try:
         sys.exit(args.func(args))
     except (CheckpointError, ValueError, FileNotFoundError, RuntimeError, OSError) as err:
-        print(f"ar-refine {args.command}: error: {err}", file=sys.stderr)
+        from .eval.bags import BagExists
+        text = f"{err.path} exists; add --force to replace it" if isinstance(err, BagExists) else err
+        print(f"ar-refine {args.command}: error: {text}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

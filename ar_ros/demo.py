@@ -23,12 +23,14 @@ DEMO_FRAMES = 90
 
 
 def run(out_dir: str = "out/demo", checkpoint: Optional[str] = None, frames: int = DEMO_FRAMES,
-        seed: int = DEMO_SEED, base: str = "csrt", device: str = "cpu", progress: bool = True) -> Dict:
+        seed: int = DEMO_SEED, base: str = "csrt", device: str = "cpu", progress: bool = True,
+        backend: str = "torch", precision: str = "fp32") -> Dict:
     """Build the sample bag, replay it through the refiner, print and write the results."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    refiner = Refiner(checkpoint, device=device)
+    model = {"checkpoint": checkpoint, "device": device, "backend": backend, "precision": precision}
+    refiner = Refiner(**model)
     print(f"[demo] model: {refiner.meta.get('source', checkpoint or 'built-in default')} "
           f"(ResNet-{refiner.config.depth}, {refiner.config.input_size}px crops, {refiner.crop_mode} crop)")
     seq = Sequence(seed, frames, (640, 480))
@@ -57,15 +59,14 @@ def run(out_dir: str = "out/demo", checkpoint: Optional[str] = None, frames: int
         report.plot_iou_over_time(out / f"iou_{name}.png", {"base": base_arr, "refined": ref_arr}, gt_arr,
                                   title=f"IoU per frame, base '{name}'")
         summary["results"][name] = {k: v.to_dict() for k, v in scores.items()}
-    summary["live"] = _live_chain(out / "sample_jitter.bag", out / "live_refined_jitter.bag", checkpoint, device,
-                                  progress)
+    summary["live"] = _live_chain(out / "sample_jitter.bag", out / "live_refined_jitter.bag", model, progress)
     report.write_json(out / "summary.json", summary)
     print(f"\n[demo] wrote bags, overlay videos (overlay_*.mp4), plots (success_*.png, iou_*.png) and "
           f"summary.json to {out}/ in {time.perf_counter() - t_start:.0f} s")
     return summary
 
 
-def _live_chain(bag: Path, out: Path, checkpoint: Optional[str], device: str, progress: bool) -> Optional[Dict]:
+def _live_chain(bag: Path, out: Path, model: Dict, progress: bool) -> Optional[Dict]:
     """The same bag through the real ROS 2 node at the recorded frame rate, when ROS 2 is available."""
     try:
         from .ros.live_replay import live_replay
@@ -73,8 +74,7 @@ def _live_chain(bag: Path, out: Path, checkpoint: Optional[str], device: str, pr
         print(f"\n[demo] skipping the live ROS 2 node chain ({err}); source tools/setup_env.sh to include it")
         return None
     print("\n[demo] live chain: bag player -> ar_ros node -> recorder, at the recorded 15 fps")
-    rep = live_replay(bag, out=out, checkpoint=checkpoint, device=device, rate=1.0, overwrite=True,
-                      progress=progress)
+    rep = live_replay(bag, out=out, **model, rate=1.0, overwrite=True, progress=progress)
     info = rep.summary()
     print(f"[demo] node refined {info['received']}/{info['published']} frames ({info['dropped']} dropped), "
           f"end-to-end latency p50 {info['latency_ms_p50']:.1f} ms, p95 {info['latency_ms_p95']:.1f} ms")

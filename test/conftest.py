@@ -42,6 +42,14 @@ def small_checkpoint(tmp_path_factory, small_net):
     return str(save_checkpoint(tmp_path_factory.mktemp("model") / "small.pt", small_net))
 
 
+@pytest.fixture(scope="session")
+def onnx_dir(tmp_path_factory, small_net):
+    """The small network exported by ``export_onnx`` (a folder for the onnxruntime backends)."""
+    pytest.importorskip("onnxruntime")
+    from ar_ros.backends.onnx import export_onnx
+    return export_onnx(small_net, tmp_path_factory.mktemp("onnx"))
+
+
 @pytest.fixture
 def ros_context():
     rclpy = pytest.importorskip("rclpy")

@@ -9,11 +9,6 @@ from ar_ros.backends.onnx import (BackendError, OnnxRuntimeBackend, export_onnx,
                                   session_options)
 
 
-@pytest.fixture(scope="module")
-def onnx_dir(tmp_path_factory, small_net):
-    return export_onnx(small_net, tmp_path_factory.mktemp("onnx"))
-
-
 def test_export_matches_torch_within_0_05_px(onnx_dir, small_net):
     assert small_net.training is False  # exporting must not flip the network into training mode
     assert max_box_difference(small_net, onnx_dir) < 0.05

@@ -50,6 +50,14 @@ class BagError(ValueError):
     """A bag that cannot be read or written; the message names the file and the problem."""
 
 
+class BagExists(BagError):
+    """The output bag is already there and replacing it was not asked for."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(f"{path} exists; pass overwrite=True to replace it")
+        self.path = path
+
+
 @functools.lru_cache(maxsize=1)
 def typestore():
     """rosbags typestore for ROS 2 Jazzy plus the vision_msgs types (built once per process)."""
@@ -118,7 +126,7 @@ def atomic_bag(path: Union[str, Path], storage: str = "mcap", overwrite: bool = 
     path = Path(path)
     if path.exists():
         if not overwrite:
-            raise BagError(f"{path} exists; pass overwrite=True (--force) to replace it")
+            raise BagExists(path)
     plugin = {"sqlite3": StoragePlugin.SQLITE3, "mcap": StoragePlugin.MCAP}.get(storage)
     if plugin is None:
         raise BagError(f"storage must be 'sqlite3' or 'mcap', got {storage!r}")

@@ -20,7 +20,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message, serialize_message
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CompressedImage, Image
 from vision_msgs.msg import Detection2DArray
 
 from ..eval import bags
@@ -50,8 +50,14 @@ class LiveReport:
 def live_replay(bag: Union[str, Path], out: Union[str, Path, None] = None, checkpoint: Optional[str] = None,
                 device: str = "cpu", rate: float = 1.0, detections_topic: str = bags.BASE_TOPIC,
                 image_topic: Optional[str] = None, settle: float = 3.0, domain_id: Optional[int] = None,
-                overwrite: bool = False, progress: bool = True) -> LiveReport:
-    """Play ``bag`` into a fresh refiner node and record what it publishes (see the module docstring)."""
+                overwrite: bool = False, progress: bool = True, backend: str = "torch", precision: str = "auto",
+                threads: int = 0) -> LiveReport:
+    """Play ``bag`` into a fresh refiner node and record what it publishes (see the module docstring).
+
+    ``checkpoint``, ``device``, ``backend``, ``precision`` and ``threads`` are the node's parameters of
+    those names. A bag of sensor_msgs/CompressedImage is played on ``image/compressed`` to a node with
+    ``image_transport: compressed``, as a robot's compressed camera stream would be.
+    """
     store = bags.typestore()
     reader = bags.open_reader(bag)
     ctx = rclpy.Context()
@@ -65,11 +71,12 @@ def live_replay(bag: Union[str, Path], out: Union[str, Path, None] = None, check
         if not image_conns:
             raise bags.BagError(f"{bag}: no image topic")
         image_conn = sorted(image_conns, key=lambda c: c.msgtype != bags.IMAGE_TYPE)[0]
-        if image_conn.msgtype != bags.IMAGE_TYPE:
-            raise bags.BagError(f"{bag}: live replay needs raw sensor_msgs/Image; use offline replay for "
-                                f"{image_conn.topic} ({image_conn.msgtype})")
-        params = [Parameter("device", value=device), Parameter("publish_overlay", value=False),
-                  Parameter("image_cache_size", value=60)]
+        compressed = image_conn.msgtype == bags.COMPRESSED_TYPE
+        image_type = CompressedImage if compressed else Image
+        params = [Parameter("device", value=device), Parameter("backend", value=backend),
+                  Parameter("precision", value=precision), Parameter("threads", value=int(threads)),
+                  Parameter("image_transport", value="compressed" if compressed else "raw"),
+                  Parameter("publish_overlay", value=False), Parameter("image_cache_size", value=60)]
         if checkpoint:
             params.append(Parameter("checkpoint", value=str(checkpoint)))
         refiner = RefinerNode(context=ctx, parameter_overrides=params, namespace="/replay")
@@ -83,7 +90,8 @@ def live_replay(bag: Union[str, Path], out: Union[str, Path, None] = None, check
         spinner.start()
 
         player = Node("ar_ros_player", context=ctx)
-        img_pub = player.create_publisher(Image, "/replay/image", QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
+        img_pub = player.create_publisher(image_type, "/replay/image/compressed" if compressed else "/replay/image",
+                                          QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
         det_pub = player.create_publisher(Detection2DArray, "/replay/detections", 10)
 
         def on_refined(msg: Detection2DArray) -> None:
@@ -110,7 +118,7 @@ def live_replay(bag: Union[str, Path], out: Union[str, Path, None] = None, check
                 while time.monotonic() < due:
                     play_exec.spin_once(timeout_sec=max(0.0, min(0.01, due - time.monotonic())))
             if conn.id == image_conn.id:
-                msg = deserialize_message(bytes(raw), Image)
+                msg = deserialize_message(bytes(raw), image_type)
                 if rate <= 0:  # as fast as the node keeps up: wait for the previous frame's output
                     _wait_for(play_exec, lambda: report.received >= report.published, 5.0)
                 sent_at[stamp_to_ns(msg.header.stamp)] = time.monotonic()

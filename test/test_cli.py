@@ -1,0 +1,71 @@
+"""ar-refine as a robot user meets it: the node's model options on every command that refines, an ONNX
+export folder used from the CLI, make-bag's help and messages in CLI terms."""
+import json
+
+import pytest
+
+from ar_ros.cli import build_parser, main
+from ar_ros.ros.params import BY_NAME
+
+REFINING = {"demo": [], "replay": ["bag"], "eval": [], "live-replay": ["bag"]}
+
+
+def run(argv, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return done.value.code, out.out, out.err
+
+
+@pytest.mark.parametrize("command", sorted(REFINING))
+def test_every_refining_command_takes_the_nodes_model_options(command):
+    parser = build_parser()
+    for name in ("backend", "precision"):
+        for value in BY_NAME[name].choices:  # the node's parameter table is the one list of choices
+            args = parser.parse_args([command, *REFINING[command], f"--{name}", value])
+            assert getattr(args, name) == value
+    args = parser.parse_args([command, *REFINING[command], "--device", "cuda:1", "--threads", "3",
+                              "--checkpoint", "model_onnx"])
+    assert (args.device, args.threads, args.checkpoint) == ("cuda:1", 3, "model_onnx")
+    with pytest.raises(SystemExit):
+        parser.parse_args([command, *REFINING[command], "--backend", "tflite"])
+
+
+@pytest.fixture(scope="module")
+def small_bag(tmp_path_factory):
+    from ar_ros.eval import bags
+    from ar_ros.eval.base_trackers import jittered_gt
+    from ar_ros.eval.synthetic import Sequence
+    frames = list(Sequence(100_000, 6, (320, 240)))
+    gt = [f.box for f in frames]
+    return bags.write_sequence(tmp_path_factory.mktemp("bag") / "in", (f.image for f in frames),
+                               jittered_gt(gt, 2), gt, fps=10)
+
+
+def test_replay_runs_an_onnx_export_folder_with_its_backend(small_bag, onnx_dir, capsys):
+    code, out, err = run(["replay", small_bag, "--checkpoint", onnx_dir, "--backend", "onnxruntime",
+                          "--json", "--no-progress"], capsys)
+    assert code == 0, err
+    info = json.loads(out)
+    assert info["frames"] == 6 and info["refined_frames"] >= 5 and "refined" in info["scores"]
+    # the folder with the default torch backend: what to pass instead, not "checkpoint not found"
+    code, out, err = run(["replay", small_bag, "--checkpoint", onnx_dir, "--no-progress"], capsys)
+    assert code == 2 and "--backend onnxruntime" in err, err
+
+
+def test_eval_runs_an_onnx_export_folder_with_its_backend(onnx_dir, capsys):
+    code, out, err = run(["eval", "--suite", "tiny", "--checkpoint", onnx_dir, "--backend", "onnxruntime",
+                          "--json"], capsys)
+    assert code == 0, err
+    assert set(json.loads(out)["summary"]) >= {"base", "refined"}
+
+
+def test_make_bag_explains_every_option_and_says_force_not_overwrite(tmp_path, capsys):
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["make-bag"]
+    undocumented = [a.option_strings for a in sub._actions if a.option_strings and not a.help]
+    assert not undocumented
+    argv = ["make-bag", tmp_path / "b", "--frames", "3", "--width", "160", "--height", "120", "--no-progress"]
+    assert run(argv, capsys)[0] == 0
+    code, out, err = run(argv, capsys)
+    assert code == 2 and "exists; add --force to replace it" in err and "overwrite" not in err, err
+    assert run(argv + ["--force"], capsys)[0] == 0
