@@ -3,6 +3,13 @@
 For users without a tracker of their own: camera -> base_tracker -> ar_ros -> rviz. Targets are set
 with the same ``set_target`` service shape as the refiner (``ar_ros/srv/SetTarget``) and keep their id
 in every ``Detection2D`` of ``detections``. A lost target repeats its last box with score 0.
+
+Closed loop (``use_feedback: true``; the paper's way of running Alpha-Refine): the node subscribes the
+refiner's ``refined/detections`` (``feedback_topic``) and re-seeds the tracker of each id with its refined
+box, so the next frame is tracked from there. The convention, for any tracker that wants the loop: a
+refined detection carries the id and the header stamp of the detection it refines; it is used only when
+it is for the last frame the tracker tracked (a late one would move the tracker back in time: counted in
+``stale_feedback`` and ignored).
 """
 from __future__ import annotations
 
@@ -17,7 +24,7 @@ from vision_msgs.msg import BoundingBox2D, Detection2D, Detection2DArray, Object
 from ar_ros.srv import ClearTargets, SetTarget
 
 from ..engine.boxes import check_box
-from ..io.detections import bbox_to_xywh, fill_bbox
+from ..io.detections import bbox_to_xywh, fill_bbox, stamp_to_ns
 from ..io.images import ImageError, image_to_rgb
 from ..opencv_trackers import OPENCV_TRACKERS, OpenCVTracker
 from .executor import run_node
@@ -30,16 +37,28 @@ class BaseTrackerNode(Node):
         self.declare_parameter("tracker", "csrt", ParameterDescriptor(
             description=f"OpenCV tracker: {', '.join(OPENCV_TRACKERS)}", read_only=True))
         self.declare_parameter("class_id", "target", ParameterDescriptor(description="class_id in the output"))
+        self.declare_parameter("use_feedback", False, ParameterDescriptor(
+            description="Closed loop: re-seed each target's tracker with its refined box from feedback_topic",
+            read_only=True))
+        self.declare_parameter("feedback_topic", "refined/detections", ParameterDescriptor(
+            description="The refiner's output (vision_msgs/Detection2DArray) used when use_feedback is true",
+            read_only=True))
         kind = self.get_parameter("tracker").value
         if kind not in OPENCV_TRACKERS:
             raise ValueError(f"tracker must be one of {OPENCV_TRACKERS}, got {kind!r}")
         self.kind = kind
         self.trackers: Dict[str, OpenCVTracker] = {}
         self.last_rgb = None
+        self.last_stamp: Optional[int] = None  # ns, of the frame last_rgb is
+        self.reseeds = 0          # trackers re-seeded from feedback
+        self.stale_feedback = 0   # feedback messages not for the last tracked frame (ignored)
         self._lock = threading.Lock()
         self._next_id = 1
         self.pub = self.create_publisher(Detection2DArray, "detections", OUTPUT_QOS)
         self.create_subscription(Image, "image", self._on_image, IMAGE_QOS)
+        if self.get_parameter("use_feedback").value:
+            self.create_subscription(Detection2DArray, self.get_parameter("feedback_topic").value,
+                                     self._on_feedback, OUTPUT_QOS)
         self.create_service(SetTarget, "set_target", self._srv_set_target)
         self.create_service(ClearTargets, "clear_targets", self._srv_clear)
 
@@ -51,7 +70,7 @@ class BaseTrackerNode(Node):
             return
         out = Detection2DArray(header=msg.header)
         with self._lock:
-            self.last_rgb = rgb
+            self.last_rgb, self.last_stamp = rgb, stamp_to_ns(msg.header.stamp)
             for tid, tracker in self.trackers.items():
                 box = tracker.update(rgb)
                 det = Detection2D(header=msg.header, id=tid)
@@ -62,6 +81,24 @@ class BaseTrackerNode(Node):
                 det.results = [hyp]
                 out.detections.append(det)
         self.pub.publish(out)
+
+    def _on_feedback(self, msg: Detection2DArray) -> None:
+        with self._lock:
+            if self.last_rgb is None or stamp_to_ns(msg.header.stamp) != self.last_stamp:
+                self.stale_feedback += 1
+                self.get_logger().warning("refined detections for a frame other than the last one tracked "
+                                          "(late or out of order): not fed back", throttle_duration_sec=5.0)
+                return
+            height, width = self.last_rgb.shape[:2]
+            for det in msg.detections:
+                tracker = self.trackers.get(det.id)
+                if tracker is None:
+                    continue
+                try:
+                    box = check_box(bbox_to_xywh(det.bbox), width, height)
+                except ValueError:
+                    continue  # the refiner flags such boxes itself; the tracker keeps its own
+                self.reseeds += int(tracker.reseed(self.last_rgb, box))
 
     def _srv_set_target(self, req: SetTarget.Request, res: SetTarget.Response) -> SetTarget.Response:
         res.success = False
