@@ -19,7 +19,8 @@ is 1 when any check failed or any step broke. ``--dry-run`` runs the same on CPU
 (CUDA-only steps: "skipped: no CUDA"), to test this script's own plumbing on a machine without a GPU.
 
 Parity checks run cuDNN convolutions in IEEE fp32 (torch lets them use TF32 on Ampere and newer by
-default); ``cuda_fp32_tf32_vs_cpu_fp32`` reports what torch's default gives, for information.
+default); ``cuda_fp32_tf32_vs_cpu_fp32`` reports what torch's default gives, for information. The fp32
+benchmark runs with torch's defaults, as a user's Refiner does.
 
     python benchmarks/gpu_check.py [--dry-run] [--out DIR] [--repeat N] [--targets 1,8,32] [--onnx DIR]
 """
@@ -57,7 +58,8 @@ NO_CUDA = "skipped: no CUDA"
 SCENE_SEED = 4242  # synthetic sequences 4242.. : a textured target, well inside the frame on frames 0 and 6
 
 # Tolerances, per figure: frame px for boxes, probability for masks and scores.
-EXACT = {"box_px": 1e-3, "score": 1e-4, "mask": 1e-3}         # same arithmetic, other batching / replay
+EXACT = {"box_px": 1e-3, "score": 1e-4, "mask": 1e-3}         # the same kernels replayed (CUDA graphs)
+BATCH = {"box_px": 0.01, "score": 1e-4, "mask": 1e-3}         # other batch sizes: other summation orders
 DEVICE = {"box_px": 0.02, "score": 1e-3, "mask": 1e-3}        # CPU vs CUDA, both IEEE fp32
 REDUCED = {"box_px": 0.3, "score": 0.01, "mask": 0.05}        # fp16 / TF32 vs fp32 (the issue's 0.3 px)
 ONNX = {"box_px": 0.1, "score": 1e-3, "mask": 0.01}           # exported graphs vs torch (same device)
@@ -127,11 +129,12 @@ class Check:
         """Everything so far into OUT/gpu_check.json (rewritten after each step: a run cut short keeps it)."""
         full = dict(self.summary(), tolerances=self.tolerances, files=self.files, step_seconds=self.seconds,
                     benchmarks={k: {"median_ms": _round(m), "p95_ms": _round(p)} for k, (m, p) in self.bench.items()})
-        (self.out / "gpu_check.json").write_text(json.dumps(full, indent=1))
+        (self.out / "gpu_check.json").write_text(json.dumps(full, indent=1, allow_nan=False))
 
 
-def _round(v: float) -> float:
-    return float(f"{v:.4g}") if math.isfinite(v) else v
+def _round(v: float) -> Optional[float]:
+    """Four significant digits; NaN / inf -> None (null in JSON, which has no NaN)."""
+    return float(f"{v:.4g}") if math.isfinite(v) else None
 
 
 # ------------------------------------------------------------------ environment
@@ -186,17 +189,20 @@ def scene(n: int, camera: int = 0) -> Tuple[np.ndarray, np.ndarray, Dict, Dict]:
 
 
 def differences(a: Dict, b: Dict) -> Dict[str, float]:
-    """Largest |a - b| over the targets of two result dicts: raw boxes (frame px), scores, mask probabilities."""
-    box = max(float(np.max(np.abs(np.subtract(a[k].raw_box, b[k].raw_box)))) for k in a)
-    score = max(abs(a[k].score - b[k].score) for k in a)
-    out = {"box_px": box, "score": score}
-    if a[next(iter(a))].mask is not None:
-        out["mask"] = max(float(np.max(np.abs(a[k].mask - b[k].mask))) for k in a)
-    return {k: (v if math.isfinite(v) else math.nan) for k, v in out.items()}
+    """Largest |a - b| over the targets of two result dicts: raw boxes (frame px), scores, mask probabilities.
+    NaN anywhere gives NaN (np.max propagates it), which fails any tolerance."""
+    ids = list(a)
+    out = {"box_px": np.max(np.abs(np.array([a[k].raw_box for k in ids]) - np.array([b[k].raw_box for k in ids]))),
+           "score": np.max(np.abs(np.array([a[k].score - b[k].score for k in ids])))}
+    if a[ids[0]].mask is not None:
+        out["mask"] = np.max([np.max(np.abs(a[k].mask - b[k].mask)) for k in ids])
+    return {k: float(v) for k, v in out.items()}
 
 
 def worst(*diffs: Dict[str, float]) -> Dict[str, float]:
-    return {k: max(d[k] for d in diffs if k in d) for k in diffs[0]}
+    """Per figure, the largest value over several comparisons (NaN wins: it must fail the check)."""
+    keys = dict.fromkeys(k for d in diffs for k in d)
+    return {k: max((d[k] for d in diffs if k in d), key=lambda v: math.inf if math.isnan(v) else v) for k in keys}
 
 
 def run_scene(refiner: Refiner, n: int, mask: bool = True, camera: int = 0) -> Dict:
@@ -248,11 +254,10 @@ def check_graphs(c: Check, name: str, net: AlphaRefineNet, cuda: bool) -> None:
     eager = Refiner(net, device="cuda", precision="fp16")
     graphed = Refiner(net, device="cuda", precision="fp16", cuda_graphs=True)
     diffs = []
-    for n in (1, 3, 8, 3):  # a shape seen before replays its graph with new inputs
+    for i, n in enumerate((1, 3, 8, 3)):  # the second 3: a captured shape replayed with other inputs
         for mask in (False, True):
-            diffs.append(differences(run_scene(eager, n, mask, camera=n), run_scene(graphed, n, mask, camera=n)))
-    values = worst(*[d for d in diffs if "mask" in d])
-    values["box_px"] = max(d["box_px"] for d in diffs)
+            diffs.append(differences(run_scene(eager, n, mask, camera=i), run_scene(graphed, n, mask, camera=i)))
+    values = worst(*diffs)
     expected = [(n, m) for n in (1, 3, 8) for m in (False, True)]
     values["uncaptured_shapes"] = float(len(set(expected) ^ set(graphed.net.captured)))
     c.figures(f"cuda_graphs_vs_eager/{name}", values, dict(EXACT, uncaptured_shapes=0))
@@ -270,7 +275,7 @@ def check_batch(c: Check, name: str, net: AlphaRefineNet, device: str) -> None:
         ones = {tid: single.refine(later, {tid: box}, mask=True)[tid] for tid, box in bases.items()}
     values = differences(many, ones)
     values["unbatched"] = float(c.n - batched.last_batch_size)
-    c.figures(f"batch_vs_single/{name}/{device}", values, dict(EXACT, unbatched=0))
+    c.figures(f"batch_vs_single/{name}/{device}", values, dict(BATCH, unbatched=0))
 
 
 def check_refine_many(c: Check, name: str, net: AlphaRefineNet, device: str) -> None:
@@ -289,9 +294,9 @@ def check_refine_many(c: Check, name: str, net: AlphaRefineNet, device: str) -> 
             separate.append(r.refine(frame, boxes, color=color, mask=True))
         passes = r.passes
         together = r.refine_many(jobs, mask=True)
-    values = worst(*[differences(a, b) for a, b in zip(together, separate)])
+    values = worst(*(differences(a, b) for a, b in zip(together, separate)))
     values["extra_passes"] = float(r.passes - passes - 1)
-    c.figures(f"refine_many_vs_refine/{name}/{device}", values, dict(EXACT, extra_passes=0))
+    c.figures(f"refine_many_vs_refine/{name}/{device}", values, dict(BATCH, extra_passes=0))
 
 
 def check_onnxruntime(c: Check, net: AlphaRefineNet, cuda: bool, onnx_dir: Optional[str]) -> None:
@@ -441,7 +446,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     c.step("plot", lambda: plot(c))
     c.save()
     sys.stderr.flush()
-    print(json.dumps(c.summary()), flush=True)
+    print(json.dumps(c.summary(), allow_nan=False), flush=True)
     return 0 if c.ok else 1
 
 
