@@ -42,15 +42,23 @@ def run(out_dir: str = "out/demo", checkpoint: Optional[str] = None, frames: int
         bases[base] = run_opencv((f.image for f in rendered), gt[0], base)
     summary: Dict = {"frames": frames, "seed": seed, "results": {}}
     for name, boxes in bases.items():
-        bag = bags.write_sequence(out / f"sample_{name}.bag", (f.image for f in rendered), boxes, gt, fps=15.0,
-                                  overwrite=True)
-        result = replay(bag, refiner, out=out / f"refined_{name}.bag", video=out / f"overlay_{name}.mp4",
-                        progress=progress, overwrite=True)
+        bags.write_sequence(out / f"sample_{name}.bag", (f.image for f in rendered), boxes, gt, fps=15.0,
+                            overwrite=True)
+    # (result name, sample bag, tracker run on the bag, loop); closed: the paper's loop, the tracker is
+    # re-seeded with each refined box (its recorded open-loop boxes cannot take the box back)
+    runs = [(name, name, None, "open") for name in bases]
+    if base != "jitter":
+        runs.append((f"{base}_closed", base, base, "closed"))
+    for name, sample, tracker, loop in runs:
+        result = replay(out / f"sample_{sample}.bag", refiner, out=out / f"refined_{name}.bag",
+                        video=out / f"overlay_{name}.mp4", progress=progress, overwrite=True,
+                        base_tracker=tracker, loop=loop)
         gt_arr = np.stack(result.gt)
         base_arr, ref_arr = result.boxes("base"), result.boxes("refined")
         # frame 0 carries the init box for both; score the frames that were actually refined
         scores = {"base": score(base_arr[1:], gt_arr[1:]), "refined": score(ref_arr[1:], gt_arr[1:])}
-        print(f"\n[demo] base tracker '{name}' ({result.refined_frames} frames refined, "
+        print(f"\n[demo] base tracker '{sample}'" + (", closed loop" if loop == "closed" else "") +
+              f" ({result.refined_frames} frames refined, "
               f"{result.refined_frames / max(result.seconds, 1e-9):.1f} fps, {result.fallbacks} fallbacks)")
         print(report.table(scores))
         report.plot_curves(out / f"success_{name}.png", {"base": (base_arr[1:], gt_arr[1:]),

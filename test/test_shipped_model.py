@@ -45,6 +45,6 @@ def test_demo_runs_end_to_end_on_a_tiny_sequence(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "refined" in proc.stdout and "gain" in proc.stdout
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert set(summary["results"]) == {"jitter", "kcf"}
+    assert set(summary["results"]) == {"jitter", "kcf", "kcf_closed"}  # the paper's closed loop too
     for name in ("success_jitter.png", "iou_kcf.png", "overlay_jitter.mp4", "refined_kcf.bag"):
         assert (tmp_path / name).exists(), name
