@@ -15,6 +15,8 @@ from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
+from ar_ros.ros.rviz import rviz_action
+
 
 def generate_launch_description():
     share = get_package_share_directory("ar_ros")
@@ -43,8 +45,8 @@ def generate_launch_description():
         remappings=[("image", LaunchConfiguration("image_topic")),
                     ("detections", LaunchConfiguration("detections_topic"))],
     )
-    rviz = Node(package="rviz2", executable="rviz2", name="rviz2", output="log",
-                arguments=["-d", os.path.join(share, "rviz", "ar_ros.rviz")],
-                parameters=[{"use_sim_time": LaunchConfiguration("use_sim_time")}],
-                condition=IfCondition(LaunchConfiguration("use_rviz")))
+    # rviz shows the topics this launch wires up (image_topic, namespace), not the config file's own
+    rviz = rviz_action(os.path.join(share, "rviz", "ar_ros.rviz"), LaunchConfiguration("image_topic"),
+                       LaunchConfiguration("namespace"), LaunchConfiguration("use_sim_time"),
+                       condition=IfCondition(LaunchConfiguration("use_rviz")))
     return LaunchDescription(args + [refiner, rviz])

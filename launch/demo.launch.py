@@ -16,6 +16,8 @@ from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration, PythonExpression
 from launch_ros.actions import Node
 
+from ar_ros.ros.rviz import rviz_action
+
 
 def generate_launch_description():
     share = get_package_share_directory("ar_ros")
@@ -37,6 +39,6 @@ def generate_launch_description():
                    remappings=[("image", "/camera/image"),
                                ("detections", PythonExpression(["'/base_tracker/detections' if '", use_base,
                                                                 "' == 'true' else '/base/detections'"]))])
-    rviz = Node(package="rviz2", executable="rviz2", arguments=["-d", os.path.join(share, "rviz", "ar_ros.rviz")],
-                parameters=[{"use_sim_time": True}], condition=IfCondition(LaunchConfiguration("use_rviz")))
+    rviz = rviz_action(os.path.join(share, "rviz", "ar_ros.rviz"), "/camera/image", use_sim_time=True,
+                       condition=IfCondition(LaunchConfiguration("use_rviz")))
     return LaunchDescription(args + [play, base, refiner, rviz])

@@ -14,6 +14,8 @@ from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
+from ar_ros.ros.rviz import rviz_action
+
 
 def generate_launch_description():
     share = get_package_share_directory("ar_ros")
@@ -36,6 +38,6 @@ def generate_launch_description():
                                 "device": LaunchConfiguration("device")}],
                    remappings=[("image", LaunchConfiguration("image_topic")),
                                ("detections", LaunchConfiguration("detections_topic"))])
-    rviz = Node(package="rviz2", executable="rviz2", arguments=["-d", os.path.join(share, "rviz", "ar_ros.rviz")],
-                parameters=[{"use_sim_time": True}], condition=IfCondition(LaunchConfiguration("use_rviz")))
+    rviz = rviz_action(os.path.join(share, "rviz", "ar_ros.rviz"), LaunchConfiguration("image_topic"),
+                       use_sim_time=True, condition=IfCondition(LaunchConfiguration("use_rviz")))
     return LaunchDescription(args + [refiner, play, rviz])
