@@ -18,7 +18,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.8",
     packages=find_packages(include=["ar_ros", "ar_ros.*"]),
-    package_data={"ar_ros": ["weights/*.pt", "weights/*.md"]},
+    package_data={"ar_ros": ["weights/*.pt", "weights/*.md", "eval/*.json"]},
     # torch is not pinned here so that Jetson (JetPack) and CUDA builds satisfy it; requirements.txt
     # pins the CPU build used by CI.
     install_requires=["numpy>=1.24", "opencv-contrib-python-headless>=4.8", "torch>=2.1", "rosbags>=0.10",

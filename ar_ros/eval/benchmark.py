@@ -100,7 +100,8 @@ def run_suite(refiner: Refiner, sequences: Iterable[Sequence], base: str = "jitt
             refined, ms, fallbacks = refine_sequence(refiner, frames, boxes)
         base_arr = np.array([b if b is not None else (np.nan,) * 4 for b in boxes], np.float64)
         # frame 0 is the init box in both: score from frame 1 as OPE toolkits do for the refined part
-        r = SequenceResult(f"seq{seq.seed}", score(base_arr[1:], gt[1:]), score(refined[1:], gt[1:]),
+        name = getattr(seq, "name", f"seq{seq.seed}")  # real sequences are named, synthetic ones by seed
+        r = SequenceResult(name, score(base_arr[1:], gt[1:]), score(refined[1:], gt[1:]),
                            base_arr, refined, gt, ms, fallbacks, reseeds)
         results.append(r)
         if progress is not None:

@@ -190,7 +190,8 @@ def training_photos(dest: Optional[os.PathLike] = None) -> List[Path]:
     return photos
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file (recorded in the manifest and in the real suite's GT file)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -306,7 +307,7 @@ def _extract(src: Source, archive: Path, root: Path, say: Callable[[str], None])
         if use == "license":
             licenses.append(rel)
             continue
-        entry = {"use": use, "member": member, "sha256": _sha256(out), "bytes": out.stat().st_size}
+        entry = {"use": use, "member": member, "sha256": sha256_file(out), "bytes": out.stat().st_size}
         name = member.rsplit("/", 1)[-1]
         if name in src.notes:
             entry["license"] = src.notes[name]
@@ -316,7 +317,7 @@ def _extract(src: Source, archive: Path, root: Path, say: Callable[[str], None])
     if reserved:
         say(f"[data] {src.name}: skipped {reserved} reserved .mp4 video(s) (kept for an independent check)")
     return {"package": src.package, "kind": src.kind, "archive": archive.name, "version": _version(archive),
-            "archive_sha256": _sha256(archive), "license": src.license, "license_files": sorted(licenses),
+            "archive_sha256": sha256_file(archive), "license": src.license, "license_files": sorted(licenses),
             "files": files}
 
 
