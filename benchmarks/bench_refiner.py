@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import cv2
 import numpy as np
@@ -22,6 +20,7 @@ import torch
 from ar_ros import Refiner
 from ar_ros.engine import crop as cropping
 from ar_ros.engine.refiner import DEFAULT_CHECKPOINT
+from ar_ros.eval.timing import interleaved  # noqa: F401  (also imported from here by the other benchmarks)
 from ar_ros.model import AUTHORS_CONFIG, AlphaRefineNet, load_network
 
 
@@ -30,29 +29,6 @@ def frame_and_boxes(n):
     frame = rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)
     boxes = {f"t{i}": (40.0 + 60 * (i % 8), 60.0 + 40 * (i // 8), 70.0, 90.0) for i in range(n)}
     return frame, boxes
-
-
-def interleaved(fns, repeat, warmup=2, block=1):
-    """Median and p95 ms of each named function, called round-robin so that machine drift hits all alike.
-
-    With ``block`` > 1, each visit makes one untimed call and then ``block`` timed ones: a backend whose
-    threads keep spinning after a call (ONNX Runtime) then cannot slow down the next one's timing.
-    """
-    names = list(fns)
-    for _ in range(warmup):
-        for name in names:
-            fns[name]()
-    times = {name: [] for name in names}
-    rounds = max(1, -(-repeat // block))
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:  # rotate the order every round
-            if block > 1:
-                fns[name]()
-            for _ in range(block):
-                t0 = time.perf_counter()
-                fns[name]()
-                times[name].append((time.perf_counter() - t0) * 1e3)
-    return {name: (statistics.median(t), float(np.percentile(t, 95))) for name, t in times.items()}
 
 
 def authors_style(net, frame, box, kernel):

@@ -18,6 +18,7 @@ from ..model.fuse import fold_batchnorm as fold_batchnorm_layers
 from . import crop as cropping
 from .boxes import Box, as_box, box_problem, check_box, iou
 from .masks import mask_to_box
+from .precision import auto_cpu_precision, resolve_precision, to_bf16
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "weights" / "ar_ros_default.pt"
 COLORS = ("rgb", "bgr")
@@ -54,17 +55,6 @@ def resolve_device(device: str) -> torch.device:
     if dev.type not in ("cpu", "cuda"):
         raise ValueError(f"unsupported device {device!r}; use 'cpu' or 'cuda'")
     return dev
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """``auto`` -> fp16 on CUDA, fp32 on CPU. fp16 on CPU is refused (slow and unsupported ops)."""
-    if precision == "auto":
-        precision = "fp16" if device.type == "cuda" else "fp32"
-    if precision not in ("fp32", "fp16"):
-        raise ValueError(f"precision must be 'fp32', 'fp16' or 'auto', got {precision!r}")
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("precision 'fp16' needs a CUDA device; use 'fp32' on CPU")
-    return torch.float16 if precision == "fp16" else torch.float32
 
 
 def cuda_graphs_problem(backend: str, device: torch.device) -> str:
@@ -107,6 +97,8 @@ class Refiner:
                  cuda_graphs: bool = False, max_batch: int = 32, keep_iou: float = 0.0) -> None:
         self.device = resolve_device(device)
         self.dtype = resolve_precision(precision, self.device)
+        self.precision_note = f"{precision}: as requested" if precision != "auto" else \
+            f"{str(self.dtype).replace('torch.', '')}: auto on {self.device.type}"  # what was chosen and why
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         problem = cuda_graphs_problem(backend, self.device) if cuda_graphs else ""
@@ -159,9 +151,14 @@ class Refiner:
         self.memory_format = torch.channels_last if channels_last and backend == "torch" else torch.contiguous_format
         if backend == "torch":
             net.eval()
+            if precision == "auto" and self.device.type == "cpu":
+                self.dtype, self.precision_note = auto_cpu_precision(net)  # keyed by the weights as loaded
             if fold_batchnorm:
                 fold_batchnorm_layers(net)  # in fp32, before any cast
-            net = net.to(self.device, dtype=self.dtype, memory_format=self.memory_format)
+            if self.dtype == torch.bfloat16:
+                net = to_bf16(net.to(self.device, memory_format=self.memory_format))
+            else:
+                net = net.to(self.device, dtype=self.dtype, memory_format=self.memory_format)
             if cuda_graphs:
                 from ..backends.cuda_graphs import GraphedSearch
                 net = GraphedSearch(net)
