@@ -13,6 +13,7 @@ import numpy as np
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 from rclpy.qos_overriding_options import QoSOverridingOptions
+from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 from vision_msgs.msg import (BoundingBox2D, Detection2D, Detection2DArray, LabelInfo, ObjectHypothesisWithPose,
@@ -25,9 +26,10 @@ from ..draw import draw_targets, label_image
 from ..engine.boxes import check_box
 from ..io.cdr import COMPRESSED_TYPE, IMAGE_TYPE, RawImage, raw_image
 from ..io.detections import bbox_to_xywh, fill_bbox, stamp_to_ns
-from ..io.images import ImageError, array_to_image, compressed_to_rgb, image_to_frame, rgb_to_bgr
+from ..io.images import (ImageError, array_to_image, check_compressed, check_image, compressed_to_rgb, image_to_frame,
+                         rgb_to_bgr)
 from .diagnostics import Counters, Meter, fmt
-from .qos import (DETECTIONS_QOS, IMAGE_OUTPUT_QOS, IMAGE_QOS, LATCHED_QOS, OUTPUT_QOS, publisher_events,
+from .qos import (DETECTIONS_QOS, IMAGE_OUTPUT_QOS, IMAGE_QOS, LATCHED_QOS, OUTPUT_QOS, SERVICE_QOS, publisher_events,
                   subscription_events)
 from .stamp_cache import StampCache
 
@@ -112,8 +114,9 @@ class Camera:
                                  event_callbacks=subscription_events(self.qos_problem,
                                                                      node.resolve_topic_name(image_topic)))
         self.det_topic = node.resolve_topic_name(p + "detections")
-        node.create_subscription(Detection2DArray, p + "detections", self.on_detections, DETECTIONS_QOS,
-                                 qos_overriding_options=qos_opts,
+        # raw=True here too: a message that does not deserialise is counted (rclpy would drop it unseen)
+        node.create_subscription(Detection2DArray, p + "detections", self.on_serialised_detections, DETECTIONS_QOS,
+                                 raw=True, qos_overriding_options=qos_opts,
                                  event_callbacks=subscription_events(self.qos_problem, self.det_topic))
 
         def pub(msg_type, topic, qos):
@@ -126,8 +129,8 @@ class Camera:
             "label_info": pub(LabelInfo, "refined/mask/label_info", LATCHED_QOS),
             "overlay": pub(Image, "refined/overlay", IMAGE_OUTPUT_QOS),
         }
-        node.create_service(SetTarget, p + "set_target", self.srv_set_target)
-        node.create_service(ClearTargets, p + "clear_targets", self.srv_clear_targets)
+        node.create_service(SetTarget, p + "set_target", self.srv_set_target, qos_profile=SERVICE_QOS)
+        node.create_service(ClearTargets, p + "clear_targets", self.srv_clear_targets, qos_profile=SERVICE_QOS)
 
     # ------------------------------------------------------------------ input
     def on_image(self, serialised: bytes) -> None:
@@ -137,9 +140,12 @@ class Camera:
             return
         try:
             msg = raw_image(serialised, COMPRESSED_TYPE if self.compressed else IMAGE_TYPE)
-        except ValueError as err:  # not a well-formed message: nothing to pair it with
+            # headers only, no pixels: a frame too small or too large to refine (a 1x1 frame, a small
+            # PNG of 10000x10000) is refused here, so it never reaches the cache or the worker's pass
+            (check_compressed if self.compressed else check_image)(msg)
+        except ValueError as err:  # nothing to pair it with
             self.counters.inc("bad_images")
-            self.warn("bad_image", f"dropping an image that cannot be parsed: {err}")
+            self.warn("bad_image", f"dropping an image: {err}")
             return
         stamp = stamp_to_ns(msg.header.stamp)
         entry = CachedImage(msg, time.monotonic(), compressed=self.compressed)
@@ -149,6 +155,16 @@ class Camera:
             self.node.submit(self, Job(entry, None))
         else:
             self.pair()
+
+    def on_serialised_detections(self, serialised: bytes) -> None:
+        try:
+            msg = deserialize_message(serialised, Detection2DArray)
+        except RuntimeError as err:  # rclpy's RMWError: not a Detection2DArray
+            self.counters.inc("detections_received")
+            self.counters.inc("bad_detections")
+            self.warn("bad_detections", f"dropping a detections message that cannot be deserialised: {err}")
+            return
+        self.on_detections(msg)
 
     def on_detections(self, msg: Detection2DArray) -> None:
         self.meters["detections"].add()
@@ -322,8 +338,8 @@ class Camera:
 
     # ------------------------------------------------------------------ diagnostics and logging
     COUNTERS = ("images_received", "detections_received", "frames_refined", "skipped_stale", "stale", "unsynced",
-                "bad_images", "invalid_box", "duplicate_id", "fallbacks", "over_max_targets", "batch_full",
-                "errors", "disabled_skips", "qos_incompatible")
+                "bad_images", "bad_detections", "invalid_box", "duplicate_id", "fallbacks", "over_max_targets",
+                "batch_full", "errors", "disabled_skips", "qos_incompatible")
 
     def status(self, title: str, extra: Dict[str, str]) -> DiagnosticStatus:
         node = self.node

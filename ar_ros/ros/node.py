@@ -28,6 +28,7 @@ from . import params as P
 from .camera import Camera, Job
 from .diagnostics import Meter, fmt
 from .executor import run_node
+from .qos import SERVICE_QOS
 
 
 class RefinerNode(LifecycleNode):
@@ -140,7 +141,7 @@ class RefinerNode(LifecycleNode):
         if not self._endpoints:
             for cam in self.cameras:
                 cam.create_endpoints()
-            self.create_service(SetBool, "enable", self._srv_enable)
+            self.create_service(SetBool, "enable", self._srv_enable, qos_profile=SERVICE_QOS)
             self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
             self.create_timer(float(self.param("diagnostics_period")), self._publish_diagnostics)
             self._endpoints = True
@@ -244,20 +245,34 @@ class RefinerNode(LifecycleNode):
             try:
                 self._process(jobs)
             except Exception as err:  # never let one bad frame kill the refiner thread
-                for cam, _ in jobs:
-                    cam.counters.inc("errors")
-                self.get_logger().error(f"refinement failed: {type(err).__name__}: {err}")
+                self._failed([cam for cam, _ in jobs], err)
+
+    def _failed(self, cameras: List[Camera], err: Exception) -> None:
+        """Count and log a failed refinement, unless the node is shutting down: then publishing into the
+        finished context fails (RCLError: context is invalid), which is expected and not reported."""
+        if self._stop.is_set() or not self.context.ok():
+            return
+        for cam in cameras:
+            cam.counters.inc("errors")
+        names = f" [{', '.join(c.name for c in cameras)}]" if any(c.name for c in cameras) else ""
+        self.get_logger().error(f"refinement failed{names}: {type(err).__name__}: {err}", throttle_duration_sec=5.0)
 
     def _process(self, jobs: List) -> None:
-        """Plan every camera's frame, refine all targets in one pass, publish per camera."""
+        """Plan every camera's frame, refine all targets in one pass, publish per camera. A camera whose
+        frame or plan fails costs only that camera its frame."""
+        from ..engine.refiner import check_frame  # torch is imported on configure, not at node import
         if self.refiner is None or not self.active:
             return
         ready = []
         for cam, job in jobs:
             frame = job.image.frame()
-            if frame is None:
+            try:
+                if frame is None:
+                    raise ValueError(job.image.error)
+                check_frame(frame)  # checked on arrival from the header; this is the decoded frame
+            except ValueError as err:
                 cam.counters.inc("bad_images")
-                cam.warn("bad_image", f"skipping frame: {job.image.error}")
+                cam.warn("bad_image", f"skipping frame: {err}")
                 continue
             ready.append((cam, job, frame))
         if not ready:
@@ -267,13 +282,23 @@ class RefinerNode(LifecycleNode):
         with self.refiner_lock:
             plans = []
             for cam, job, frame in ready:
-                inputs, dets = cam.inputs(job)
-                step = cam.session.plan(frame, inputs, _stamp(job), color=job.image.color)
+                try:
+                    inputs, dets = cam.inputs(job)
+                    step = cam.session.plan(frame, inputs, _stamp(job), color=job.image.color)
+                except Exception as err:
+                    self._failed([cam], err)
+                    continue
                 plans.append((cam, job, frame, dets, step))
             allowed = self._cap_batch([p[4] for p in plans])
-            outputs = self.refiner.refine_many([(frame, {k: step.bases[k] for k in keep}, job.image.color)
-                                                for (cam, job, frame, dets, step), keep in zip(plans, allowed)],
-                                               mask=with_mask)
+            batch = [(frame, {k: step.bases[k] for k in keep}, job.image.color)
+                     for (cam, job, frame, dets, step), keep in zip(plans, allowed)]
+            try:
+                outputs = self.refiner.refine_many(batch, mask=with_mask)
+            except Exception:
+                if len(batch) < 2:
+                    raise
+                # the joint pass failed: each camera alone, so a failing one costs only its own frame
+                outputs = [self._refine_alone(plan[0], plan[4], item, with_mask) for plan, item in zip(plans, batch)]
             for (cam, job, frame, dets, step), keep, out in zip(plans, allowed, outputs):
                 for key, base in step.bases.items():
                     if key not in out:  # over the pass's max_targets: this frame keeps the base box
@@ -291,6 +316,14 @@ class RefinerNode(LifecycleNode):
                 cam.warn("no_id", "detections without an id: each is refined against a template from its own "
                                   "frame (set Detection2D.id to track across frames)")
             cam.publish(job.image, step.results, dets, pass_ms, with_mask and cam.wants_mask())
+
+    def _refine_alone(self, cam: Camera, step, item, with_mask: bool) -> Dict:
+        """One camera's part of a pass; when it fails, its base boxes are kept, flagged, and it is counted."""
+        try:
+            return self.refiner.refine_many([item], mask=with_mask)[0]
+        except Exception as err:
+            self._failed([cam], err)
+            return {key: _passed_through(base, f"refinement failed: {err}") for key, base in step.bases.items()}
 
     def _cap_batch(self, steps: List) -> List[List]:
         """Keys to refine per camera, at most ``max_targets`` in total, taken round-robin across cameras."""
@@ -346,9 +379,12 @@ def _stamp(job: Job) -> int:
 
 
 def _batch_full(base):
-    from ..engine.refiner import Result  # torch is imported on configure, not at node import
-    return Result(box=base, score=0.0, base_box=base, fallback=True,
-                  reason="more targets than max_targets across cameras in this pass; base box kept")
+    return _passed_through(base, "more targets than max_targets across cameras in this pass; base box kept")
+
+
+def _passed_through(base, reason: str):
+    from ..engine.refiner import passed_through  # torch is imported on configure, not at node import
+    return passed_through(base, reason)
 
 
 def _descriptor(spec: P.Spec) -> ParameterDescriptor:
