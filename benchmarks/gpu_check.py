@@ -91,11 +91,14 @@ class Check:
         try:
             fn()
         except Exception as err:  # noqa: BLE001 - one broken step must not cost the rest of a GPU run
-            traceback.print_exc()
-            first = (str(err).strip().splitlines() or [""])[0][:300]
-            self.checks[name] = f"error: {type(err).__name__}: {first}"
+            self.error(name, err)
         self.seconds[name] = round(time.perf_counter() - t0, 2)
         self.save()
+
+    def error(self, name: str, err: BaseException) -> None:
+        traceback.print_exc()
+        first = (str(err).strip().splitlines() or [""])[0][:300]
+        self.checks[name] = f"error: {type(err).__name__}: {first}"
 
     def figures(self, name: str, values: Dict[str, float], tol: Dict[str, float], info: bool = False) -> None:
         """Record a parity check: every figure within its tolerance -> ok (``info``: reported, never fails)."""
@@ -373,13 +376,19 @@ def benchmark(c: Check, nets: Dict[str, AlphaRefineNet], cuda: bool, counts: Lis
     for model, net in nets.items():
         fns = {}
         for label, kwargs in configs.items():
-            refiner = Refiner(net, **kwargs)
-            refiner.set_targets(frame, boxes)
-            for mask in (False, True):
-                for n in counts:
-                    subset = dict(list(boxes.items())[:n])
-                    fns[f"{model}/{label}/{'box+mask' if mask else 'box'}/{n}"] = \
-                        (lambda r=refiner, s=subset, m=mask: r.refine(frame, s, mask=m))
+            try:  # a configuration that breaks (say, CUDA graph capture) is reported; the others are timed
+                refiner = Refiner(net, **kwargs)
+                refiner.set_targets(frame, boxes)
+                mine = {}
+                for mask in (False, True):
+                    for n in counts:
+                        subset = dict(list(boxes.items())[:n])
+                        fn = (lambda r=refiner, s=subset, m=mask: r.refine(frame, s, mask=m))
+                        fn()  # the first call of a shape captures its CUDA graph: it must work before timing
+                        mine[f"{model}/{label}/{'box+mask' if mask else 'box'}/{n}"] = fn
+                fns.update(mine)
+            except Exception as err:  # noqa: BLE001
+                c.error(f"benchmark/{model}/{label}", err)
         results = interleaved(fns, repeat, warmup=warmup)  # refine() syncs: it copies the outputs to the host
         c.bench.update(results)
         for key, (med, p95) in results.items():
