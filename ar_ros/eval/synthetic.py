@@ -184,12 +184,21 @@ class Sequence:
         cx, cy, sx, sy, rot = self._pose(t)
         mask = np.zeros((self.height, self.width), np.float32)
         self._paint(img, self._outline(cx, cy, sx, sy, rot, self.target.vertices), self.target.texture, mask)
+        return self._effects(img, mask, t)
+
+    def _occluder_pixels(self, x1: int, x2: int) -> object:
+        """What the passing occluder shows in columns x1..x2: a flat colour here."""
+        return self.occ_color
+
+    def _effects(self, img: np.ndarray, mask: np.ndarray, t: int) -> Frame:
+        """Occluder, motion blur and illumination on a frame whose target is painted (``mask``)."""
+        cx, _, sx, _, _ = self._pose(t)
         if self.occluder:
             ox = int((t - self.occ_t0) * 4 + cx)
             ow = int(max(sx, 8))
             x1, x2 = max(ox - ow // 2, 0), min(ox + ow // 2, self.width)
             if x2 > x1:
-                img[:, x1:x2] = self.occ_color
+                img[:, x1:x2] = self._occluder_pixels(x1, x2)
                 mask[:, x1:x2] = 0.0
         if self.blur:
             dx = cx - self._pose(max(t - 1, 0))[0]

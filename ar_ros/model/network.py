@@ -11,7 +11,7 @@ from typing import Any, Dict
 import torch
 from torch import nn
 
-from .backbone import ResNet
+from .backbone import BACKBONES
 from .heads import CornerHead, MaskHead
 from .neck import CorrelationNeck, conv_bn_relu, template_kernel
 
@@ -27,8 +27,14 @@ class NetConfig:
     search_factor: float = 2.0
     with_top: bool = True          # keep layer4 + fc (authors' layout); our own models drop them
     crop_mode: str = "exact"       # the crop the weights were trained with: "exact" | "clean"
+    backbone: str = "resnet"       # a key of model.backbone.BACKBONES; depth and with_top are ResNet's only
 
     def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {self.backbone!r}")
+        if not BACKBONES[self.backbone].uses_depth:  # one spelling per network, so configs compare equal
+            object.__setattr__(self, "depth", 0)
+            object.__setattr__(self, "with_top", False)
         if self.input_size % (2 * STRIDE) or self.input_size < 4 * STRIDE:
             raise ValueError(f"input_size must be a multiple of {2 * STRIDE} and >= {4 * STRIDE}, "
                              f"got {self.input_size}")
@@ -36,6 +42,11 @@ class NetConfig:
             raise ValueError(f"crop_mode must be 'exact' or 'clean', got {self.crop_mode!r}")
         if not self.search_factor > 1.0:
             raise ValueError(f"search_factor must be > 1, got {self.search_factor}")
+
+    @property
+    def backbone_title(self) -> str:
+        """The backbone in words, e.g. ``ResNet-18`` or ``MobileNetV2``."""
+        return BACKBONES[self.backbone].title.format(depth=self.depth)
 
     @property
     def feat_size(self) -> int:
@@ -63,7 +74,7 @@ class AlphaRefineNet(nn.Module):
     def __init__(self, config: NetConfig = AUTHORS_CONFIG) -> None:
         super().__init__()
         self.config = config
-        self.feature_extractor = ResNet(config.depth, with_top=config.with_top)
+        self.feature_extractor = BACKBONES[config.backbone].build(config.depth, config.with_top)
         ch = self.feature_extractor.channels
         cells = (config.feat_size // 2) ** 2
         self.neck = CorrelationNeck(cells=cells, out_channels=64)

@@ -13,7 +13,7 @@ import torch
 
 from ..engine import crop as cropping
 from ..eval.base_trackers import jitter
-from ..eval.synthetic import Frame, TRAIN_SEEDS, cached_sequence
+from ..eval.synthetic import Frame, Sequence, TRAIN_SEEDS, cached_sequence
 
 # A frame source: (rng) -> (template Frame, search Frame). Folder readers provide the same shape.
 PairSource = Callable[[np.random.Generator], Tuple[Frame, Frame]]
@@ -28,14 +28,23 @@ class SamplerConfig:
     max_gap: int = 50              # frames between template and search
     gray_prob: float = 0.05
     brightness: float = 0.2        # factor ~ U(1 - b, 1 + b)
+    small_jitter_prob: float = 0.0  # share of pairs whose base box is nearly right ("do no harm")
+    small_jitter: float = 0.03     # scale and centre jitter of those pairs
 
 
 def synthetic_pairs(seed_range: Tuple[int, int] = TRAIN_SEEDS, length: int = 150,
                     size: Tuple[int, int] = (320, 240), max_gap: int = 50) -> PairSource:
     """Pairs of frames from the synthetic generator, at most ``max_gap`` apart, target visible in both."""
+    return sequence_pairs(lambda seed: cached_sequence(seed, length, size[0], size[1]), seed_range, length, max_gap)
+
+
+def sequence_pairs(make: Callable[[int], Sequence], seed_range: Tuple[int, int], length: int = 150,
+                   max_gap: int = 50) -> PairSource:
+    """Pairs of frames of ``make(seed)`` sequences (seeds drawn from ``seed_range``), at most ``max_gap``
+    apart, target visible in both."""
     def draw(rng: np.random.Generator) -> Tuple[Frame, Frame]:
         for _ in range(100):
-            seq = cached_sequence(int(rng.integers(*seed_range)), length, size[0], size[1])
+            seq = make(int(rng.integers(*seed_range)))
             t1 = int(rng.integers(0, length))
             t2 = int(np.clip(t1 + rng.integers(-max_gap, max_gap + 1), 0, length - 1))
             a, b = seq[t1], seq[t2]
@@ -98,7 +107,8 @@ class PairSampler:
         cfg, size = self.cfg, self.cfg.input_size
         a, b = self.source(rng)
         t_win = cropping.window_for(a.box, cfg.search_factor, size, "clean")
-        base = jitter(b.box, rng, cfg.scale_jitter, cfg.center_jitter)
+        small = cfg.small_jitter_prob > 0 and rng.random() < cfg.small_jitter_prob
+        base = jitter(b.box, rng, *((cfg.small_jitter,) * 2 if small else (cfg.scale_jitter, cfg.center_jitter)))
         s_win = cropping.window_for(base, cfg.search_factor, size, "clean")
         target = np.clip(s_win.box_to_crop(b.box), 0, size).astype(np.float32)
         has_mask = b.mask is not None

