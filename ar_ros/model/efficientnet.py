@@ -18,6 +18,7 @@ from torch import nn
 SETTINGS = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3), (6, 5, 1, 112, 3))
 #: index of the last block at each output stride, by the names the refiner asks for.
 STAGE_ENDS = {"conv1": 0, "layer1": 2, "layer2": 4, "layer3": 10}
+CHANNELS = {"conv1": 16, "layer1": 24, "layer2": 40, "layer3": 112}
 BN_EPS = 1e-3  # the TensorFlow value the ImageNet statistics were computed with
 
 
@@ -65,7 +66,7 @@ class EfficientNetLite0(nn.Module):
                 blocks.append(MBConvBlock(inp, c, t, k, s if i == 0 else 1))
                 inp = c
         self._blocks = nn.ModuleList(blocks)
-        self.channels = {"conv1": 16, "layer1": 24, "layer2": 40, "layer3": 112}
+        self.channels = dict(CHANNELS)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out")

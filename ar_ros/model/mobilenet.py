@@ -15,6 +15,7 @@ from torch import nn
 SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1))
 #: index of the last ``features`` block at each output stride, by the names the refiner asks for.
 STAGE_ENDS = {"conv1": 1, "layer1": 3, "layer2": 6, "layer3": 13}
+CHANNELS = {"conv1": 16, "layer1": 24, "layer2": 32, "layer3": 96}
 
 
 class InvertedResidual(nn.Module):
@@ -48,7 +49,7 @@ class MobileNetV2(nn.Module):
                 blocks.append(InvertedResidual(inp, c, s if i == 0 else 1, t))
                 inp = c
         self.features = nn.Sequential(*blocks)
-        self.channels = {"conv1": 16, "layer1": 24, "layer2": 32, "layer3": 96}
+        self.channels = dict(CHANNELS)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out")

@@ -49,6 +49,11 @@ class NetConfig:
         return BACKBONES[self.backbone].title.format(depth=self.depth)
 
     @property
+    def channels(self) -> Dict[str, int]:
+        """Widths of the backbone maps ``conv1``, ``layer1``, ``layer2``, ``layer3`` (the kernel's)."""
+        return BACKBONES[self.backbone].channels(self.depth)
+
+    @property
     def feat_size(self) -> int:
         return self.input_size // STRIDE
 

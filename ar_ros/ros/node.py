@@ -151,7 +151,7 @@ class RefinerNode(LifecycleNode):
         cfg = self.refiner.config
         cams = ", ".join(c.name for c in self.cameras) if multi else "single camera"
         self.get_logger().info(
-            f"refiner ready: ResNet-{cfg.depth}, {cfg.input_size}px crops, crop_mode={self.refiner.crop_mode}, "
+            f"refiner ready: {cfg.backbone_title}, {cfg.input_size}px crops, crop_mode={self.refiner.crop_mode}, "
             f"backend={self.refiner.backend}, device={self.device_label}, mode={self.param('mode')}, {cams}")
         return TransitionCallbackReturn.SUCCESS
 
