@@ -42,6 +42,13 @@ class Result:
     polygon: Optional[np.ndarray] = field(default=None, repr=False)  # (4,2) rotated rectangle of that region
 
 
+def passed_through(box: Sequence[float], reason: str) -> Result:
+    """A base box that is not refined (e.g. invalid, over max_targets): kept as it came, flagged as a
+    fallback with ``reason``; NaN when it is not 4 numbers."""
+    kept = tuple(float(v) for v in box) if len(box) == 4 else (math.nan,) * 4
+    return Result(box=kept, score=0.0, base_box=kept, fallback=True, reason=reason)  # type: ignore[arg-type]
+
+
 def resolve_device(device: str) -> torch.device:
     """``auto`` -> ``cuda`` when available else ``cpu``; anything else must exist on this machine."""
     if device == "auto":

@@ -13,14 +13,13 @@ Not thread-safe: callers that share a session between threads hold their own loc
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .boxes import Box, box_problem, iou
-from .refiner import Refiner, Result
+from .refiner import Refiner, Result, passed_through
 
 MODES = ("refine", "track")
 ANONYMOUS_PREFIX = "#"
@@ -147,7 +146,7 @@ class RefineSession:
             if problem:
                 out.skipped.append((tid, "invalid_box", problem))
                 if tid not in base and tid not in out.passed:  # same id out, base box kept, flagged
-                    out.passed[tid] = _kept(box, problem)
+                    out.passed[tid] = passed_through(box, problem)
                     out.order.append(tid)
                 continue
             if tid in base:
@@ -162,7 +161,7 @@ class RefineSession:
                     reason = f"more than max_targets={self.max_targets} targets; '{tid}' keeps its base box"
                     out.skipped.append((tid, "over_max_targets", reason))
                     if tid not in out.passed:  # same id out, flagged
-                        out.passed[tid] = _kept(box, reason)
+                        out.passed[tid] = passed_through(box, reason)
                         out.order.append(tid)
                     continue
                 new[tid] = tuple(float(v) for v in box)  # type: ignore[assignment]
@@ -178,7 +177,7 @@ class RefineSession:
                 continue
             reason = f"more than max_targets={self.max_targets} targets in this frame; base box kept"
             out.skipped.append((tid, "over_max_targets", reason))
-            out.passed[tid] = _kept(box, reason)
+            out.passed[tid] = passed_through(box, reason)
         if new:
             self.refiner.set_targets(frame, {self._key(t): b for t, b in new.items()}, color=color)
         for tid, seen in list(self.last_seen.items()):
@@ -204,9 +203,3 @@ class RefineSession:
                 best = max(anonymous, key=lambda b: iou(last, b), default=None)
                 base[tid] = best if best is not None and iou(last, best) > 0.1 else last
         return base
-
-
-def _kept(box: Sequence[float], reason: str) -> Result:
-    """The base box passed through unrefined, flagged as a fallback with ``reason``."""
-    kept = tuple(float(v) for v in box) if len(box) == 4 else (math.nan,) * 4
-    return Result(box=kept, score=0.0, base_box=kept, fallback=True, reason=reason)  # type: ignore[arg-type]
