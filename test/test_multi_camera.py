@@ -5,6 +5,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 rclpy = pytest.importorskip("rclpy")
@@ -94,6 +95,46 @@ def test_total_max_targets_is_shared_round_robin(multi, frame):
     assert node.refiner.last_batch_size == 2
     full = [c for c in node.cameras if c.counters.get("batch_full")]
     assert len(full) == 1  # one camera waited this pass, with its base box published and flagged
+
+
+def test_a_camera_whose_frame_fails_costs_the_other_cameras_nothing(multi, frame):
+    from rclpy.serialization import serialize_message
+    from ar_ros.io.cdr import IMAGE_TYPE, raw_image
+    from ar_ros.ros.camera import CachedImage, Job
+    node, tester, ex, got, pubs = multi
+
+    def job(img, sec, boxes):  # straight to the worker, as if the arrival check had let it through
+        return Job(CachedImage(raw_image(serialize_message(image_msg(img, sec)), IMAGE_TYPE), 0.0),
+                   detections_msg(boxes, sec))
+
+    def one_pass(front_img, sec):
+        with node.cond:  # all three pending together: one shared pass
+            node.submit(node.cameras[0], job(front_img, sec, [("f", (0.0, 0.0, 1.0, 1.0))]))
+            for cam in node.cameras[1:]:
+                node.submit(cam, job(frame, sec, [("a", BOX)]))
+        assert spin_until(ex, lambda: all(any(m.header.stamp.sec == sec for m in got[c]) for c in CAMS[1:]))
+
+    # a frame too small to refine: that camera's frame is skipped and counted, the others are refined
+    one_pass(np.zeros((1, 1, 3), np.uint8), 30)
+    assert node.cameras[0].counters.get("bad_images") == 1 and not got["front"]
+    # the shared pass fails on one camera's frame: each camera is then refined alone; that one keeps
+    # its base boxes, flagged, and counts an error, the others are refined as usual
+    real = node.refiner.refine_many
+
+    def failing_on_small_frames(jobs, **kw):
+        if any(j[0].shape[0] == 100 for j in jobs):
+            raise RuntimeError("injected failure")
+        return real(jobs, **kw)
+    node.refiner.refine_many = failing_on_small_frames
+    try:
+        one_pass(frame[:100].copy(), 31)
+    finally:
+        node.refiner.refine_many = real
+    assert spin_until(ex, lambda: got["front"])
+    front = got["front"][-1]
+    assert [d.id for d in front.detections] == ["f"] and front.detections[0].results[0].hypothesis.score == 0.0
+    assert [c.counters.get("errors") for c in node.cameras] == [1, 0, 0]
+    assert all([d.id for d in got[c][-1].detections] == ["a"] for c in CAMS[1:])
 
 
 @pytest.mark.parametrize("names", [["front", "front"], ["front", ""], ["9lives"], ["has space"]])
