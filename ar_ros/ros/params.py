@@ -48,8 +48,8 @@ PARAMS: Tuple[Spec, ...] = (
     Spec("mode", "refine", "refine: refine every incoming base box by Detection2D.id. track: targets only "
          "from set_target; detections supply base boxes when they match.", read_only=True,
          choices=("refine", "track")),
-    Spec("max_targets", 8, "Most targets refined per frame (one batch); extra ones are dropped with a "
-         "warning.", low=1, high=254),
+    Spec("max_targets", 8, "Most boxes refined per frame (one batch), id-less ones included; the others "
+         "come out with their base box, flagged as fallbacks (counted in over_max_targets).", low=1, high=254),
     Spec("min_score", 0.0, "Below this refiner confidence the base box is passed through (fallback).",
          low=0.0, high=1.0),
     Spec("max_scale_change", 3.0, "A refined box whose width or height differs from the base box by more "
