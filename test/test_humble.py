@@ -45,7 +45,7 @@ def load_copy(relpath, name):
 def test_without_rclpy_event_handler_qos_events_come_from_qos_event(monkeypatch):
     pytest.importorskip("rclpy")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # Jazzy's qos_event is a shim over event_handler
+        warnings.simplefilter("ignore")  # Jazzy's qos_event is a deprecated shim over event_handler
         from rclpy import qos_event
     monkeypatch.setitem(sys.modules, "rclpy.event_handler", None)  # import raises ImportError, as on Humble
     qos = load_copy("ar_ros/ros/qos.py", "qos_as_on_humble")  # without the fallback: ImportError here
