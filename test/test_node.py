@@ -197,7 +197,10 @@ def test_bad_input_is_logged_counted_and_survived(harness, frame):
     assert not next(m for m in harness.got["det"] if m.header.stamp.sec == 12).detections
     harness.send(frame, 13, [("n", (float("nan"), 1.0, 5.0, 5.0)), ("o", (9000.0, 0.0, 5.0, 5.0)), ("a", BOX)])
     assert spin_until(harness.ex, lambda: any(m.header.stamp.sec == 13 for m in harness.got["det"]))
-    assert [d.id for d in next(m for m in harness.got["det"] if m.header.stamp.sec == 13).detections] == ["a"]
+    out13 = next(m for m in harness.got["det"] if m.header.stamp.sec == 13)
+    assert [d.id for d in out13.detections] == ["n", "o", "a"]  # the same ids; invalid boxes passed through
+    assert out13.detections[1].bbox.center.position.x == pytest.approx(9002.5)
+    assert out13.detections[1].results[0].hypothesis.score == 0.0
     assert node.camera.counters.get("invalid_box") == 2
     harness.det_pub.publish(detections_msg([("a", BOX)], 1))  # 12 s older than the newest image
     assert spin_until(harness.ex, lambda: node.camera.counters.get("stale") >= 1)

@@ -1,4 +1,5 @@
 """The node as launch would start it: installed executable, --params-file, remaps, other processes."""
+import json
 import os
 import signal
 import subprocess
@@ -27,15 +28,12 @@ def node_executable() -> str:
     return installed_executable("ar_ros")
 
 
-def start_node(tmp_path, checkpoint, extra_params="", remaps=()):
+def start_node(tmp_path, checkpoint, extra_params="", remaps=(), **overrides):
+    """The installed node in its own process; ``overrides`` replace the defaults below (YAML values)."""
+    values = {"checkpoint": checkpoint, "device": "cpu", "max_targets": 4, "sync_slop": 0.02, **overrides}
     params = tmp_path / "params.yaml"
-    params.write_text(f"""/**:
-  ros__parameters:
-    checkpoint: "{checkpoint}"
-    device: cpu
-    max_targets: 4
-    sync_slop: 0.02
-{extra_params}""")
+    params.write_text("/**:\n  ros__parameters:\n" + "".join(f"    {k}: {json.dumps(v)}\n" for k, v in values.items())
+                      + extra_params)
     cmd = [node_executable(), "--ros-args", "--params-file", str(params), *sum((["-r", r] for r in remaps), [])]
     log = open(tmp_path / "node.log", "w+")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))

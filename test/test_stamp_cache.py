@@ -20,3 +20,17 @@ def test_exact_then_nearest_within_slop_and_bounded():
     assert cache.span() == (400, 400)
     with pytest.raises(ValueError):
         StampCache(0)
+
+
+def test_latest_is_the_last_received_and_a_future_stamp_ages_out():
+    cache = StampCache(3)
+    cache.put(100, "a")
+    cache.put(3600 * 10**9, "future")                   # one frame an hour ahead (clock jump)
+    cache.put(200, "b")
+    assert cache.latest() == (200, "b")                 # latest received, not the largest stamp
+    assert cache.get(150, slop_ns=60) == (100, "a")     # nearest, ties go to the first
+    assert cache.get(150, slop_ns=60, accept=lambda item: item != "a") == (200, "b")
+    assert cache.get(100, accept=lambda item: False) == (100, "a")  # accept filters the nearest only
+    cache.put(300, "c")
+    cache.put(400, "d")
+    assert cache.span() == (200, 400)                   # the future frame was evicted like any other

@@ -5,6 +5,7 @@ multi-camera node has one per name in ``cameras`` (topics ``<cam>/image``, ``<ca
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
@@ -49,6 +50,7 @@ class CachedImage:
     _frame: Optional[np.ndarray] = None
     color: str = "rgb"  # channel order of frame()
     error: str = ""
+    paired: bool = False  # handed to the worker once (the nearest-stamp fallback never reuses it)
 
     def frame(self) -> Optional[np.ndarray]:
         """HxWx3 uint8 in the order ``self.color``, or ``None`` (then ``error`` says why)."""
@@ -89,7 +91,9 @@ class Camera:
         self.node, self.name = node, name
         self.prefix = f"{name}/" if name else ""
         self.cache: StampCache[CachedImage] = StampCache(int(node.param("image_cache_size")))
-        self.waiting: List[Tuple[int, Detection2DArray, float]] = []
+        self.waiting: List[Tuple[int, Detection2DArray, float]] = []  # (stamp, detections, arrival)
+        self.unpaired: Optional[CachedImage] = None  # track mode: newest frame still waiting for detections
+        self.last_detections = -math.inf  # monotonic time the last detections arrived
         self.pending: Optional[Job] = None
         self.session = None
         self.counters = Counters()
@@ -150,11 +154,15 @@ class Camera:
         stamp = stamp_to_ns(msg.header.stamp)
         entry = CachedImage(msg, time.monotonic(), compressed=self.compressed)
         self.cache.put(stamp, entry)
-        if self.node.param("mode") == "track" and self.node.count_publishers(self.det_topic) == 0:
-            # no base tracker: the previous refined box is the base box, frame by frame
-            self.node.submit(self, Job(entry, None))
-        else:
-            self.pair()
+        if self.node.param("mode") == "track":
+            with self.node.cond:
+                if entry.received - self.last_detections >= float(self.node.param("detections_timeout")):
+                    # no base tracker, or it went silent (stopped, died): refine from the previous boxes
+                    self.counters.inc("no_detections")
+                    self.submit(Job(entry, None))
+                    return
+                self.unpaired = entry
+        self.pair()
 
     def on_serialised_detections(self, serialised: bytes) -> None:
         try:
@@ -175,34 +183,88 @@ class Camera:
             self.counters.inc("disabled_skips")
             return
         with self.node.cond:
-            self.waiting.append((stamp_to_ns(msg.header.stamp), msg, time.monotonic()))
+            self.last_detections = time.monotonic()
+            self.waiting.append((stamp_to_ns(msg.header.stamp), msg, self.last_detections))
             if len(self.waiting) > MAX_WAITING:  # a base tracker without images must not grow memory
                 self.waiting.pop(0)
                 self.counters.inc("unsynced")
         self.pair()
 
-    def pair(self) -> None:
-        """Match waiting detections to cached images by stamp; the newest match becomes the job."""
-        slop = int(float(self.node.param("sync_slop")) * 1e9)
-        max_age = int(float(self.node.param("max_image_age")) * 1e9)
-        newest_image = self.cache.span()[1]
-        with self.node.cond:
+    def pair(self) -> Optional[float]:
+        """Match waiting detections to images by stamp and submit the newest match; the seconds until the
+        next wait runs out (``None``: nothing waits). The node's worker calls this again by then.
+
+        A detection names its frame by stamp: the exact image, waited for up to ``sync_wait`` when it
+        has not arrived yet, only then the nearest unused image within ``sync_slop``. In track mode the
+        newest frame with no detections goes out with the previous boxes once detections have been
+        silent for ``detections_timeout``.
+        """
+        node = self.node
+        now = time.monotonic()
+        wait = float(node.param("sync_wait"))
+        slop = int(float(node.param("sync_slop")) * 1e9)
+        max_age = int(float(node.param("max_image_age")) * 1e9)
+        track = node.param("mode") == "track"
+        latest = self.cache.latest()  # by arrival: a future-stamped frame does not make the others stale
+        due: List[float] = []
+        with node.cond:
             keep, found = [], None
             for stamp, msg, arrived in self.waiting:
-                hit = self.cache.get(stamp, slop)
+                hit, outcome = self.cache.get(stamp), ""
                 if hit is not None:
-                    if found is not None:
-                        self.counters.inc("skipped_stale")
-                    found = Job(hit[1], msg, arrived)
-                elif newest_image and newest_image - stamp > max_age:
-                    self.counters.inc("stale")
-                    self.warn("stale", f"dropping detections stamped {stamp / 1e9:.3f}: no image within "
-                                       "sync_slop and older than max_image_age")
-                else:
+                    outcome = "paired_exact" if hit[1].received <= arrived else "paired_waited"
+                    if track and hit[1].paired:  # that frame already went out with the previous boxes
+                        self.counters.inc("unmatched")
+                        self.warn("late", f"dropping detections stamped {stamp / 1e9:.3f}: their frame was "
+                                          "already refined without them (detections_timeout)")
+                        continue
+                elif now - arrived < wait:  # always waited for: stamps may jump, no stamp says "lost"
                     keep.append((stamp, msg, arrived))
+                    due.append(arrived + wait - now)
+                    continue
+                else:
+                    hit = self.cache.get(stamp, slop, accept=lambda image: not image.paired)
+                    if hit is None and latest is not None and latest[0] - stamp > max_age:
+                        self.counters.inc("stale")
+                        self.warn("stale", f"dropping detections stamped {stamp / 1e9:.3f}: no image with "
+                                           "that stamp and older than max_image_age")
+                        continue
+                    if hit is None:
+                        self.counters.inc("unmatched")
+                        self.warn("unmatched", f"dropping detections stamped {stamp / 1e9:.3f}: no image with "
+                                               "that stamp within sync_wait, none unused within sync_slop")
+                        continue
+                    outcome = "paired_nearest"
+                self.counters.inc(outcome)
+                if found is not None:  # the newest frame wins; an older match is skipped
+                    self.counters.inc("skipped_stale")
+                    if found.image.received > hit[1].received:
+                        continue
+                found = Job(hit[1], msg, arrived)
             self.waiting = keep
-        if found is not None:
-            self.node.submit(self, found)
+            if found is not None:
+                if self.unpaired is not None and self.unpaired.received <= found.image.received:
+                    self.unpaired = None
+                self.submit(found)
+            if track and self.unpaired is not None:
+                silent_until = self.last_detections + float(node.param("detections_timeout"))
+                if now >= silent_until:
+                    self.counters.inc("no_detections")
+                    self.submit(Job(self.unpaired, None))
+                    self.unpaired = None
+                else:
+                    due.append(silent_until - now)
+            if due:
+                node.cond.notify()  # the worker sleeps until the earliest of these
+        return min(due, default=None)
+
+    def submit(self, job: Job) -> None:
+        """Hand ``job`` to the worker (unless refinement is disabled); its image is then used."""
+        if not self.node.enabled:
+            self.counters.inc("disabled_skips")
+            return
+        job.image.paired = True
+        self.node.submit(self, job)
 
     def inputs(self, job: Job) -> Tuple[List[Tuple[str, Tuple[float, float, float, float]]], Dict[str, Any]]:
         """(id, box) inputs of a job and the base Detection2D per output key (anonymous = ``#i``)."""
@@ -337,7 +399,8 @@ class Camera:
         return res
 
     # ------------------------------------------------------------------ diagnostics and logging
-    COUNTERS = ("images_received", "detections_received", "frames_refined", "skipped_stale", "stale", "unsynced",
+    COUNTERS = ("images_received", "detections_received", "frames_refined", "paired_exact", "paired_waited",
+                "paired_nearest", "unmatched", "no_detections", "skipped_stale", "stale", "unsynced",
                 "bad_images", "bad_detections", "invalid_box", "duplicate_id", "fallbacks", "over_max_targets",
                 "batch_full", "errors", "disabled_skips", "qos_incompatible")
 

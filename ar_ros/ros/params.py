@@ -28,8 +28,9 @@ PARAMS: Tuple[Spec, ...] = (
     Spec("checkpoint", "", "Model file: ar_ros checkpoint, the authors' SEcmnet_ep0040-c.pth.tar, or a "
          "state_dict. Empty = the built-in default model.", read_only=True),
     Spec("device", "auto", "auto | cpu | cuda | cuda:N", read_only=True),
-    Spec("precision", "auto", "auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16", read_only=True,
-         choices=("auto", "fp32", "fp16")),
+    Spec("precision", "auto", "auto (fp16 on CUDA; on CPU bf16 where the CPU has bf16 units and "
+         "`ar-refine check-bf16` accepted these weights, else fp32) | fp32 | fp16 (CUDA) | bf16 (CPUs with "
+         "AMX, AVX-512 BF16 or Arm BF16).", read_only=True, choices=("auto", "fp32", "fp16", "bf16")),
     Spec("backend", "torch", "torch | onnxruntime | onnxruntime-int8 | tensorrt (checkpoint = a folder from "
          "`ar-refine export onnx [--int8]`; tensorrt also needs `ar-refine export tensorrt`).", read_only=True,
          choices=("torch", "onnxruntime", "onnxruntime-int8", "tensorrt")),
@@ -61,12 +62,17 @@ PARAMS: Tuple[Spec, ...] = (
     Spec("publish_overlay", True, "Publish refined/overlay (rendered only while someone subscribes)."),
     Spec("publish_targets", True, "Publish refined/targets (ar_ros/RefinedTargetArray: base vs refined, "
          "fallback reasons)."),
-    Spec("sync_slop", 0.05, "Seconds: when no image has the detections' exact stamp, the nearest one "
-         "within this window is used.", low=0.0, high=10.0),
+    Spec("sync_slop", 0.05, "Seconds (stamp time): when no image has the detections' exact stamp within "
+         "sync_wait, the nearest unused one within this window is used.", low=0.0, high=10.0),
+    Spec("sync_wait", 0.1, "Seconds (wall time): detections whose image has not arrived yet wait this long "
+         "for it before the sync_slop fallback.", low=0.0, high=5.0),
+    Spec("detections_timeout", 0.5, "Seconds (wall time), track mode: with no detections received for this "
+         "long (no base tracker, or it stopped or died), each frame is refined from the targets' previous "
+         "boxes.", low=0.0, high=60.0),
     Spec("image_cache_size", 30, "Frames kept for late detections and set_target calls.", read_only=True,
          low=1, high=1000),
-    Spec("max_image_age", 1.0, "Seconds: detections older than the newest image by more than this are "
-         "dropped as stale.", low=0.0, high=3600.0),
+    Spec("max_image_age", 1.0, "Seconds: detections left without an image are counted as stale when older "
+         "than the last received image by more than this, else as unmatched.", low=0.0, high=3600.0),
     Spec("target_timeout", 1.0, "Seconds (stamp time): refine mode forgets an id not seen for this long.",
          low=0.0, high=3600.0),
     Spec("autostart", True, "Configure and activate on start (for use without a lifecycle manager).",

@@ -3,13 +3,17 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Generic, Optional, Tuple, TypeVar
+from typing import Callable, Generic, Optional, Tuple, TypeVar
 
 T = TypeVar("T")
 
 
 class StampCache(Generic[T]):
-    """Keep the last ``capacity`` items by stamp (ns). Lookup: exact stamp, else nearest within a slop."""
+    """Keep the last ``capacity`` items received, by stamp (ns). Lookup: exact stamp, else nearest within a slop.
+
+    Order is arrival order, never stamp order: one frame stamped an hour ahead (a clock jump, a bad
+    driver) is just the oldest entry 30 frames later, not the "newest" frame for ever.
+    """
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
@@ -30,21 +34,24 @@ class StampCache(Generic[T]):
                 self._items.popitem(last=False)
                 self.evicted += 1
 
-    def get(self, stamp_ns: int, slop_ns: int = 0) -> Optional[Tuple[int, T]]:
-        """(stamp, item) for the exact stamp, else the nearest within ``slop_ns``, else ``None``."""
+    def get(self, stamp_ns: int, slop_ns: int = 0,
+            accept: Optional[Callable[[T], bool]] = None) -> Optional[Tuple[int, T]]:
+        """(stamp, item) for the exact stamp, else the nearest within ``slop_ns`` (among the items
+        ``accept`` takes, when given), else ``None``."""
         with self._lock:
             if stamp_ns in self._items:
                 return stamp_ns, self._items[stamp_ns]
-            if slop_ns <= 0 or not self._items:
-                return None
-            best = min(self._items, key=lambda s: abs(s - stamp_ns))
-            return (best, self._items[best]) if abs(best - stamp_ns) <= slop_ns else None
+            near = [s for s, item in self._items.items() if abs(s - stamp_ns) <= slop_ns
+                    and (accept is None or accept(item))] if slop_ns > 0 else []
+            best = min(near, key=lambda s: abs(s - stamp_ns), default=None)
+            return None if best is None else (best, self._items[best])
 
     def latest(self) -> Optional[Tuple[int, T]]:
+        """The item received last (whatever its stamp), or ``None``."""
         with self._lock:
             if not self._items:
                 return None
-            stamp = max(self._items)
+            stamp = next(reversed(self._items))
             return stamp, self._items[stamp]
 
     def span(self) -> Tuple[int, int]:
