@@ -309,15 +309,20 @@ def check_onnxruntime(c: Check, net: AlphaRefineNet, cuda: bool, onnx_dir: Optio
         for n in names:
             c.skip(n, "no onnxruntime package")
         return
+    if onnx_dir is None and importlib.util.find_spec("onnx") is None:  # torch.onnx.export needs it
+        for n in names:
+            c.skip(n, "no onnx package to export the graphs (pass --onnx DIR from `ar-refine export onnx`)")
+        return
+    with tempfile.TemporaryDirectory(prefix="ar_ros_gpu_check_onnx_") as tmp:
+        if onnx_dir is None:
+            from ar_ros.backends.onnx import export_onnx
+            onnx_dir = export_onnx(load_network(DEFAULT_CHECKPOINT)[0], tmp)
+        compare_onnxruntime(c, net, cuda, str(onnx_dir), names)
+
+
+def compare_onnxruntime(c: Check, net: AlphaRefineNet, cuda: bool, onnx_dir: str, names: Tuple[str, str]) -> None:
+    """ONNX Runtime on CPU, then with its CUDA provider (when it has one and it loads), vs torch there."""
     import onnxruntime as ort
-    if onnx_dir is None:
-        if importlib.util.find_spec("onnx") is None:  # torch.onnx.export needs it
-            for n in names:
-                c.skip(n, "no onnx package to export the graphs (pass --onnx DIR from `ar-refine export onnx`)")
-            return
-        from ar_ros.backends.onnx import export_onnx
-        onnx_dir = tempfile.mkdtemp(prefix="ar_ros_gpu_check_onnx_")
-        export_onnx(load_network(DEFAULT_CHECKPOINT)[0], onnx_dir)
     for device, name in zip(("cpu", "cuda"), names):
         if device == "cuda" and not cuda:
             c.skip(name, NO_CUDA)
@@ -391,6 +396,7 @@ def benchmark(c: Check, nets: Dict[str, AlphaRefineNet], cuda: bool, counts: Lis
                 c.error(f"benchmark/{model}/{label}", err)
         results = interleaved(fns, repeat, warmup=warmup)  # refine() syncs: it copies the outputs to the host
         c.bench.update(results)
+        c.save()
         for key, (med, p95) in results.items():
             print(f"[gpu_check]   {key:40s} {med:9.3f} ms  (p95 {p95:.3f})", flush=True)
     for key, limit in GOALS.items():
