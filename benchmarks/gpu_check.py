@@ -457,7 +457,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         c.step(f"refine_many_vs_refine/{name}/{device}", lambda: check_refine_many(c, name, net, device))
     c.step("onnxruntime", lambda: check_onnxruntime(c, nets["shipped"], cuda, args.onnx))
     c.step("tensorrt", lambda: check_tensorrt(c, cuda))
-    c.step("benchmark", lambda: benchmark(c, nets, cuda, counts, repeat, 1 if args.dry_run else 3))
+    c.step("benchmark", lambda: benchmark(c, nets, cuda, counts, repeat, 0 if args.dry_run else 2))
     c.step("plot", lambda: plot(c))
     c.save()
     sys.stderr.flush()
