@@ -310,9 +310,11 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None, help="model file, or a folder from `export onnx` for the "
                                                       "onnxruntime / tensorrt backends (default: the shipped model)")
     p.add_argument("--device", default="cpu", help=BY_NAME["device"].description + " (default: cpu)")
-    for name in ("backend", "precision"):
-        spec = BY_NAME[name]
-        p.add_argument(f"--{name}", default=spec.default, choices=spec.choices, help=spec.description)
+    spec = BY_NAME["backend"]
+    p.add_argument("--backend", default=spec.default, choices=spec.choices, help=spec.description)
+    # fp32 by default (the node's default is auto): offline scores do not change with the machine's CPU or GPU
+    spec = BY_NAME["precision"]
+    p.add_argument("--precision", default="fp32", choices=spec.choices, help=spec.description + " (default: fp32)")
     p.add_argument("--threads", type=int, default=0, help=BY_NAME["threads"].description)
 
 
