@@ -57,6 +57,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_check_bf16(args: argparse.Namespace) -> int:
+    from .eval.precision_check import main_check
+    _set_threads(args)
+    return main_check(args.checkpoint, args.suite)
+
+
 def _cmd_score(args: argparse.Namespace) -> int:
     from .eval import metrics
     for path in (args.gt, args.pred):
@@ -421,6 +427,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true")
     common(p)
     p.set_defaults(func=_cmd_live_replay)
+
+    p = sub.add_parser("check-bf16", help="may precision 'auto' run these weights in bf16 on this CPU? Measures "
+                                          "bf16 against fp32 (boxes on a synthetic suite, time) and records the "
+                                          "verdict that auto reads; exit 0 accepted, 1 rejected")
+    p.add_argument("--checkpoint", default=None, help="model file (default: the shipped model)")
+    p.add_argument("--suite", default="small", choices=["tiny", "small", "reference"],
+                   help="synthetic suite for the agreement gate (default: small, as for int8)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads to time with (0 = torch's default); use "
+                                                          "the node's `threads`")
+    p.set_defaults(func=_cmd_check_bf16)
 
     p = sub.add_parser("export", help="export ONNX graphs (template + search, dynamic batch) and check them; "
                                       "or build TensorRT engines from such a folder")

@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """All available backends x precisions x batch sizes in one run, with the plain-torch baseline.
 
-CPU here; on a CUDA machine torch fp16 (eager and CUDA graphs), ONNX Runtime's CUDA provider (when
-installed) and TensorRT fp16 engines (when the tensorrt package is) are added, with TensorRT's ratio to
-torch fp16. Box-only and box+mask, 1/4/8 targets, median and p95 of Refiner.refine per frame, and
+CPU here: torch fp32, torch bf16 where the CPU has bf16 units, ONNX Runtime fp32 and int8; the CPU
+features seen are printed. On a CUDA machine torch fp16 (eager and CUDA graphs), ONNX Runtime's CUDA
+provider (when installed) and TensorRT fp16 engines (when the tensorrt package is) are added, with
+TensorRT's ratio to torch fp16. Box-only and box+mask, 1/4/8 targets, median and p95 of Refiner.refine per frame, and
 ratios against plain fp32 torch (the authors' way: NCHW, no channels_last, BatchNorm not folded)
 measured in the same run. All configurations are called
-round-robin in blocks (one untimed call, then four timed; see bench_refiner.interleaved), so machine
+round-robin in blocks (one untimed call, then four timed; see ar_ros.eval.timing.interleaved), so machine
 drift hits them alike and one backend's spinning threads do not spill into the next one's timing.
 
     python benchmarks/bench_backends.py [--model PATH] [--threads 2] [--repeat 20] [--json] [--plot out.png]
@@ -22,6 +23,7 @@ import torch
 
 from ar_ros import Refiner
 from ar_ros.backends.onnx import calibration_batches, export_onnx, quantize_int8
+from ar_ros.engine.precision import bf16_problem, cpu_features
 from ar_ros.model import load_network
 from ar_ros.engine.refiner import DEFAULT_CHECKPOINT
 from bench_refiner import frame_and_boxes, interleaved
@@ -51,6 +53,11 @@ def main() -> None:
         "torch/fp32": lambda: Refiner(path),
         "onnxruntime/fp32": lambda: Refiner(onnx_dir, backend="onnxruntime"),
     }
+    bf16 = bf16_problem(torch.device("cpu"))
+    if bf16:
+        print(f"bf16 not timed: {bf16}")
+    else:
+        configs["torch/bf16"] = lambda: Refiner(path, precision="bf16")
     if int8:
         configs["onnxruntime/int8"] = lambda: Refiner(onnx_dir, backend="onnxruntime-int8")
     if torch.cuda.is_available():
@@ -84,6 +91,7 @@ def main() -> None:
         print(json.dumps({k: round(v[0], 3) for k, v in results.items()}))
         return
     print(f"model: {path}  threads: {args.threads}  torch {torch.__version__}")
+    print(f"CPU: {cpu_features()}")
     print(f"{'configuration':36s} {'median ms':>10s} {'p95 ms':>9s} {'vs plain':>9s}")
     for key, (med, p95) in results.items():
         name, kind, n = key.rsplit("/", 2)

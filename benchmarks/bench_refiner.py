@@ -1,17 +1,20 @@
 #!/usr/bin/env python3
 """Latency of Refiner.refine per frame: 1, 4, 8 targets, box-only and box+mask, CPU (and CUDA if present).
 
-Also times, in the same run, an authors'-style pipeline on the same weights (one target per forward
-pass, float64 normalisation per pixel, no channels_last, BatchNorm not folded) as the baseline, and
-prints ratios. All configurations are called round-robin, so slow drift of a shared machine hits every
-configuration alike and the ratios stay meaningful even when the absolute figures move.
+On CPU: fp32, bf16 (where the CPU has bf16 units) and the ONNX Runtime int8 graph (box only), interleaved
+with an authors'-style pipeline on the same weights (one target per forward pass, float64 normalisation
+per pixel, no channels_last, BatchNorm not folded) as the baseline; prints the CPU features seen, ratios,
+and how far bf16 boxes are from fp32 ones on a synthetic sequence. All configurations are called
+round-robin, so slow drift of a shared machine hits every configuration alike and the ratios stay
+meaningful even when the absolute figures move.
 
-    python benchmarks/bench_refiner.py [--model authors|default|PATH] [--threads 2] [--repeat 20] [--json]
+    python benchmarks/bench_refiner.py [--model authors|default|PATH] [--threads 2] [--repeat 20] [--no-int8] [--json]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 
 import cv2
 import numpy as np
@@ -19,8 +22,11 @@ import torch
 
 from ar_ros import Refiner
 from ar_ros.engine import crop as cropping
+from ar_ros.backends.onnx import calibration_batches, export_onnx, quantize_int8
+from ar_ros.engine.precision import bf16_problem, cpu_features
 from ar_ros.engine.refiner import DEFAULT_CHECKPOINT
 from ar_ros.eval.timing import interleaved  # noqa: F401  (also imported from here by the other benchmarks)
+from ar_ros.eval.synthetic import Sequence
 from ar_ros.model import AUTHORS_CONFIG, AlphaRefineNet, load_network
 
 
@@ -42,11 +48,43 @@ def authors_style(net, frame, box, kernel):
     return win.box_to_frame(out["boxes"][0].numpy())
 
 
+def cpu_refiners(checkpoint, int8: bool) -> dict:
+    """fp32, bf16 (on CPUs with bf16 units) and ONNX Runtime int8 (box only) refiners of the same weights."""
+    refiners = {"cpu/fp32": Refiner(checkpoint)}
+    problem = bf16_problem(torch.device("cpu"))
+    if problem:
+        print(f"bf16 not timed: {problem}")
+    else:
+        refiners["cpu/bf16"] = Refiner(checkpoint, precision="bf16")
+    if int8:
+        net = checkpoint if isinstance(checkpoint, AlphaRefineNet) else load_network(checkpoint or DEFAULT_CHECKPOINT)[0]
+        onnx_dir = export_onnx(net, tempfile.mkdtemp(prefix="ar_ros_onnx_"))
+        try:
+            quantize_int8(onnx_dir, calibration_batches(onnx_dir))
+            refiners["cpu/int8"] = Refiner(str(onnx_dir), backend="onnxruntime-int8")
+        except Exception as err:  # reported, the others still run
+            print(f"int8 not timed: {err}")
+    return refiners
+
+
+def bf16_box_difference(fp32: Refiner, bf16: Refiner, frames: int = 30) -> tuple:
+    """Max and mean |bf16 - fp32| per box coordinate (px) over a synthetic sequence, one target."""
+    seq = list(Sequence(100_000, frames, (640, 480)))
+    for r in (fp32, bf16):
+        r.set_target(seq[0].image, seq[0].box, target_id="acc")
+    diffs = [np.abs(np.subtract(fp32.refine(f.image, {"acc": f.box})["acc"].box,
+                                bf16.refine(f.image, {"acc": f.box})["acc"].box)) for f in seq[1:]]
+    for r in (fp32, bf16):
+        r.clear("acc")
+    return float(np.max(diffs)), float(np.mean(diffs))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="authors", help="authors (AR34 layout, random weights) | default | PATH")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=20)
+    ap.add_argument("--no-int8", action="store_true", help="skip the ONNX Runtime int8 graph (export + calibration)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -57,21 +95,24 @@ def main():
         checkpoint = net
     else:
         checkpoint = None if args.model == "default" else args.model
-    variants = [("cpu", "fp32", False)]  # (device, precision, CUDA graphs)
-    if torch.cuda.is_available():
-        variants += [("cuda", "fp16", False), ("cuda", "fp16", True)]
     frame, boxes = frame_and_boxes(8)
+    groups = [cpu_refiners(checkpoint, int8=not args.no_int8)]  # interleaved together with the baseline
+    if torch.cuda.is_available():
+        groups += [{"cuda/fp16": Refiner(checkpoint, device="cuda", precision="fp16")},
+                   {"cuda/fp16-graphs": Refiner(checkpoint, device="cuda", precision="fp16", cuda_graphs=True)}]
     results = {}
-    for device, precision, graphs in variants:
-        refiner = Refiner(checkpoint, device=device, precision=precision, cuda_graphs=graphs)
-        refiner.set_targets(frame, boxes)
+    for group in groups:
         fns = {}
-        for mask in (False, True):
-            for n in (1, 4, 8):
-                subset = dict(list(boxes.items())[:n])
-                fns[f"{device}/{precision}{'-graphs' if graphs else ''}/{'box+mask' if mask else 'box'}/{n}"] = \
-                    (lambda r=refiner, s=subset, m=mask: r.refine(frame, s, mask=m))
-        if device == "cpu":  # the in-run baseline: the same weights, unfolded, authors'-style pipeline
+        for prefix, refiner in group.items():
+            refiner.set_targets(frame, boxes)
+            for mask in (False, True):
+                if mask and prefix.endswith("int8"):
+                    continue  # the int8 graph is box-only; masks use the fp32 graph
+                for n in (1, 4, 8):
+                    subset = dict(list(boxes.items())[:n])
+                    fns[f"{prefix}/{'box+mask' if mask else 'box'}/{n}"] = \
+                        (lambda r=refiner, s=subset, m=mask: r.refine(frame, s, mask=m))
+        if "cpu/fp32" in group:  # the in-run baseline: the same weights, unfolded, authors'-style pipeline
             base_net = checkpoint if isinstance(checkpoint, AlphaRefineNet) else load_network(
                 checkpoint or DEFAULT_CHECKPOINT)[0]
             base_net = base_net.float().eval().to(memory_format=torch.contiguous_format)
@@ -86,19 +127,29 @@ def main():
                                                                  for b in list(boxes.values())[:k]])
         for name, (med, p95) in interleaved(fns, args.repeat).items():  # refine() syncs (.cpu() of outputs)
             results[name] = {"median_ms": med, "p95_ms": p95}
+    cpu = groups[0]
     if args.json:
         print(json.dumps({k: round(v["median_ms"], 3) for k, v in results.items()}))
         return
     print(f"model: {args.model}  threads: {args.threads}  torch {torch.__version__}")
+    print(f"CPU: {cpu_features()}")
     print(f"{'configuration':32s} {'median ms':>10s} {'p95 ms':>10s}")
     for k, v in results.items():
         print(f"{k:32s} {v['median_ms']:10.2f} {v['p95_ms']:10.2f}")
     b1 = results["baseline/cpu/fp32/box/1"]["median_ms"]
     b8 = results["baseline/cpu/fp32/box/8"]["median_ms"]
-    o1 = results["cpu/fp32/box/1"]["median_ms"]
-    o8 = results["cpu/fp32/box/8"]["median_ms"]
-    print(f"\nratio ours/baseline, 1 target: {o1 / b1:.2f}x   8 targets: {o8 / b8:.2f}x   "
-          f"ours 8 vs 1 target: {o8 / o1:.2f}x")
+    print()
+    for prefix in cpu:
+        o1 = results[f"{prefix}/box/1"]["median_ms"]
+        o8 = results[f"{prefix}/box/8"]["median_ms"]
+        print(f"ratio {prefix}/baseline, 1 target: {o1 / b1:.2f}x   8 targets: {o8 / b8:.2f}x   "
+              f"{prefix} 8 vs 1 target: {o8 / o1:.2f}x")
+    if "cpu/bf16" in cpu:
+        t32, t16 = (results[f"cpu/{p}/box/1"]["median_ms"] for p in ("fp32", "bf16"))
+        worst, mean = bf16_box_difference(cpu["cpu/fp32"], cpu["cpu/bf16"])
+        weights = "random weights: says nothing about trained ones" if args.model == "authors" else "these weights"
+        print(f"bf16 vs fp32, 1 target: {t16 / t32:.2f}x the time; boxes differ by max {worst:.3f} px, mean "
+              f"{mean:.3f} px per coordinate over 29 synthetic frames ({weights})")
 
 
 if __name__ == "__main__":

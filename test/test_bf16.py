@@ -80,3 +80,28 @@ def test_a_corrupt_verdict_file_means_no_verdict(monkeypatch, small_net):
     path.write_text("{not json")
     r = Refiner(small_net, precision="auto")
     assert r.dtype == torch.float32 and "no bf16 verdict" in r.precision_note
+
+
+def run_cli(argv, capsys):
+    from ar_ros.cli import main
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    out = capsys.readouterr()
+    return done.value.code, out.out, out.err
+
+
+def test_check_bf16_command_refuses_in_one_line_without_bf16_units(monkeypatch, capsys):
+    no_bf16_units(monkeypatch)
+    code, out, err = run_cli(["check-bf16", "--suite", "tiny"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "needs a CPU with bf16 units" in err, err
+    assert not precision.verdicts_path().exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_BF16, reason="this CPU has no bf16 units (AMX / AVX-512 BF16 / Arm BF16)")
+def test_check_bf16_command_records_what_auto_then_uses(capsys):
+    code, out, err = run_cli(["check-bf16", "--suite", "tiny"], capsys)
+    assert code in (0, 1), err  # accepted or rejected: both are measured verdicts
+    assert ("bf16 accepted" in out) == (code == 0) and str(precision.verdicts_path()) in out
+    r = Refiner(None, precision="auto")
+    assert r.dtype == (torch.bfloat16 if code == 0 else torch.float32), r.precision_note
