@@ -29,9 +29,10 @@ def test_dry_run_checks_everything_on_cpu_and_ends_with_one_json_line(tmp_path):
     assert summary["ok"] is True and summary["dry_run"] is True and summary["device"] == "cpu"
     assert summary["env"]["torch"] and summary["env"]["numpy"] and "onnxruntime_providers" in summary["env"]
     checks = summary["checks"]
+    skipped = "skipped: dry run (CPU)" if torch.cuda.is_available() else "skipped: no CUDA"
     for name in ("cuda_fp32_vs_cpu_fp32", "fp16_vs_fp32", "cuda_graphs_vs_eager"):
         for model in ("shipped", "authors"):
-            assert checks[f"{name}/{model}"] == "skipped: no CUDA"
+            assert checks[f"{name}/{model}"] == skipped
     assert checks["onnxruntime_cuda_vs_torch/shipped"].startswith("skipped: ")
     assert checks["tensorrt"].startswith("skipped: ")
     assert checks["pytest_cuda"].startswith("ok: ") and "passed" in checks["pytest_cuda"]
