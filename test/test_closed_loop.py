@@ -76,3 +76,22 @@ def test_replay_runs_the_base_tracker_on_the_bag_and_closes_the_loop_like_eval(t
     opened = replay(bag, refiner, base_tracker="kcf", progress=False)  # open loop: the tracker alone
     assert opened.reseeds == 0
     assert np.allclose(opened.boxes("base"), np.array(run_opencv((f.image for f in frames), gt[0], "kcf")))
+
+
+def test_keep_iou_keeps_a_base_box_the_refined_box_agrees_with(short_seq):
+    from ar_ros.engine.boxes import iou
+    _, frames = short_seq
+    f = frames[3]
+    plain = Refiner()
+    plain.set_target(frames[0].image, frames[0].box, "t")
+    raw = plain.refine(f.image, {"t": f.box})["t"]  # the ground truth as base: the model moves it a little
+    agreement = iou(raw.box, f.box)
+    assert not raw.kept and raw.box != tuple(f.box) and 0.5 < agreement < 0.99
+    for keep_iou, kept in ((agreement - 0.02, True), (agreement + 0.01, False)):
+        gated = Refiner(keep_iou=keep_iou)
+        gated.set_target(frames[0].image, frames[0].box, "t")
+        res = gated.refine(f.image, {"t": f.box})["t"]
+        assert res.kept == kept and not res.fallback and res.raw_box == raw.box
+        assert res.box == (tuple(f.box) if kept else raw.box)
+    with pytest.raises(ValueError, match="keep_iou"):
+        Refiner(keep_iou=1.5)

@@ -174,6 +174,9 @@ def test_parameter_validation_rejects_bad_values(harness):
     assert not results[0].successful
     results = node.set_parameters([Parameter("min_score", value=0.4)])
     assert results[0].successful and node.refiner.min_score == pytest.approx(0.4)
+    assert not node.set_parameters([Parameter("keep_iou", value=1.5)])[0].successful
+    assert node.set_parameters([Parameter("keep_iou", value=0.85)])[0].successful
+    assert node.refiner.keep_iou == pytest.approx(0.85)
 
 
 def test_bad_input_is_logged_counted_and_survived(harness, frame):

@@ -105,6 +105,8 @@ class RefinerNode(LifecycleNode):
             refiner.min_score = float(value)
         elif name == "max_scale_change":
             refiner.max_scale_change = float(value)
+        elif name == "keep_iou":
+            refiner.keep_iou = float(value)
         elif name == "mask_threshold":
             refiner.mask_threshold = float(value)
 
@@ -127,7 +129,7 @@ class RefinerNode(LifecycleNode):
                                    search_factor=self.param("search_factor") or None,
                                    min_score=self.param("min_score"), max_scale_change=self.param("max_scale_change"),
                                    mask_threshold=self.param("mask_threshold"), backend=self.param("backend"),
-                                   cuda_graphs=cuda_graphs)
+                                   cuda_graphs=cuda_graphs, keep_iou=self.param("keep_iou"))
         except (ValueError, KeyError, OSError, RuntimeError) as err:
             self.get_logger().error(f"cannot load the refiner: {err}")
             return TransitionCallbackReturn.FAILURE

@@ -55,6 +55,9 @@ PARAMS: Tuple[Spec, ...] = (
          low=0.0, high=1.0),
     Spec("max_scale_change", 3.0, "A refined box whose width or height differs from the base box by more "
          "than this factor is rejected (fallback).", low=1.01, high=100.0),
+    Spec("keep_iou", 0.0, "Do no harm: when the refined box overlaps the base box by more than this IoU, "
+         "the base box is kept (a box that is already right is not moved by the model's error). 0 = off.",
+         low=0.0, high=1.0),
     Spec("publish_mask", True, "Publish refined/mask (computed only while someone subscribes)."),
     Spec("mask_mode", "label", "label: pixel value k = k-th detection; binary: union as 0/255.",
          choices=("label", "binary")),
