@@ -113,6 +113,16 @@ def test_mask_label_info_and_overlay_when_subscribed(harness, frame):
     assert [(c.class_id, c.class_name) for c in label.class_map] == [(1, "a"), (2, "b")]
 
 
+def test_mask_still_comes_when_some_boxes_pass_through_unrefined(harness, frame):
+    harness.node.set_parameters([Parameter("max_targets", value=1)])
+    harness.subscribe_images()
+    harness.send(frame, 6, [("a", BOX), ("n", (float("nan"), 0.0, 5.0, 5.0)), ("", (400.0, 300.0, 100.0, 80.0))])
+    assert spin_until(harness.ex, lambda: harness.got["mask"] and harness.got["label"])
+    values = set(np.frombuffer(bytes(harness.got["mask"][0].data), np.uint8).tolist())
+    assert values <= {0, 1}  # only "a" was refined; "n" (NaN) and the id-less one keep their box, no mask
+    assert [c.class_name for c in harness.got["label"][0].class_map] == ["a", "n", ""]
+
+
 def test_set_target_clear_and_enable_round_trips(ros_context, small_checkpoint, frame):
     h = Harness(ros_context, small_checkpoint, mode="track", max_targets=2)
     try:

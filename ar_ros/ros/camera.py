@@ -310,7 +310,7 @@ class Camera:
         if targets is not None:
             self.pubs["targets"].publish(targets)
         threshold = float(node.param("mask_threshold"))
-        if with_mask and all(res.mask is not None for _, res in ordered):
+        if with_mask:  # a box passed through unrefined has no mask: no pixel takes its value
             labels = label_image((height, width), [res.mask for _, res in ordered], [res.score for _, res in ordered],
                                  threshold, binary=node.param("mask_mode") == "binary")
             self.pubs["mask"].publish(array_to_image(labels, "mono8", Image, header))
