@@ -50,8 +50,9 @@ from ar_ros.engine.boxes import clip_box
 from ar_ros.engine.refiner import DEFAULT_CHECKPOINT
 from ar_ros.eval.base_trackers import jitter
 from ar_ros.eval.synthetic import Sequence
+from ar_ros.eval.timing import interleaved
 from ar_ros.model import AUTHORS_CONFIG, AlphaRefineNet, load_network
-from bench_refiner import frame_and_boxes, interleaved
+from bench_refiner import frame_and_boxes
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENE_SEED = 4242  # synthetic sequences 4242.. : a textured target, well inside the frame on frames 0 and 6
@@ -373,7 +374,7 @@ def run_pytest(c: Check) -> None:
 # ------------------------------------------------------------------ benchmarks
 def benchmark(c: Check, nets: Dict[str, AlphaRefineNet], cuda: bool, counts: List[int], repeat: int,
               warmup: int) -> None:
-    """Median / p95 ms per Refiner.refine call, every configuration round-robin (bench_refiner.interleaved)."""
+    """Median / p95 ms per Refiner.refine call, every configuration round-robin (eval.timing.interleaved)."""
     configs = {"cuda-fp32": dict(device="cuda", precision="fp32"),
                "cuda-fp16": dict(device="cuda", precision="fp16"),
                "cuda-fp16-graphs": dict(device="cuda", precision="fp16", cuda_graphs=True)} if cuda else \
