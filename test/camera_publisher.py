@@ -3,7 +3,8 @@
     python camera_publisher.py --frames 60 --rate 10 --width 640 --height 480 [--best-effort]
 
 Frames show a bright rectangle moving left to right; each frame is followed at once by its detections
-(as ``ros2 bag play`` does; ``--detections-first``: preceded, as a base tracker on a faster path does): its box (id "obj") with the frame's stamp, and that stamp as the class_id
+(as ``ros2 bag play`` does; ``--order detections-first``: preceded, as a base tracker on a faster path
+does; ``--order alternate``: one, then the other): its box (id "obj") with the frame's stamp, and that stamp as the class_id
 ("<sec>.<nanosec>"), which the refiner copies to its output, so a listener sees which detections went
 out under which image header. Prints the number of frames sent on exit.
 """
@@ -33,7 +34,8 @@ def main() -> None:
     ap.add_argument("--target-id", default="obj")
     ap.add_argument("--first-sec", type=int, default=1000)
     ap.add_argument("--stamp-step", type=float, default=0.1, help="seconds between frame stamps")
-    ap.add_argument("--detections-first", action="store_true", help="publish each frame's detections before it")
+    ap.add_argument("--order", choices=("image-first", "detections-first", "alternate"), default="image-first",
+                    help="publish each frame's detections after it, before it, or in turn")
     args, ros_args = ap.parse_known_args()
     rclpy.init(args=[sys.argv[0]] + ros_args)
     node = Node("camera")
@@ -60,7 +62,8 @@ def main() -> None:
         dets = detections_msg([(args.target_id, (x - 3.0, y + 2.0, w + 6.0, h - 4.0))], sec, nsec,
                               frame_id=args.frame_id, class_id=f"{sec}.{nsec:09d}")
         order = [(img_pub, image), (det_pub, dets)]
-        for pub, msg in order[::-1] if args.detections_first else order:
+        first = args.order == "detections-first" or (args.order == "alternate" and i % 2 == 1)
+        for pub, msg in order[::-1] if first else order:
             pub.publish(msg)
         sent += 1
         rclpy.spin_once(node, timeout_sec=0.0)

@@ -109,48 +109,70 @@ def node_under_test(ros_context, tmp_path, small_checkpoint):
         assert rc == 0, read_log(log)
 
 
-def test_detections_at_30hz_pair_with_their_own_frame(node_under_test):
-    """Each frame's detections are published right after it (as ros2 bag play does), then right before it
-    (a base tracker on a faster path), 30 Hz, sync_slop 50 ms (> the 33 ms frame period): they are
-    refined on their own frame, not the previous one, and no frame goes out twice."""
-    client, log = node_under_test("sync", sync_slop=0.05, sync_wait=0.3)  # wait: margin for a loaded CI
-    refined = []
-    for first_sec, order in ((1000, []), (2000, ["--detections-first"])):
-        cam = subprocess.Popen([sys.executable, str(HERE / "camera_publisher.py"), "--frames", "60", "--rate", "30",
-                                "--stamp-step", str(1 / 30), "--first-sec", str(first_sec), *order,
-                                "--ros-args", "-r", "image:=/sync/image", "-r", "detections:=/sync/detections"],
-                               cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        try:
-            end = time.monotonic() + 60
-            while cam.poll() is None and time.monotonic() < end:
-                client.ex.spin_once(timeout_sec=0.05)
-            out = cam.communicate(timeout=10)[0]
-            assert "sent 60" in out, out
-            spin_until(client.ex, lambda: False, 0.5)
-        finally:
-            if cam.poll() is None:
-                cam.kill()
-        # the class_id carries the stamp of the detections, the header the stamp of the image refined
-        part = [m for m in client.out if m.detections and first_sec <= m.header.stamp.sec < first_sec + 1000]
-        own = [m for m in part if m.detections[0].results[0].hypothesis.class_id ==
-               f"{m.header.stamp.sec}.{m.header.stamp.nanosec:09d}"]
-        refined += part
-        diag = client.diagnostics(lambda d: int(d["frames_refined"]) >= len(refined))
-        report = f"{order}: {len(own)}/{len(part)} on their own frame\n{diag}\n{read_log(log)}"
-        print(f"{order or 'image first'}: {len(own)}/{len(part)} refined on their own frame; " + ", ".join(
-            f"{k}={diag.get(k)}" for k in ("paired_exact", "paired_waited", "paired_nearest", "unmatched")))
-        # not all 60: frames that arrive in a burst (a loaded machine) are skipped on purpose, counted
-        assert len(part) >= 10, report
-        assert len(own) >= 0.99 * len(part), report
+@pytest.fixture(scope="module")
+def refine_node(tmp_path_factory, small_checkpoint):
+    """One refine-mode node for the two tests below (each with stamps of its own): start-up is most of
+    their time. sync_wait 0.3 s: margin on a loaded CI machine (the default is 0.1 s)."""
+    proc, log = start_node(tmp_path_factory.mktemp("refine_node"), small_checkpoint, remaps=["__ns:=/sync"],
+                           sync_slop=0.05, sync_wait=0.3)
+    yield log
+    rc = stop(proc)
+    assert rc == 0, read_log(log)
+
+
+@pytest.fixture
+def sync_client(ros_context, refine_node):
+    client = Client(ros_context, "sync")
+    client.wait_for_node(refine_node)
+    yield client, refine_node
+    client.close()
+
+
+def test_detections_at_30hz_pair_with_their_own_frame(sync_client):
+    """Each frame's detections are published by another process right after it (as ros2 bag play does)
+    or, every other frame, right before it (a base tracker on a faster path); 30 Hz, 640x480, sync_slop
+    50 ms (> the 33 ms frame period): they are refined on their own frame, and no frame goes out twice."""
+    client, log = sync_client
+    cam = subprocess.Popen([sys.executable, str(HERE / "camera_publisher.py"), "--frames", "60", "--rate", "30",
+                            "--stamp-step", str(1 / 30), "--order", "alternate",
+                            "--ros-args", "-r", "image:=/sync/image", "-r", "detections:=/sync/detections"],
+                           cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        end = time.monotonic() + 60
+        while cam.poll() is None and time.monotonic() < end:
+            client.ex.spin_once(timeout_sec=0.05)
+        out = cam.communicate(timeout=10)[0]
+        assert "sent 60" in out, out
+        spin_until(client.ex, lambda: False, 0.5)
+    finally:
+        if cam.poll() is None:
+            cam.kill()
+    refined = [m for m in client.out if m.detections]
+    # the class_id carries the stamp of the detections, the header the stamp of the image refined
+    own = [m for m in refined if m.detections[0].results[0].hypothesis.class_id ==
+           f"{m.header.stamp.sec}.{m.header.stamp.nanosec:09d}"]
+    diag = client.diagnostics(lambda d: int(d["frames_refined"]) >= len(refined))
+    odd = [m for m in own if round((stamp_ns(m) - 1000 * 10**9) * 30 / 1e9) % 2]  # detections first
+    report = f"{len(own)}/{len(refined)} on their own frame ({len(odd)} detections-first)\n{diag}\n{read_log(log)}"
+    print(f"{len(own)}/{len(refined)} refined on their own frame ({len(odd)} of them detections-first); " +
+          ", ".join(f"{k}={diag.get(k)}" for k in ("paired_exact", "paired_waited", "paired_nearest", "unmatched")))
+    # not all 60: frames that arrive in a burst (a loaded machine) are skipped on purpose, and counted
+    assert len(refined) >= 20 and len(odd) >= 5, report
+    assert len(own) >= 0.99 * len(refined), report
     assert len({stamp_ns(m) for m in refined}) == len(refined), "an image stamp was published twice\n" + report
     paired = sum(int(diag[k]) for k in ("paired_exact", "paired_waited", "paired_nearest"))
     assert paired >= len(refined) and int(diag["paired_nearest"]) <= 0.01 * paired, report
 
 
-def test_future_stamped_frames_invalid_and_absurd_boxes(node_under_test, frame):
+def test_future_stamped_frames_invalid_and_absurd_boxes(sync_client, frame):
     """A frame stamped an hour (and 2^31-1 s) ahead does not stop pairing nor becomes "latest"; invalid
     boxes keep their id as flagged fallbacks; a finite but absurd box is neither refined nor a target."""
-    client, log = node_under_test("jump", sync_slop=0.05)
+    client, log = sync_client
+    before = client.diagnostics()  # counters are the node's since start (the test above may have run)
+
+    def count(diag, *keys):
+        return sum(int(diag[k]) - int(before[k]) for k in keys)
+
     base = 100 * 10**9
     normal = [base + k * 100_000_000 for k in range(30)]  # 10 Hz: the previous frame is beyond sync_slop
     for ns in normal[:5]:
@@ -161,10 +183,10 @@ def test_future_stamped_frames_invalid_and_absurd_boxes(node_under_test, frame):
         client.send(frame, ns, [("a", BOX)])
     spin_until(client.ex, lambda: len(client.refined_at(normal[5:25])) >= 20, 5.0)
     after = client.refined_at(normal[5:25])
-    diag = client.diagnostics(lambda d: int(d["paired_exact"]) + int(d["paired_waited"]) >= 20)
-    # all 20 paired, none stale; some outputs skipped on purpose when frames arrive in a burst (load)
-    assert len(after) >= 5 and int(diag["stale"]) == 0 and \
-        int(diag["paired_exact"]) + int(diag["paired_waited"]) >= 20, \
+    diag = client.diagnostics(lambda d: count(d, "paired_exact", "paired_waited") >= 25)
+    # paired, none stale (was: all 20 after the jump stale); some outputs skipped on purpose when frames
+    # arrive in a burst (load), an image lost in transport leaves its detections unmatched
+    assert len(after) >= 5 and count(diag, "stale") == 0 and count(diag, "paired_exact", "paired_waited") >= 20, \
         f"{len(after)}/20 frames after the jump refined\n{diag}\n{read_log(log)}"
     assert all(m.detections[0].results[0].hypothesis.class_id ==
                f"{m.header.stamp.sec}.{m.header.stamp.nanosec:09d}" for m in after)
@@ -187,8 +209,8 @@ def test_future_stamped_frames_invalid_and_absurd_boxes(node_under_test, frame):
     targets = next(t for t in client.targets if stamp_ns(t) == normal[25]).targets
     assert [t.id for t in targets] == ["ok", "nan", "huge", "out"] and all(t.fallback for t in targets[1:])
     assert "NaN" in targets[1].reason and "times the" in targets[2].reason and "outside" in targets[3].reason
-    diag = client.diagnostics(lambda d: int(d["invalid_box"]) >= 3)
-    assert int(diag["invalid_box"]) == 3, diag
+    diag = client.diagnostics(lambda d: count(d, "invalid_box") >= 3)
+    assert count(diag, "invalid_box") == 3, diag
 
 
 def test_track_mode_disabled_and_with_a_killed_base_tracker(node_under_test, frame):
