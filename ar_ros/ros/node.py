@@ -139,6 +139,7 @@ class RefinerNode(LifecycleNode):
                                         target_timeout_ns=int(float(self.param("target_timeout")) * 1e9),
                                         namespace=cam.name if multi else None)
         self.device_label = f"{self.refiner.device.type}/{str(self.refiner.dtype).replace('torch.', '')}"
+        self.get_logger().info(f"precision {self.refiner.precision_note}")  # what auto chose, and why
         self._warm_up()
         if not self._endpoints:
             for cam in self.cameras:
