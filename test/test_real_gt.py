@@ -1,9 +1,5 @@
 """Ground truth by background subtraction (``eval.real_gt``) on small synthetic videos with known motion,
 and the real suite's CLI when the real data was not fetched (CI has none and never downloads it)."""
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
@@ -77,12 +73,14 @@ def test_a_still_scene_has_no_ground_truth():
     assert gt["sequences"] == [] and gt["stats"]["trusted_frames"] == 0
 
 
-def test_eval_real_skips_without_the_data(tmp_path):
-    env = dict(os.environ, AR_ROS_DATA=str(tmp_path / "none"))
-    proc = subprocess.run([sys.executable, "-m", "ar_ros", "eval", "--suite", "real", "--base", "csrt"],
-                          capture_output=True, text=True, env=env, timeout=120)
-    assert proc.returncode == 77, proc.stderr
-    assert "skipped" in proc.stderr and "ar-refine data fetch" in proc.stderr
+def test_eval_real_skips_without_the_data(tmp_path, monkeypatch, capsys):
+    from ar_ros.cli import EXIT_SKIPPED, main
+    monkeypatch.setenv("AR_ROS_DATA", str(tmp_path / "none"))
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "--suite", "real", "--base", "csrt"])
+    err = capsys.readouterr().err
+    assert exc.value.code == EXIT_SKIPPED == 77, err
+    assert "skipped" in err and "ar-refine data fetch" in err and len(err.strip().splitlines()) == 1
     with pytest.raises(real_data.RealDataMissing):
         real_suite.real_suite(tmp_path / "none")
 

@@ -16,8 +16,9 @@ image edge, and (4) its height is within ``size_tol`` of the track's median (an 
 The GT box is the mean of the two methods' boxes. Blobs are linked into tracks by IoU; a track ends
 when its person comes near another blob, touches another track's blob, or its blob's area jumps by
 ``merge_area`` (merged with someone never tracked), so two people crossing can never swap identity or
-share a box; and when it is lost for more than ``max_gap`` frames. A track with at least ``min_frames`` trusted frames is a sequence;
-untrusted frames inside it are absent (all-zero rows, not scored).
+share a box; and when it is lost for more than ``max_gap`` frames. A track with at least
+``min_frames`` trusted frames is a sequence; untrusted frames inside it are absent (all-zero rows,
+not scored).
 
 Precision: the two methods' disagreement on trusted frames is recorded (``stats``); with independent
 errors of equal size the mean box is off by about disagreement / 2 per side.
