@@ -156,12 +156,13 @@ class Camera:
         self.cache.put(stamp, entry)
         if self.node.param("mode") == "track":
             with self.node.cond:
-                if entry.received - self.last_detections >= float(self.node.param("detections_timeout")):
-                    # no base tracker, or it went silent (stopped, died): refine from the previous boxes
-                    self.counters.inc("no_detections")
-                    self.submit(Job(entry, None))
-                    return
-                self.unpaired = entry
+                silent = entry.received - self.last_detections >= float(self.node.param("detections_timeout"))
+                if not silent:
+                    self.unpaired = entry
+            if silent:  # no base tracker, or it went silent (stopped, died): refine from the previous boxes
+                self.counters.inc("no_detections")
+                self.submit(Job(entry, None))
+                return
         self.pair()
 
     def on_serialised_detections(self, serialised: bytes) -> None:
@@ -207,6 +208,7 @@ class Camera:
         track = node.param("mode") == "track"
         latest = self.cache.latest()  # by arrival: a future-stamped frame does not make the others stale
         due: List[float] = []
+        jobs: List[Job] = []  # submitted once the lock is released (the worker takes it to start)
         with node.cond:
             keep, found = [], None
             for stamp, msg, arrived in self.waiting:
@@ -245,17 +247,21 @@ class Camera:
             if found is not None:
                 if self.unpaired is not None and self.unpaired.received <= found.image.received:
                     self.unpaired = None
-                self.submit(found)
+                jobs.append(found)
             if track and self.unpaired is not None:
                 silent_until = self.last_detections + float(node.param("detections_timeout"))
                 if now >= silent_until:
                     self.counters.inc("no_detections")
-                    self.submit(Job(self.unpaired, None))
+                    jobs.append(Job(self.unpaired, None))
                     self.unpaired = None
                 else:
                     due.append(silent_until - now)
+            for job in jobs:
+                job.image.paired = True  # under the lock: no other pairing takes it as the nearest
             if due:
                 node.cond.notify()  # the worker sleeps until the earliest of these
+        for job in jobs:
+            self.submit(job)
         return min(due, default=None)
 
     def submit(self, job: Job) -> None:
