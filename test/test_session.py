@@ -65,6 +65,9 @@ def test_track_mode_uses_matching_ids_then_overlap_then_last_box(small_net, fram
     assert step.results["x"].base_box == (205.0, 150.0, 120.0, 90.0)                   # best overlap
     step = s.step(frame, [("x", (190.0, 150.0, 120.0, 90.0))], stamp_ns=3)
     assert step.results["x"].base_box == (190.0, 150.0, 120.0, 90.0)                   # same id
+    last = step.results["x"].box
+    step = s.step(frame, [("x", (0.0, 0.0, 2e300, 50.0))], stamp_ns=4)                  # absurd: not a base box
+    assert step.results["x"].base_box == last
     with pytest.raises(ValueError, match="max_targets"):
         s.add_targets(frame, {"p": BOX, "q": BOX, "r": BOX})
     assert s.clear(["x", "ghost"]) == ["ghost"] and s.targets == []
