@@ -371,6 +371,8 @@ class RefinerNode(LifecycleNode):
         self._diag_pub.publish(msg)
 
     def throttled_warn(self, key: str, text: str, period: float = 5.0) -> None:
+        if not self.context.ok():  # shutting down: a log line would only add 'rosout: context is invalid'
+            return
         now = time.monotonic()
         if now - self._last_warn.get(key, -1e9) >= period:
             self._last_warn[key] = now
