@@ -95,3 +95,37 @@ def test_committed_ground_truth_is_well_formed():
         assert s["boxes"][0] is not None and len(present) == s["trusted"] >= gt["config"]["min_frames"]
         assert all(0 <= x and 0 <= y and x + w <= width and y + h <= height and w > 0 and h > 0
                    for x, y, w, h in present)
+
+
+def test_real_sequences_work_like_synthetic_ones(tmp_path, small_net):
+    """A stand-in vtest.avi (a walker, MJPG) and GT file: frames, absent rows and every base tracker."""
+    import cv2
+    import json
+    from ar_ros import Refiner
+    from ar_ros.eval.benchmark import run_suite
+    frames, truth = _video([((30, 30, 60), (14, 36), lambda t: (12 + 3 * t, 40))], n=8, size=(160, 120))
+    video = tmp_path / "eval" / "vtest.avi"
+    video.parent.mkdir()
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (160, 120))
+    for f in frames():
+        writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    writer.release()
+    boxes = [list(b) for b in truth[0][2:]]
+    boxes[3] = None  # a frame the GT dropped
+    gt_path = tmp_path / "gt.json"
+    gt_path.write_text(json.dumps({"video_sha256": real_data.sha256_file(video), "size": [160, 120],
+                                   "sequences": [{"name": "walker", "start": 2, "boxes": boxes}]}))
+    (seq,) = real_suite.real_suite(tmp_path, gt_path)
+    got = list(seq)
+    assert seq.name == "walker" and len(seq) == len(got) == 6 and seq.seed == real_suite.SEED_BASE
+    assert got[0].image.shape == (120, 160, 3) and got[0].image.dtype == np.uint8
+    assert got[0].box == truth[0][2] and got[3].box == real_suite.ABSENT
+    assert np.array_equal(seq[4].image, got[4].image)  # random access decodes the same frame
+    refiner = Refiner(small_net)
+    for base in ("jitter", "oracle", "csrt"):
+        (result,) = run_suite(refiner, [seq], base=base)
+        assert result.name == "walker" and (result.gt[3] == 0).all() and result.gt.shape == (6, 4)
+        assert np.isnan(result.base_boxes[3]).all() or base == "csrt"  # trackers keep reporting
+    gt_path.write_text(gt_path.read_text().replace(real_data.sha256_file(video), "0" * 64))
+    with pytest.raises(ValueError, match="not the video"):
+        real_suite.real_suite(tmp_path, gt_path)
