@@ -77,3 +77,94 @@ def test_training_on_a_dataset_folder(tmp_path):
     assert train(cfg, progress=False).exists()
     with pytest.raises(ValueError, match="DATASET|<dataset>"):
         train(TrainConfig(out_dir=str(tmp_path / "bad"), epochs=1, data=["nonsense"], **TINY), progress=False)
+
+
+# --- real-photo composites (issue 14 item 4), on photos drawn here: CI has no real data ---
+
+def _photo(seed: int, size=(200, 160)) -> np.ndarray:
+    """A 'photo' with one clear object: a saturated ellipse over a grey textured background."""
+    rng = np.random.default_rng(seed)
+    img = np.clip(rng.normal(110, 12, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+    import cv2
+    colour = tuple(int(c) for c in rng.integers(0, 256, 3)) if seed % 2 else (230, 40, 30)
+    cv2.ellipse(img, (size[0] // 2, size[1] // 2), (size[0] // 6, size[1] // 4), 0, 0, 360, colour, -1)
+    return img
+
+
+def _fake_real_data(root):
+    """A fetched-data folder (MANIFEST.json + photos) in the layout ar_ros.eval.real_data reads."""
+    import cv2
+    files = {}
+    for i in range(5):  # four to train on, one held out
+        rel = f"photos/test/photo{i:02d}.png"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / rel), cv2.cvtColor(_photo(i), cv2.COLOR_RGB2BGR))
+        files[rel] = {"use": "training"}
+    (root / "MANIFEST.json").write_text(json.dumps({"sources": {"test": {"license": "drawn by the test",
+                                                                          "files": files}}}))
+    return root
+
+
+def test_grabcut_cuts_out_the_clear_object_of_a_photo():
+    from ar_ros.train.composite import cutouts_from_photo
+    img = _photo(0)
+    cuts = cutouts_from_photo(img, "p.png", tries=1)
+    assert len(cuts) == 1
+    h, w = cuts[0].alpha.shape  # the ellipse's box: 2 x 33 by 2 x 40 px, centred
+    assert abs(w - 2 * (200 // 6)) <= 4 and abs(h - 2 * (160 // 4)) <= 4
+    assert 0.7 < float((cuts[0].alpha > 0.5).mean()) < 0.85  # an ellipse fills pi/4 of its box
+
+
+def test_pasted_cutout_gives_exact_box_and_mask_by_construction():
+    from ar_ros.train.composite import Cutout, _paste
+    from ar_ros.eval.synthetic import mask_box
+    cut = Cutout(np.full((20, 10, 3), 200, np.uint8), np.ones((20, 10), np.float32), "block")
+    for rot, (w, h) in ((0.0, (30, 50)), (np.pi / 2, (50, 30))):
+        canvas = np.zeros((120, 160, 3), np.uint8)
+        mask = np.zeros((120, 160), np.float32)
+        _paste(canvas, cut, 80.0, 60.0, 15.0, 25.0, rot, mask)
+        x, y, bw, bh = mask_box(mask)
+        assert abs(bw - w) <= 1 and abs(bh - h) <= 1 and abs(x + bw / 2 - 80) <= 1 and abs(y + bh / 2 - 60) <= 1
+        assert (canvas[mask > 0.99] == 200).all() and (canvas[mask == 0] == 0).all()
+
+
+def test_photos_split_by_file_and_scene_names_group_repeated_shots():
+    from pathlib import Path
+    from ar_ros.train.composite import scene_name, split_photos
+    photos = [Path(f"p{i}.jpg") for i in range(12)]
+    train_photos, val_photos = split_photos(photos)
+    assert len(val_photos) == 2 and not set(train_photos) & set(val_photos)
+    assert sorted(train_photos + val_photos) == sorted(photos)
+    assert scene_name("left01.jpg") == scene_name("right14.jpg") == scene_name("left.jpg")
+    assert scene_name("aloeL.jpg") == scene_name("aloeR.jpg") != scene_name("apple.jpg")
+
+
+def test_training_on_real_photo_composites_with_a_new_backbone(tmp_path, monkeypatch):
+    from ar_ros.model import save_checkpoint
+    monkeypatch.setenv("AR_ROS_DATA", str(_fake_real_data(tmp_path / "data")))
+    start = save_checkpoint(tmp_path / "start.pt", AlphaRefineNet(NetConfig(depth=18, input_size=64,
+                                                                            with_top=False, crop_mode="clean")))
+    cfg = TrainConfig(out_dir=str(tmp_path / "run"), epochs=1, data=["synthetic", "real"], backbone="mobilenet_v2",
+                      init_from=str(start), freeze="layer1", small_jitter_prob=0.5, backbone_lr_scale=0.1,
+                      **{**TINY, "depth": 0})
+    assert train(cfg, progress=False).exists()
+    _, config, meta = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert config.backbone == "mobilenet_v2" and "real-photo composites" in meta["data"]
+    record = meta["history"][-1]
+    assert {"val_iou", "val_iou_real", "val_iou_small", "val_score"} <= set(record)
+    assert record["base_iou_small"] > record["base_iou_real"]  # nearly right boxes: the "do no harm" set
+    assert (tmp_path / "run" / "cutouts_train.pkl").exists()  # a resumed run skips GrabCut
+    torch.manual_seed(cfg.seed)  # the trainer's initial network, before training
+    before = AlphaRefineNet(config).state_dict()
+    state, _, _ = load_checkpoint(tmp_path / "run" / "last.pt")
+    for key in ("feature_extractor.features.0.0.weight", "feature_extractor.features.3.conv.1.running_mean"):
+        assert torch.equal(state[key], before[key]), key  # frozen: weights and BatchNorm statistics
+    trained = "feature_extractor.features.4.conv.0.weight"
+    assert not torch.equal(state[trained], before[trained])
+
+
+def test_real_data_missing_is_a_clear_error(tmp_path, monkeypatch):
+    from ar_ros.eval.real_data import RealDataMissing
+    monkeypatch.setenv("AR_ROS_DATA", str(tmp_path / "nothing"))
+    with pytest.raises(RealDataMissing, match="data fetch"):
+        train(TrainConfig(out_dir=str(tmp_path / "run"), epochs=1, data=["real"], **TINY), progress=False)

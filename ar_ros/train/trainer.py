@@ -139,18 +139,18 @@ def evaluate(net: torch.nn.Module, batches: list, suffix: str = "") -> Dict[str,
     return {"val_iou" + suffix: float(torch.cat(ious).mean()), "base_iou" + suffix: float(torch.cat(base_ious).mean())}
 
 
-def validation_sets(cfg: TrainConfig, sampler: PairSampler, banks: tuple) -> Dict[str, list]:
-    """Fixed validation batches by key suffix: synthetic (``""``) and, with real photos, composites of
-    held-out photos with the paper's jitter (``_real``) and with a nearly right base box (``_small``)."""
+def validation_sets(cfg: TrainConfig, banks: tuple = ()) -> Dict[str, list]:
+    """Fixed validation batches by key suffix, the same whatever the training recipe: synthetic (``""``)
+    and, with real photos, composites of held-out photos (``_real``), both with the paper's jitter, and
+    the held-out composites with a nearly right base box (``_small``: a good box must stay good)."""
     from .composite import composite_pairs
-    sets = {"": fixed_batches(sampler, 12345, cfg.val_batches, cfg.batch_size,
-                              source=synthetic_pairs(seed_range=VAL_SEEDS, size=tuple(cfg.frame_size)))}
+    paper = SamplerConfig(input_size=cfg.input_size)
+    sources = {"": synthetic_pairs(seed_range=VAL_SEEDS, size=tuple(cfg.frame_size))}
     if banks:
-        held_out = composite_pairs(banks[1], VAL_SEEDS, size=tuple(cfg.frame_size))
-        sets["_real"] = fixed_batches(sampler, 12346, cfg.val_batches, cfg.batch_size, source=held_out)
-        small = PairSampler(held_out, replace(sampler.cfg, small_jitter_prob=1.0))
-        sets["_small"] = fixed_batches(small, 12347, cfg.val_batches, cfg.batch_size)
-    return sets
+        sources["_real"] = sources["_small"] = composite_pairs(banks[1], VAL_SEEDS, size=tuple(cfg.frame_size))
+    return {suffix: fixed_batches(PairSampler(source, replace(paper, small_jitter_prob=float(suffix == "_small"))),
+                                  12345 + i, cfg.val_batches, cfg.batch_size)
+            for i, (suffix, source) in enumerate(sources.items())}
 
 
 def selection_score(record: Dict[str, float]) -> float:
@@ -197,7 +197,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     banks = real_photo_banks(out) if "real" in cfg.data else ()
     sampler = PairSampler(training_source(cfg, banks), SamplerConfig(input_size=cfg.input_size,
                                                                      small_jitter_prob=cfg.small_jitter_prob))
-    val = validation_sets(cfg, sampler, banks)
+    val = validation_sets(cfg, banks)
     best = max((selection_score(h) for h in history), default=float("-inf"))
     log = open(out / "train_log.jsonl", "a") if rank == 0 else None
     try:
