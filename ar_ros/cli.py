@@ -185,16 +185,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.int8:
         from .backends.onnx import calibration_batches, drop_int8, quantize_int8
         from .engine.refiner import Refiner
-        from .eval.benchmark import agreement
+        from .eval.benchmark import AGREEMENT_MIN_IOU, agreement
         from .eval.synthetic import suite
         crops = quantize_int8(out, calibration_batches(out))
         # accepted only if it refines like fp32 on whole sequences of the synthetic suite, not just crops
         on_suite = agreement(Refiner(str(out), backend="onnxruntime"), Refiner(str(out), backend="onnxruntime-int8"),
                              suite(args.int8_suite))
-        if on_suite < 0.95:
+        if on_suite < AGREEMENT_MIN_IOU:
             drop_int8(out)
             raise RuntimeError(f"int8 refined boxes agree with fp32 only to mean IoU {on_suite:.3f} on the "
-                               f"'{args.int8_suite}' synthetic suite (limit 0.95); int8 graph not kept")
+                               f"'{args.int8_suite}' synthetic suite (limit {AGREEMENT_MIN_IOU}); int8 graph not kept")
         print(f"int8 search graph kept: refined boxes agree with fp32 to mean IoU {on_suite:.3f} on the "
               f"'{args.int8_suite}' synthetic suite ({crops:.3f} on calibration crops); backend 'onnxruntime-int8'")
     return 0

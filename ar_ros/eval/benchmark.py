@@ -109,6 +109,10 @@ def run_suite(refiner: Refiner, sequences: Iterable[Sequence], base: str = "jitt
     return results
 
 
+#: A faster variant (the int8 graph, bf16) is accepted only if its boxes agree with the reference this well
+AGREEMENT_MIN_IOU = 0.95
+
+
 def agreement(reference: Refiner, other: Refiner, sequences: Iterable[Sequence], base: str = "jitter") -> float:
     """Mean IoU between two refiners' refined boxes over every frame of ``sequences`` (same base boxes).
 

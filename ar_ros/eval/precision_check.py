@@ -17,12 +17,12 @@ import torch
 from ..engine.precision import cpu_bf16_units, cpu_name, record_verdict, weights_key
 from ..engine.refiner import DEFAULT_CHECKPOINT, Refiner
 from ..model import AlphaRefineNet, load_network
-from .benchmark import agreement
+from .benchmark import AGREEMENT_MIN_IOU, agreement
 from .synthetic import Sequence
 from .timing import interleaved
 
-MIN_IOU = 0.95          # the int8 graph's gate (``ar-refine export onnx --int8``)
-MAX_TIME_RATIO = 0.9    # bf16 must take at most this share of fp32's time: noise must not make it "faster"
+MIN_IOU = AGREEMENT_MIN_IOU  # the int8 graph's gate (``ar-refine export onnx --int8``)
+MAX_TIME_RATIO = 0.9         # bf16 must take at most this share of fp32's time: noise must not make it "faster"
 
 
 def check_bf16(checkpoint: Union[None, str, os.PathLike, AlphaRefineNet], sequences: Iterable[Sequence],
