@@ -11,6 +11,7 @@ round-robin in blocks (one untimed call, then four timed; see ar_ros.eval.timing
 drift hits them alike and one backend's spinning threads do not spill into the next one's timing.
 
     python benchmarks/bench_backends.py [--model PATH] [--threads 2] [--repeat 20] [--json] [--plot out.png]
+        [--vs OTHER]   # OTHER's torch/fp32 and onnxruntime/int8 in the same run, prefixed 'vs:'
 """
 from __future__ import annotations
 
@@ -36,6 +37,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--plot", default=None, help="also draw the medians (p95 as whiskers) into this PNG")
+    ap.add_argument("--vs", default=None, help="a second checkpoint: its torch/fp32 and onnxruntime/int8 are timed "
+                                               "in the same run (e.g. a candidate default against the shipped one)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     path = args.model or DEFAULT_CHECKPOINT
@@ -72,6 +75,12 @@ def main() -> None:
             configs["tensorrt/fp16"] = lambda: Refiner(onnx_dir, device="cuda", backend="tensorrt")
         except Exception as err:  # no tensorrt package, or the build failed: reported, the others still run
             print(f"tensorrt: {err}")
+    if args.vs:
+        vs_dir = tempfile.mkdtemp(prefix="ar_ros_onnx_vs_")
+        export_onnx(load_network(args.vs)[0], vs_dir)
+        quantize_int8(vs_dir, calibration_batches(vs_dir))
+        configs["vs:torch/fp32"] = lambda: Refiner(args.vs)
+        configs["vs:onnxruntime/int8"] = lambda: Refiner(vs_dir, backend="onnxruntime-int8")
     frame, boxes = frame_and_boxes(8)
     fns = {}
     for name, make in configs.items():
@@ -90,13 +99,16 @@ def main() -> None:
     if args.json:
         print(json.dumps({k: round(v[0], 3) for k, v in results.items()}))
         return
-    print(f"model: {path}  threads: {args.threads}  torch {torch.__version__}")
+    print(f"model: {path}  threads: {args.threads}  torch {torch.__version__}" + (f"  vs: {args.vs}" if args.vs else ""))
     print(f"CPU: {cpu_features()}")
     print(f"{'configuration':36s} {'median ms':>10s} {'p95 ms':>9s} {'vs plain':>9s}")
     for key, (med, p95) in results.items():
         name, kind, n = key.rsplit("/", 2)
         base = results.get(f"torch-plain/fp32/{kind}/{n}", (float("nan"),))[0]
         print(f"{key:36s} {med:10.2f} {p95:9.2f} {med / base:8.2f}x")
+    for key, (med, _) in results.items():  # --vs: the second model against this one, same configuration
+        if key.startswith("vs:") and key[3:] in results:
+            print(f"{key}: {med / results[key[3:]][0]:.2f}x the time of {key[3:]}")
     for key, (med, _) in results.items():  # GPU only: the issue's TensorRT vs torch fp16 comparison
         if key.startswith("tensorrt/fp16/"):
             torch_fp16 = results[key.replace("tensorrt/fp16/", "torch/fp16-cuda/")][0]

@@ -127,3 +127,16 @@ def test_onnx_export_matches_torch(backbone, tmp_path):
     net = AlphaRefineNet(_config(backbone)).eval()
     export_onnx(net, tmp_path / "onnx")
     assert max_box_difference(net, tmp_path / "onnx") < 0.05
+
+
+def test_int8_export_keeps_the_depthwise_stem_in_fp32(tmp_path):
+    pytest.importorskip("onnxruntime")
+    import onnx
+    from ar_ros.backends.onnx import INT8_FILE, calibration_batches, export_onnx, quantize_int8
+    torch.manual_seed(0)
+    out = export_onnx(AlphaRefineNet(_config("mobilenet_v2", 64)).eval(), tmp_path / "onnx")
+    quantize_int8(out, calibration_batches(out, n_batches=2, batch=2), min_iou=0.0)
+    graph = onnx.load(str(out / INT8_FILE)).graph
+    dequantised = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    convs = [n for n in graph.node if n.op_type == "Conv" and n.name.startswith("/feature_extractor/")]
+    assert [c.input[1] in dequantised for c in convs[:3]] == [False, False, True]
