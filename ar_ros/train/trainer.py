@@ -156,7 +156,7 @@ def validation_sets(cfg: TrainConfig, banks: tuple = ()) -> Dict[str, list]:
 def selection_score(record: Dict[str, float]) -> float:
     """What checkpoints are chosen by: the mean validation IoU over the validation sets present."""
     values = [v for k, v in record.items() if k.startswith("val_iou")]
-    return sum(values) / len(values)
+    return sum(values) / len(values) if values else float("-inf")
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> Path:
