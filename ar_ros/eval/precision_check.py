@@ -45,9 +45,10 @@ def check_bf16(checkpoint: Union[None, str, os.PathLike, AlphaRefineNet], sequen
                          for name, r in (("fp32", fp32), ("bf16", bf16))}, repeat)
     ratio = times["bf16"][0] / times["fp32"][0]
     accepted = iou >= min_iou and ratio <= max_time_ratio
+    threads = f"{torch.get_num_threads()} thread{'s' if torch.get_num_threads() != 1 else ''}"
     reason = (f"boxes agree with fp32 to mean IoU {iou:.4f} (gate >= {min_iou}) on the '{suite_name}' suite, "
               f"bf16 takes {ratio:.2f}x fp32's time (gate <= {max_time_ratio}; {times['bf16'][0]:.1f} vs "
-              f"{times['fp32'][0]:.1f} ms at {torch.get_num_threads()} threads)")
+              f"{times['fp32'][0]:.1f} ms at {threads})")
     verdict = {"bf16": bool(accepted), "mean_iou": round(iou, 5), "time_ratio": round(ratio, 3),
                "bf16_ms": round(times["bf16"][0], 3), "fp32_ms": round(times["fp32"][0], 3),
                "threads": torch.get_num_threads(), "suite": suite_name, "units": cpu_bf16_units(),
