@@ -67,7 +67,6 @@ def test_bad_tracker_kind_is_refused(ros_context):
 def test_base_tracker_process_takes_refined_boxes_back_for_the_frame_it_tracked(ros_context, tmp_path):
     """Closed loop over real rclpy: a base_tracker process with use_feedback, a client playing camera and refiner."""
     import subprocess
-    import time
     from ar_ros.io.detections import bbox_to_xywh
     from ar_ros.opencv_trackers import OpenCVTracker
     from ros_helpers import detections_msg, installed_executable
