@@ -45,12 +45,19 @@ def test_bf16_boxes_agree_with_fp32_on_trained_weights():
     for r in (fp32, bf16):
         r.set_target(frames[0].image, frames[0].box)
     assert bf16._kernels["0"].dtype == torch.bfloat16  # the backbone really ran in bf16
-    diffs = []
+    from ar_ros.engine.boxes import iou_rows
+    from ar_ros.eval.benchmark import AGREEMENT_MIN_IOU
+    diffs, a_boxes, b_boxes = [], [], []
     for f in frames[1:]:
         a, b = fp32.refine(f.image, {"0": f.box})["0"], bf16.refine(f.image, {"0": f.box}, mask=True)["0"]
         assert not b.fallback and b.mask is not None and b.mask.dtype == np.float32
         diffs.append(np.abs(np.subtract(a.box, b.box)).max())
-    assert max(diffs) < 0.5, diffs
+        a_boxes.append(a.box)
+        b_boxes.append(b.box)
+    # the auto gate's criterion, frame by frame; the MobileNetV2 default (depthwise convolutions) moves
+    # boxes more under bf16 than the ResNet-18 one did (max 0.8 px here, was 0.08 px)
+    assert float(iou_rows(np.array(a_boxes), np.array(b_boxes)).mean()) >= AGREEMENT_MIN_IOU, diffs
+    assert max(diffs) < 1.0, diffs
 
 
 def test_auto_takes_bf16_only_with_an_accepting_verdict_for_these_weights(monkeypatch, small_net):

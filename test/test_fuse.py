@@ -55,6 +55,8 @@ def test_fold_refuses_training_mode():
 
 
 def test_refiner_folds_a_copy(small_net, frame):
+    import copy
+    small_net = copy.deepcopy(small_net)  # the session fixture is shared (e.g. with onnx_dir's export)
     _randomise_bn(small_net)
     refiner = Refiner(small_net)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in refiner.net.modules())

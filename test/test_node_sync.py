@@ -179,8 +179,8 @@ def test_future_stamped_frames_invalid_and_absurd_boxes(sync_client, frame):
         client.send(frame, ns, [("a", BOX)])
     client.send(frame, base + 3600 * 10**9)              # a clock jump, or a bad driver
     client.send(frame, (2**31 - 1) * 10**9)
-    for ns in normal[5:25]:
-        client.send(frame, ns, [("a", BOX)])
+    for ns in normal[5:25]:  # 0.15 s apart: under load a pass can take 0.3 s, and newer pairs replace older
+        client.send(frame, ns, [("a", BOX)], period=0.15)
     spin_until(client.ex, lambda: len(client.refined_at(normal[5:25])) >= 20, 5.0)
     after = client.refined_at(normal[5:25])
     diag = client.diagnostics(lambda d: count(d, "paired_exact", "paired_waited") >= 25)
@@ -224,8 +224,8 @@ def test_track_mode_disabled_and_with_a_killed_base_tracker(node_under_test, fra
 
     def run(n):
         stamps = [next(ns) for _ in range(n)]
-        for s in stamps:
-            client.send(frame, s)
+        for s in stamps:  # 0.1 s apart: on a loaded machine a pass (and the base tracker) can take that long
+            client.send(frame, s, period=0.1)
         spin_until(client.ex, lambda: len(client.refined_at(stamps)) >= n, 1.5)
         return client.refined_at(stamps)
 
@@ -246,8 +246,8 @@ def test_track_mode_disabled_and_with_a_killed_base_tracker(node_under_test, fra
             f"{len(with_tracker)}/20 {diag}"
         tracker.send_signal(signal.SIGKILL)
         tracker.wait(timeout=10)
-        after_kill = run(20)  # 1 s: detections_timeout (0.5 s) waiting for detections, then from the last box
-        later = run(20)       # 1-2 s after the kill (before the fix: nothing for ~20 s)
+        after_kill = run(20)  # 2 s: detections_timeout (0.5 s) waiting for detections, then from the last box
+        later = run(20)       # 2-4 s after the kill (before the fix: nothing for ~20 s)
     finally:
         if tracker.poll() is None:
             tracker.kill()
