@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 from typing import Any, Callable, List, NoReturn, Optional
 
@@ -42,6 +43,13 @@ def startup_error(err: Exception) -> str:
     return str(err)
 
 
+def _shutdown_quietly(signum: int, frame: Any) -> None:
+    try:
+        rclpy.try_shutdown()
+    except Exception:  # already being shut down by rclpy's own handler
+        pass
+
+
 def run_node(prog: str, make_node: Callable[[], Any], start: Optional[Callable[[Any], bool]] = None,
              args: Optional[List[str]] = None) -> NoReturn:
     """What an executable's ``main`` does: init, build the node, ``start`` it, spin until SIGINT/SIGTERM, exit.
@@ -50,6 +58,11 @@ def run_node(prog: str, make_node: Callable[[], Any], start: Optional[Callable[[
     built (a bad ``-p`` value: one line on stderr, no traceback), 1 when ``start`` returns False (e.g.
     the model did not load; the node has logged why).
     """
+    # On SIGINT rclpy shuts the context down, then calls the Python handler it found; the default one
+    # raises KeyboardInterrupt inside whatever callback the main thread runs (the executor then logs a
+    # FATAL "Exception in 'timers' callback"). This one only makes sure the context is down, so the loop
+    # below ends on rclpy.ok() between callbacks.
+    signal.signal(signal.SIGINT, _shutdown_quietly)
     rclpy.init(args=args if args is not None else sys.argv)
     try:
         node = make_node()
