@@ -14,6 +14,8 @@ from typing import Dict, List, Sequence
 import torch
 from torch import nn
 
+from .stages import init_conv_bn, stage_outputs
+
 #: (expansion, kernel, first stride, output channels, repeats) per stage, EfficientNet-lite0, to stride 16.
 SETTINGS = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3), (6, 5, 1, 112, 3))
 #: index of the last block at each output stride, by the names the refiner asks for.
@@ -67,12 +69,7 @@ class EfficientNetLite0(nn.Module):
                 inp = c
         self._blocks = nn.ModuleList(blocks)
         self.channels = dict(CHANNELS)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_bn(self)
 
     def stage_modules(self, last: str) -> List[nn.Module]:
         """The modules that compute every map up to and including ``last`` (to freeze them)."""
@@ -80,14 +77,4 @@ class EfficientNetLite0(nn.Module):
 
     def forward(self, x: torch.Tensor, outputs: Sequence[str] = ("layer3",)) -> Dict[str, torch.Tensor]:
         """Run up to the deepest requested map and return the requested maps by name."""
-        unknown = set(outputs) - set(STAGE_ENDS)
-        if unknown:
-            raise ValueError(f"unknown backbone outputs {sorted(unknown)}")
-        ends = {STAGE_ENDS[name]: name for name in outputs}
-        feats: Dict[str, torch.Tensor] = {}
-        x = self.relu(self._bn0(self._conv_stem(x)))
-        for i in range(max(ends) + 1):
-            x = self._blocks[i](x)
-            if i in ends:
-                feats[ends[i]] = x
-        return feats
+        return stage_outputs(self._blocks, self.relu(self._bn0(self._conv_stem(x))), outputs, STAGE_ENDS)

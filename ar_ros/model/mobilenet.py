@@ -11,6 +11,8 @@ from typing import Dict, List, Sequence
 import torch
 from torch import nn
 
+from .stages import init_conv_bn, stage_outputs
+
 #: (expansion t, output channels c, repeats n, first stride s) per stage, MobileNetV2 1.0, to stride 16.
 SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1))
 #: index of the last ``features`` block at each output stride, by the names the refiner asks for.
@@ -50,12 +52,7 @@ class MobileNetV2(nn.Module):
                 inp = c
         self.features = nn.Sequential(*blocks)
         self.channels = dict(CHANNELS)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_bn(self)
 
     def stage_modules(self, last: str) -> List[nn.Module]:
         """The modules that compute every map up to and including ``last`` (to freeze them)."""
@@ -63,13 +60,4 @@ class MobileNetV2(nn.Module):
 
     def forward(self, x: torch.Tensor, outputs: Sequence[str] = ("layer3",)) -> Dict[str, torch.Tensor]:
         """Run up to the deepest requested map and return the requested maps by name."""
-        unknown = set(outputs) - set(STAGE_ENDS)
-        if unknown:
-            raise ValueError(f"unknown backbone outputs {sorted(unknown)}")
-        ends = {STAGE_ENDS[name]: name for name in outputs}
-        feats: Dict[str, torch.Tensor] = {}
-        for i in range(max(ends) + 1):
-            x = self.features[i](x)
-            if i in ends:
-                feats[ends[i]] = x
-        return feats
+        return stage_outputs(self.features, x, outputs, STAGE_ENDS)
