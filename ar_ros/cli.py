@@ -322,6 +322,8 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     spec = BY_NAME["precision"]
     p.add_argument("--precision", default="fp32", choices=spec.choices, help=spec.description + " (default: fp32)")
     p.add_argument("--threads", type=int, default=0, help=BY_NAME["threads"].description)
+    spec = BY_NAME["box_mode"]
+    p.add_argument("--box-mode", default=spec.default, choices=spec.choices, help=spec.description)
 
 
 def _model_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
@@ -330,7 +332,7 @@ def _model_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
         raise ValueError(f"{args.checkpoint} is a folder (from `export onnx`?): pass --backend onnxruntime, "
                          "onnxruntime-int8 or tensorrt, or --checkpoint a model file")
     return {"checkpoint": args.checkpoint, "device": args.device, "backend": args.backend,
-            "precision": args.precision}
+            "precision": args.precision, "box_mode": args.box_mode}
 
 
 def _set_threads(args: argparse.Namespace) -> None:

@@ -24,12 +24,13 @@ DEMO_FRAMES = 90
 
 def run(out_dir: str = "out/demo", checkpoint: Optional[str] = None, frames: int = DEMO_FRAMES,
         seed: int = DEMO_SEED, base: str = "csrt", device: str = "cpu", progress: bool = True,
-        backend: str = "torch", precision: str = "fp32") -> Dict:
+        backend: str = "torch", precision: str = "fp32", box_mode: str = "corner") -> Dict:
     """Build the sample bag, replay it through the refiner, print and write the results."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    model = {"checkpoint": checkpoint, "device": device, "backend": backend, "precision": precision}
+    model = {"checkpoint": checkpoint, "device": device, "backend": backend, "precision": precision,
+             "box_mode": box_mode}
     refiner = Refiner(**model)
     print(f"[demo] model: {refiner.meta.get('source', checkpoint or 'built-in default')} "
           f"({refiner.config.backbone_title}, {refiner.config.input_size}px crops, {refiner.crop_mode} crop)")

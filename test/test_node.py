@@ -187,6 +187,9 @@ def test_parameter_validation_rejects_bad_values(harness):
     assert not node.set_parameters([Parameter("keep_iou", value=1.5)])[0].successful
     assert node.set_parameters([Parameter("keep_iou", value=0.85)])[0].successful
     assert node.refiner.keep_iou == pytest.approx(0.85)
+    assert not node.set_parameters([Parameter("box_mode", value="mask")])[0].successful
+    assert node.set_parameters([Parameter("box_mode", value="fused")])[0].successful
+    assert node.refiner.box_mode == "fused"
 
 
 def test_bad_input_is_logged_counted_and_survived(harness, frame):

@@ -34,3 +34,40 @@ def mask_to_box(prob: np.ndarray, threshold: float = 0.5, min_area: float = 100.
     x, y, w, h = cv2.boundingRect(contour)
     polygon = cv2.boxPoints(cv2.minAreaRect(contour)).astype(np.float64) + (ox, oy)
     return (float(x + ox), float(y + oy), float(w), float(h)), polygon
+
+
+# box_mode "fused" (chosen on the validation suite, README "Box from corners and mask"): where the mask's
+# box and the corner head's box agree to at least FUSE_MIN_IOU, the output is FUSE_MASK_WEIGHT of the way
+# from the corner box to the mask box; elsewhere (no mask region, or a disagreement) the corner box
+FUSE_MIN_IOU = 0.6
+FUSE_MASK_WEIGHT = 0.7
+FUSE_MIN_AREA = 16.0  # crop px^2: a smaller mask region is no box
+
+
+def crop_mask_box(prob: np.ndarray, threshold: float = 0.5, min_area: float = FUSE_MIN_AREA) -> Optional[np.ndarray]:
+    """x1,y1,x2,y2 (crop px, pixel edges) of the largest connected region of ``prob > threshold`` in a
+    crop's (S,S) probabilities; None when no region is larger than ``min_area``."""
+    binary = (prob > threshold).astype(np.uint8)
+    count, _, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    if count < 2:
+        return None
+    best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    x, y, w, h, area = stats[best]
+    if area <= min_area:
+        return None
+    return np.array([x, y, x + w, y + h], dtype=np.float64)
+
+
+def fuse_boxes(corner_xyxy: np.ndarray, mask_xyxy: Optional[np.ndarray], min_iou: float = FUSE_MIN_IOU,
+               weight: float = FUSE_MASK_WEIGHT) -> np.ndarray:
+    """The corner box moved ``weight`` of the way to the mask box when the two agree (IoU >= ``min_iou``)."""
+    corner = np.asarray(corner_xyxy, dtype=np.float64)
+    if mask_xyxy is None:
+        return corner
+    lo, hi = np.maximum(corner[:2], mask_xyxy[:2]), np.minimum(corner[2:], mask_xyxy[2:])
+    inter = float(np.prod(np.clip(hi - lo, 0.0, None)))
+    union = float(np.prod(np.clip(corner[2:] - corner[:2], 0.0, None))
+                  + np.prod(mask_xyxy[2:] - mask_xyxy[:2])) - inter
+    if union <= 0.0 or inter / union < min_iou:
+        return corner
+    return (1.0 - weight) * corner + weight * mask_xyxy

@@ -17,12 +17,13 @@ from ..model import AlphaRefineNet, CheckpointError, load_network
 from ..model.fuse import fold_batchnorm as fold_batchnorm_layers
 from . import crop as cropping
 from .boxes import Box, as_box, box_problem, check_box, iou
-from .masks import mask_to_box
+from .masks import FUSE_MASK_WEIGHT, FUSE_MIN_IOU, crop_mask_box, fuse_boxes, mask_to_box
 from .precision import auto_cpu_precision, resolve_precision, to_bf16
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "weights" / "ar_ros_default.pt"
 COLORS = ("rgb", "bgr")
 BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8", "tensorrt")
+BOX_MODES = ("corner", "fused")  # the corner head's box | moved towards the mask's box (engine.masks.fuse_boxes)
 
 
 @dataclass
@@ -95,13 +96,16 @@ class Refiner:
     (torch on CUDA) replays each search shape from a captured CUDA graph (backends/cuda_graphs.py).
     ``keep_iou`` > 0 keeps the base box (``Result.kept``) when the refined box overlaps it by more than
     that IoU, so a box that is already right is not moved by the model's own error (0 = off).
+    ``box_mode="fused"`` runs the mask branch on every refinement and moves the corner head's box towards
+    the mask's box where the two agree (``engine.masks.fuse_boxes``): more precise, at the mask's cost.
     """
 
     def __init__(self, checkpoint: Union[None, str, os.PathLike, AlphaRefineNet] = None, device: str = "cpu",
                  precision: str = "fp32", crop_mode: Optional[str] = None, search_factor: Optional[float] = None,
                  min_score: float = 0.0, max_scale_change: float = 3.0, mask_threshold: float = 0.5,
                  channels_last: bool = True, backend: str = "torch", fold_batchnorm: bool = True,
-                 cuda_graphs: bool = False, max_batch: int = 32, keep_iou: float = 0.0) -> None:
+                 cuda_graphs: bool = False, max_batch: int = 32, keep_iou: float = 0.0,
+                 box_mode: str = "corner") -> None:
         self.device = resolve_device(device)
         self.dtype = resolve_precision(precision, self.device)
         self.precision_note = f"{precision}: as requested" if precision != "auto" else \
@@ -154,6 +158,10 @@ class Refiner:
         self.min_score = float(min_score)
         self.max_scale_change = float(max_scale_change)
         self.keep_iou = float(keep_iou)
+        if box_mode not in BOX_MODES:
+            raise ValueError(f"box_mode must be one of {BOX_MODES}, got {box_mode!r}")
+        self.box_mode = box_mode
+        self.fuse_min_iou, self.fuse_weight = FUSE_MIN_IOU, FUSE_MASK_WEIGHT  # box_mode "fused" (tools/ sweep them)
         self.mask_threshold = float(mask_threshold)
         self.memory_format = torch.channels_last if channels_last and backend == "torch" else torch.contiguous_format
         if backend == "torch":
@@ -271,23 +279,28 @@ class Refiner:
                 batches.append(self._batch(frame, windows, job_color))
             outputs.append(results)
         if todo:
+            with_mask = mask or self.box_mode == "fused"
             with torch.inference_mode():
                 kernels = torch.cat([self._kernels[tid] for _, tid, _, _ in todo])
                 images = torch.cat(batches) if len(batches) > 1 else batches[0]
                 parts = []
                 for s in range(0, len(todo), self.max_batch):  # one pass unless over max_batch targets
                     out = self.net.search(images[s:s + self.max_batch], kernels[s:s + self.max_batch],
-                                          with_mask=mask)
+                                          with_mask=with_mask)
                     parts.append([out["boxes"].float().cpu().numpy(), out["score"].float().cpu().numpy(),
-                                  out["mask"][:, 0].float().cpu().numpy() if mask else None])
+                                  out["mask"][:, 0].float().cpu().numpy() if with_mask else None])
                     self.passes += 1
             crop_boxes, scores = (np.concatenate([p[k] for p in parts]) for k in (0, 1))
-            probs = np.concatenate([p[2] for p in parts]) if mask else None
+            probs = np.concatenate([p[2] for p in parts]) if with_mask else None
             self.last_batch_size = len(todo)
             for i, (j, tid, base, win) in enumerate(todo):
                 height, width = jobs[j][0].shape[:2]
-                outputs[j][tid] = self._result(base, win, crop_boxes[i], float(scores[i]),
-                                               None if probs is None else probs[i], height, width)
+                crop_box = crop_boxes[i]
+                if self.box_mode == "fused":
+                    crop_box = fuse_boxes(crop_box, crop_mask_box(probs[i], self.mask_threshold),
+                                          self.fuse_min_iou, self.fuse_weight)
+                outputs[j][tid] = self._result(base, win, crop_box, float(scores[i]),
+                                               probs[i] if mask else None, height, width)
         return [{tid: res[tid] for tid in job[1]} for res, job in zip(outputs, jobs)]
 
     def _batch(self, frame: np.ndarray, windows: List[cropping.CropWindow], color: str) -> torch.Tensor:

@@ -107,6 +107,8 @@ class RefinerNode(LifecycleNode):
             refiner.max_scale_change = float(value)
         elif name == "keep_iou":
             refiner.keep_iou = float(value)
+        elif name == "box_mode":
+            refiner.box_mode = str(value)
         elif name == "mask_threshold":
             refiner.mask_threshold = float(value)
 
@@ -129,7 +131,8 @@ class RefinerNode(LifecycleNode):
                                    search_factor=self.param("search_factor") or None,
                                    min_score=self.param("min_score"), max_scale_change=self.param("max_scale_change"),
                                    mask_threshold=self.param("mask_threshold"), backend=self.param("backend"),
-                                   cuda_graphs=cuda_graphs, keep_iou=self.param("keep_iou"))
+                                   cuda_graphs=cuda_graphs, keep_iou=self.param("keep_iou"),
+                                   box_mode=self.param("box_mode"))
         except (ValueError, KeyError, OSError, RuntimeError) as err:
             self.get_logger().error(f"cannot load the refiner: {err}")
             return TransitionCallbackReturn.FAILURE

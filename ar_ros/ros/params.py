@@ -58,6 +58,9 @@ PARAMS: Tuple[Spec, ...] = (
     Spec("keep_iou", 0.0, "Do no harm: when the refined box overlaps the base box by more than this IoU, "
          "the base box is kept (a box that is already right is not moved by the model's error). 0 = off.",
          low=0.0, high=1.0),
+    Spec("box_mode", "corner", "corner: the corner head's box (the paper's). fused: also run the mask "
+         "branch and move the box towards the mask's box where the two agree (more precise; costs the "
+         "mask branch on every box).", choices=("corner", "fused")),
     Spec("publish_mask", True, "Publish refined/mask (computed only while someone subscribes)."),
     Spec("mask_mode", "label", "label: pixel value k = k-th detection; binary: union as 0/255.",
          choices=("label", "binary")),

@@ -1,0 +1,79 @@
+"""Choose box_mode "fused"'s constants (and keep_iou with them) on a suite, open loop.
+
+    python tools/box_mode_sweep.py [--suite validation] [--checkpoint C] [--bases jitter,oracle,csrt]
+
+Refines every sequence twice per base tracker with the keep_iou gate off: once for the corner head's box,
+once for the mask's box alone (box_mode "fused" with min IoU 0 and weight 1; the corner box where the mask
+has no region). The fused box and the keep_iou gate are then applied per setting, which in open loop gives
+what ``ar-refine eval --box-mode fused --keep-iou T`` gives with those constants (fusing is linear per
+axis and IoU does not change under the crop's per-axis scaling, so fusing frame boxes equals fusing crop
+boxes). Prints refined AUC per base for every setting and the mean over bases. Choose on ``validation``,
+never on ``reference`` or ``real``.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+from typing import Dict, List
+
+import numpy as np
+
+from ar_ros import Refiner
+from ar_ros.engine.boxes import iou_rows
+from ar_ros.eval.metrics import score
+from ar_ros.eval.synthetic import suite
+
+from keep_iou_sweep import frames_of  # noqa: E402  (tools/ is the script's folder)
+
+MIN_IOUS = (0.5, 0.6, 0.7, 0.8)
+WEIGHTS = (0.3, 0.5, 0.7, 1.0)
+KEEP_IOUS = (0.0, 0.85, 0.88, 0.9)
+
+
+def fused_auc(corner: List[np.ndarray], mask: List[np.ndarray], min_iou: float, weight: float,
+              keep_iou: float) -> float:
+    """Mean AUC over sequences: rows are frames_of()'s (base, output, GT) for the corner and mask runs."""
+    aucs = []
+    for c_rows, m_rows in zip(corner, mask):
+        base, c, m, gt = c_rows[:, :4], c_rows[:, 4:8], m_rows[:, 4:8], c_rows[:, 8:]
+        if min_iou is None:
+            out = c
+        else:
+            agree = iou_rows(c, m) >= min_iou
+            out = np.where(agree[:, None], (1 - weight) * c + weight * m, c)  # xywh: linear like xyxy
+        if keep_iou > 0:
+            out = np.where((iou_rows(base, out) > keep_iou)[:, None], base, out)
+        aucs.append(score(out[1:], gt[1:]).auc)  # frame 0 is the init box, as in eval
+    return float(np.mean(aucs)) * 100
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--suite", default="validation")
+    parser.add_argument("--checkpoint", default=None)
+    parser.add_argument("--bases", default="jitter,oracle,csrt")
+    args = parser.parse_args()
+    if args.suite == "real":
+        from ar_ros.eval.real_suite import real_suite
+        seqs = real_suite()
+    else:
+        seqs = suite(args.suite)
+    corner_ref = Refiner(args.checkpoint)
+    mask_ref = Refiner(args.checkpoint, box_mode="fused")
+    mask_ref.fuse_min_iou, mask_ref.fuse_weight = 0.0, 1.0
+    bases = args.bases.split(",")
+    runs: Dict[str, tuple] = {}
+    for base in bases:
+        runs[base] = ([frames_of(corner_ref, seq, base) for seq in seqs],
+                      [frames_of(mask_ref, seq, base) for seq in seqs])
+        print(f"refined {len(seqs)} sequences from base {base}", flush=True)
+    settings = [(None, 0.0, k) for k in KEEP_IOUS] + list(itertools.product(MIN_IOUS, WEIGHTS, KEEP_IOUS))
+    print(f"{'box':>22} {'keep_iou':>8} " + " ".join(f"{b:>8}" for b in bases) + f" {'mean':>8}")
+    for min_iou, weight, keep in settings:
+        aucs = [fused_auc(*runs[b], min_iou, weight, keep) for b in bases]
+        name = "corner" if min_iou is None else f"fused iou>={min_iou} w={weight}"
+        print(f"{name:>22} {keep:>8} " + " ".join(f"{a:8.2f}" for a in aucs) + f" {np.mean(aucs):8.2f}")
+
+
+if __name__ == "__main__":
+    main()
