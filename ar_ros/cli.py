@@ -125,7 +125,7 @@ def _cmd_make_bag(args: argparse.Namespace) -> int:
 def _cmd_replay(args: argparse.Namespace) -> int:
     from .eval import report
     from .eval.replay import replay
-    refiner = _refiner(args, keep_iou=args.keep_iou)
+    refiner = _refiner(args)
     result = replay(args.bag, refiner, out=args.out, image_topic=args.image_topic,
                     detections_topic=args.detections_topic, gt_topic=args.gt_topic, mask=args.mask,
                     video=args.video, progress=not args.no_progress, overwrite=args.force, storage=args.storage,
@@ -226,7 +226,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     sequences = _eval_sequences(args.suite)
     if sequences is None:
         return EXIT_SKIPPED
-    refiner = _refiner(args, keep_iou=args.keep_iou)
+    refiner = _refiner(args)
     results = run_suite(refiner, sequences, base=args.base, progress=None if args.json else print, loop=args.loop)
     totals = summary(results)
     data = {"suite": args.suite, "base": args.base, "loop": args.loop,
@@ -324,6 +324,8 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=0, help=BY_NAME["threads"].description)
     spec = BY_NAME["box_mode"]
     p.add_argument("--box-mode", default=spec.default, choices=spec.choices, help=spec.description)
+    spec = BY_NAME["keep_iou"]
+    p.add_argument("--keep-iou", type=float, default=spec.default, help=spec.description)
 
 
 def _model_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
@@ -332,7 +334,7 @@ def _model_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
         raise ValueError(f"{args.checkpoint} is a folder (from `export onnx`?): pass --backend onnxruntime, "
                          "onnxruntime-int8 or tensorrt, or --checkpoint a model file")
     return {"checkpoint": args.checkpoint, "device": args.device, "backend": args.backend,
-            "precision": args.precision, "box_mode": args.box_mode}
+            "precision": args.precision, "box_mode": args.box_mode, "keep_iou": args.keep_iou}
 
 
 def _set_threads(args: argparse.Namespace) -> None:
@@ -415,8 +417,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loop", default="open", choices=["open", "closed"],
                    help="closed: re-seed the --base tracker with the refined box every frame (recorded "
                         "detections cannot take it back)")
-    p.add_argument("--keep-iou", type=float, default=0.0,
-                   help="keep the base box when the refined box overlaps it by more than this IoU (0 = off)")
     common(p)
     p.set_defaults(func=_cmd_replay)
 
@@ -462,8 +462,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="oracle = the ground truth itself (refinement must keep a right box right)")
     p.add_argument("--loop", default="open", choices=["open", "closed"],
                    help="closed: the OpenCV base tracker is re-seeded with the refined box every frame (the paper)")
-    p.add_argument("--keep-iou", type=float, default=0.0,
-                   help="keep the base box when the refined box overlaps it by more than this IoU (0 = off)")
     p.add_argument("--out", default=None, help="folder for JSON, plots and a best/worst contact sheet")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     common(p)

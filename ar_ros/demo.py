@@ -24,13 +24,14 @@ DEMO_FRAMES = 90
 
 def run(out_dir: str = "out/demo", checkpoint: Optional[str] = None, frames: int = DEMO_FRAMES,
         seed: int = DEMO_SEED, base: str = "csrt", device: str = "cpu", progress: bool = True,
-        backend: str = "torch", precision: str = "fp32", box_mode: str = "corner") -> Dict:
+        backend: str = "torch", precision: str = "fp32", box_mode: str = "corner",
+        keep_iou: float = 0.0) -> Dict:
     """Build the sample bag, replay it through the refiner, print and write the results."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     model = {"checkpoint": checkpoint, "device": device, "backend": backend, "precision": precision,
-             "box_mode": box_mode}
+             "box_mode": box_mode, "keep_iou": keep_iou}
     refiner = Refiner(**model)
     print(f"[demo] model: {refiner.meta.get('source', checkpoint or 'built-in default')} "
           f"({refiner.config.backbone_title}, {refiner.config.input_size}px crops, {refiner.crop_mode} crop)")

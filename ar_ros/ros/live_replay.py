@@ -51,11 +51,11 @@ def live_replay(bag: Union[str, Path], out: Union[str, Path, None] = None, check
                 device: str = "cpu", rate: float = 1.0, detections_topic: str = bags.BASE_TOPIC,
                 image_topic: Optional[str] = None, settle: float = 3.0, domain_id: Optional[int] = None,
                 overwrite: bool = False, progress: bool = True, backend: str = "torch", precision: str = "auto",
-                threads: int = 0, box_mode: str = "corner") -> LiveReport:
+                threads: int = 0, box_mode: str = "corner", keep_iou: float = 0.0) -> LiveReport:
     """Play ``bag`` into a fresh refiner node and record what it publishes (see the module docstring).
 
-    ``checkpoint``, ``device``, ``backend``, ``precision``, ``threads`` and ``box_mode`` are the node's parameters of
-    those names. A bag of sensor_msgs/CompressedImage is played on ``image/compressed`` to a node with
+    ``checkpoint``, ``device``, ``backend``, ``precision``, ``threads``, ``box_mode`` and ``keep_iou`` are the
+    node's parameters of those names. A bag of sensor_msgs/CompressedImage is played on ``image/compressed`` to a node with
     ``image_transport: compressed``, as a robot's compressed camera stream would be.
     """
     store = bags.typestore()
@@ -75,7 +75,7 @@ def live_replay(bag: Union[str, Path], out: Union[str, Path, None] = None, check
         image_type = CompressedImage if compressed else Image
         params = [Parameter("device", value=device), Parameter("backend", value=backend),
                   Parameter("precision", value=precision), Parameter("threads", value=int(threads)),
-                  Parameter("box_mode", value=box_mode),
+                  Parameter("box_mode", value=box_mode), Parameter("keep_iou", value=float(keep_iou)),
                   Parameter("image_transport", value="compressed" if compressed else "raw"),
                   Parameter("publish_overlay", value=False), Parameter("image_cache_size", value=60)]
         if checkpoint:

@@ -55,8 +55,9 @@ PARAMS: Tuple[Spec, ...] = (
          low=0.0, high=1.0),
     Spec("max_scale_change", 3.0, "A refined box whose width or height differs from the base box by more "
          "than this factor is rejected (fallback).", low=1.01, high=100.0),
-    Spec("keep_iou", 0.0, "Do no harm: when the refined box overlaps the base box by more than this IoU, "
-         "the base box is kept (a box that is already right is not moved by the model's error). 0 = off.",
+    Spec("keep_iou", 0.85, "Do no harm: when the refined box overlaps the base box by more than this IoU, "
+         "the base box is kept (a box that is already right is not moved by the model's error). 0 = off; "
+         "0.85 was chosen for the shipped model on the validation suite (tools/box_mode_sweep.py).",
          low=0.0, high=1.0),
     Spec("box_mode", "corner", "corner: the corner head's box (the paper's). fused: also run the mask "
          "branch and move the box towards the mask's box where the two agree (more precise; costs the "
