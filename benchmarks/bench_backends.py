@@ -4,7 +4,7 @@
 CPU here: torch fp32, torch bf16 where the CPU has bf16 units, ONNX Runtime fp32 and int8; the CPU
 features seen are printed. On a CUDA machine torch fp16 (eager and CUDA graphs), ONNX Runtime's CUDA
 provider (when installed) and TensorRT fp16 engines (when the tensorrt package is) are added, with
-TensorRT's ratio to torch fp16. Box-only and box+mask, 1/4/8 targets, median and p95 of Refiner.refine per frame, and
+TensorRT's ratio to torch fp16. torch/fp32-fused is box_mode "fused" (its box needs the mask branch). Box-only and box+mask, 1/4/8 targets, median and p95 of Refiner.refine per frame, and
 ratios against plain fp32 torch (the authors' way: NCHW, no channels_last, BatchNorm not folded)
 measured in the same run. All configurations are called
 round-robin in blocks (one untimed call, then four timed; see ar_ros.eval.timing.interleaved), so machine
@@ -54,6 +54,7 @@ def main() -> None:
     configs = {
         "torch-plain/fp32": lambda: Refiner(path, channels_last=False, fold_batchnorm=False),
         "torch/fp32": lambda: Refiner(path),
+        "torch/fp32-fused": lambda: Refiner(path, box_mode="fused"),  # the box needs the mask branch too
         "onnxruntime/fp32": lambda: Refiner(onnx_dir, backend="onnxruntime"),
     }
     bf16 = bf16_problem(torch.device("cpu"))
@@ -87,8 +88,8 @@ def main() -> None:
         refiner = make()
         refiner.set_targets(frame, boxes)
         for mask in (False, True):
-            if mask and name.endswith("int8"):
-                continue  # the int8 graph is box-only; masks use the fp32 graph
+            if mask and (name.endswith("int8") or name.endswith("fused")):
+                continue  # the int8 graph is box-only (masks use the fp32 graph); fused always runs the mask
             for n in (1, 4, 8):
                 subset = dict(list(boxes.items())[:n])
                 fns[f"{name}/{'box+mask' if mask else 'box'}/{n}"] = \
