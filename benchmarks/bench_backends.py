@@ -4,11 +4,12 @@
 CPU here: torch fp32, torch bf16 where the CPU has bf16 units, ONNX Runtime fp32 and int8; the CPU
 features seen are printed. On a CUDA machine torch fp16 (eager and CUDA graphs), ONNX Runtime's CUDA
 provider (when installed) and TensorRT fp16 engines (when the tensorrt package is) are added, with
-TensorRT's ratio to torch fp16. torch/fp32-fused is box_mode "fused" (its box needs the mask branch). Box-only and box+mask, 1/4/8 targets, median and p95 of Refiner.refine per frame, and
-ratios against plain fp32 torch (the authors' way: NCHW, no channels_last, BatchNorm not folded)
-measured in the same run. All configurations are called
-round-robin in blocks (one untimed call, then four timed; see ar_ros.eval.timing.interleaved), so machine
-drift hits them alike and one backend's spinning threads do not spill into the next one's timing.
+TensorRT's ratio to torch fp16. torch/fp32-fused is box_mode "fused" (its box needs the mask branch).
+Box-only and box+mask, 1/4/8 targets, median and p95 of Refiner.refine per frame, and ratios against
+plain fp32 torch (the authors' way: NCHW, no channels_last, BatchNorm not folded) measured in the same
+run. All configurations are called round-robin in blocks (one untimed call, then four timed; see
+ar_ros.eval.timing.interleaved), so machine drift hits them alike and one backend's spinning threads do
+not spill into the next one's timing.
 
     python benchmarks/bench_backends.py [--model PATH] [--threads 2] [--repeat 20] [--json] [--plot out.png]
         [--vs OTHER]   # OTHER's torch/fp32 and onnxruntime/int8 in the same run, prefixed 'vs:'
