@@ -54,10 +54,11 @@ def test_bf16_boxes_agree_with_fp32_on_trained_weights():
         diffs.append(np.abs(np.subtract(a.box, b.box)).max())
         a_boxes.append(a.box)
         b_boxes.append(b.box)
-    # the auto gate's criterion, frame by frame; the MobileNetV2 default (depthwise convolutions) moves
-    # boxes more under bf16 than the ResNet-18 one did (max 0.8 px here, was 0.08 px)
+    # the auto gate's criterion, frame by frame, and the issue's 0.5 px: the MobileNetV2 default moved boxes
+    # up to 0.8 px here until its biases and its two layers with |w| ~ 100 stayed fp32 (now 0.26 px; the
+    # ResNet-18 default moved them 0.08 px)
     assert float(iou_rows(np.array(a_boxes), np.array(b_boxes)).mean()) >= AGREEMENT_MIN_IOU, diffs
-    assert max(diffs) < 1.0, diffs
+    assert max(diffs) < 0.5, diffs
 
 
 def test_auto_takes_bf16_only_with_an_accepting_verdict_for_these_weights(monkeypatch, small_net):
@@ -112,3 +113,83 @@ def test_check_bf16_command_records_what_auto_then_uses(capsys):
     assert ("bf16 accepted" in out) == (code == 0) and str(precision.verdicts_path()) in out
     r = Refiner(None, precision="auto")
     assert r.dtype == (torch.bfloat16 if code == 0 else torch.float32), r.precision_note
+
+
+def bf16_copy(net, **options):
+    """The folded, channels_last bf16 copy of ``net`` that the bf16 Refiner runs (``to_bf16`` options)."""
+    import copy
+    from ar_ros.model.fuse import fold_batchnorm
+    folded = copy.deepcopy(net).eval()
+    fold_batchnorm(folded)
+    folded = folded.to(memory_format=torch.channels_last)
+    return folded if options.get("fp32") else precision.to_bf16(folded, **options)
+
+
+def relative(a, b):
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+@pytest.mark.skipif(not HAS_BF16, reason="this CPU has no bf16 units (AMX / AVX-512 BF16 / Arm BF16)")
+@pytest.mark.parametrize("backbone,depth", [("resnet", 18), ("resnet", 50), ("mobilenet_v2", 0)])
+def test_fused_residual_blocks_equal_the_unfused_bf16_network(backbone, depth):
+    # the residual add and its activation inside the convolution (one rounding to bf16 instead of two):
+    # the same maps as the unfused bf16 network up to bf16 rounding, and no further from fp32
+    from ar_ros.model import AlphaRefineNet, NetConfig
+    from ar_ros.model.backbone import BasicBlock, Bottleneck
+    from ar_ros.model.mobilenet import InvertedResidual
+    torch.manual_seed(3)
+    net = AlphaRefineNet(NetConfig(backbone=backbone, depth=depth or 18, input_size=128, with_top=False)).eval()
+    for m in net.modules():  # trained-like BatchNorm statistics, so that folding is not the identity
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    fused, unfused, fp32 = bf16_copy(net), bf16_copy(net, fuse_blocks=False), bf16_copy(net, fp32=True)
+    blocks = (precision._FusedBasicBlock, precision._FusedBottleneck, precision._FusedInvertedResidual)
+    residual = sum(type(m) in (BasicBlock, Bottleneck) or (type(m) is InvertedResidual and m.use_res_connect)
+                   for m in net.modules())
+    assert residual > 0 and sum(isinstance(m, blocks) for m in fused.modules()) == residual
+    assert not any(isinstance(m, blocks) for m in unfused.modules())
+    if backbone == "resnet":  # the stem's ReLU is fused too, and no ReLU module is left in the backbone
+        assert isinstance(fused.feature_extractor.conv1, precision._PackedConv)
+        assert not any(isinstance(m, torch.nn.ReLU) for m in fused.feature_extractor.modules())
+    images = torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(0)) * 4 - 2
+    images = images.contiguous(memory_format=torch.channels_last)
+    maps = {}
+    with torch.inference_mode():
+        for name, n in (("fused", fused), ("unfused", unfused), ("fp32", fp32)):
+            x = images if name == "fp32" else images.to(torch.bfloat16)
+            feats = n.feature_extractor(x, ("conv1", "layer1", "layer2", "layer3"))
+            kernels = n.template(x)
+            maps[name] = {**feats, "neck": n.neck(kernels, feats["layer3"]),
+                          "mask": n.search(x, kernels, with_mask=True)["mask"]}
+    for key in maps["fp32"]:
+        assert relative(maps["fused"][key], maps["unfused"][key]) < 0.03, key
+        assert relative(maps["fused"][key], maps["fp32"][key]) <= 1.25 * relative(maps["unfused"][key],
+                                                                               maps["fp32"][key]) + 1e-3, key
+
+
+@pytest.mark.skipif(not HAS_BF16, reason="this CPU has no bf16 units (AMX / AVX-512 BF16 / Arm BF16)")
+def test_convolutions_with_large_folded_weights_and_all_biases_stay_fp32(small_net):
+    import copy
+    net = copy.deepcopy(small_net)
+    with torch.no_grad():  # a BatchNorm with a near-zero variance folds into weights ~ 100
+        net.feature_extractor.layer1[0].bn1.running_var[3] = 1e-6
+    folded = bf16_copy(net, fp32=True)
+    wide = folded.feature_extractor.layer1[0].conv1
+    assert float(wide.weight.detach().abs().max()) > precision.FP32_WEIGHT_LIMIT
+    bf16 = bf16_copy(net)
+    kept = bf16.feature_extractor.layer1[0]
+    assert not isinstance(kept, precision._FusedBasicBlock)  # its conv1 runs in fp32, so it is not fused
+    assert isinstance(kept.conv1, precision._Float32) and kept.conv1.out_dtype == torch.bfloat16
+    conv = kept.conv1.module
+    assert isinstance(conv, precision._PackedConv) and conv.packed.dtype == torch.float32
+    assert torch.equal(conv.bias_fp32, wide.bias)  # the fp32 values, not bf16-rounded ones
+    head = bf16.corner_head.conv5_tl
+    assert isinstance(head, precision._Float32) and head.out_dtype is None and head.module.packed.dtype == torch.float32
+    assert torch.equal(head.module.bias_fp32, folded.corner_head.conv5_tl.bias)
+    packed = [m for m in bf16.modules() if isinstance(m, precision._PackedConv) and m.bias is not None]
+    assert packed and all(m.bias_fp32.dtype == torch.float32 for m in packed)
+    images = torch.rand(1, 3, 128, 128).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        out = bf16.search(images, bf16.template(images), with_mask=True)
+    assert torch.isfinite(out["boxes"]).all() and out["mask"].dtype == torch.bfloat16
