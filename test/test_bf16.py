@@ -193,3 +193,27 @@ def test_convolutions_with_large_folded_weights_and_all_biases_stay_fp32(small_n
     with torch.inference_mode():
         out = bf16.search(images, bf16.template(images), with_mask=True)
     assert torch.isfinite(out["boxes"]).all() and out["mask"].dtype == torch.bfloat16
+
+
+@pytest.mark.skipif(not HAS_BF16, reason="this CPU has no bf16 units (AMX / AVX-512 BF16 / Arm BF16)")
+def test_merged_corner_towers_give_the_separate_towers_boxes(small_net):
+    import copy
+    net = copy.deepcopy(small_net)
+    for m in net.corner_head.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    merged, separate = bf16_copy(net), bf16_copy(net, merge_corner_towers=False)
+    assert isinstance(merged.corner_head, precision._MergedCornerHead)
+    assert type(separate.corner_head).__name__ == "CornerHead"
+    score = merged.corner_head.score  # both corners' score convolutions, in fp32
+    assert isinstance(score, precision._Float32) and score.module.packed.dtype == torch.float32
+    images = (torch.rand(3, 3, 128, 128, generator=torch.Generator().manual_seed(2)) * 4 - 2)
+    images = images.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        kernels = separate.template(images)
+        a, b = merged.search(images, kernels), separate.search(images, kernels)
+    assert torch.allclose(a["boxes"], b["boxes"], atol=1e-3) and torch.allclose(a["score"], b["score"], atol=1e-5)
+    # unfolded BatchNorm (fold_batchnorm=False): the towers are left as they are
+    unfolded = precision.to_bf16(copy.deepcopy(net).to(memory_format=torch.channels_last))
+    assert type(unfolded.corner_head).__name__ == "CornerHead"

@@ -16,7 +16,7 @@ import json
 import os
 import platform
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -240,6 +240,60 @@ class _FusedInvertedResidual(nn.Module):
         return self.project.add(self.body(x), x)
 
 
+class _MergedCornerHead(nn.Module):
+    """:class:`~ar_ros.model.heads.CornerHead` with its two towers run as one: the first convolutions
+    (same input) concatenated, the others as two-group convolutions, so each layer is one oneDNN call on
+    twice the channels instead of two calls; the same arithmetic per output channel (bf16 outputs equal
+    the separate towers' bit for bit), then the head's own soft-argmax on each of the two score maps."""
+
+    def __init__(self, head: nn.Module) -> None:
+        super().__init__()
+        self.stride = head.stride
+        layers: list = []
+        for i in range(1, 6):
+            tl, br = getattr(head, f"conv{i}_tl"), getattr(head, f"conv{i}_br")
+            (a, *rest_a), (b, *rest_b) = (list(tl) if isinstance(tl, nn.Sequential) else [tl],
+                                          list(br) if isinstance(br, nn.Sequential) else [br])
+            groups = 1 if i == 1 else 2
+            conv = nn.Conv2d(a.in_channels * groups, 2 * a.out_channels, a.kernel_size, a.stride, a.padding,
+                             a.dilation, groups=groups, bias=a.bias is not None).to(a.weight.dtype)
+            with torch.no_grad():
+                conv.weight.copy_(torch.cat([a.weight, b.weight]))
+                if a.bias is not None:
+                    conv.bias.copy_(torch.cat([a.bias, b.bias]))
+            if i < 5:
+                self._check(rest_a, rest_b)
+                layers += [conv, nn.ReLU(inplace=True)]
+            else:
+                self.score = conv
+        self.towers = nn.Sequential(*layers)
+
+    @staticmethod
+    def _check(rest_a: list, rest_b: list) -> None:
+        kinds = [type(m) for m in rest_a if not isinstance(m, nn.Identity)]
+        if kinds != [nn.ReLU] or [type(m) for m in rest_b if not isinstance(m, nn.Identity)] != kinds:
+            raise ValueError("corner towers must be conv (folded BatchNorm) -> ReLU")
+
+    def forward(self, feat: torch.Tensor) -> Dict[str, torch.Tensor]:
+        from ..model.heads import peak_mass, soft_argmax
+        scores = self.score(self.towers(feat))
+        x1, y1, prob_tl = soft_argmax(scores[:, 0:1], self.stride)
+        x2, y2, prob_br = soft_argmax(scores[:, 1:2], self.stride)
+        score = torch.sqrt(peak_mass(prob_tl) * peak_mass(prob_br))
+        return {"boxes": torch.stack((x1, y1, x2, y2), dim=1), "score": score}
+
+
+def _mergeable_corner_head(head: Optional[nn.Module]) -> bool:
+    from ..model.heads import CornerHead
+    if type(head) is not CornerHead:
+        return False
+    try:
+        _MergedCornerHead(head)
+    except (ValueError, TypeError, AttributeError):
+        return False
+    return True
+
+
 def _pointwise_ops() -> bool:
     try:
         return bool(torch.ops.mkldnn._convolution_pointwise and torch.ops.mkldnn._reorder_convolution_weight
@@ -362,7 +416,7 @@ def _pack_convolutions(net: nn.Module, fuse_blocks: bool = True, biases: Optiona
 
 
 def to_bf16(net: nn.Module, fuse_blocks: bool = True, fp32_bias: bool = True,
-            fp32_weight_limit: float = FP32_WEIGHT_LIMIT) -> nn.Module:
+            fp32_weight_limit: float = FP32_WEIGHT_LIMIT, merge_corner_towers: bool = True) -> nn.Module:
     """Cast a (folded, channels_last, CPU) network to bf16 in place for inference, convolutions prepacked.
 
     Kept in fp32, where bf16 moves boxes:
@@ -378,13 +432,17 @@ def to_bf16(net: nn.Module, fuse_blocks: bool = True, fp32_bias: bool = True,
     On the shipped MobileNetV2 default the biases took the small suite's mean deviation from fp32 from
     0.44 px (max 3.7 px, mean IoU 0.9698) to 0.25 px, the two fp32 layers to 0.11 px (max 1.3 px, 0.9923);
     the ResNet-18 default stays at 0.014 px (max 0.22 px) either way. The other convolutions get their weights reordered for oneDNN
-    once (:class:`_PackedConv`), and with ``fuse_blocks`` the residual blocks run their adds and
-    activations inside the convolutions.
+    once (:class:`_PackedConv`), with ``fuse_blocks`` the residual blocks run their adds and activations
+    inside the convolutions, and with ``merge_corner_towers`` the corner head's two towers run as one
+    (:class:`_MergedCornerHead`).
     """
+    head = getattr(net, "corner_head", None)
+    if merge_corner_towers and _pointwise_ops() and _mergeable_corner_head(head):
+        net.corner_head = head = _MergedCornerHead(head)
     convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
     biases = {m: m.bias.detach().clone() for m in convs if fp32_bias and m.bias is not None}
-    head = getattr(net, "corner_head", None)
-    score_convs = [getattr(head, n) for n in ("conv5_tl", "conv5_br") if isinstance(getattr(head, n, None), nn.Conv2d)]
+    score_convs = [getattr(head, n) for n in ("conv5_tl", "conv5_br", "score")
+                   if isinstance(getattr(head, n, None), nn.Conv2d)]
     wide = [m for m in convs if m not in score_convs and float(m.weight.detach().abs().max()) > fp32_weight_limit]
     kept = {m: copy.deepcopy(m) for m in score_convs + wide}  # fp32 originals, not bf16-rounded ones
     net.to(torch.bfloat16)
