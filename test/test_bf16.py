@@ -184,9 +184,10 @@ def test_convolutions_with_large_folded_weights_and_all_biases_stay_fp32(small_n
     conv = kept.conv1.module
     assert isinstance(conv, precision._PackedConv) and conv.packed.dtype == torch.float32
     assert torch.equal(conv.bias_fp32, wide.bias)  # the fp32 values, not bf16-rounded ones
-    head = bf16.corner_head.conv5_tl
+    head = bf16.corner_head.score  # the two corners' score convolutions (merged towers), in fp32
     assert isinstance(head, precision._Float32) and head.out_dtype is None and head.module.packed.dtype == torch.float32
-    assert torch.equal(head.module.bias_fp32, folded.corner_head.conv5_tl.bias)
+    assert torch.equal(head.module.bias_fp32, torch.cat([folded.corner_head.conv5_tl.bias,
+                                                         folded.corner_head.conv5_br.bias]))
     packed = [m for m in bf16.modules() if isinstance(m, precision._PackedConv) and m.bias is not None]
     assert packed and all(m.bias_fp32.dtype == torch.float32 for m in packed)
     images = torch.rand(1, 3, 128, 128).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
