@@ -122,7 +122,10 @@ def bf16_copy(net, **options):
     folded = copy.deepcopy(net).eval()
     fold_batchnorm(folded)
     folded = folded.to(memory_format=torch.channels_last)
-    return folded if options.get("fp32") else precision.to_bf16(folded, **options)
+    if options.pop("fp32", False):
+        return folded
+    options.setdefault("graphs", False)  # the eager network's structure (the graphs wrap it: test below)
+    return precision.to_bf16(folded, **options)
 
 
 def relative(a, b):
@@ -216,5 +219,43 @@ def test_merged_corner_towers_give_the_separate_towers_boxes(small_net):
         a, b = merged.search(images, kernels), separate.search(images, kernels)
     assert torch.allclose(a["boxes"], b["boxes"], atol=1e-3) and torch.allclose(a["score"], b["score"], atol=1e-5)
     # unfolded BatchNorm (fold_batchnorm=False): the towers are left as they are
-    unfolded = precision.to_bf16(copy.deepcopy(net).to(memory_format=torch.channels_last))
+    unfolded = precision.to_bf16(copy.deepcopy(net).to(memory_format=torch.channels_last), graphs=False)
     assert type(unfolded.corner_head).__name__ == "CornerHead"
+
+
+@pytest.mark.skipif(not HAS_BF16, reason="this CPU has no bf16 units (AMX / AVX-512 BF16 / Arm BF16)")
+def test_graphed_searches_agree_with_the_eager_bf16_network(small_net, monkeypatch):
+    import copy
+    net = copy.deepcopy(small_net)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    graphed = bf16_copy(net, graphs=True)
+    if not precision._graphs_available():
+        assert not isinstance(graphed, precision._GraphedBf16)
+        return
+    assert isinstance(graphed, precision._GraphedBf16)
+    assert len(graphed.graphs) == 1 and None not in graphed.graphs.values(), graphed.failure  # built at load
+    eager = graphed.eager
+    images = (torch.rand(3, 3, 128, 128, generator=torch.Generator().manual_seed(4)) * 4 - 2)
+    images = images.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        kernels = graphed.template(images)
+        for n in (1, 3):
+            a, b = graphed.search(images[:n], kernels[:n]), eager.search(images[:n], kernels[:n])
+            assert set(a) == {"boxes", "score"}
+            # same bf16 arithmetic, other kernels and roundings (fused partitions, bf16 biases)
+            assert torch.allclose(a["boxes"].float(), b["boxes"].float(), atol=0.5), (a["boxes"], b["boxes"])
+            assert torch.allclose(a["score"].float(), b["score"].float(), atol=0.02)
+        assert sum(g is not None for g in graphed.graphs.values()) == 2  # one per batch size
+        masks = graphed.search(images[:2], kernels[:2], with_mask=True)  # masks: the eager network
+        assert masks["mask"].shape == (2, 1, 128, 128) and len(graphed.graphs) == 2
+        # a graph that cannot be built: the eager network runs, and why is kept
+        monkeypatch.setattr(torch.jit, "trace", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no trace")))
+        out = graphed.search(images[:2], kernels[:2])
+        assert "no trace" in graphed.failure and torch.equal(out["boxes"], eager.search(images[:2], kernels[:2])["boxes"])
+        graphed.max_graphs = len(graphed.graphs)  # full: further shapes run eager, nothing is traced
+        graphed.failure = ""
+        graphed.search(images[:1].repeat(4, 1, 1, 1), kernels[:1].repeat(4, 1, 1))
+        assert graphed.failure == "" and len(graphed.graphs) == graphed.max_graphs

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import platform
+import warnings
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
@@ -415,9 +416,36 @@ def _pack_convolutions(net: nn.Module, fuse_blocks: bool = True, biases: Optiona
     return sum(isinstance(m, _PackedConv) for m in net.modules())
 
 
+def _cast_bf16(net: nn.Module, fp32_bias: bool, fp32_weight_limit: float, merge_corner_towers: bool) -> dict:
+    """Cast ``net`` to bf16 in place except its fp32 parts (see :func:`to_bf16`); returns the fp32 biases
+    (by convolution) that the packed convolutions add, empty without ``fp32_bias``. Without fp32 biases,
+    convolutions with a bias over the limit run in fp32 as well."""
+    head = getattr(net, "corner_head", None)
+    if merge_corner_towers and _pointwise_ops() and _mergeable_corner_head(head):
+        net.corner_head = head = _MergedCornerHead(head)
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    biases = {m: m.bias.detach().clone() for m in convs if fp32_bias and m.bias is not None}
+    score_convs = [getattr(head, n) for n in ("conv5_tl", "conv5_br", "score")
+                   if isinstance(getattr(head, n, None), nn.Conv2d)]
+
+    def wide(m: nn.Conv2d) -> bool:
+        big_bias = not fp32_bias and m.bias is not None and float(m.bias.detach().abs().max()) > fp32_weight_limit
+        return big_bias or float(m.weight.detach().abs().max()) > fp32_weight_limit
+
+    kept = {m: copy.deepcopy(m) for m in convs if m in score_convs or wide(m)}  # fp32 originals, not rounded
+    net.to(torch.bfloat16)
+    for parent in list(net.modules()):
+        for name, child in list(parent._modules.items()):
+            if child in kept:
+                parent._modules[name] = _Float32(kept[child], None if child in score_convs else torch.bfloat16)
+    return {kept.get(m, m): b for m, b in biases.items()}
+
+
 def to_bf16(net: nn.Module, fuse_blocks: bool = True, fp32_bias: bool = True,
-            fp32_weight_limit: float = FP32_WEIGHT_LIMIT, merge_corner_towers: bool = True) -> nn.Module:
-    """Cast a (folded, channels_last, CPU) network to bf16 in place for inference, convolutions prepacked.
+            fp32_weight_limit: float = FP32_WEIGHT_LIMIT, merge_corner_towers: bool = True,
+            graphs: bool = True) -> nn.Module:
+    """Cast a (folded, channels_last, CPU) network to bf16 for inference (in place; with ``graphs`` the
+    result is a :class:`_GraphedBf16` around it), convolutions prepacked.
 
     Kept in fp32, where bf16 moves boxes:
     - the corner heads' last 1x1 convolution: its output is the score map the soft-argmax takes the
@@ -431,24 +459,100 @@ def to_bf16(net: nn.Module, fuse_blocks: bool = True, fp32_bias: bool = True,
       their fp32 arithmetic and two casts (about 0.5 ms of the default's ~6 ms at one thread).
     On the shipped MobileNetV2 default the biases took the small suite's mean deviation from fp32 from
     0.44 px (max 3.7 px, mean IoU 0.9698) to 0.25 px, the two fp32 layers to 0.11 px (max 1.3 px, 0.9923);
-    the ResNet-18 default stays at 0.014 px (max 0.22 px) either way. The other convolutions get their weights reordered for oneDNN
-    once (:class:`_PackedConv`), with ``fuse_blocks`` the residual blocks run their adds and activations
-    inside the convolutions, and with ``merge_corner_towers`` the corner head's two towers run as one
-    (:class:`_MergedCornerHead`).
+    the ResNet-18 default stays at 0.014 px (max 0.22 px) either way. The other convolutions get their
+    weights reordered for oneDNN once (:class:`_PackedConv`), with ``fuse_blocks`` the residual blocks run
+    their adds and activations inside the convolutions, and with ``merge_corner_towers`` the corner head's
+    two towers run as one (:class:`_MergedCornerHead`).
+
+    With ``graphs`` (and a torch with oneDNN Graph), searches run as TorchScript graphs that oneDNN Graph
+    compiles and fuses (:class:`_GraphedBf16`), the eager network above being the fallback and the
+    template pass.
     """
-    head = getattr(net, "corner_head", None)
-    if merge_corner_towers and _pointwise_ops() and _mergeable_corner_head(head):
-        net.corner_head = head = _MergedCornerHead(head)
-    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
-    biases = {m: m.bias.detach().clone() for m in convs if fp32_bias and m.bias is not None}
-    score_convs = [getattr(head, n) for n in ("conv5_tl", "conv5_br", "score")
-                   if isinstance(getattr(head, n, None), nn.Conv2d)]
-    wide = [m for m in convs if m not in score_convs and float(m.weight.detach().abs().max()) > fp32_weight_limit]
-    kept = {m: copy.deepcopy(m) for m in score_convs + wide}  # fp32 originals, not bf16-rounded ones
-    net.to(torch.bfloat16)
-    for parent in list(net.modules()):
-        for name, child in list(parent._modules.items()):
-            if child in kept:
-                parent._modules[name] = _Float32(kept[child], None if child in score_convs else torch.bfloat16)
-    _pack_convolutions(net, fuse_blocks, {kept.get(m, m): b for m, b in biases.items()})
-    return net
+    plain = copy.deepcopy(net) if graphs and _graphs_available() else None  # fp32 still
+    biases = _cast_bf16(net, fp32_bias, fp32_weight_limit, merge_corner_towers)
+    _pack_convolutions(net, fuse_blocks, biases)
+    if plain is None:
+        return net
+    _cast_bf16(plain, False, fp32_weight_limit, merge_corner_towers)  # aten convolutions take bf16 biases only
+    graphed = _GraphedBf16(net, plain)
+    size = net.config.input_size
+    images = torch.zeros(1, 3, size, size, dtype=torch.bfloat16).to(memory_format=torch.channels_last)
+    with torch.inference_mode():  # one target, box only: the graph a node needs first, built before its first frame
+        graphed.search(images, graphed.template(images))
+    return graphed
+
+
+def _graphs_available() -> bool:
+    return hasattr(torch.jit, "enable_onednn_fusion") and torch.backends.mkldnn.is_available()
+
+
+class _SearchGraph(nn.Module):
+    """``net.search`` with tensor outputs only (what TorchScript traces)."""
+
+    def __init__(self, net: nn.Module, with_mask: bool) -> None:
+        super().__init__()
+        self.net, self.with_mask = net, with_mask
+
+    def forward(self, images: torch.Tensor, kernels: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        out = self.net.search(images, kernels, with_mask=self.with_mask)
+        return (out["boxes"], out["score"], out["mask"]) if self.with_mask else (out["boxes"], out["score"])
+
+
+class _GraphedBf16(nn.Module):
+    """The bf16 network whose searches run as traced, frozen TorchScript graphs fused by oneDNN Graph.
+
+    Eager PyTorch pays Python and per-operator dispatch (oneDNN primitive look-up, memory descriptors) at
+    every layer; oneDNN Graph compiles each fused partition (convolution + residual add + ReLU chains, casts)
+    once and then only executes it. One graph per input shape and mask flag (oneDNN Graph compiles for
+    static shapes), traced on first use (about a tenth of a second) and kept, up to ``max_graphs``; beyond
+    that, or if tracing fails, the eager packed network runs. ``plain`` is the same bf16 network with
+    ordinary convolutions (what the graph fuser understands), ``eager`` the packed one, which also computes
+    templates. Enabling oneDNN Graph (``torch.jit.enable_onednn_fusion``) is process-wide: it applies to
+    every TorchScript graph the process optimises afterwards. TorchScript is deprecated in torch 2.13 (no
+    replacement fuses bf16 for oneDNN at load time without a compiler); where it goes, tracing fails and
+    the eager network runs (``failure`` says why). Mask searches always run eager: oneDNN Graph rejects
+    the mask head ("could not add op to the graph").
+    """
+
+    def __init__(self, eager: nn.Module, plain: nn.Module, max_graphs: int = 16) -> None:
+        super().__init__()
+        self.eager, self.plain = eager, plain
+        self.config = eager.config
+        self.max_graphs = max_graphs
+        self.graphs: Dict[tuple, Optional[torch.jit.ScriptModule]] = {}
+        self.failure = ""  # why the last graph could not be built ('' = none failed)
+
+    def template(self, images: torch.Tensor) -> torch.Tensor:
+        return self.eager.template(images)
+
+    def _graph(self, images: torch.Tensor, kernels: torch.Tensor, with_mask: bool) -> tuple:
+        """(graph, its outputs on these inputs when just built) for this shape, or (None, None)."""
+        key = (tuple(images.shape), tuple(kernels.shape), images.dtype, kernels.dtype, with_mask)
+        if key in self.graphs:
+            return self.graphs[key], None
+        if len(self.graphs) >= self.max_graphs:
+            return None, None
+        try:
+            torch.jit.enable_onednn_fusion(True)
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # TorchScript's deprecation and tracer warnings, at every shape
+                graph = torch.jit.freeze(torch.jit.trace(_SearchGraph(self.plain, with_mask).eval(),
+                                                         (images, kernels), check_trace=False))
+                for _ in range(3):  # profiling run, then oneDNN Graph compiles the fused partitions
+                    outputs = graph(images, kernels)
+        except Exception as err:  # noqa: BLE001 - any failure means: run eager
+            self.failure = f"{type(err).__name__}: {err}"
+            graph, outputs = None, None
+        self.graphs[key] = graph
+        return graph, outputs
+
+    def search(self, images: torch.Tensor, kernels: torch.Tensor, with_mask: bool = False) -> Dict[str, torch.Tensor]:
+        if with_mask:  # the mask head's ops are not all in oneDNN Graph ("could not add op to the graph")
+            return self.eager.search(images, kernels, with_mask=True)
+        graph, outputs = self._graph(images, kernels, with_mask)
+        if graph is None:
+            return self.eager.search(images, kernels, with_mask=with_mask)
+        if outputs is None:
+            outputs = graph(images, kernels)
+        names = ("boxes", "score", "mask") if with_mask else ("boxes", "score")
+        return dict(zip(names, outputs))
