@@ -23,6 +23,21 @@ def create_opencv_tracker(kind: str):
     raise RuntimeError(f"OpenCV has no {names[kind]}: install opencv-contrib-python-headless")
 
 
+MIN_SIDE = 8  # px: OpenCV's trackers fail on (or assert over) a box of a pixel or two
+
+
+def _inside(lo: float, hi: float, size: int) -> Tuple[int, int]:
+    """Integer [lo, hi) cut to [0, size); one shorter than MIN_SIDE (or wholly outside) becomes MIN_SIDE
+    long around its centre, kept inside."""
+    a, b = max(int(round(lo)), 0), min(int(round(hi)), size)
+    side = min(MIN_SIDE, size)
+    if b - a >= side:
+        return a, b
+    centre = min(max((a + b) / 2 if b > a else (lo + hi) / 2, 0.0), float(size))
+    a = min(max(int(round(centre - side / 2)), 0), size - side)
+    return a, a + side
+
+
 class OpenCVTracker:
     """Stateful wrapper: ``init(frame, box)`` then ``update(frame) -> box or None`` (RGB frames)."""
 
@@ -33,9 +48,13 @@ class OpenCVTracker:
         self.reseeds = 0  # times reseed() re-initialised the tracker
 
     def init(self, rgb: np.ndarray, box: Box) -> None:
+        """Start on ``box``; the part of it outside the frame is cut off (OpenCV asserts on it: a refined
+        box fed back in closed loop may hang over the image edge)."""
         self._tracker = create_opencv_tracker(self.kind)
-        x, y, w, h = (int(round(v)) for v in box)
-        self._tracker.init(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), (x, y, max(w, 1), max(h, 1)))
+        x, y, w, h = (float(v) for v in box)
+        x1, x2 = _inside(x, x + w, rgb.shape[1])
+        y1, y2 = _inside(y, y + h, rgb.shape[0])
+        self._tracker.init(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), (x1, y1, x2 - x1, y2 - y1))
         self.last = tuple(float(v) for v in box)  # type: ignore[assignment]
 
     def reseed(self, rgb: np.ndarray, box: Box) -> bool:

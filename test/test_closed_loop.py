@@ -47,6 +47,19 @@ def test_reseed_with_the_trackers_own_box_keeps_its_model(short_seq):
     assert tracker.reseed(frames[1].image, moved) and tracker.reseeds == 1 and tracker.last == moved
 
 
+@pytest.mark.parametrize("kind", ["csrt", "kcf", "mil"])
+def test_reseed_with_a_box_over_the_image_edge_cuts_it_to_the_frame(short_seq, kind):
+    # a refined box fed back in closed loop may hang over the edge; OpenCV used to assert (make demo, csrt)
+    _, frames = short_seq
+    height, width = frames[0].image.shape[:2]
+    tracker = OpenCVTracker(kind)
+    tracker.init(frames[0].image, frames[0].box)
+    for box in ((-12.5, 40.0, 60.0, 50.0), (width - 30.0, height - 20.0, 70.0, 45.0), (width + 5.0, 10.0, 20.0, 20.0)):
+        assert tracker.reseed(frames[1].image, box)
+        tracker.update(frames[2].image)  # tracks on from there (or reports a loss), no exception
+    assert tracker.reseeds == 3
+
+
 def test_oracle_base_is_the_ground_truth_and_stateless_bases_refuse_closed_loop(short_seq, small_net):
     seq, frames = short_seq
     (r,) = run_suite(Refiner(small_net), [seq], base="oracle")
