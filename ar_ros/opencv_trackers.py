@@ -46,6 +46,7 @@ class OpenCVTracker:
         self._tracker = None
         self.last: Optional[Box] = None
         self.reseeds = 0  # times reseed() re-initialised the tracker
+        self.failed_reseeds = 0  # boxes OpenCV refused to start on (the tracker went on unchanged)
 
     def init(self, rgb: np.ndarray, box: Box) -> None:
         """Start on ``box``; the part of it outside the frame is cut off (OpenCV asserts on it: a refined
@@ -62,13 +63,20 @@ class OpenCVTracker:
 
         OpenCV trackers have no way to move their state, so this re-initialises the tracker there. A box
         within 1e-3 px of the one it reported itself (e.g. a refinement that fell back to the base box)
-        changes nothing and keeps the learned model; returns whether the tracker was re-initialised.
+        changes nothing and keeps the learned model, and so does a box OpenCV refuses to start on
+        (counted in ``failed_reseeds``); returns whether the tracker was re-initialised.
         """
         if self._tracker is None:
             raise RuntimeError("call init() first")
         if self.last is not None and np.allclose(self.last, box, rtol=0.0, atol=1e-3):
             return False
-        self.init(rgb, box)
+        tracker, last = self._tracker, self.last
+        try:
+            self.init(rgb, box)
+        except cv2.error:  # e.g. CSRT on a sliver along the whole frame: keep tracking from its own state
+            self._tracker, self.last = tracker, last
+            self.failed_reseeds += 1
+            return False
         self.reseeds += 1
         return True
 

@@ -60,6 +60,19 @@ def test_reseed_with_a_box_over_the_image_edge_cuts_it_to_the_frame(short_seq, k
     assert tracker.reseeds == 3
 
 
+def test_a_box_opencv_refuses_leaves_the_tracker_as_it_was():
+    # a sliver along the whole frame height at the right edge: a refined box seen in make demo, which CSRT
+    # refuses (cv2.error); the tracker goes on from its own state
+    frames = list(Sequence(100_001, 4, (640, 480)))
+    tracker = OpenCVTracker("csrt")
+    tracker.init(frames[0].image, frames[0].box)
+    before = tracker.update(frames[1].image)
+    assert before is not None
+    assert not tracker.reseed(frames[1].image, (633.6, -29.3, 11.4, 516.3))
+    assert tracker.failed_reseeds == 1 and tracker.reseeds == 0 and tracker.last == before
+    assert tracker.update(frames[2].image) is not None
+
+
 def test_oracle_base_is_the_ground_truth_and_stateless_bases_refuse_closed_loop(short_seq, small_net):
     seq, frames = short_seq
     (r,) = run_suite(Refiner(small_net), [seq], base="oracle")
