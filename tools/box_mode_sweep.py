@@ -14,37 +14,29 @@ from __future__ import annotations
 
 import argparse
 import itertools
-from typing import Dict, List
+from typing import Dict, Optional
 
 import numpy as np
 
 from ar_ros import Refiner
 from ar_ros.engine.boxes import iou_rows
-from ar_ros.eval.metrics import score
 from ar_ros.eval.synthetic import suite
 
-from keep_iou_sweep import frames_of  # noqa: E402  (tools/ is the script's folder)
+from keep_iou_sweep import frames_of, gated_auc  # noqa: E402  (tools/ is the script's folder)
 
 MIN_IOUS = (0.5, 0.6, 0.7, 0.8)
 WEIGHTS = (0.3, 0.5, 0.7, 1.0)
 KEEP_IOUS = (0.0, 0.85, 0.88, 0.9)
 
 
-def fused_auc(corner: List[np.ndarray], mask: List[np.ndarray], min_iou: float, weight: float,
-              keep_iou: float) -> float:
-    """Mean AUC over sequences: rows are frames_of()'s (base, output, GT) for the corner and mask runs."""
-    aucs = []
-    for c_rows, m_rows in zip(corner, mask):
-        base, c, m, gt = c_rows[:, :4], c_rows[:, 4:8], m_rows[:, 4:8], c_rows[:, 8:]
-        if min_iou is None:
-            out = c
-        else:
-            agree = iou_rows(c, m) >= min_iou
-            out = np.where(agree[:, None], (1 - weight) * c + weight * m, c)  # xywh: linear like xyxy
-        if keep_iou > 0:
-            out = np.where((iou_rows(base, out) > keep_iou)[:, None], base, out)
-        aucs.append(score(out[1:], gt[1:]).auc)  # frame 0 is the init box, as in eval
-    return float(np.mean(aucs)) * 100
+def fused_rows(c_rows: np.ndarray, m_rows: np.ndarray, min_iou: Optional[float], weight: float) -> np.ndarray:
+    """frames_of() rows of the corner run with the output replaced by the fused box (None: corner box)."""
+    rows = c_rows.copy()
+    if min_iou is not None:
+        c, m = c_rows[:, 4:8], m_rows[:, 4:8]
+        agree = iou_rows(c, m) >= min_iou
+        rows[:, 4:8] = np.where(agree[:, None], (1 - weight) * c + weight * m, c)  # xywh: linear like xyxy
+    return rows
 
 
 def main() -> None:
@@ -70,7 +62,7 @@ def main() -> None:
     settings = [(None, 0.0, k) for k in KEEP_IOUS] + list(itertools.product(MIN_IOUS, WEIGHTS, KEEP_IOUS))
     print(f"{'box':>22} {'keep_iou':>8} " + " ".join(f"{b:>8}" for b in bases) + f" {'mean':>8}")
     for min_iou, weight, keep in settings:
-        aucs = [fused_auc(*runs[b], min_iou, weight, keep) for b in bases]
+        aucs = [gated_auc([fused_rows(c, m, min_iou, weight) for c, m in zip(*runs[b])], keep) for b in bases]
         name = "corner" if min_iou is None else f"fused iou>={min_iou} w={weight}"
         print(f"{name:>22} {keep:>8} " + " ".join(f"{a:8.2f}" for a in aucs) + f" {np.mean(aucs):8.2f}")
 
