@@ -50,13 +50,14 @@ def test_bf16_boxes_agree_with_fp32_on_trained_weights():
     diffs, a_boxes, b_boxes = [], [], []
     for f in frames[1:]:
         a, b = fp32.refine(f.image, {"0": f.box})["0"], bf16.refine(f.image, {"0": f.box}, mask=True)["0"]
+        c = bf16.refine(f.image, {"0": f.box})["0"]  # box only: the oneDNN Graph search where available
         assert not b.fallback and b.mask is not None and b.mask.dtype == np.float32
-        diffs.append(np.abs(np.subtract(a.box, b.box)).max())
-        a_boxes.append(a.box)
-        b_boxes.append(b.box)
-    # the auto gate's criterion, frame by frame, and the 0.5 px: the MobileNetV2 default moved boxes
-    # up to 0.8 px here until its biases and its two layers with |w| ~ 100 stayed fp32 (now 0.26 px; the
-    # ResNet-18 default moved them 0.08 px)
+        diffs += [np.abs(np.subtract(a.box, b.box)).max(), np.abs(np.subtract(a.box, c.box)).max()]
+        a_boxes += [a.box, a.box]
+        b_boxes += [b.box, c.box]
+    # the auto gate's criterion, frame by frame, and the 0.5 px: the MobileNetV2 defaults moved boxes
+    # up to 0.8 px here until biases and the layers with |w| ~ 100 stayed fp32 (epoch-38 default: 0.21 px
+    # eager with masks, 0.31 px as graphs; the ResNet-18 default moved them 0.08 px)
     assert float(iou_rows(np.array(a_boxes), np.array(b_boxes)).mean()) >= AGREEMENT_MIN_IOU, diffs
     assert max(diffs) < 0.5, diffs
 
