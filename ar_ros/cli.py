@@ -82,8 +82,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from . import demo
     _set_threads(args)
-    demo.run(args.out, frames=args.frames, base=args.base, **_model_kwargs(args),
-             progress=not args.no_progress)
+    model = {**_model_kwargs(args), "keep_iou": args.keep_iou}  # None: each loop's default
+    demo.run(args.out, frames=args.frames, base=args.base, **model, progress=not args.no_progress)
     return 0
 
 
@@ -229,8 +229,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     refiner = _refiner(args)
     results = run_suite(refiner, sequences, base=args.base, progress=None if args.json else print, loop=args.loop)
     totals = summary(results)
-    data = {"suite": args.suite, "base": args.base, "loop": args.loop,
-            "summary": {k: v.to_dict() for k, v in totals.items()},
+    data = {"suite": args.suite, "base": args.base, "loop": args.loop, "box_mode": refiner.box_mode,
+            "keep_iou": refiner.keep_iou, "summary": {k: v.to_dict() for k, v in totals.items()},
             "sequences": {r.name: {"base": r.base.to_dict(), "refined": r.refined.to_dict(),
                                    "refine_ms": r.refine_ms, "fallbacks": r.fallbacks, "reseeds": r.reseeds}
                           for r in results}}
@@ -325,16 +325,20 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     spec = BY_NAME["box_mode"]
     p.add_argument("--box-mode", default=spec.default, choices=spec.choices, help=spec.description)
     spec = BY_NAME["keep_iou"]
-    p.add_argument("--keep-iou", type=float, default=spec.default, help=spec.description)
+    p.add_argument("--keep-iou", type=float, default=None,
+                   help=f"{spec.description} Default: {spec.default:g}, or 0 with --loop closed.")
 
 
 def _model_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
-    """--checkpoint/--device/--backend/--precision by the names the Refiner and the node's parameters share."""
+    """The model options by the names the Refiner and the node's parameters share (keep_iou: the default
+    of the command's --loop when not given)."""
+    from .ros.params import default_keep_iou
     if args.checkpoint and os.path.isdir(args.checkpoint) and args.backend == "torch":
         raise ValueError(f"{args.checkpoint} is a folder (from `export onnx`?): pass --backend onnxruntime, "
                          "onnxruntime-int8 or tensorrt, or --checkpoint a model file")
     return {"checkpoint": args.checkpoint, "device": args.device, "backend": args.backend,
-            "precision": args.precision, "box_mode": args.box_mode, "keep_iou": args.keep_iou}
+            "precision": args.precision, "box_mode": args.box_mode,
+            "keep_iou": default_keep_iou(getattr(args, "loop", "open")) if args.keep_iou is None else args.keep_iou}
 
 
 def _set_threads(args: argparse.Namespace) -> None:

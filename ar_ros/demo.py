@@ -17,6 +17,7 @@ from .eval.base_trackers import jittered_gt, run_opencv
 from .eval.metrics import score
 from .eval.replay import replay
 from .eval.synthetic import Sequence
+from .ros.params import default_keep_iou
 
 DEMO_SEED = 100_003
 DEMO_FRAMES = 90
@@ -25,13 +26,15 @@ DEMO_FRAMES = 90
 def run(out_dir: str = "out/demo", checkpoint: Optional[str] = None, frames: int = DEMO_FRAMES,
         seed: int = DEMO_SEED, base: str = "csrt", device: str = "cpu", progress: bool = True,
         backend: str = "torch", precision: str = "fp32", box_mode: str = "corner",
-        keep_iou: float = 0.0) -> Dict:
-    """Build the sample bag, replay it through the refiner, print and write the results."""
+        keep_iou: Optional[float] = None) -> Dict:
+    """Build the sample bag, replay it through the refiner, print and write the results.
+
+    ``keep_iou`` None: the default of each loop (``ros.params.default_keep_iou``)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     model = {"checkpoint": checkpoint, "device": device, "backend": backend, "precision": precision,
-             "box_mode": box_mode, "keep_iou": keep_iou}
+             "box_mode": box_mode, "keep_iou": default_keep_iou("open") if keep_iou is None else keep_iou}
     refiner = Refiner(**model)
     print(f"[demo] model: {refiner.meta.get('source', checkpoint or 'built-in default')} "
           f"({refiner.config.backbone_title}, {refiner.config.input_size}px crops, {refiner.crop_mode} crop)")
@@ -52,6 +55,7 @@ def run(out_dir: str = "out/demo", checkpoint: Optional[str] = None, frames: int
     if base != "jitter":
         runs.append((f"{base}_closed", base, base, "closed"))
     for name, sample, tracker, loop in runs:
+        refiner.keep_iou = default_keep_iou(loop) if keep_iou is None else keep_iou
         result = replay(out / f"sample_{sample}.bag", refiner, out=out / f"refined_{name}.bag",
                         video=out / f"overlay_{name}.mp4", progress=progress, overwrite=True,
                         base_tracker=tracker, loop=loop)

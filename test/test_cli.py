@@ -60,6 +60,17 @@ def test_eval_runs_an_onnx_export_folder_with_its_backend(onnx_dir, capsys):
     assert set(json.loads(out)["summary"]) >= {"base", "refined"}
 
 
+@pytest.mark.parametrize("extra, keep", [(["--loop", "open"], 0.85), (["--loop", "closed"], 0.0),
+                                         (["--loop", "closed", "--keep-iou", "0.9"], 0.9)])
+def test_keep_iou_defaults_to_the_nodes_in_open_loop_and_off_in_closed_loop(extra, keep, capsys):
+    code, out, err = run(["eval", "--suite", "tiny", "--base", "kcf", "--box-mode", "fused", *extra, "--json"],
+                         capsys)
+    assert code == 0, err
+    info = json.loads(out)
+    assert info["keep_iou"] == pytest.approx(keep) and info["box_mode"] == "fused"
+    assert BY_NAME["keep_iou"].default == pytest.approx(0.85)
+
+
 def test_make_bag_explains_every_option_and_says_force_not_overwrite(tmp_path, capsys):
     sub = next(a for a in build_parser()._actions if a.dest == "command").choices["make-bag"]
     undocumented = [a.option_strings for a in sub._actions if a.option_strings and not a.help]
