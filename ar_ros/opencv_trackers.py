@@ -26,16 +26,21 @@ def create_opencv_tracker(kind: str):
 MIN_SIDE = 8  # px: OpenCV's trackers fail on (or assert over) a box of a pixel or two
 
 
-def _inside(lo: float, hi: float, size: int) -> Tuple[int, int]:
-    """Integer [lo, hi) cut to [0, size); one shorter than MIN_SIDE (or wholly outside) becomes MIN_SIDE
-    long around its centre, kept inside."""
-    a, b = max(int(round(lo)), 0), min(int(round(hi)), size)
+def _inside(start: float, length: float, size: int) -> Tuple[int, int]:
+    """Integer (start, length) of a box side, as OpenCV takes it (rounded, at least 1 px), cut to
+    [0, size); a side that had to be cut and comes out under MIN_SIDE (or lay wholly outside) becomes
+    MIN_SIDE long around its centre, kept inside. A side inside the frame is only rounded."""
+    a = int(round(start))
+    b = a + max(int(round(length)), 1)
+    if a >= 0 and b <= size:
+        return a, b - a
+    lo, hi = max(a, 0), min(b, size)
     side = min(MIN_SIDE, size)
-    if b - a >= side:
-        return a, b
-    centre = min(max((a + b) / 2 if b > a else (lo + hi) / 2, 0.0), float(size))
-    a = min(max(int(round(centre - side / 2)), 0), size - side)
-    return a, a + side
+    if hi - lo >= side:
+        return lo, hi - lo
+    centre = min(max((lo + hi) / 2 if hi > lo else (a + b) / 2, 0.0), float(size))
+    lo = min(max(int(round(centre - side / 2)), 0), size - side)
+    return lo, side
 
 
 class OpenCVTracker:
@@ -53,9 +58,9 @@ class OpenCVTracker:
         box fed back in closed loop may hang over the image edge)."""
         self._tracker = create_opencv_tracker(self.kind)
         x, y, w, h = (float(v) for v in box)
-        x1, x2 = _inside(x, x + w, rgb.shape[1])
-        y1, y2 = _inside(y, y + h, rgb.shape[0])
-        self._tracker.init(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), (x1, y1, x2 - x1, y2 - y1))
+        x1, width = _inside(x, w, rgb.shape[1])
+        y1, height = _inside(y, h, rgb.shape[0])
+        self._tracker.init(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), (x1, y1, width, height))
         self.last = tuple(float(v) for v in box)  # type: ignore[assignment]
 
     def reseed(self, rgb: np.ndarray, box: Box) -> bool:
