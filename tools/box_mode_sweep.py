@@ -12,7 +12,6 @@ never on ``reference`` or ``real``.
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 from typing import Dict, Optional
 
@@ -20,9 +19,8 @@ import numpy as np
 
 from ar_ros import Refiner
 from ar_ros.engine.boxes import iou_rows
-from ar_ros.eval.synthetic import suite
 
-from keep_iou_sweep import frames_of, gated_auc  # noqa: E402  (tools/ is the script's folder)
+from keep_iou_sweep import frames_of, gated_auc, sweep_setup  # noqa: E402  (tools/ is the script's folder)
 
 MIN_IOUS = (0.5, 0.6, 0.7, 0.8)
 WEIGHTS = (0.3, 0.5, 0.7, 1.0)
@@ -40,20 +38,10 @@ def fused_rows(c_rows: np.ndarray, m_rows: np.ndarray, min_iou: Optional[float],
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--suite", default="validation")
-    parser.add_argument("--checkpoint", default=None)
-    parser.add_argument("--bases", default="jitter,oracle,csrt")
-    args = parser.parse_args()
-    if args.suite == "real":
-        from ar_ros.eval.real_suite import real_suite
-        seqs = real_suite()
-    else:
-        seqs = suite(args.suite)
+    args, seqs, bases = sweep_setup(__doc__)
     corner_ref = Refiner(args.checkpoint)
     mask_ref = Refiner(args.checkpoint, box_mode="fused")
     mask_ref.fuse_min_iou, mask_ref.fuse_weight = 0.0, 1.0
-    bases = args.bases.split(",")
     runs: Dict[str, tuple] = {}
     for base in bases:
         runs[base] = ([frames_of(corner_ref, seq, base) for seq in seqs],

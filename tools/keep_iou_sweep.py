@@ -51,15 +51,26 @@ def gated_auc(runs: List[np.ndarray], keep_iou: float) -> float:
     return float(np.mean(aucs)) * 100
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def sweep_setup(doc: str) -> tuple:
+    """Parse a sweep tool's options (--suite, --checkpoint, --bases); return (args, sequences, bases).
+    ``--suite real`` is the PETS09 suite (for reporting only: choose on ``validation``)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument("--suite", default="validation")
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--bases", default="jitter,oracle,csrt")
     args = parser.parse_args()
+    if args.suite == "real":
+        from ar_ros.eval.real_suite import real_suite
+        seqs = real_suite()
+    else:
+        seqs = suite(args.suite)
+    return args, seqs, args.bases.split(",")
+
+
+def main() -> None:
+    args, seqs, bases = sweep_setup(__doc__)
     refiner = Refiner(args.checkpoint)
-    bases = args.bases.split(",")
-    runs: Dict[str, List[np.ndarray]] = {b: [frames_of(refiner, seq, b) for seq in suite(args.suite)] for b in bases}
+    runs: Dict[str, List[np.ndarray]] = {b: [frames_of(refiner, seq, b) for seq in seqs] for b in bases}
     print(f"suite '{args.suite}', refined AUC by keep_iou (0 = off); base AUC: " +
           ", ".join(f"{b} {np.mean([score(r[1:, :4], r[1:, 8:]).auc for r in runs[b]]) * 100:.2f}" for b in bases))
     print(f"{'keep_iou':>9s}" + "".join(f"{b:>10s}" for b in bases))
