@@ -251,11 +251,15 @@ def test_graphed_searches_agree_with_the_eager_bf16_network(small_net, monkeypat
             assert torch.allclose(a["score"].float(), b["score"].float(), atol=0.02)
         assert sum(g is not None for g in graphed.graphs.values()) == 2  # one per batch size
         masks = graphed.search(images[:2], kernels[:2], with_mask=True)  # masks: the eager network
-        assert masks["mask"].shape == (2, 1, 128, 128) and len(graphed.graphs) == 2
+        assert masks["mask"].shape == (2, 1, 128, 128)
+        # ... and the boxes the box-only graph's (built for batch 2 now), so asking for a mask does not move them
+        assert len(graphed.graphs) == 3
+        assert torch.equal(masks["boxes"], graphed.search(images[:2], kernels[:2])["boxes"])
         # a graph that cannot be built: the eager network runs, and why is kept
         monkeypatch.setattr(torch.jit, "trace", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no trace")))
-        out = graphed.search(images[:2], kernels[:2])
-        assert "no trace" in graphed.failure and torch.equal(out["boxes"], eager.search(images[:2], kernels[:2])["boxes"])
+        five, five_k = images[:1].repeat(5, 1, 1, 1), kernels[:1].repeat(5, 1, 1)  # a batch size not traced yet
+        out = graphed.search(five, five_k)
+        assert "no trace" in graphed.failure and torch.equal(out["boxes"], eager.search(five, five_k)["boxes"])
         graphed.max_graphs = len(graphed.graphs)  # full: further shapes run eager, nothing is traced
         graphed.failure = ""
         graphed.search(images[:1].repeat(4, 1, 1, 1), kernels[:1].repeat(4, 1, 1))

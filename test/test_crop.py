@@ -117,6 +117,20 @@ def test_mask_paste_puts_the_central_half_back_on_the_box(mode, box):
     assert iou(got, visible) > 0.75
 
 
+@pytest.mark.parametrize("mode", C.CROP_MODES)
+def test_a_crop_mask_box_lands_where_the_pasted_mask_does(mode):
+    # box_mode "fused" maps the mask's crop box with box_to_frame (after mask_offset): it must land on the
+    # mask that paste_mask puts in the frame (exact mode: the mask grid starts at the integer window)
+    from ar_ros.engine.masks import crop_mask_box
+    box = (50.3, 30.6, 27.2, 33.9)
+    prob = np.zeros((S, S), np.float32)
+    prob[20:44, 18:40] = 1.0
+    win = C.window_for(box, 2.0, S, mode)
+    x, y, w, h = win.box_to_frame(crop_mask_box(prob) + win.mask_offset())
+    ys, xs = np.nonzero(C.paste_mask(prob, win, H, W) > 0.5)
+    np.testing.assert_allclose((x, y, x + w, y + h), (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1), atol=0.75)
+
+
 def test_normalisation_table_is_bitwise_the_float64_formula():
     table = C.normalisation_table()
     v = np.arange(256)

@@ -46,6 +46,15 @@ class CropWindow:
         return np.stack([x1, y1, (xyxy[..., 2] - xyxy[..., 0]) * self.sx,
                          (xyxy[..., 3] - xyxy[..., 1]) * self.sy], axis=-1)
 
+    def mask_offset(self) -> np.ndarray:
+        """What to add to a mask pixel's crop x1,y1,x2,y2 to put it in :meth:`box_to_frame`'s crop
+        coordinates: in exact mode the mask's grid starts at the integer window (``paste_mask``), the
+        boxes' at ``x0``; 0 in clean mode."""
+        if self.mode != "exact":
+            return np.zeros(4)
+        dx, dy = (self.ix1 - self.x0) / self.sx, (self.iy1 - self.y0) / self.sy
+        return np.array([dx, dy, dx, dy])
+
     def box_to_crop(self, box: Tuple[float, float, float, float]) -> np.ndarray:
         """Frame x,y,w,h -> crop-pixel x1,y1,x2,y2 (the inverse of :meth:`box_to_frame`)."""
         x, y, w, h = box

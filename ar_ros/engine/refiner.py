@@ -279,7 +279,8 @@ class Refiner:
                 batches.append(self._batch(frame, windows, job_color))
             outputs.append(results)
         if todo:
-            with_mask = mask or self.box_mode == "fused"
+            fused = self.box_mode == "fused"  # read once: the node may change it live from another thread
+            with_mask = mask or fused
             with torch.inference_mode():
                 kernels = torch.cat([self._kernels[tid] for _, tid, _, _ in todo])
                 images = torch.cat(batches) if len(batches) > 1 else batches[0]
@@ -296,9 +297,11 @@ class Refiner:
             for i, (j, tid, base, win) in enumerate(todo):
                 height, width = jobs[j][0].shape[:2]
                 crop_box = crop_boxes[i]
-                if self.box_mode == "fused":
-                    crop_box = fuse_boxes(crop_box, crop_mask_box(probs[i], self.mask_threshold),
-                                          self.fuse_min_iou, self.fuse_weight)
+                if fused:
+                    mask_box = crop_mask_box(probs[i], self.mask_threshold)
+                    if mask_box is not None:
+                        mask_box = mask_box + win.mask_offset()
+                    crop_box = fuse_boxes(crop_box, mask_box, self.fuse_min_iou, self.fuse_weight)
                 outputs[j][tid] = self._result(base, win, crop_box, float(scores[i]),
                                                probs[i] if mask else None, height, width)
         return [{tid: res[tid] for tid in job[1]} for res, job in zip(outputs, jobs)]
