@@ -8,8 +8,9 @@ has no region). The fused box and the keep_iou gate are then applied per setting
 what ``ar-refine eval --box-mode fused --keep-iou T`` gives with those constants (fusing is linear per
 axis and IoU does not change under the crop's per-axis scaling, so fusing frame boxes equals fusing crop
 boxes). Where the plausibility gate fell back in either run the sweep fuses with the base box, while the
-Refiner fuses first and gates after: rare, but there the figures are approximate. Prints refined AUC per base for every setting and the mean over bases. Choose on ``validation``,
-never on ``reference`` or ``real``.
+Refiner fuses first and gates after: rare, but there the figures are approximate. Prints refined AUC
+per base for every setting and the mean over bases. Choose on ``validation``, never on ``reference`` or
+``real``.
 """
 from __future__ import annotations
 
