@@ -81,6 +81,9 @@ def run_node(prog: str, make_node: Callable[[], Any], start: Optional[Callable[[
             executor.spin_once(timeout_sec=0.25)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:  # noqa: BLE001  a callback that raced the signal's shutdown (e.g. 'context is invalid')
+        if rclpy.ok():
+            raise
     finally:
         executor.shutdown(timeout_sec=1.0)
         node.destroy_node()

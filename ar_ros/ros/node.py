@@ -371,7 +371,12 @@ class RefinerNode(LifecycleNode):
             statuses.append(batch)
         msg = DiagnosticArray(status=statuses)
         msg.header.stamp = self.get_clock().now().to_msg()
-        self._diag_pub.publish(msg)
+        try:
+            self._diag_pub.publish(msg)
+        except Exception:  # noqa: BLE001  rclpy's RCLError moved between distros
+            if self.context.ok():
+                raise
+            # SIGINT shut the context down while this timer ran: nothing to report any more
 
     def throttled_warn(self, key: str, text: str, period: float = 5.0) -> None:
         if not self.context.ok():  # shutting down: a log line would only add 'rosout: context is invalid'
