@@ -284,17 +284,6 @@ class _MergedCornerHead(nn.Module):
         return {"boxes": torch.stack((x1, y1, x2, y2), dim=1), "score": score}
 
 
-def _mergeable_corner_head(head: Optional[nn.Module]) -> bool:
-    from ..model.heads import CornerHead
-    if type(head) is not CornerHead:
-        return False
-    try:
-        _MergedCornerHead(head)
-    except (ValueError, TypeError, AttributeError):
-        return False
-    return True
-
-
 def _pointwise_ops() -> bool:
     try:
         return bool(torch.ops.mkldnn._convolution_pointwise and torch.ops.mkldnn._reorder_convolution_weight
@@ -420,9 +409,13 @@ def _cast_bf16(net: nn.Module, fp32_bias: bool, fp32_weight_limit: float, merge_
     """Cast ``net`` to bf16 in place except its fp32 parts (see :func:`to_bf16`); returns the fp32 biases
     (by convolution) that the packed convolutions add, empty without ``fp32_bias``. Without fp32 biases,
     convolutions with a bias over the limit run in fp32 as well."""
+    from ..model.heads import CornerHead
     head = getattr(net, "corner_head", None)
-    if merge_corner_towers and _pointwise_ops() and _mergeable_corner_head(head):
-        net.corner_head = head = _MergedCornerHead(head)
+    if merge_corner_towers and _pointwise_ops() and type(head) is CornerHead:
+        try:
+            net.corner_head = head = _MergedCornerHead(head)
+        except (ValueError, TypeError, AttributeError):
+            pass  # towers of another shape: kept as two
     convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
     biases = {m: m.bias.detach().clone() for m in convs if fp32_bias and m.bias is not None}
     score_convs = [getattr(head, n) for n in ("conv5_tl", "conv5_br", "score")
@@ -488,15 +481,15 @@ def _graphs_available() -> bool:
 
 
 class _SearchGraph(nn.Module):
-    """``net.search`` with tensor outputs only (what TorchScript traces)."""
+    """``net.search`` box-only, with tensor outputs (what TorchScript traces)."""
 
-    def __init__(self, net: nn.Module, with_mask: bool) -> None:
+    def __init__(self, net: nn.Module) -> None:
         super().__init__()
-        self.net, self.with_mask = net, with_mask
+        self.net = net
 
-    def forward(self, images: torch.Tensor, kernels: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        out = self.net.search(images, kernels, with_mask=self.with_mask)
-        return (out["boxes"], out["score"], out["mask"]) if self.with_mask else (out["boxes"], out["score"])
+    def forward(self, images: torch.Tensor, kernels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        out = self.net.search(images, kernels)
+        return out["boxes"], out["score"]
 
 
 class _GraphedBf16(nn.Module):
@@ -504,15 +497,15 @@ class _GraphedBf16(nn.Module):
 
     Eager PyTorch pays Python and per-operator dispatch (oneDNN primitive look-up, memory descriptors) at
     every layer; oneDNN Graph compiles each fused partition (convolution + residual add + ReLU chains, casts)
-    once and then only executes it. One graph per input shape and mask flag (oneDNN Graph compiles for
+    once and then only executes it. One box-only graph per input shape (oneDNN Graph compiles for
     static shapes), traced on first use (about a tenth of a second) and kept, up to ``max_graphs``; beyond
     that, or if tracing fails, the eager packed network runs. ``plain`` is the same bf16 network with
     ordinary convolutions (what the graph fuser understands), ``eager`` the packed one, which also computes
     templates. Enabling oneDNN Graph (``torch.jit.enable_onednn_fusion``) is process-wide: it applies to
     every TorchScript graph the process optimises afterwards. TorchScript is deprecated in torch 2.13 (no
     replacement fuses bf16 for oneDNN at load time without a compiler); where it goes, tracing fails and
-    the eager network runs (``failure`` says why). Mask searches always run eager: oneDNN Graph rejects
-    the mask head ("could not add op to the graph").
+    the eager network runs (``failure`` says why). Masks always come from the eager network (oneDNN Graph
+    rejects the mask head: "could not add op to the graph"), their boxes from the graph as without a mask.
     """
 
     def __init__(self, eager: nn.Module, plain: nn.Module, max_graphs: int = 16) -> None:
@@ -526,18 +519,19 @@ class _GraphedBf16(nn.Module):
     def template(self, images: torch.Tensor) -> torch.Tensor:
         return self.eager.template(images)
 
-    def _graph(self, images: torch.Tensor, kernels: torch.Tensor, with_mask: bool) -> tuple:
-        """(graph, its outputs on these inputs when just built) for this shape, or (None, None)."""
-        key = (tuple(images.shape), tuple(kernels.shape), images.dtype, kernels.dtype, with_mask)
+    def _boxes(self, images: torch.Tensor, kernels: torch.Tensor) -> Optional[tuple]:
+        """(boxes, score) from this shape's graph (built on first use), or None where there is none."""
+        key = (tuple(images.shape), tuple(kernels.shape), images.dtype, kernels.dtype)
         if key in self.graphs:
-            return self.graphs[key], None
+            graph = self.graphs[key]
+            return None if graph is None else graph(images, kernels)
         if len(self.graphs) >= self.max_graphs:
-            return None, None
+            return None
         try:
             torch.jit.enable_onednn_fusion(True)
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # TorchScript's deprecation and tracer warnings, at every shape
-                graph = torch.jit.freeze(torch.jit.trace(_SearchGraph(self.plain, with_mask).eval(),
+                graph = torch.jit.freeze(torch.jit.trace(_SearchGraph(self.plain).eval(),
                                                          (images, kernels), check_trace=False))
                 for _ in range(2):  # profiling run, then oneDNN Graph compiles and runs the fused partitions
                     outputs = graph(images, kernels)
@@ -545,22 +539,15 @@ class _GraphedBf16(nn.Module):
             self.failure = f"{type(err).__name__}: {err}"
             graph, outputs = None, None
         self.graphs[key] = graph
-        return graph, outputs
+        return outputs
 
     def search(self, images: torch.Tensor, kernels: torch.Tensor, with_mask: bool = False) -> Dict[str, torch.Tensor]:
-        if with_mask:  # the mask head's ops are not all in oneDNN Graph ("could not add op to the graph")
-            out = self.eager.search(images, kernels, with_mask=True)
-            # boxes from the graph as without a mask, so that asking for masks (a node's refined/mask
-            # subscriber) does not move the boxes (the two paths differ by ~0.2 px: bf16 vs fp32 biases)
-            graph, outputs = self._graph(images, kernels, False)
-            if graph is not None:
-                boxed = outputs if outputs is not None else graph(images, kernels)
-                out["boxes"], out["score"] = boxed[0], boxed[1]
-            return out
-        graph, outputs = self._graph(images, kernels, with_mask)
-        if graph is None:
-            return self.eager.search(images, kernels, with_mask=with_mask)
-        if outputs is None:
-            outputs = graph(images, kernels)
-        names = ("boxes", "score", "mask") if with_mask else ("boxes", "score")
-        return dict(zip(names, outputs))
+        boxed = self._boxes(images, kernels)
+        if not with_mask and boxed is not None:
+            return {"boxes": boxed[0], "score": boxed[1]}
+        out = self.eager.search(images, kernels, with_mask=with_mask)
+        # a mask's boxes from the graph too: asking for masks (a node's refined/mask subscriber) must not
+        # move the boxes (the two paths differ by ~0.2 px: bf16 vs fp32 biases)
+        if boxed is not None:
+            out["boxes"], out["score"] = boxed
+        return out
