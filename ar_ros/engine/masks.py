@@ -6,6 +6,8 @@ from typing import Optional, Tuple
 import cv2
 import numpy as np
 
+from .boxes import iou, xyxy_to_xywh
+
 
 def mask_to_box(prob: np.ndarray, threshold: float = 0.5, min_area: float = 100.0,
                 roi: Optional[Tuple[int, int, int, int]] = None
@@ -62,12 +64,6 @@ def fuse_boxes(corner_xyxy: np.ndarray, mask_xyxy: Optional[np.ndarray], min_iou
                weight: float = FUSE_MASK_WEIGHT) -> np.ndarray:
     """The corner box moved ``weight`` of the way to the mask box when the two agree (IoU >= ``min_iou``)."""
     corner = np.asarray(corner_xyxy, dtype=np.float64)
-    if mask_xyxy is None:
-        return corner
-    lo, hi = np.maximum(corner[:2], mask_xyxy[:2]), np.minimum(corner[2:], mask_xyxy[2:])
-    inter = float(np.prod(np.clip(hi - lo, 0.0, None)))
-    union = float(np.prod(np.clip(corner[2:] - corner[:2], 0.0, None))
-                  + np.prod(mask_xyxy[2:] - mask_xyxy[:2])) - inter
-    if union <= 0.0 or inter / union < min_iou:
+    if mask_xyxy is None or iou(xyxy_to_xywh(corner), xyxy_to_xywh(mask_xyxy)) < min_iou:
         return corner
     return (1.0 - weight) * corner + weight * mask_xyxy
