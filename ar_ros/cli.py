@@ -135,7 +135,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             "fps": round(result.refined_frames / max(result.seconds, 1e-9), 2),
             "output": str(result.output) if result.output else None}
     if args.base:
-        info.update(base=args.base, loop=args.loop, reseeds=result.reseeds)
+        info.update(base=args.base, loop=args.loop, reseeds=result.reseeds, failed_reseeds=result.failed_reseeds)
     if result.gt:
         info["scores"] = {k: v.to_dict() for k, v in result.scores().items()}
     if args.json:
@@ -232,12 +232,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     data = {"suite": args.suite, "base": args.base, "loop": args.loop, "box_mode": refiner.box_mode,
             "keep_iou": refiner.keep_iou, "summary": {k: v.to_dict() for k, v in totals.items()},
             "sequences": {r.name: {"base": r.base.to_dict(), "refined": r.refined.to_dict(),
-                                   "refine_ms": r.refine_ms, "fallbacks": r.fallbacks, "reseeds": r.reseeds}
+                                   "refine_ms": r.refine_ms, "fallbacks": r.fallbacks, "reseeds": r.reseeds,
+                                   "failed_reseeds": r.failed_reseeds}
                           for r in results}}
     if args.json:
         print(json.dumps(data))
     else:
         print(report.table(totals))
+        if args.loop == "closed":
+            print(f"re-seeds: {sum(r.reseeds for r in results)}, refused by OpenCV (tracker went on): "
+                  f"{sum(r.failed_reseeds for r in results)}")
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -271,7 +275,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
                       backbone_weights=args.backbone_weights or "", threads=args.threads,
                       data=args.data or ["synthetic"], backbone=args.backbone,
                       backbone_lr_scale=args.backbone_lr_scale, small_jitter_prob=args.small_jitter,
-                      init_from=args.init_from or "", freeze=args.freeze)
+                      init_from=args.init_from or "", init_backbone=args.init_backbone, freeze=args.freeze,
+                      corner_stride=args.corner_stride)
+    if cfg.init_backbone and not cfg.init_from:
+        print("error: --init-backbone needs --init-from", file=sys.stderr)
+        return 2
     path = train(cfg, progress=not args.no_progress)
     print(f"final checkpoint: {path}")
     return 0
@@ -502,6 +510,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "'ar_ros[train]') or a state_dict file (torchvision ResNet, or the wheel's layout)")
     p.add_argument("--backbone-lr-scale", type=float, default=1.0, help="backbone lr = lr x this (default: 1)")
     p.add_argument("--init-from", default=None, help="refiner checkpoint whose neck and heads start training")
+    p.add_argument("--init-backbone", action="store_true",
+                   help="with --init-from: its backbone too (fine-tune a whole refiner, e.g. the shipped one)")
+    p.add_argument("--corner-stride", type=int, default=16, choices=[16, 8],
+                   help="16: the authors' corner head; 8: with a stride-8 refinement of each corner map")
     p.add_argument("--freeze", default="", choices=["", "conv1", "layer1", "layer2"],
                    help="keep the backbone as loaded up to this map (stride 2, 4, 8); default: train all")
     p.add_argument("--small-jitter", type=float, default=0.0,

@@ -69,6 +69,8 @@ def test_keep_iou_defaults_to_the_nodes_in_open_loop_and_off_in_closed_loop(extr
     info = json.loads(out)
     assert info["keep_iou"] == pytest.approx(keep) and info["box_mode"] == "fused"
     assert BY_NAME["keep_iou"].default == pytest.approx(0.85)
+    for seq in info["sequences"].values():  # how often the loop fed back, and how often OpenCV refused
+        assert seq["failed_reseeds"] == 0 and (seq["reseeds"] > 0) == (extra[1] == "closed")
 
 
 def test_make_bag_explains_every_option_and_says_force_not_overwrite(tmp_path, capsys):

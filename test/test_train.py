@@ -168,3 +168,19 @@ def test_real_data_missing_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("AR_ROS_DATA", str(tmp_path / "nothing"))
     with pytest.raises(RealDataMissing, match="data fetch"):
         train(TrainConfig(out_dir=str(tmp_path / "run"), epochs=1, data=["real"], **TINY), progress=False)
+
+
+def test_fine_tuning_a_whole_refiner_into_a_stride_8_corner_head(tmp_path):
+    """--init-from with --init-backbone copies the backbone too; the stride-8 parts start from zero."""
+    from ar_ros.model import save_checkpoint
+    torch.manual_seed(1)
+    source = AlphaRefineNet(NetConfig(depth=18, input_size=64, with_top=False, crop_mode="clean"))
+    save_checkpoint(tmp_path / "coarse.pt", source)
+    cfg = TrainConfig(out_dir=str(tmp_path / "run"), epochs=1, init_from=str(tmp_path / "coarse.pt"),
+                      init_backbone=True, corner_stride=8, freeze="layer2", **TINY)
+    state, config, _ = load_checkpoint(train(cfg, progress=False))
+    assert config.corner_stride == 8 and "corner_head.fine_tl.out.weight" in state
+    want = source.state_dict()
+    for key in ("feature_extractor.conv1.weight", "feature_extractor.layer2.0.conv1.weight"):  # frozen: as copied
+        assert torch.allclose(state[key].float(), want[key], atol=1e-3), key
+    assert not torch.equal(state["corner_head.fine_tl.out.weight"].float(), torch.zeros(1, 32, 1, 1))  # trained

@@ -275,8 +275,10 @@ class _MergedCornerHead(nn.Module):
         if kinds != [nn.ReLU] or [type(m) for m in rest_b if not isinstance(m, nn.Identity)] != kinds:
             raise ValueError("corner towers must be conv (folded BatchNorm) -> ReLU")
 
-    def forward(self, feat: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def forward(self, feat: torch.Tensor, fine: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         from ..model.heads import peak_mass, soft_argmax
+        if fine is not None:
+            raise ValueError("merged corner towers have no stride-8 path")
         scores = self.score(self.towers(feat))
         x1, y1, prob_tl = soft_argmax(scores[:, 0:1], self.stride)
         x2, y2, prob_br = soft_argmax(scores[:, 1:2], self.stride)
@@ -411,7 +413,7 @@ def _cast_bf16(net: nn.Module, fp32_bias: bool, fp32_weight_limit: float, merge_
     convolutions with a bias over the limit run in fp32 as well."""
     from ..model.heads import CornerHead
     head = getattr(net, "corner_head", None)
-    if merge_corner_towers and _pointwise_ops() and type(head) is CornerHead:
+    if merge_corner_towers and _pointwise_ops() and type(head) is CornerHead and not head.fine_channels:
         try:
             net.corner_head = head = _MergedCornerHead(head)
         except (ValueError, TypeError, AttributeError):
@@ -420,6 +422,7 @@ def _cast_bf16(net: nn.Module, fp32_bias: bool, fp32_weight_limit: float, merge_
     biases = {m: m.bias.detach().clone() for m in convs if fp32_bias and m.bias is not None}
     score_convs = [getattr(head, n) for n in ("conv5_tl", "conv5_br", "score")
                    if isinstance(getattr(head, n, None), nn.Conv2d)]
+    score_convs += [getattr(head, n).out for n in ("fine_tl", "fine_br") if hasattr(head, n)]
 
     def wide(m: nn.Conv2d) -> bool:
         big_bias = not fp32_bias and m.bias is not None and float(m.bias.detach().abs().max()) > fp32_weight_limit

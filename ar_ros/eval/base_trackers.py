@@ -88,6 +88,10 @@ class TrackerBank:
     def reseeds(self) -> int:
         return sum(t.reseeds for t in self.trackers.values())
 
+    @property
+    def failed_reseeds(self) -> int:
+        return sum(t.failed_reseeds for t in self.trackers.values())
+
     def boxes(self, rgb: np.ndarray, detections: Sequence[Tuple[str, Box]]) -> List[Tuple[str, Box]]:
         """The base box of each recorded (id, box) on this frame; an empty id is keyed ``#index``."""
         height, width = rgb.shape[:2]

@@ -26,6 +26,7 @@ class SequenceResult:
     refine_ms: float
     fallbacks: int
     reseeds: int = 0  # closed loop: frames on which the base tracker was re-seeded with the refined box
+    failed_reseeds: int = 0  # closed loop: refined boxes OpenCV refused to start on (the tracker went on)
 
 
 def base_boxes(seq: Sequence, frames: List, base: str, seed: int) -> List[Optional[tuple]]:
@@ -69,7 +70,7 @@ def refine_sequence(refiner: Refiner, frames: List, boxes: Iterable[Optional[tup
 def closed_loop_sequence(refiner: Refiner, frames: List, kind: str) -> tuple:
     """The paper's loop: an OpenCV tracker from frame 0's box, re-seeded with the refined box every frame.
 
-    Returns (base boxes, refined boxes, median refine ms, fallbacks, re-seeds).
+    Returns (base boxes, refined boxes, median refine ms, fallbacks, re-seeds, failed re-seeds).
     """
     tracker = OpenCVTracker(kind)
     boxes: List[Optional[tuple]] = []
@@ -81,7 +82,7 @@ def closed_loop_sequence(refiner: Refiner, frames: List, kind: str) -> tuple:
 
     refined, ms, fallbacks = refine_sequence(refiner, frames, base_stream(),
                                              lambda i, box: tracker.reseed(frames[i].image, box))
-    return boxes, refined, ms, fallbacks, tracker.reseeds
+    return boxes, refined, ms, fallbacks, tracker.reseeds, tracker.failed_reseeds
 
 
 def run_suite(refiner: Refiner, sequences: Iterable[Sequence], base: str = "jitter",
@@ -92,9 +93,9 @@ def run_suite(refiner: Refiner, sequences: Iterable[Sequence], base: str = "jitt
     for seq in sequences:
         frames = list(seq)
         gt = np.array([f.box for f in frames], np.float64)
-        reseeds = 0
+        reseeds = failed = 0
         if loop == "closed":
-            boxes, refined, ms, fallbacks, reseeds = closed_loop_sequence(refiner, frames, base)
+            boxes, refined, ms, fallbacks, reseeds, failed = closed_loop_sequence(refiner, frames, base)
         else:
             boxes = base_boxes(seq, frames, base, seed=seq.seed)
             refined, ms, fallbacks = refine_sequence(refiner, frames, boxes)
@@ -102,7 +103,7 @@ def run_suite(refiner: Refiner, sequences: Iterable[Sequence], base: str = "jitt
         # frame 0 is the init box in both: score from frame 1 as OPE toolkits do for the refined part
         name = getattr(seq, "name", f"seq{seq.seed}")  # real sequences are named, synthetic ones by seed
         r = SequenceResult(name, score(base_arr[1:], gt[1:]), score(refined[1:], gt[1:]),
-                           base_arr, refined, gt, ms, fallbacks, reseeds)
+                           base_arr, refined, gt, ms, fallbacks, reseeds, failed)
         results.append(r)
         if progress is not None:
             progress(f"{r.name}: base AUC {r.base.auc * 100:.1f} -> refined {r.refined.auc * 100:.1f}")

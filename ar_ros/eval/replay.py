@@ -45,6 +45,7 @@ class ReplayResult:
     bad_messages: int = 0  # other messages that could not be decoded (skipped, copied as they were)
     fallbacks: int = 0
     reseeds: int = 0  # closed loop: times a base tracker was re-seeded with a refined box
+    failed_reseeds: int = 0  # closed loop: refined boxes OpenCV refused to start on (the tracker went on)
     seconds: float = 0.0
     output: Optional[Path] = None
 
@@ -216,7 +217,7 @@ def _process(session: RefineSession, img_msg, det_msg, msgtype: str, stamp: int,
     step = session.step(image, inputs, stamp, mask=mask, color=color)
     if bank is not None:
         bank.feedback(rgb, {tid: res.box for tid, res in step.results.items()})
-        result.reseeds = bank.reseeds
+        result.reseeds, result.failed_reseeds = bank.reseeds, bank.failed_reseeds
     index = len(result.stamps)
     result.stamps.append(stamp)
     result.refined_frames += 1

@@ -1,7 +1,7 @@
 """Corner head (two conv towers + soft-argmax) and the U-Net style mask head."""
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -10,16 +10,16 @@ from torch import nn
 from .neck import conv_bn_relu
 
 
-def soft_argmax(score_map: torch.Tensor, stride: float) -> tuple:
+def soft_argmax(score_map: torch.Tensor, stride: float, offset: float = 0.0) -> tuple:
     """Expected (x, y) of a softmax over a (B,1,H,W) score map, plus the probability map.
 
-    Coordinates are cell index x stride (the authors' convention: cell corners, not centres),
-    so a 16x16 map with stride 16 covers 0..240 px.
+    Coordinates are cell index x stride + ``offset`` (the authors' convention, offset 0: cell corners,
+    not centres), so a 16x16 map with stride 16 covers 0..240 px.
     """
     b, _, h, w = score_map.shape
     prob = torch.softmax(score_map.reshape(b, h * w).float(), dim=1)
-    ys = torch.arange(h, device=score_map.device, dtype=prob.dtype).repeat_interleave(w) * stride
-    xs = torch.arange(w, device=score_map.device, dtype=prob.dtype).repeat(h) * stride
+    ys = torch.arange(h, device=score_map.device, dtype=prob.dtype).repeat_interleave(w) * stride + offset
+    xs = torch.arange(w, device=score_map.device, dtype=prob.dtype).repeat(h) * stride + offset
     return prob @ xs, prob @ ys, prob.reshape(b, h, w)
 
 
@@ -30,28 +30,68 @@ def peak_mass(prob: torch.Tensor, radius: int = 1) -> torch.Tensor:
     return window.flatten(1).max(dim=1).values.clamp(0.0, 1.0)
 
 
-class CornerHead(nn.Module):
-    """Top-left and bottom-right towers: 4 x [3x3 conv-BN-ReLU] (64->256->128->64->32) + 1x1 conv."""
+class FineCorner(nn.Module):
+    """One tower's stride-8 refinement (ours; the authors' head stops at stride 16).
 
-    def __init__(self, inplanes: int = 64, channel: int = 256, stride: float = 16.0) -> None:
+    The tower's last 32-channel map is upsampled 2x and added to the backbone's stride-8 map (1x1 conv),
+    a 3x3 conv mixes them, and a 1x1 conv adds a correction to the 2x-upsampled coarse score map. The
+    correction starts at zero, so a fine head initialised from a coarse one first scores what the coarse
+    head scores (bilinearly upsampled).
+    """
+
+    def __init__(self, fine_channels: int, width: int) -> None:
+        super().__init__()
+        self.skip = nn.Sequential(*conv_bn_relu(fine_channels, width)[:2])  # conv + BN, ReLU after the sum
+        self.mix = nn.Sequential(*conv_bn_relu(width, width, 3))
+        self.out = nn.Conv2d(width, 1, kernel_size=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, tower: torch.Tensor, coarse: torch.Tensor, fine: torch.Tensor) -> torch.Tensor:
+        size = fine.shape[-2:]
+        up = F.interpolate(tower, size=size, mode="bilinear", align_corners=False)
+        x = self.mix(F.relu(self.skip(fine) + up))
+        return F.interpolate(coarse, size=size, mode="bilinear", align_corners=False) + self.out(x)
+
+
+class CornerHead(nn.Module):
+    """Top-left and bottom-right towers: 4 x [3x3 conv-BN-ReLU] (64->256->128->64->32) + 1x1 conv.
+
+    With ``fine_channels`` (the width of the backbone's stride-8 map) each tower also has a
+    :class:`FineCorner` and the soft-argmax runs on a map of twice the resolution (stride / 2).
+    """
+
+    def __init__(self, inplanes: int = 64, channel: int = 256, stride: float = 16.0, fine_channels: int = 0) -> None:
         super().__init__()
         self.stride = stride
+        self.fine_channels = fine_channels
         widths = (inplanes, channel, channel // 2, channel // 4, channel // 8)
         for corner in ("tl", "br"):
             for i in range(4):
                 setattr(self, f"conv{i + 1}_{corner}", nn.Sequential(*conv_bn_relu(widths[i], widths[i + 1], 3)))
             setattr(self, f"conv5_{corner}", nn.Conv2d(widths[4], 1, kernel_size=1))
+            if fine_channels:
+                setattr(self, f"fine_{corner}", FineCorner(fine_channels, widths[4]))
 
-    def _tower(self, x: torch.Tensor, corner: str) -> torch.Tensor:
-        for i in range(1, 6):
+    def _tower(self, x: torch.Tensor, corner: str, fine: Optional[torch.Tensor]) -> torch.Tensor:
+        for i in range(1, 5):
             x = getattr(self, f"conv{i}_{corner}")(x)
-        return x
+        coarse = getattr(self, f"conv5_{corner}")(x)
+        return coarse if fine is None else getattr(self, f"fine_{corner}")(x, coarse, fine)
 
-    def forward(self, feat: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Return ``boxes`` (B,4) x1,y1,x2,y2 in crop pixels and ``score`` (B,) peak sharpness."""
-        x1, y1, prob_tl = soft_argmax(self._tower(feat, "tl"), self.stride)
-        x2, y2, prob_br = soft_argmax(self._tower(feat, "br"), self.stride)
-        score = torch.sqrt(peak_mass(prob_tl) * peak_mass(prob_br))
+    def forward(self, feat: torch.Tensor, fine: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        """Return ``boxes`` (B,4) x1,y1,x2,y2 in crop pixels and ``score`` (B,) peak sharpness.
+
+        ``fine`` is the stride-8 backbone map; a head built with ``fine_channels`` needs it.
+        """
+        if bool(self.fine_channels) != (fine is not None):
+            raise ValueError("the stride-8 map must be given exactly when the head has fine_channels")
+        # a cell j of the 2x-upsampled map sits at coarse cell (j + 0.5) / 2 - 0.5, i.e. at j x s/2 - s/4
+        stride, offset = (self.stride / 2, -self.stride / 4) if fine is not None else (self.stride, 0.0)
+        x1, y1, prob_tl = soft_argmax(self._tower(feat, "tl", fine), stride, offset)
+        x2, y2, prob_br = soft_argmax(self._tower(feat, "br", fine), stride, offset)
+        radius = 2 if fine is not None else 1  # about the same window in crop px (40 vs 48 px)
+        score = torch.sqrt(peak_mass(prob_tl, radius) * peak_mass(prob_br, radius))
         return {"boxes": torch.stack((x1, y1, x2, y2), dim=1), "score": score}
 
 

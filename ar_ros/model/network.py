@@ -28,6 +28,7 @@ class NetConfig:
     with_top: bool = True          # keep layer4 + fc (authors' layout); our own models drop them
     crop_mode: str = "exact"       # the crop the weights were trained with: "exact" | "clean"
     backbone: str = "resnet"       # a key of model.backbone.BACKBONES; depth and with_top are ResNet's only
+    corner_stride: int = 16        # 16: the authors' corner head; 8: ours, refined on the stride-8 map
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -40,6 +41,8 @@ class NetConfig:
                              f"got {self.input_size}")
         if self.crop_mode not in ("exact", "clean"):
             raise ValueError(f"crop_mode must be 'exact' or 'clean', got {self.crop_mode!r}")
+        if self.corner_stride not in (8, STRIDE):
+            raise ValueError(f"corner_stride must be 8 or {STRIDE}, got {self.corner_stride!r}")
         if not self.search_factor > 1.0:
             raise ValueError(f"search_factor must be > 1, got {self.search_factor}")
 
@@ -83,7 +86,8 @@ class AlphaRefineNet(nn.Module):
         ch = self.feature_extractor.channels
         cells = (config.feat_size // 2) ** 2
         self.neck = CorrelationNeck(cells=cells, out_channels=64)
-        self.corner_head = CornerHead(inplanes=64, channel=256, stride=float(STRIDE))
+        self.corner_head = CornerHead(inplanes=64, channel=256, stride=float(STRIDE),
+                                      fine_channels=ch["layer2"] if config.corner_stride == 8 else 0)
         self.mask_head = MaskHead(feat_channels=64)
         self.feat_adjust = nn.ModuleList([
             nn.Sequential(*conv_bn_relu(ch["conv1"], 64)),
@@ -100,10 +104,11 @@ class AlphaRefineNet(nn.Module):
 
         The mask branch (and the low-level features it needs) only runs when ``with_mask``.
         """
-        names = ("conv1", "layer1", "layer2", "layer3") if with_mask else ("layer3",)
+        fine = self.config.corner_stride != STRIDE
+        names = ("conv1", "layer1", "layer2", "layer3") if with_mask else ("layer2", "layer3") if fine else ("layer3",)
         feats = self.feature_extractor(images, names)
         fused = self.neck(kernels, feats["layer3"])
-        out = self.corner_head(fused)
+        out = self.corner_head(fused, feats["layer2"] if fine else None)
         if with_mask:
             adj = [m(feats[n]) for m, n in zip(self.feat_adjust, ("conv1", "layer1", "layer2"))]
             out["mask"] = self.mask_head(fused, *adj, out_size=images.shape[-1])

@@ -48,6 +48,8 @@ class TrainConfig:
     backbone_lr_scale: float = 1.0  # backbone lr = lr x this (below 1 keeps ImageNet features)
     small_jitter_prob: float = 0.0  # share of training pairs with a nearly right base box
     init_from: str = ""            # a refiner checkpoint whose neck and heads start this one (same shapes)
+    init_backbone: bool = False    # with init_from: its backbone too (fine-tuning a whole refiner)
+    corner_stride: int = 16        # NetConfig.corner_stride: 8 adds the stride-8 corner refinement
     freeze: str = ""               # backbone stages kept as loaded, up to this map: "" | conv1 | layer1 | layer2
 
 
@@ -111,14 +113,14 @@ def load_backbone_weights(net: AlphaRefineNet, path: str) -> int:
     return load_imagenet_weights(net.feature_extractor, state, source=f"{path} ({net.config.backbone_title})")
 
 
-def load_heads(net: AlphaRefineNet, path: str) -> int:
+def load_heads(net: AlphaRefineNet, path: str, backbone: bool = False) -> int:
     """Start the neck and heads from another refiner's checkpoint: every non-backbone tensor of the same
-    name and shape is copied (``feat_adjust`` in front of a backbone of other widths is not). Returns the
-    number copied."""
+    name and shape is copied (``feat_adjust`` in front of a backbone of other widths is not); with
+    ``backbone`` the backbone's tensors too. Returns the number copied."""
     state, _, _ = load_checkpoint(path)
     own = net.state_dict()
     hits = {k: v.float() if v.is_floating_point() else v for k, v in state.items()
-            if not k.startswith("feature_extractor.") and k in own and own[k].shape == v.shape}
+            if (backbone or not k.startswith("feature_extractor.")) and k in own and own[k].shape == v.shape}
     if not hits:
         raise ValueError(f"{path}: no neck or head tensor fits this network")
     net.load_state_dict(hits, strict=False)
@@ -169,11 +171,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     net = AlphaRefineNet(NetConfig(depth=cfg.depth, input_size=cfg.input_size, with_top=False, crop_mode="clean",
-                                   backbone=cfg.backbone))
+                                   backbone=cfg.backbone, corner_stride=cfg.corner_stride))
     if cfg.backbone_weights:
         load_backbone_weights(net, cfg.backbone_weights)
     if cfg.init_from:
-        load_heads(net, cfg.init_from)
+        load_heads(net, cfg.init_from, backbone=cfg.init_backbone)
     frozen = net.feature_extractor.stage_modules(cfg.freeze) if cfg.freeze else []
     for module in frozen:
         module.requires_grad_(False)
