@@ -101,6 +101,13 @@ def _two_convs(in_ch: int, mid_ch: int, out_ch: int) -> nn.Sequential:
                          nn.Conv2d(mid_ch, out_ch, 3, padding=1), nn.ReLU(inplace=True))
 
 
+#: Mask decoders by name: widths of the adjusted conv1 / layer1 / layer2 skip maps and of the middle of
+#: their v0 / v1 / v2 convolutions. "authors" is the authors' decoder (their checkpoints load into it);
+#: "slim" (ours) keeps its coarse path and narrows the skips to about 1/20 of the multiply-adds.
+MASK_HEADS = {"authors": ((64, 256, 512), (16, 64, 128)),
+              "slim": ((16, 32, 64), (4, 16, 32))}
+
+
 class MaskHead(nn.Module):
     """Refinement decoder: fused feature (1/16) merged with adjusted layer2, layer1 and conv1 features.
 
@@ -108,11 +115,12 @@ class MaskHead(nn.Module):
     then a post conv narrows the channels. Output: (B,1,S,S) probabilities.
     """
 
-    def __init__(self, feat_channels: int = 64) -> None:
+    def __init__(self, feat_channels: int = 64, kind: str = "authors") -> None:
         super().__init__()
-        self.v0 = _two_convs(64, 16, 4)
-        self.v1 = _two_convs(256, 64, 16)
-        self.v2 = _two_convs(512, 128, 32)
+        (c0, c1, c2), (m0, m1, m2) = MASK_HEADS[kind]
+        self.v0 = _two_convs(c0, m0, 4)
+        self.v1 = _two_convs(c1, m1, 16)
+        self.v2 = _two_convs(c2, m2, 32)
         self.h2 = _two_convs(feat_channels, 32, 32)
         self.h1 = _two_convs(16, 16, 16)
         self.h0 = _two_convs(4, 4, 4)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .backbone import BACKBONES
-from .heads import CornerHead, MaskHead
+from .heads import MASK_HEADS, CornerHead, MaskHead
 from .neck import CorrelationNeck, conv_bn_relu, template_kernel
 
 STRIDE = 16  # layer3 stride; the crop size must be a multiple of 2 * STRIDE
@@ -29,6 +29,7 @@ class NetConfig:
     crop_mode: str = "exact"       # the crop the weights were trained with: "exact" | "clean"
     backbone: str = "resnet"       # a key of model.backbone.BACKBONES; depth and with_top are ResNet's only
     corner_stride: int = 16        # 16: the authors' corner head; 8: ours, refined on the stride-8 map
+    mask_head: str = "authors"     # a key of model.heads.MASK_HEADS: "authors" | "slim" (ours, ~1/20 the work)
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -43,6 +44,8 @@ class NetConfig:
             raise ValueError(f"crop_mode must be 'exact' or 'clean', got {self.crop_mode!r}")
         if self.corner_stride not in (8, STRIDE):
             raise ValueError(f"corner_stride must be 8 or {STRIDE}, got {self.corner_stride!r}")
+        if self.mask_head not in MASK_HEADS:
+            raise ValueError(f"mask_head must be one of {sorted(MASK_HEADS)}, got {self.mask_head!r}")
         if not self.search_factor > 1.0:
             raise ValueError(f"search_factor must be > 1, got {self.search_factor}")
 
@@ -88,12 +91,10 @@ class AlphaRefineNet(nn.Module):
         self.neck = CorrelationNeck(cells=cells, out_channels=64)
         self.corner_head = CornerHead(inplanes=64, channel=256, stride=float(STRIDE),
                                       fine_channels=ch["layer2"] if config.corner_stride == 8 else 0)
-        self.mask_head = MaskHead(feat_channels=64)
+        self.mask_head = MaskHead(feat_channels=64, kind=config.mask_head)
         self.feat_adjust = nn.ModuleList([
-            nn.Sequential(*conv_bn_relu(ch["conv1"], 64)),
-            nn.Sequential(*conv_bn_relu(ch["layer1"], 256)),
-            nn.Sequential(*conv_bn_relu(ch["layer2"], 512)),
-        ])
+            nn.Sequential(*conv_bn_relu(ch[name], width))
+            for name, width in zip(("conv1", "layer1", "layer2"), MASK_HEADS[config.mask_head][0])])
 
     def template(self, images: torch.Tensor) -> torch.Tensor:
         """Template crops (B,3,S,S) -> correlation kernels (B, cells, C). Compute once per target."""

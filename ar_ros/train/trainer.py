@@ -50,6 +50,9 @@ class TrainConfig:
     init_from: str = ""            # a refiner checkpoint whose neck and heads start this one (same shapes)
     init_backbone: bool = False    # with init_from: its backbone too (fine-tuning a whole refiner)
     corner_stride: int = 16        # NetConfig.corner_stride: 8 adds the stride-8 corner refinement
+    mask_head: str = "authors"     # NetConfig.mask_head: "authors" | "slim"
+    freeze_box: bool = False       # keep backbone, neck and corner head as loaded: train the mask branch alone,
+                                   # checkpoints chosen by the box_mode "fused" IoU (val_fused_iou*)
     freeze: str = ""               # backbone stages kept as loaded, up to this map: "" | conv1 | layer1 | layer2
 
 
@@ -127,18 +130,28 @@ def load_heads(net: AlphaRefineNet, path: str, backbone: bool = False) -> int:
     return len(hits)
 
 
-def evaluate(net: torch.nn.Module, batches: list, suffix: str = "") -> Dict[str, float]:
-    """Mean IoU of refined vs GT boxes (and of the jittered base boxes) in search-crop pixels."""
+def evaluate(net: torch.nn.Module, batches: list, suffix: str = "", fused: bool = False) -> Dict[str, float]:
+    """Mean IoU of refined vs GT boxes (and of the jittered base boxes) in search-crop pixels; with
+    ``fused`` also of the boxes ``box_mode: fused`` makes from corners and mask (``val_fused_iou``)."""
+    from ..engine.masks import crop_mask_box, fuse_boxes
     was_training = net.training
     net.eval()
-    ious, base_ious = [], []
+    ious, base_ious, fused_ious = [], [], []
     with torch.inference_mode():
         for b in batches:
-            out = net(b["template"], b["search"], with_mask=False)
+            out = net(b["template"], b["search"], with_mask=fused)
             ious.append(box_iou_xyxy(out["boxes"], b["target"]))
             base_ious.append(box_iou_xyxy(b["base"], b["target"]))
+            if fused:
+                boxes = [fuse_boxes(box, crop_mask_box(prob)) for box, prob in
+                         zip(out["boxes"].double().numpy(), out["mask"][:, 0].float().numpy())]
+                fused_ious.append(box_iou_xyxy(torch.tensor(np.array(boxes), dtype=torch.float32), b["target"]))
     net.train(was_training)
-    return {"val_iou" + suffix: float(torch.cat(ious).mean()), "base_iou" + suffix: float(torch.cat(base_ious).mean())}
+    record = {"val_iou" + suffix: float(torch.cat(ious).mean()),
+              "base_iou" + suffix: float(torch.cat(base_ious).mean())}
+    if fused:
+        record["val_fused_iou" + suffix] = float(torch.cat(fused_ious).mean())
+    return record
 
 
 def validation_sets(cfg: TrainConfig, banks: tuple = ()) -> Dict[str, list]:
@@ -155,9 +168,10 @@ def validation_sets(cfg: TrainConfig, banks: tuple = ()) -> Dict[str, list]:
             for i, (suffix, source) in enumerate(sources.items())}
 
 
-def selection_score(record: Dict[str, float]) -> float:
-    """What checkpoints are chosen by: the mean validation IoU over the validation sets present."""
-    values = [v for k, v in record.items() if k.startswith("val_iou")]
+def selection_score(record: Dict[str, float], prefix: str = "val_iou") -> float:
+    """What checkpoints are chosen by: the mean validation IoU (``prefix``: of the corner boxes, or
+    ``val_fused_iou`` of the fused ones) over the validation sets present."""
+    values = [v for k, v in record.items() if k.startswith(prefix)]
     return sum(values) / len(values) if values else float("-inf")
 
 
@@ -171,18 +185,23 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     net = AlphaRefineNet(NetConfig(depth=cfg.depth, input_size=cfg.input_size, with_top=False, crop_mode="clean",
-                                   backbone=cfg.backbone, corner_stride=cfg.corner_stride))
+                                   backbone=cfg.backbone, corner_stride=cfg.corner_stride,
+                                   mask_head=cfg.mask_head))
     if cfg.backbone_weights:
         load_backbone_weights(net, cfg.backbone_weights)
     if cfg.init_from:
         load_heads(net, cfg.init_from, backbone=cfg.init_backbone)
     frozen = net.feature_extractor.stage_modules(cfg.freeze) if cfg.freeze else []
+    if cfg.freeze_box:
+        frozen = [net.feature_extractor, net.neck, net.corner_head]
+    score_prefix = "val_fused_iou" if cfg.freeze_box else "val_iou"
     for module in frozen:
         module.requires_grad_(False)
     backbone = [p for p in net.feature_extractor.parameters() if p.requires_grad]
     ids = {id(p) for p in net.feature_extractor.parameters()}
     opt = torch.optim.Adam([{"params": backbone, "lr": cfg.lr * cfg.backbone_lr_scale},
-                            {"params": [p for p in net.parameters() if id(p) not in ids]}], lr=cfg.lr)
+                            {"params": [p for p in net.parameters() if id(p) not in ids and p.requires_grad]}],
+                           lr=cfg.lr)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
     start_epoch, history = 0, []
     last = out / "last.pt"
@@ -200,7 +219,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     sampler = PairSampler(training_source(cfg, banks), SamplerConfig(input_size=cfg.input_size,
                                                                      small_jitter_prob=cfg.small_jitter_prob))
     val = validation_sets(cfg, banks)
-    best = max((selection_score(h) for h in history), default=float("-inf"))
+    best = max((selection_score(h, score_prefix) for h in history), default=float("-inf"))
     log = open(out / "train_log.jsonl", "a") if rank == 0 else None
     try:
         for epoch in range(start_epoch, cfg.epochs):
@@ -229,8 +248,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                           "lr": opt.param_groups[-1]["lr"],
                           **{k: v / cfg.iters_per_epoch for k, v in sums.items()}}
                 for suffix, batches in val.items():
-                    record.update(evaluate(net, batches, suffix))
-                record["val_score"] = selection_score(record)
+                    record.update(evaluate(net, batches, suffix, fused=cfg.freeze_box))
+                record["val_score"] = selection_score(record, score_prefix)
                 history.append(record)
                 print(json.dumps(record), flush=True)
                 log.write(json.dumps(record) + "\n")
