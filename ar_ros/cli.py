@@ -21,7 +21,8 @@ def _info_export(path: str, as_json: bool) -> int:
     print(f"config:     {manifest['config']}")
     for name, file in manifest["files"].items():
         print(f"graph:      {name:16s} {file} ({os.path.getsize(os.path.join(path, file)) / 1e6:.1f} MB)")
-    print("int8:       " + ("yes (backend onnxruntime-int8)" if "search_box_int8" in manifest["files"]
+    int8 = [g for g in ("search_box", "search_mask") if g + "_int8" in manifest["files"]]
+    print("int8:       " + (f"yes, {' and '.join(int8)} (backend onnxruntime-int8)" if int8
                             else "no (export with --int8)"))
     for graph, key in engines.items():
         print(f"tensorrt:   {graph:16s} " + ", ".join(f"{k} {v}" for k, v in key.items() if k != "onnx_sha256"))

@@ -1,4 +1,6 @@
 """ONNX export of template and search graphs, ONNX Runtime parity, backend selection errors."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -98,7 +100,7 @@ def test_node_runs_with_the_onnxruntime_backend(ros_context, onnx_dir, frame):
 
 
 def test_int8_quantisation_is_gated_on_agreement_with_fp32(tmp_path, small_net, frame):
-    from ar_ros.backends.onnx import INT8_FILE, calibration_batches, quantize_int8
+    from ar_ros.backends.onnx import INT8_FILE, INT8_FILES, calibration_batches, quantize_int8
     out = export_onnx(small_net, tmp_path / "q")
     calib = calibration_batches(out, n_batches=2, batch=2)
     with pytest.raises(BackendError, match="not kept"):
@@ -121,9 +123,32 @@ def test_int8_quantisation_is_gated_on_agreement_with_fp32(tmp_path, small_net, 
     assert agreement(fp32, fp32, tiny) == pytest.approx(1.0)
     assert 0.0 < agreement(fp32, r, tiny) <= 1.0
     drop_int8(out)
-    assert not (out / INT8_FILE).exists()
+    assert not (out / INT8_FILE).exists() and not (out / INT8_FILES["search_mask"]).exists()
     with pytest.raises(BackendError, match="no int8 graph"):
         Refiner(str(out), backend="onnxruntime-int8")
+
+
+def test_int8_box_mask_graph_is_used_for_masks_only_when_its_masks_agree(tmp_path, small_net, frame, monkeypatch):
+    import json
+    from ar_ros.backends import onnx as onnx_backend
+    out = export_onnx(small_net, tmp_path / "q")
+    calib = onnx_backend.calibration_batches(out, n_batches=2, batch=2)
+    box = (200.0, 150.0, 120.0, 90.0)
+    for mask_gate, kept in ((0.0, True), (1.01, False)):
+        monkeypatch.setattr(onnx_backend, "MASK_MIN_IOU", mask_gate)
+        onnx_backend.drop_int8(out)
+        onnx_backend.quantize_int8(out, calib, min_iou=0.0)
+        files = json.loads((out / onnx_backend.MANIFEST).read_text())["files"]
+        assert "search_box_int8" in files and ("search_mask_int8" in files) == kept
+        assert (out / onnx_backend.INT8_FILES["search_mask"]).exists() == kept
+        backend = onnx_backend.OnnxRuntimeBackend(out, int8=True)
+        graphs = {k: Path(v._model_path).name for k, v in backend.sessions.items()}
+        assert graphs["search_box"] == "search_box_int8.onnx"
+        assert graphs["search_mask"] == ("search_mask_int8.onnx" if kept else "search_mask.onnx")
+        r = Refiner(str(out), backend="onnxruntime-int8", box_mode="fused")
+        r.set_target(frame, box, "a")
+        res = r.refine(frame, {"a": box}, mask=True)["a"]
+        assert np.isfinite(res.raw_box).all() and res.mask.shape == frame.shape[:2]
 
 
 def test_tensorrt_errors_are_clear_without_a_gpu(onnx_dir):

@@ -129,10 +129,10 @@ class OnnxRuntimeBackend:
         files = dict(manifest.get("files", FILES))
         if int8 and "search_box_int8" not in files:
             raise BackendError(f"{model_dir}: no int8 graph; export with `ar-refine export onnx --int8`")
-        if int8:
-            files["search_box"] = files.pop("search_box_int8")
-        else:
-            files.pop("search_box_int8", None)
+        for graph in INT8_FILES:  # int8 replaces the graphs it has (older exports: the box graph only)
+            name = files.pop(graph + "_int8", None)
+            if int8 and name:
+                files[graph] = name
         try:
             self.sessions = {k: ort.InferenceSession(str(Path(model_dir) / f), opts, providers=providers)
                              for k, f in files.items()}
@@ -170,15 +170,19 @@ def max_box_difference(net: AlphaRefineNet, model_dir: Union[str, Path], batch: 
     return float((ref - ort_boxes).abs().max())
 
 
-INT8_FILE = "search_box_int8.onnx"
+INT8_FILES = {"search_box": "search_box_int8.onnx", "search_mask": "search_mask_int8.onnx"}
+INT8_FILE = INT8_FILES["search_box"]
+MASK_MIN_IOU = 0.9  # the int8 box+mask graph's masks (> 0.5) must overlap fp32's this much on average
 
 
 def quantize_int8(model_dir: Union[str, Path], calibration: "list", min_iou: float = 0.95) -> float:
-    """Static int8 quantisation (QDQ, per-channel) of the box-only search graph with ONNX Runtime.
+    """Static int8 quantisation (QDQ, per-channel) of the backbone in both search graphs with ONNX Runtime.
 
-    ``calibration`` is a list of (images, kernels) float32 numpy batches (e.g. synthetic crops). The int8
-    graph is kept only if its boxes agree with the fp32 graph (mean IoU >= ``min_iou`` on the
-    calibration crops); returns that mean IoU. The manifest then lists ``search_box_int8``.
+    ``calibration`` is a list of (images, kernels) float32 numpy batches (e.g. synthetic crops). The box
+    graph is kept only if its boxes agree with the fp32 graph (mean IoU >= ``min_iou`` on the calibration
+    crops), else BackendError; the box+mask graph (masks, ``box_mode: fused``) only if its boxes agree as
+    well and its masks to mean IoU >= :data:`MASK_MIN_IOU`, else the fp32 one stays in use. Returns the box
+    graph's mean IoU. The manifest then lists ``search_box_int8`` (and ``search_mask_int8``).
     """
     try:
         from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_static)
@@ -196,47 +200,60 @@ def quantize_int8(model_dir: Union[str, Path], calibration: "list", min_iou: flo
             item = next(self.items, None)
             return None if item is None else {"images": item[0], "kernels": item[1]}
 
-    src = model_dir / manifest["files"]["search_box"]
-    pre = model_dir / "search_box_pre.onnx"
-    out = model_dir / INT8_FILE
-    try:
-        import onnx
-        quant_pre_process(str(src), str(pre))
-        # Only the backbone is quantised: the unnormalised correlation and the soft-argmax heads lose too
-        # much in int8 (measured: boxes at mean IoU 0.93 vs fp32 with everything quantised, 0.996 without).
-        nodes = onnx.load(str(pre)).graph.node
-        keep_fp32 = [n.name for n in nodes if "neck" in n.name or "corner_head" in n.name]
-        stem = BACKBONES[NetConfig.from_dict(manifest["config"]).backbone].int8_fp32_convs
-        keep_fp32 += [n.name for n in nodes if n.op_type == "Conv" and n.name.startswith("/feature_extractor/")][:stem]
-        quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=keep_fp32)
-    finally:
-        if pre.exists():
-            pre.unlink()
+    import onnx
     import onnxruntime as ort
-    fp32 = ort.InferenceSession(str(src), session_options(), providers=["CPUExecutionProvider"])
-    int8 = ort.InferenceSession(str(out), session_options(), providers=["CPUExecutionProvider"])
-    ious = []
-    for images, kernels in calibration:
-        a = fp32.run(None, {"images": images, "kernels": kernels})[0]
-        b = int8.run(None, {"images": images, "kernels": kernels})[0]
-        ious.append(_iou_xyxy(a, b))
-    agreement = float(np.mean(np.concatenate(ious)))
-    if agreement < min_iou:
-        out.unlink()
-        raise BackendError(f"int8 boxes agree with fp32 only to mean IoU {agreement:.3f} (< {min_iou}); not kept")
-    manifest["files"]["search_box_int8"] = INT8_FILE
+    stem = BACKBONES[NetConfig.from_dict(manifest["config"]).backbone].int8_fp32_convs
+    agreement = {}
+    for graph, name in INT8_FILES.items():
+        src = model_dir / manifest["files"][graph]
+        pre = model_dir / f"{graph}_pre.onnx"
+        out = model_dir / name
+        try:
+            quant_pre_process(str(src), str(pre))
+            # Only the backbone is quantised: the unnormalised correlation and the soft-argmax heads lose too
+            # much in int8 (measured: boxes at mean IoU 0.93 vs fp32 with everything quantised, 0.996 without).
+            nodes = onnx.load(str(pre)).graph.node
+            keep_fp32 = [n.name for n in nodes if not n.name.startswith("/feature_extractor/")]
+            keep_fp32 += [n.name for n in nodes if n.op_type == "Conv" and
+                          n.name.startswith("/feature_extractor/")][:stem]
+            quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            nodes_to_exclude=keep_fp32)
+        finally:
+            if pre.exists():
+                pre.unlink()
+        fp32 = ort.InferenceSession(str(src), session_options(), providers=["CPUExecutionProvider"])
+        int8 = ort.InferenceSession(str(out), session_options(), providers=["CPUExecutionProvider"])
+        ious, mask_ious = [], []
+        for images, kernels in calibration:
+            a = fp32.run(None, {"images": images, "kernels": kernels})
+            b = int8.run(None, {"images": images, "kernels": kernels})
+            ious.append(_iou_xyxy(a[0], b[0]))
+            if len(a) > 2:
+                ma, mb = a[2] > 0.5, b[2] > 0.5
+                union = (ma | mb).sum(axis=(1, 2, 3))
+                mask_ious.append(np.where(union > 0, (ma & mb).sum(axis=(1, 2, 3)) / np.maximum(union, 1), 1.0))
+        agreement[graph] = float(np.mean(np.concatenate(ious)))
+        masks_agree = not mask_ious or float(np.mean(np.concatenate(mask_ious))) >= MASK_MIN_IOU
+        if agreement[graph] < min_iou or not masks_agree:
+            out.unlink()
+            if graph == "search_box":
+                raise BackendError(f"int8 boxes agree with fp32 only to mean IoU {agreement[graph]:.3f} "
+                                   f"(< {min_iou}); not kept")
+            continue  # masks and fused boxes stay on the fp32 box+mask graph
+        manifest["files"][graph + "_int8"] = name
     (model_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    return agreement
+    return agreement["search_box"]
 
 
 def drop_int8(model_dir: Union[str, Path]) -> None:
     """Remove the int8 graph from an export folder (file and manifest entry)."""
     model_dir = Path(model_dir)
     manifest = read_manifest(model_dir)
-    name = manifest["files"].pop("search_box_int8", None)
-    if name and (model_dir / name).exists():
-        (model_dir / name).unlink()
+    for graph in INT8_FILES:
+        name = manifest["files"].pop(graph + "_int8", None)
+        if name and (model_dir / name).exists():
+            (model_dir / name).unlink()
     (model_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
 
 
