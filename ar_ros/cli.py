@@ -230,7 +230,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     refiner = _refiner(args)
     results = run_suite(refiner, sequences, base=args.base, progress=None if args.json else print, loop=args.loop)
     totals = summary(results)
-    data = {"suite": args.suite, "base": args.base, "loop": args.loop, "box_mode": refiner.box_mode,
+    data = {"suite": args.suite, "base": args.base, "loop": args.loop, "box_mode": refiner.resolved_box_mode(),
             "keep_iou": refiner.keep_iou, "summary": {k: v.to_dict() for k, v in totals.items()},
             "sequences": {r.name: {"base": r.base.to_dict(), "refined": r.refined.to_dict(),
                                    "refine_ms": r.refine_ms, "fallbacks": r.fallbacks, "reseeds": r.reseeds,

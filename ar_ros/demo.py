@@ -11,6 +11,7 @@ from typing import Dict, Optional
 
 import numpy as np
 
+from .engine.masks import DEFAULT_BOX_MODE
 from .engine.refiner import Refiner
 from .eval import bags, report
 from .eval.base_trackers import jittered_gt, run_opencv
@@ -25,7 +26,7 @@ DEMO_FRAMES = 90
 
 def run(out_dir: str = "out/demo", checkpoint: Optional[str] = None, frames: int = DEMO_FRAMES,
         seed: int = DEMO_SEED, base: str = "csrt", device: str = "cpu", progress: bool = True,
-        backend: str = "torch", precision: str = "fp32", box_mode: str = "corner",
+        backend: str = "torch", precision: str = "fp32", box_mode: str = DEFAULT_BOX_MODE,
         keep_iou: Optional[float] = None) -> Dict:
     """Build the sample bag, replay it through the refiner, print and write the results.
 

@@ -44,7 +44,7 @@ def _frames(short_seq):
 
 def test_fused_refiner_box_is_the_fusion_of_the_networks_two_outputs(short_seq):
     first, f = _frames(short_seq)
-    corner, fused = Refiner(), Refiner(box_mode="fused")
+    corner, fused = Refiner(box_mode="corner"), Refiner(box_mode="fused")
     for r in (corner, fused):
         r.set_target(first.image, first.box, "t")
     base = tuple(float(v) for v in f.box)
@@ -72,3 +72,21 @@ def test_fused_refiner_box_is_the_fusion_of_the_networks_two_outputs(short_seq):
 def test_box_mode_is_checked():
     with pytest.raises(ValueError, match="box_mode"):
         Refiner(box_mode="mask")
+
+
+def test_auto_fuses_with_the_slim_mask_decoder_only(short_seq):
+    from ar_ros.model import AlphaRefineNet, NetConfig
+    first, f = _frames(short_seq)
+    base = tuple(float(v) for v in f.box)
+    torch.manual_seed(0)
+    slim = AlphaRefineNet(NetConfig(input_size=128, with_top=False, crop_mode="clean", mask_head="slim")).eval()
+    authors = AlphaRefineNet(NetConfig(input_size=128, with_top=False, crop_mode="clean")).eval()
+    for net, means in ((slim, "fused"), (authors, "corner")):
+        auto = Refiner(net)
+        assert auto.box_mode == "auto" and auto.resolved_box_mode() == means
+        assert Refiner(net, box_mode="corner").resolved_box_mode() == "corner"
+        same = Refiner(net, box_mode=means)
+        for r in (auto, same):
+            r.set_target(first.image, first.box, "t")
+        assert auto.refine(f.image, {"t": base})["t"].box == same.refine(f.image, {"t": base})["t"].box
+    assert Refiner().resolved_box_mode() == ("fused" if Refiner().config.mask_head == "slim" else "corner")

@@ -5,10 +5,12 @@ on validation (fp16 storage, history, recipe, data and licenses kept).
     python tools/ship_model.py runs/mnv2_real/best.pt            # compare, ship only when better
     python tools/ship_model.py runs/mnv2_real/best.pt --dry-run  # compare only
     python tools/ship_model.py runs/default/final.pt --force     # ship without the comparison
+    python tools/ship_model.py runs/mnv2_slim/best.pt --box-mode fused  # compare the fused boxes
 
 Both models are scored on the trainer's validation sets (``ar_ros.train.trainer.validation_sets``:
 synthetic seeds 95000+ and, when the real photos are fetched, composites of held-out photos), never on
-an evaluation suite. The candidate ships when its mean validation IoU is higher.
+an evaluation suite. The candidate ships when its mean validation IoU is higher (of the corner boxes, or
+with ``--box-mode fused`` of the boxes ``box_mode: fused`` makes from corners and mask).
 """
 import argparse
 import sys
@@ -22,12 +24,13 @@ from ar_ros.model.backbone import BACKBONES
 from ar_ros.train.trainer import TrainConfig, evaluate, real_photo_banks, selection_score, validation_sets
 
 
-def validation_record(net, cfg: TrainConfig, banks: tuple) -> dict:
-    """Validation IoUs of ``net`` on the sets ``cfg`` and ``banks`` define, plus their mean."""
+def validation_record(net, cfg: TrainConfig, banks: tuple, fused: bool = False) -> dict:
+    """Validation IoUs of ``net`` on the sets ``cfg`` and ``banks`` define, plus their mean (of the fused
+    boxes' IoUs with ``fused``)."""
     record = {}
     for suffix, batches in validation_sets(cfg, banks).items():
-        record.update(evaluate(net, batches, suffix))
-    record["val_score"] = selection_score(record)
+        record.update(evaluate(net.float().eval(), batches, suffix, fused=fused))
+    record["val_score"] = selection_score(record, "val_fused_iou" if fused else "val_iou")
     return record
 
 
@@ -50,6 +53,8 @@ def main(argv=None) -> int:
     p.add_argument("checkpoint", nargs="?", default="runs/default/final.pt")
     p.add_argument("--force", action="store_true", help="ship without comparing on validation")
     p.add_argument("--dry-run", action="store_true", help="compare only")
+    p.add_argument("--box-mode", default="corner", choices=["corner", "fused"],
+                   help="compare the boxes of this box_mode (default: corner)")
     args = p.parse_args(argv)
     net, meta = load_network(args.checkpoint)
     history = meta.get("history", [])
@@ -64,13 +69,16 @@ def main(argv=None) -> int:
             print(f"validation on synthetic pairs only: {err}")
             banks = ()
         current, _ = load_network(DEFAULT_CHECKPOINT)
-        comparison = {"candidate": validation_record(net, cfg, banks),
+        fused = args.box_mode == "fused"
+        comparison = {"candidate": validation_record(net, cfg, banks, fused),
                       "current default": validation_record(
-                          current, TrainConfig(**{**cfg.__dict__, "input_size": current.config.input_size}), banks)}
+                          current, TrainConfig(**{**cfg.__dict__, "input_size": current.config.input_size}), banks,
+                          fused),
+                      "box_mode": args.box_mode}
         keys = [k for k in comparison["candidate"] if k.startswith(("val_", "base_"))]
         print(f"{'':18}" + "".join(f"{k:>16}" for k in keys))
-        for name, rec in comparison.items():
-            print(f"{name:18}" + "".join(f"{rec[k]:16.4f}" for k in keys))
+        for name in ("candidate", "current default"):
+            print(f"{name:18}" + "".join(f"{comparison[name][k]:16.4f}" for k in keys))
         better = comparison["candidate"]["val_score"] > comparison["current default"]["val_score"]
         print("candidate is " + ("better" if better else "NOT better") + " on validation")
         if not better or args.dry_run:

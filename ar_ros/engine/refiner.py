@@ -17,13 +17,12 @@ from ..model import AlphaRefineNet, CheckpointError, load_network
 from ..model.fuse import fold_batchnorm as fold_batchnorm_layers
 from . import crop as cropping
 from .boxes import Box, as_box, box_problem, check_box, iou
-from .masks import FUSE_MASK_WEIGHT, FUSE_MIN_IOU, crop_mask_box, fuse_boxes, mask_to_box
+from .masks import BOX_MODES, DEFAULT_BOX_MODE, FUSE_MASK_WEIGHT, FUSE_MIN_IOU, crop_mask_box, fuse_boxes, mask_to_box
 from .precision import auto_cpu_precision, resolve_precision, to_bf16
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "weights" / "ar_ros_default.pt"
 COLORS = ("rgb", "bgr")
 BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8", "tensorrt")
-BOX_MODES = ("corner", "fused")  # the corner head's box | moved towards the mask's box (engine.masks.fuse_boxes)
 
 
 @dataclass
@@ -98,6 +97,8 @@ class Refiner:
     that IoU, so a box that is already right is not moved by the model's own error (0 = off).
     ``box_mode="fused"`` runs the mask branch on every refinement and moves the corner head's box towards
     the mask's box where the two agree (``engine.masks.fuse_boxes``): more precise, at the mask's cost.
+    ``"auto"`` (default) is ``fused`` for a network with the slim mask decoder (the shipped one) and
+    ``corner`` otherwise (the authors' weights: their ``refine()``); :meth:`resolved_box_mode` says which.
     """
 
     def __init__(self, checkpoint: Union[None, str, os.PathLike, AlphaRefineNet] = None, device: str = "cpu",
@@ -105,7 +106,7 @@ class Refiner:
                  min_score: float = 0.0, max_scale_change: float = 3.0, mask_threshold: float = 0.5,
                  channels_last: bool = True, backend: str = "torch", fold_batchnorm: bool = True,
                  cuda_graphs: bool = False, max_batch: int = 32, keep_iou: float = 0.0,
-                 box_mode: str = "corner") -> None:
+                 box_mode: str = DEFAULT_BOX_MODE) -> None:
         self.device = resolve_device(device)
         self.dtype = resolve_precision(precision, self.device)
         self.precision_note = f"{precision}: as requested" if precision != "auto" else \
@@ -190,6 +191,13 @@ class Refiner:
         self.passes = 0            # forward passes over search crops (one per refine call with targets,
                                    # more when a call has over max_batch of them)
         self.last_batch_size = 0
+
+    def resolved_box_mode(self, box_mode: Optional[str] = None) -> str:
+        """``corner`` or ``fused``: what ``box_mode`` (default: this refiner's) means for its network."""
+        mode = self.box_mode if box_mode is None else box_mode
+        if mode == "auto":
+            return "fused" if getattr(self.config, "mask_head", "authors") == "slim" else "corner"
+        return mode
 
     # ------------------------------------------------------------------ targets
     @property
@@ -279,7 +287,7 @@ class Refiner:
                 batches.append(self._batch(frame, windows, job_color))
             outputs.append(results)
         if todo:
-            fused = self.box_mode == "fused"  # read once: the node may change it live from another thread
+            fused = self.resolved_box_mode() == "fused"  # read once: the node may change it live
             with_mask = mask or fused
             with torch.inference_mode():
                 kernels = torch.cat([self._kernels[tid] for _, tid, _, _ in todo])

@@ -23,6 +23,7 @@ from rclpy.serialization import deserialize_message, serialize_message
 from sensor_msgs.msg import CompressedImage, Image
 from vision_msgs.msg import Detection2DArray
 
+from ..engine.masks import DEFAULT_BOX_MODE
 from ..eval import bags
 from ..io.detections import stamp_to_ns
 from ..progress import progress_bar
@@ -51,7 +52,7 @@ def live_replay(bag: Union[str, Path], out: Union[str, Path, None] = None, check
                 device: str = "cpu", rate: float = 1.0, detections_topic: str = bags.BASE_TOPIC,
                 image_topic: Optional[str] = None, settle: float = 3.0, domain_id: Optional[int] = None,
                 overwrite: bool = False, progress: bool = True, backend: str = "torch", precision: str = "auto",
-                threads: int = 0, box_mode: str = "corner", keep_iou: float = 0.0) -> LiveReport:
+                threads: int = 0, box_mode: str = DEFAULT_BOX_MODE, keep_iou: float = 0.0) -> LiveReport:
     """Play ``bag`` into a fresh refiner node and record what it publishes (see the module docstring).
 
     ``checkpoint``, ``device``, ``backend``, ``precision``, ``threads``, ``box_mode`` and ``keep_iou`` are the
