@@ -4,7 +4,9 @@
 CPU here: torch fp32, torch bf16 where the CPU has bf16 units, ONNX Runtime fp32 and int8; the CPU
 features seen are printed. On a CUDA machine torch fp16 (eager and CUDA graphs), ONNX Runtime's CUDA
 provider (when installed) and TensorRT fp16 engines (when the tensorrt package is) are added, with
-TensorRT's ratio to torch fp16. torch/fp32-fused is box_mode "fused" (its box needs the mask branch).
+TensorRT's ratio to torch fp16. Every refiner runs the default box_mode ("auto": "fused" for a model with
+the slim mask decoder, e.g. the shipped one, "corner" otherwise; printed); torch/fp32-fused or
+torch/fp32-corner is the other mode.
 Box-only and box+mask, 1/4/8 targets, median and p95 of Refiner.refine per frame, and ratios against
 plain fp32 torch (the authors' way: NCHW, no channels_last, BatchNorm not folded) measured in the same
 run. All configurations are called round-robin in blocks (one untimed call, then four timed; see
@@ -52,10 +54,12 @@ def main() -> None:
     except Exception as err:  # reported, the others still run
         print(f"int8: {err}")
         int8 = False
+    default_mode = Refiner(net).resolved_box_mode()
+    other = "corner" if default_mode == "fused" else "fused"
     configs = {
         "torch-plain/fp32": lambda: Refiner(path, channels_last=False, fold_batchnorm=False),
         "torch/fp32": lambda: Refiner(path),
-        "torch/fp32-fused": lambda: Refiner(path, box_mode="fused"),  # the box needs the mask branch too
+        f"torch/fp32-{other}": lambda: Refiner(path, box_mode=other),
         "onnxruntime/fp32": lambda: Refiner(onnx_dir, backend="onnxruntime"),
     }
     bf16 = bf16_problem(torch.device("cpu"))
@@ -89,8 +93,8 @@ def main() -> None:
         refiner = make()
         refiner.set_targets(frame, boxes)
         for mask in (False, True):
-            if mask and (name.endswith("int8") or name.endswith("fused")):
-                continue  # the int8 graph is box-only (masks use the fp32 graph); fused always runs the mask
+            if mask and name.endswith(("-fused", "-corner")):
+                continue  # the other box_mode: its box only
             for n in (1, 4, 8):
                 subset = dict(list(boxes.items())[:n])
                 fns[f"{name}/{'box+mask' if mask else 'box'}/{n}"] = \
@@ -101,7 +105,9 @@ def main() -> None:
     if args.json:
         print(json.dumps({k: round(v[0], 3) for k, v in results.items()}))
         return
-    print(f"model: {path}  threads: {args.threads}  torch {torch.__version__}" + (f"  vs: {args.vs}" if args.vs else ""))
+    vs_mode = f" (box_mode auto: {Refiner(args.vs).resolved_box_mode()})" if args.vs else ""
+    print(f"model: {path} (box_mode auto: {default_mode})  threads: {args.threads}  torch {torch.__version__}" +
+          (f"  vs: {args.vs}{vs_mode}" if args.vs else ""))
     print(f"CPU: {cpu_features()}")
     print(f"{'configuration':36s} {'median ms':>10s} {'p95 ms':>9s} {'vs plain':>9s}")
     for key, (med, p95) in results.items():
@@ -136,7 +142,7 @@ def plot(results, out, title: str) -> None:
                     color="tab:blue", ecolor="grey", capsize=3)
             ax.set_yticks(range(len(names)), names, fontsize=7)
             for i, m in enumerate(med):
-                if m != m:  # NaN: this backend has no such configuration (int8 is box-only)
+                if m != m:  # NaN: this backend has no such configuration (the other box_mode: box only)
                     ax.text(0, i, " n/a", va="center", fontsize=7, color="grey")
             ax.set_title(f"{kind}, {n} target{'s' if n != '1' else ''}", fontsize=9)
             ax.tick_params(axis="x", labelsize=7)

@@ -41,7 +41,7 @@ def fused_rows(c_rows: np.ndarray, m_rows: np.ndarray, min_iou: Optional[float],
 
 def main() -> None:
     args, seqs, bases = sweep_setup(__doc__)
-    corner_ref = Refiner(args.checkpoint)
+    corner_ref = Refiner(args.checkpoint, box_mode="corner")
     mask_ref = Refiner(args.checkpoint, box_mode="fused")
     mask_ref.fuse_min_iou, mask_ref.fuse_weight = 0.0, 1.0
     runs: Dict[str, tuple] = {}
