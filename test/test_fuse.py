@@ -73,3 +73,26 @@ def test_refiner_folds_a_copy(small_net, frame):
         kernel = small_net.template(refiner._batch(frame, [win_t], "rgb"))
         raw = small_net.search(refiner._batch(frame, [win_s], "rgb"), kernel)["boxes"][0].numpy()
     assert np.allclose(got.raw_box, win_s.box_to_frame(raw), atol=0.02)
+
+
+@pytest.mark.parametrize("config", [dict(depth=18), dict(backbone="mobilenet_v2", mask_head="slim", corner_stride=8)],
+                         ids=["resnet18", "mobilenet_v2-slim-fine"])
+def test_fp32_packing_runs_every_convolution_in_onednn_with_the_same_boxes(config, frame):
+    """The CPU fp32 path packs the convolutions (engine.precision.pack_fp32): same boxes and masks as the
+    folded network without packing (channels_last=False), to float rounding."""
+    from ar_ros.engine import precision
+    if not precision._pointwise_ops():
+        pytest.skip("this torch has no oneDNN pointwise convolution")
+    torch.manual_seed(0)
+    net = _randomise_bn(AlphaRefineNet(NetConfig(input_size=128, with_top=False, crop_mode="clean", **config))).eval()
+    packed, plain = Refiner(net), Refiner(net, channels_last=False)
+    convs = [m for m in packed.net.modules() if isinstance(m, nn.Conv2d)]
+    assert not convs and any(isinstance(m, precision._PackedConv) for m in packed.net.modules())
+    assert any(isinstance(m, nn.Conv2d) for m in plain.net.modules())
+    boxes = {"a": (200.0, 150.0, 120.0, 90.0), "b": (60.0, 40.0, 80.0, 100.0)}
+    for r in (packed, plain):
+        r.set_targets(frame, boxes)
+    got, want = packed.refine(frame, boxes, mask=True), plain.refine(frame, boxes, mask=True)
+    for tid in boxes:
+        np.testing.assert_allclose(got[tid].raw_box, want[tid].raw_box, atol=1e-3)
+        assert np.abs(got[tid].mask - want[tid].mask).max() < 1e-4

@@ -180,6 +180,13 @@ class _PackedConv(nn.Module):
         self.attr, self.scalars = {"none": ("none", []), "relu": ("relu", []),
                                    "relu6": ("hardtanh", [0.0, 6.0])}[act]
 
+    def __deepcopy__(self, memo: dict) -> "_PackedConv":
+        """Copies share the packed weights: oneDNN's blocked tensor has no storage to copy, and inference
+        never writes it (so ``Refiner(refiner.net)`` works on a packed network)."""
+        new = self.__class__.__new__(self.__class__)
+        new.__dict__ = {k: v.copy() if isinstance(v, dict) else v for k, v in self.__dict__.items()}
+        return new
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._convolution_pointwise(x, self.packed, self.bias_fp32, *self.geometry, self.attr,
                                                        self.scalars, "")
@@ -380,7 +387,8 @@ def _pack_sequential(parent: nn.Module, shapes: dict, biases: dict) -> int:
     return packed
 
 
-def _pack_convolutions(net: nn.Module, fuse_blocks: bool = True, biases: Optional[dict] = None) -> int:
+def _pack_convolutions(net: nn.Module, fuse_blocks: bool = True, biases: Optional[dict] = None,
+                       dtype: torch.dtype = torch.bfloat16) -> int:
     """Replace the ``Conv2d`` layers by :class:`_PackedConv` (bf16 ones, and fp32 ones inside
     :class:`_Float32`), fusing the activation that follows one in an ``nn.Sequential`` and, with
     ``fuse_blocks``, the ResNet / MobileNetV2 residual adds and activations (:func:`_fuse_blocks`);
@@ -392,7 +400,7 @@ def _pack_convolutions(net: nn.Module, fuse_blocks: bool = True, biases: Optiona
              for m in net.modules() if isinstance(m, nn.Conv2d) and m.weight.dtype in (torch.bfloat16, torch.float32)
              and m.padding_mode == "zeros" and not isinstance(m.padding, str)]
     size = net.config.input_size
-    images = torch.zeros(1, 3, size, size, dtype=torch.bfloat16).to(memory_format=torch.channels_last)
+    images = torch.zeros(1, 3, size, size, dtype=dtype).to(memory_format=torch.channels_last)
     try:
         with torch.inference_mode():  # one dry pass through every branch: the input shape of each layer
             net.search(images, net.template(images), with_mask=True)
@@ -405,6 +413,17 @@ def _pack_convolutions(net: nn.Module, fuse_blocks: bool = True, biases: Optiona
     for parent in list(net.modules()):
         _pack_sequential(parent, shapes, biases)
     return sum(isinstance(m, _PackedConv) for m in net.modules())
+
+
+def pack_fp32(net: nn.Module) -> nn.Module:
+    """The fp32 CPU path: every convolution of a folded, channels_last fp32 network as a oneDNN-packed one
+    (:class:`_PackedConv`), with the activation after it and the residual adds of the ResNet / MobileNetV2
+    blocks inside the call, as bf16 does (in place; unchanged where this torch lacks those operators).
+    Eager PyTorch runs a convolution with a small input (batch 1, under 20480 values) through its
+    im2col fallback instead of oneDNN, and reorders oneDNN's weights at every call; packed, the slim mask
+    decoder takes about half the time and the boxes move by float rounding only (``test_fp32_packing``)."""
+    _pack_convolutions(net, fuse_blocks=True, dtype=torch.float32)
+    return net
 
 
 def _cast_bf16(net: nn.Module, fp32_bias: bool, fp32_weight_limit: float, merge_corner_towers: bool) -> dict:

@@ -18,7 +18,7 @@ from ..model.fuse import fold_batchnorm as fold_batchnorm_layers
 from . import crop as cropping
 from .boxes import Box, as_box, box_problem, check_box, iou
 from .masks import BOX_MODES, DEFAULT_BOX_MODE, FUSE_MASK_WEIGHT, FUSE_MIN_IOU, crop_mask_box, fuse_boxes, mask_to_box
-from .precision import auto_cpu_precision, resolve_precision, to_bf16
+from .precision import auto_cpu_precision, pack_fp32, resolve_precision, to_bf16
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "weights" / "ar_ros_default.pt"
 COLORS = ("rgb", "bgr")
@@ -175,6 +175,9 @@ class Refiner:
                 net = to_bf16(net.to(self.device, memory_format=self.memory_format))
             else:
                 net = net.to(self.device, dtype=self.dtype, memory_format=self.memory_format)
+                if fold_batchnorm and self.device.type == "cpu" and self.dtype == torch.float32 \
+                        and self.memory_format == torch.channels_last:
+                    net = pack_fp32(net)  # oneDNN for every convolution (engine/precision.py)
             if cuda_graphs:
                 from ..backends.cuda_graphs import GraphedSearch
                 net = GraphedSearch(net)
