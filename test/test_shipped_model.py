@@ -19,6 +19,10 @@ def test_default_checkpoint_is_small_and_documented():
     state, config, meta = load_checkpoint(DEFAULT_CHECKPOINT)
     assert config.crop_mode == "clean" and not config.with_top
     assert meta["data"].startswith("synthetic") and meta["history"]
+    # the slim mask decoder, so box_mode "auto" (the default) fuses corners and mask (README, model card)
+    assert config.mask_head == "slim" and config.corner_stride == 8
+    assert Refiner().resolved_box_mode() == "fused"
+    assert "ImageNet backbone weights" in meta["licenses"]
 
 
 def test_default_model_moves_jittered_boxes_toward_the_ground_truth():
