@@ -277,10 +277,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
                       data=args.data or ["synthetic"], backbone=args.backbone,
                       backbone_lr_scale=args.backbone_lr_scale, small_jitter_prob=args.small_jitter,
                       init_from=args.init_from or "", init_backbone=args.init_backbone, freeze=args.freeze,
-                      corner_stride=args.corner_stride)
-    if cfg.init_backbone and not cfg.init_from:
-        print("error: --init-backbone needs --init-from", file=sys.stderr)
-        return 2
+                      corner_stride=args.corner_stride, mask_head=args.mask_head, freeze_box=args.freeze_box)
+    for flag, on in (("--init-backbone", cfg.init_backbone), ("--freeze-box", cfg.freeze_box)):
+        if on and not cfg.init_from:
+            print(f"error: {flag} needs --init-from", file=sys.stderr)
+            return 2
     path = train(cfg, progress=not args.no_progress)
     print(f"final checkpoint: {path}")
     return 0
@@ -515,6 +516,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --init-from: its backbone too (fine-tune a whole refiner, e.g. the shipped one)")
     p.add_argument("--corner-stride", type=int, default=16, choices=[16, 8],
                    help="16: the authors' corner head; 8: with a stride-8 refinement of each corner map")
+    p.add_argument("--mask-head", default="authors", choices=["authors", "slim"],
+                   help="the authors' mask decoder, or the slim one (~1/20 of its work; box_mode auto fuses with it)")
+    p.add_argument("--freeze-box", action="store_true",
+                   help="keep backbone, neck and corner head as loaded (--init-from ... --init-backbone) and train "
+                        "the mask branch alone; checkpoints chosen by the fused boxes")
     p.add_argument("--freeze", default="", choices=["", "conv1", "layer1", "layer2"],
                    help="keep the backbone as loaded up to this map (stride 2, 4, 8); default: train all")
     p.add_argument("--small-jitter", type=float, default=0.0,

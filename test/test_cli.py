@@ -82,3 +82,10 @@ def test_make_bag_explains_every_option_and_says_force_not_overwrite(tmp_path, c
     code, out, err = run(argv, capsys)
     assert code == 2 and "exists; add --force to replace it" in err and "overwrite" not in err, err
     assert run(argv + ["--force"], capsys)[0] == 0
+
+
+@pytest.mark.parametrize("flag", ["--init-backbone", "--freeze-box"])
+def test_train_flags_that_fine_tune_a_refiner_need_init_from(flag, tmp_path, capsys):
+    code, out, err = run(["train", "--out", str(tmp_path / "t"), flag, "--no-progress"], capsys)
+    assert code == 2 and err.strip() == f"error: {flag} needs --init-from", err
+    assert not (tmp_path / "t").exists()
