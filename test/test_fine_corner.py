@@ -108,16 +108,44 @@ def test_fine_head_exports_to_onnx_and_matches_torch(tmp_path):
     assert max_box_difference(fine, tmp_path / "onnx") < 0.05
 
 
+def test_merged_towers_of_a_fine_head_give_the_separate_towers_boxes():
+    """fp32 packing merges the two towers, stride-8 branches included (engine.precision._MergedCornerHead)."""
+    from ar_ros.model.fuse import fold_batchnorm
+    _, fine = _nets()
+    with torch.no_grad():
+        for name in ("fine_tl", "fine_br"):  # a trained-like correction, not the zero start
+            torch.nn.init.normal_(getattr(fine.corner_head, name).out.weight, std=0.5)
+    net = copy.deepcopy(fine)
+    fold_batchnorm(net)
+    merged = precision._MergedCornerHead(net.corner_head)
+    x, t = torch.rand(2, 3, 128, 128), torch.rand(2, 3, 128, 128)
+    with torch.inference_mode():
+        feats = net.feature_extractor(x, ("layer2", "layer3"))
+        fused = net.neck(net.template(t), feats["layer3"])
+        want, got = net.corner_head(fused, feats["layer2"]), merged(fused, feats["layer2"])
+        assert torch.allclose(got["boxes"], want["boxes"], atol=1e-4)
+        assert torch.allclose(got["score"], want["score"], atol=1e-5)
+        with pytest.raises(ValueError, match="stride-8 map"):
+            merged(fused)
+    if precision._pointwise_ops():
+        packed = precision.pack_fp32(copy.deepcopy(net).to(memory_format=torch.channels_last))
+        assert isinstance(packed.corner_head, precision._MergedCornerHead)
+        to = dict(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            out = packed.search(x.to(**to), packed.template(t.to(**to)))
+        assert torch.allclose(out["boxes"], fine(t, x, with_mask=False)["boxes"], atol=1e-3)
+
+
 @pytest.mark.skipif(not precision.cpu_bf16_units(), reason="this CPU has no bf16 units")
-def test_bf16_keeps_the_fine_towers_apart_and_their_score_convolutions_in_fp32():
+def test_bf16_merges_the_fine_towers_and_keeps_their_score_convolutions_in_fp32():
     from ar_ros.model.fuse import fold_batchnorm
     _, fine = _nets()
     net = copy.deepcopy(fine)
     fold_batchnorm(net)
     bf16 = precision.to_bf16(net.to(memory_format=torch.channels_last), graphs=False)
     head = bf16.corner_head
-    assert type(head).__name__ == "CornerHead"  # not merged: the merged head has no stride-8 path
-    assert all(isinstance(getattr(head, n).out, precision._Float32) for n in ("fine_tl", "fine_br"))
+    assert isinstance(head, precision._MergedCornerHead)
+    assert all(isinstance(getattr(head, n), precision._Float32) for n in ("score", "fine_out"))
     x, t = torch.rand(2, 3, 128, 128), torch.rand(2, 3, 128, 128)
     with torch.inference_mode():
         want = fine(t, x, with_mask=False)["boxes"]

@@ -252,45 +252,64 @@ class _MergedCornerHead(nn.Module):
     """:class:`~ar_ros.model.heads.CornerHead` with its two towers run as one: the first convolutions
     (same input) concatenated, the others as two-group convolutions, so each layer is one oneDNN call on
     twice the channels instead of two calls; the same arithmetic per output channel (bf16 outputs equal
-    the separate towers' bit for bit), then the head's own soft-argmax on each of the two score maps."""
+    the separate towers' bit for bit), then the head's own box arithmetic on the two score maps. A
+    stride-8 head's two :class:`~ar_ros.model.heads.FineCorner` branches are merged the same way (one
+    upsampling of both towers' maps, one call per layer)."""
 
     def __init__(self, head: nn.Module) -> None:
         super().__init__()
         self.stride = head.stride
+        self.fine_channels = head.fine_channels
         layers: list = []
         for i in range(1, 6):
-            tl, br = getattr(head, f"conv{i}_tl"), getattr(head, f"conv{i}_br")
-            (a, *rest_a), (b, *rest_b) = (list(tl) if isinstance(tl, nn.Sequential) else [tl],
-                                          list(br) if isinstance(br, nn.Sequential) else [br])
-            groups = 1 if i == 1 else 2
-            conv = nn.Conv2d(a.in_channels * groups, 2 * a.out_channels, a.kernel_size, a.stride, a.padding,
-                             a.dilation, groups=groups, bias=a.bias is not None).to(a.weight.dtype)
-            with torch.no_grad():
-                conv.weight.copy_(torch.cat([a.weight, b.weight]))
-                if a.bias is not None:
-                    conv.bias.copy_(torch.cat([a.bias, b.bias]))
+            conv, rest = self._merge(getattr(head, f"conv{i}_tl"), getattr(head, f"conv{i}_br"), i > 1)
             if i < 5:
-                self._check(rest_a, rest_b)
+                self._check(rest, [nn.ReLU])
                 layers += [conv, nn.ReLU(inplace=True)]
             else:
                 self.score = conv
         self.towers = nn.Sequential(*layers)
+        if self.fine_channels:
+            tl, br = head.fine_tl, head.fine_br
+            conv, rest = self._merge(tl.skip, br.skip, False)
+            self._check(rest, [])
+            self.fine_skip = conv
+            conv, rest = self._merge(tl.mix, br.mix, True)
+            self._check(rest, [nn.ReLU])
+            self.fine_mix = nn.Sequential(conv, nn.ReLU(inplace=True))
+            self.fine_out, _ = self._merge(tl.out, br.out, True)
 
     @staticmethod
-    def _check(rest_a: list, rest_b: list) -> None:
-        kinds = [type(m) for m in rest_a if not isinstance(m, nn.Identity)]
-        if kinds != [nn.ReLU] or [type(m) for m in rest_b if not isinstance(m, nn.Identity)] != kinds:
+    def _merge(tl: nn.Module, br: nn.Module, grouped: bool) -> tuple:
+        """One convolution computing both corners' (``grouped``: each on its own half of the input), and
+        what followed the tl convolution in its ``nn.Sequential``."""
+        (a, *rest_a), (b, *rest_b) = (list(tl) if isinstance(tl, nn.Sequential) else [tl],
+                                      list(br) if isinstance(br, nn.Sequential) else [br])
+        if [type(m) for m in rest_a] != [type(m) for m in rest_b]:
+            raise ValueError("the two corner towers differ")
+        groups = 2 if grouped else 1
+        conv = nn.Conv2d(a.in_channels * groups, 2 * a.out_channels, a.kernel_size, a.stride, a.padding,
+                         a.dilation, groups=groups, bias=a.bias is not None).to(a.weight.dtype)
+        with torch.no_grad():
+            conv.weight.copy_(torch.cat([a.weight, b.weight]))
+            if a.bias is not None:
+                conv.bias.copy_(torch.cat([a.bias, b.bias]))
+        return conv, rest_a
+
+    @staticmethod
+    def _check(rest: list, want: list) -> None:
+        if [type(m) for m in rest if not isinstance(m, nn.Identity)] != want:
             raise ValueError("corner towers must be conv (folded BatchNorm) -> ReLU")
 
     def forward(self, feat: torch.Tensor, fine: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
-        from ..model.heads import peak_mass, soft_argmax
+        from ..model.heads import FineCorner, corner_boxes
+        if bool(self.fine_channels) != (fine is not None):
+            raise ValueError("the stride-8 map must be given exactly when the head has fine_channels")
+        towers = self.towers(feat)
+        scores = self.score(towers)
         if fine is not None:
-            raise ValueError("merged corner towers have no stride-8 path")
-        scores = self.score(self.towers(feat))
-        x1, y1, prob_tl = soft_argmax(scores[:, 0:1], self.stride)
-        x2, y2, prob_br = soft_argmax(scores[:, 1:2], self.stride)
-        score = torch.sqrt(peak_mass(prob_tl) * peak_mass(prob_br))
-        return {"boxes": torch.stack((x1, y1, x2, y2), dim=1), "score": score}
+            scores = FineCorner.scores(towers, scores, fine, self.fine_skip, self.fine_mix, self.fine_out)
+        return corner_boxes(scores[:, 0:1], scores[:, 1:2], self.stride, fine is not None)
 
 
 def _pointwise_ops() -> bool:
@@ -421,7 +440,15 @@ def pack_fp32(net: nn.Module) -> nn.Module:
     blocks inside the call, as bf16 does (in place; unchanged where this torch lacks those operators).
     Eager PyTorch runs a convolution with a small input (batch 1, under 20480 values) through its
     im2col fallback instead of oneDNN, and reorders oneDNN's weights at every call; packed, the slim mask
-    decoder takes about half the time and the boxes move by float rounding only (``test_fp32_packing``)."""
+    decoder takes about half the time and the boxes move by float rounding only (``test_fp32_packing``).
+    The corner head's two towers run as one (:class:`_MergedCornerHead`), as in bf16."""
+    from ..model.heads import CornerHead
+    head = getattr(net, "corner_head", None)
+    if _pointwise_ops() and type(head) is CornerHead:
+        try:
+            net.corner_head = _MergedCornerHead(head)
+        except (ValueError, TypeError, AttributeError):
+            pass  # towers of another shape (BatchNorm not folded): kept as two
     _pack_convolutions(net, fuse_blocks=True, dtype=torch.float32)
     return net
 
@@ -432,14 +459,14 @@ def _cast_bf16(net: nn.Module, fp32_bias: bool, fp32_weight_limit: float, merge_
     convolutions with a bias over the limit run in fp32 as well."""
     from ..model.heads import CornerHead
     head = getattr(net, "corner_head", None)
-    if merge_corner_towers and _pointwise_ops() and type(head) is CornerHead and not head.fine_channels:
+    if merge_corner_towers and _pointwise_ops() and type(head) is CornerHead:
         try:
             net.corner_head = head = _MergedCornerHead(head)
         except (ValueError, TypeError, AttributeError):
             pass  # towers of another shape: kept as two
     convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
     biases = {m: m.bias.detach().clone() for m in convs if fp32_bias and m.bias is not None}
-    score_convs = [getattr(head, n) for n in ("conv5_tl", "conv5_br", "score")
+    score_convs = [getattr(head, n) for n in ("conv5_tl", "conv5_br", "score", "fine_out")
                    if isinstance(getattr(head, n, None), nn.Conv2d)]
     score_convs += [getattr(head, n).out for n in ("fine_tl", "fine_br") if hasattr(head, n)]
 

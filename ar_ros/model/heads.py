@@ -48,10 +48,28 @@ class FineCorner(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def forward(self, tower: torch.Tensor, coarse: torch.Tensor, fine: torch.Tensor) -> torch.Tensor:
+        return self.scores(tower, coarse, fine, self.skip, self.mix, self.out)
+
+    @staticmethod
+    def scores(tower: torch.Tensor, coarse: torch.Tensor, fine: torch.Tensor, skip: nn.Module, mix: nn.Module,
+               out: nn.Module) -> torch.Tensor:
+        """The fine score map(s) from the given layers (also the two towers' at once, merged by channel)."""
         size = fine.shape[-2:]
         up = F.interpolate(tower, size=size, mode="bilinear", align_corners=False)
-        x = self.mix(F.relu(self.skip(fine) + up))
-        return F.interpolate(coarse, size=size, mode="bilinear", align_corners=False) + self.out(x)
+        x = mix(F.relu(skip(fine) + up))
+        return F.interpolate(coarse, size=size, mode="bilinear", align_corners=False) + out(x)
+
+
+def corner_boxes(score_tl: torch.Tensor, score_br: torch.Tensor, stride: float, fine: bool) -> Dict[str, torch.Tensor]:
+    """``boxes`` (B,4) x1,y1,x2,y2 in crop pixels and ``score`` (B,) peak sharpness from the two corner
+    score maps; ``fine``: the maps are the stride-8 ones (2x the coarse map's resolution)."""
+    # a cell j of the 2x-upsampled map sits at coarse cell (j + 0.5) / 2 - 0.5, i.e. at j x s/2 - s/4
+    step, offset = (stride / 2, -stride / 4) if fine else (stride, 0.0)
+    x1, y1, prob_tl = soft_argmax(score_tl, step, offset)
+    x2, y2, prob_br = soft_argmax(score_br, step, offset)
+    radius = 2 if fine else 1  # about the same window in crop px (40 vs 48 px)
+    score = torch.sqrt(peak_mass(prob_tl, radius) * peak_mass(prob_br, radius))
+    return {"boxes": torch.stack((x1, y1, x2, y2), dim=1), "score": score}
 
 
 class CornerHead(nn.Module):
@@ -86,13 +104,8 @@ class CornerHead(nn.Module):
         """
         if bool(self.fine_channels) != (fine is not None):
             raise ValueError("the stride-8 map must be given exactly when the head has fine_channels")
-        # a cell j of the 2x-upsampled map sits at coarse cell (j + 0.5) / 2 - 0.5, i.e. at j x s/2 - s/4
-        stride, offset = (self.stride / 2, -self.stride / 4) if fine is not None else (self.stride, 0.0)
-        x1, y1, prob_tl = soft_argmax(self._tower(feat, "tl", fine), stride, offset)
-        x2, y2, prob_br = soft_argmax(self._tower(feat, "br", fine), stride, offset)
-        radius = 2 if fine is not None else 1  # about the same window in crop px (40 vs 48 px)
-        score = torch.sqrt(peak_mass(prob_tl, radius) * peak_mass(prob_br, radius))
-        return {"boxes": torch.stack((x1, y1, x2, y2), dim=1), "score": score}
+        return corner_boxes(self._tower(feat, "tl", fine), self._tower(feat, "br", fine), self.stride,
+                            fine is not None)
 
 
 def _two_convs(in_ch: int, mid_ch: int, out_ch: int) -> nn.Sequential:
