@@ -184,7 +184,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if diff >= 0.05:
         raise RuntimeError(f"exported model disagrees with torch by {diff:.3f} px (limit 0.05)")
     if args.int8:
-        from .backends.onnx import calibration_batches, drop_int8, quantize_int8
+        from .backends.onnx import calibration_batches, drop_int8, quantize_int8, read_manifest
         from .engine.refiner import Refiner
         from .eval.benchmark import AGREEMENT_MIN_IOU, agreement
         from .eval.synthetic import suite
@@ -196,7 +196,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
             drop_int8(out)
             raise RuntimeError(f"int8 refined boxes agree with fp32 only to mean IoU {on_suite:.3f} on the "
                                f"'{args.int8_suite}' synthetic suite (limit {AGREEMENT_MIN_IOU}); int8 graph not kept")
-        print(f"int8 search graph kept: refined boxes agree with fp32 to mean IoU {on_suite:.3f} on the "
+        graphs = "box and box+mask graphs" if "search_mask_int8" in read_manifest(out)["files"] else \
+            "box graph (masks stay fp32: the int8 masks disagreed)"
+        print(f"int8 search {graphs} kept: refined boxes agree with fp32 to mean IoU {on_suite:.3f} on the "
               f"'{args.int8_suite}' synthetic suite ({crops:.3f} on calibration crops); backend 'onnxruntime-int8'")
     return 0
 
