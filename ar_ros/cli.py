@@ -284,6 +284,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if on and not cfg.init_from:
             print(f"error: {flag} needs --init-from", file=sys.stderr)
             return 2
+    if cfg.freeze_box and not cfg.init_backbone:
+        print("error: --freeze-box needs --init-backbone (it keeps the loaded backbone as it is)", file=sys.stderr)
+        return 2
     path = train(cfg, progress=not args.no_progress)
     print(f"final checkpoint: {path}")
     return 0
@@ -519,7 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corner-stride", type=int, default=16, choices=[16, 8],
                    help="16: the authors' corner head; 8: with a stride-8 refinement of each corner map")
     p.add_argument("--mask-head", default="authors", choices=["authors", "slim"],
-                   help="the authors' mask decoder, or the slim one (~1/20 of its work; box_mode auto fuses with it)")
+                   help="the authors' mask decoder, or the slim one (~1/15 of its work; box_mode auto fuses with it)")
     p.add_argument("--freeze-box", action="store_true",
                    help="keep backbone, neck and corner head as loaded (--init-from ... --init-backbone) and train "
                         "the mask branch alone; checkpoints chosen by the fused boxes")

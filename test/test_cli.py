@@ -89,3 +89,5 @@ def test_train_flags_that_fine_tune_a_refiner_need_init_from(flag, tmp_path, cap
     code, out, err = run(["train", "--out", str(tmp_path / "t"), flag, "--no-progress"], capsys)
     assert code == 2 and err.strip() == f"error: {flag} needs --init-from", err
     assert not (tmp_path / "t").exists()
+    code, _, err = run(["train", "--out", str(tmp_path / "t"), "--freeze-box", "--init-from", "x.pt"], capsys)
+    assert code == 2 and "--freeze-box needs --init-backbone" in err

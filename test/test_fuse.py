@@ -96,3 +96,20 @@ def test_fp32_packing_runs_every_convolution_in_onednn_with_the_same_boxes(confi
     for tid in boxes:
         np.testing.assert_allclose(got[tid].raw_box, want[tid].raw_box, atol=1e-3)
         assert np.abs(got[tid].mask - want[tid].mask).max() < 1e-4
+
+
+
+def test_a_packed_network_is_reused_on_cpu_fp32_and_refused_elsewhere_with_a_clear_error(small_net, frame):
+    from ar_ros.engine import precision
+    if not precision._pointwise_ops():
+        pytest.skip("this torch has no oneDNN pointwise convolution")
+    first = Refiner(small_net)
+    assert precision.is_prepared(first.net)
+    again = Refiner(first.net)  # as it is: the copy shares the packed weights
+    box = (200.0, 150.0, 120.0, 90.0)
+    for r in (first, again):
+        r.set_targets(frame, {"a": box})
+    assert again.refine(frame, {"a": box})["a"].raw_box == first.refine(frame, {"a": box})["a"].raw_box
+    if precision.cpu_bf16_units():
+        with pytest.raises(ValueError, match="prepared for CPU fp32"):
+            Refiner(first.net, precision="bf16")

@@ -70,6 +70,7 @@ def sweep_setup(doc: str) -> tuple:
 def main() -> None:
     args, seqs, bases = sweep_setup(__doc__)
     refiner = Refiner(args.checkpoint)
+    print(f"box_mode {refiner.box_mode}: {refiner.resolved_box_mode()} boxes")
     runs: Dict[str, List[np.ndarray]] = {b: [frames_of(refiner, seq, b) for seq in seqs] for b in bases}
     print(f"suite '{args.suite}', refined AUC by keep_iou (0 = off); base AUC: " +
           ", ".join(f"{b} {np.mean([score(r[1:, :4], r[1:, 8:]).auc for r in runs[b]]) * 100:.2f}" for b in bases))

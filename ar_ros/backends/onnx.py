@@ -237,6 +237,7 @@ def quantize_int8(model_dir: Union[str, Path], calibration: "list", min_iou: flo
         masks_agree = not mask_ious or float(np.mean(np.concatenate(mask_ious))) >= MASK_MIN_IOU
         if agreement[graph] < min_iou or not masks_agree:
             out.unlink()
+            manifest["files"].pop(graph + "_int8", None)  # a re-quantised folder: the old entry goes too
             if graph == "search_box":
                 raise BackendError(f"int8 boxes agree with fp32 only to mean IoU {agreement[graph]:.3f} "
                                    f"(< {min_iou}); not kept")

@@ -313,6 +313,8 @@ class _MergedCornerHead(nn.Module):
 
 
 def _pointwise_ops() -> bool:
+    if not torch.backends.mkldnn.is_available():
+        return False
     try:
         return bool(torch.ops.mkldnn._convolution_pointwise and torch.ops.mkldnn._reorder_convolution_weight
                     and torch.ops.mkldnn._convolution_pointwise.binary)
@@ -432,6 +434,12 @@ def _pack_convolutions(net: nn.Module, fuse_blocks: bool = True, biases: Optiona
     for parent in list(net.modules()):
         _pack_sequential(parent, shapes, biases)
     return sum(isinstance(m, _PackedConv) for m in net.modules())
+
+
+def is_prepared(net: nn.Module) -> bool:
+    """Whether ``net`` was rewritten for inference by :func:`pack_fp32` / :func:`to_bf16` (packed convolutions,
+    merged corner towers): such a network runs only as it is (CPU, its precision)."""
+    return any(isinstance(m, (_PackedConv, _MergedCornerHead)) for m in net.modules())
 
 
 def pack_fp32(net: nn.Module) -> nn.Module:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Hashable, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
@@ -18,7 +19,7 @@ from ..model.fuse import fold_batchnorm as fold_batchnorm_layers
 from . import crop as cropping
 from .boxes import Box, as_box, box_problem, check_box, iou
 from .masks import BOX_MODES, DEFAULT_BOX_MODE, FUSE_MASK_WEIGHT, FUSE_MIN_IOU, crop_mask_box, fuse_boxes, mask_to_box
-from .precision import auto_cpu_precision, pack_fp32, resolve_precision, to_bf16
+from .precision import auto_cpu_precision, is_prepared, pack_fp32, resolve_precision, to_bf16
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "weights" / "ar_ros_default.pt"
 COLORS = ("rgb", "bgr")
@@ -136,6 +137,11 @@ class Refiner:
             self.dtype = torch.float32  # engines take fp32 inputs and run fp16 inside
             self.meta = {"source": f"tensorrt:{checkpoint}"}
         elif isinstance(checkpoint, AlphaRefineNet):
+            if is_prepared(checkpoint) and not (backend == "torch" and self.device.type == "cpu"
+                                                and self.dtype == torch.float32):
+                raise ValueError("this network was prepared for CPU fp32 by another Refiner (packed convolutions); "
+                                 "pass its checkpoint path or an unprepared AlphaRefineNet for another device or "
+                                 "precision")
             net, self.meta = copy.deepcopy(checkpoint), {"source": "network"}  # folding must not touch theirs
         else:
             path = Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT
@@ -176,8 +182,11 @@ class Refiner:
             else:
                 net = net.to(self.device, dtype=self.dtype, memory_format=self.memory_format)
                 if fold_batchnorm and self.device.type == "cpu" and self.dtype == torch.float32 \
-                        and self.memory_format == torch.channels_last:
-                    net = pack_fp32(net)  # oneDNN for every convolution (engine/precision.py)
+                        and self.memory_format == torch.channels_last and not is_prepared(net):
+                    try:  # oneDNN for every convolution (engine/precision.py); on a copy, so a failure keeps net
+                        net = pack_fp32(copy.deepcopy(net))
+                    except (RuntimeError, ValueError, TypeError, AttributeError) as err:
+                        warnings.warn(f"fp32 convolutions not packed, eager torch runs them: {err}")
             if cuda_graphs:
                 from ..backends.cuda_graphs import GraphedSearch
                 net = GraphedSearch(net)

@@ -116,7 +116,8 @@ def _two_convs(in_ch: int, mid_ch: int, out_ch: int) -> nn.Sequential:
 
 #: Mask decoders by name: widths of the adjusted conv1 / layer1 / layer2 skip maps and of the middle of
 #: their v0 / v1 / v2 convolutions. "authors" is the authors' decoder (their checkpoints load into it);
-#: "slim" (ours) keeps its coarse path and narrows the skips to about 1/20 of the multiply-adds.
+#: "slim" (ours) keeps its coarse path and narrows the skips to about 1/19 of their multiply-adds (the whole
+#: branch: about 1/15).
 MASK_HEADS = {"authors": ((64, 256, 512), (16, 64, 128)),
               "slim": ((16, 32, 64), (4, 16, 32))}
 

@@ -29,7 +29,7 @@ class NetConfig:
     crop_mode: str = "exact"       # the crop the weights were trained with: "exact" | "clean"
     backbone: str = "resnet"       # a key of model.backbone.BACKBONES; depth and with_top are ResNet's only
     corner_stride: int = 16        # 16: the authors' corner head; 8: ours, refined on the stride-8 map
-    mask_head: str = "authors"     # a key of model.heads.MASK_HEADS: "authors" | "slim" (ours, ~1/20 the work)
+    mask_head: str = "authors"     # a key of model.heads.MASK_HEADS: "authors" | "slim" (ours, ~1/15 the work)
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:

@@ -126,6 +126,9 @@ def load_heads(net: AlphaRefineNet, path: str, backbone: bool = False) -> int:
             if (backbone or not k.startswith("feature_extractor.")) and k in own and own[k].shape == v.shape}
     if not hits:
         raise ValueError(f"{path}: no neck or head tensor fits this network")
+    missed = [k for k in own if backbone and k.startswith("feature_extractor.") and k not in hits]
+    if missed:
+        raise ValueError(f"{path}: its backbone does not fit this network ({len(missed)} tensors, e.g. {missed[0]})")
     net.load_state_dict(hits, strict=False)
     return len(hits)
 
@@ -189,6 +192,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                                    mask_head=cfg.mask_head))
     if cfg.backbone_weights:
         load_backbone_weights(net, cfg.backbone_weights)
+    if cfg.freeze_box and not (cfg.init_from and cfg.init_backbone):
+        raise ValueError("freeze_box keeps backbone, neck and corner head as loaded: it needs init_from and "
+                         "init_backbone")
     if cfg.init_from:
         load_heads(net, cfg.init_from, backbone=cfg.init_backbone)
     frozen = net.feature_extractor.stage_modules(cfg.freeze) if cfg.freeze else []
