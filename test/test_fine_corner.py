@@ -38,6 +38,9 @@ def test_config_takes_8_or_16_and_old_checkpoints_mean_16(tmp_path):
     with pytest.raises(ValueError, match="corner_stride must be 8 or 16"):
         dataclasses.replace(COARSE, corner_stride=4)
     assert NetConfig.from_dict({k: v for k, v in COARSE.to_dict().items() if k != "corner_stride"}).corner_stride == 16
+    # a network without the newer parts writes the config older ar_ros versions read (and key their verdicts by)
+    assert not {"corner_stride", "mask_head"} & set(COARSE.to_dict())
+    assert FINE.to_dict()["corner_stride"] == 8 and NetConfig.from_dict(FINE.to_dict()) == FINE
     torch.manual_seed(0)
     path = save_checkpoint(tmp_path / "fine.pt", AlphaRefineNet(FINE))
     net, _ = load_network(path)

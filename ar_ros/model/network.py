@@ -64,7 +64,14 @@ class NetConfig:
         return self.input_size // STRIDE
 
     def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
+        """The fields, without the later ones (:data:`LATER_FIELDS`) where they hold their defaults, so a
+        network without the newer parts keeps the config (and the checkpoints, ONNX manifests and bf16
+        verdict keys made from it) that older ar_ros versions write and read."""
+        data = asdict(self)
+        for name in LATER_FIELDS:
+            if data[name] == NetConfig.__dataclass_fields__[name].default:
+                del data[name]
+        return data
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "NetConfig":
@@ -74,6 +81,9 @@ class NetConfig:
             raise ValueError(f"unknown network config keys {sorted(unknown)}")
         return cls(**data)
 
+
+#: Config fields added after checkpoint format version 1 was fixed (written only when not at their default).
+LATER_FIELDS = ("corner_stride", "mask_head")
 
 #: The authors' released AR34 "c+m" refiner.
 AUTHORS_CONFIG = NetConfig()
