@@ -280,13 +280,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
                       backbone_lr_scale=args.backbone_lr_scale, small_jitter_prob=args.small_jitter,
                       init_from=args.init_from or "", init_backbone=args.init_backbone, freeze=args.freeze,
                       corner_stride=args.corner_stride, mask_head=args.mask_head, freeze_box=args.freeze_box)
-    for flag, on in (("--init-backbone", cfg.init_backbone), ("--freeze-box", cfg.freeze_box)):
-        if on and not cfg.init_from:
-            print(f"error: {flag} needs --init-from", file=sys.stderr)
-            return 2
-    if cfg.freeze_box and not cfg.init_backbone:
-        print("error: --freeze-box needs --init-backbone (it keeps the loaded backbone as it is)", file=sys.stderr)
-        return 2
     path = train(cfg, progress=not args.no_progress)
     print(f"final checkpoint: {path}")
     return 0

@@ -87,7 +87,9 @@ def test_make_bag_explains_every_option_and_says_force_not_overwrite(tmp_path, c
 @pytest.mark.parametrize("flag", ["--init-backbone", "--freeze-box"])
 def test_train_flags_that_fine_tune_a_refiner_need_init_from(flag, tmp_path, capsys):
     code, out, err = run(["train", "--out", str(tmp_path / "t"), flag, "--no-progress"], capsys)
-    assert code == 2 and err.strip() == f"error: {flag} needs --init-from", err
+    name = flag[2:].replace("-", "_")
+    assert code == 2 and err.strip() == f"ar-refine train: error: {name} ({flag}) needs init_from (--init-from)", err
     assert not (tmp_path / "t").exists()
     code, _, err = run(["train", "--out", str(tmp_path / "t"), "--freeze-box", "--init-from", "x.pt"], capsys)
-    assert code == 2 and "--freeze-box needs --init-backbone" in err
+    assert code == 2 and "freeze_box (--freeze-box) keeps backbone" in err
+    assert "needs init_backbone (--init-backbone)" in err

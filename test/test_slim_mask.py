@@ -82,5 +82,5 @@ def test_training_the_mask_branch_alone_keeps_the_box_and_chooses_by_the_fused_b
     assert not torch.allclose(state["mask_head.v0.0.weight"].float(), want["mask_head.v0.0.weight"], atol=1e-4)
     record = json.loads((tmp_path / "run" / "train_log.jsonl").read_text().splitlines()[0])
     assert record["val_score"] == pytest.approx(record["val_fused_iou"])
-    with pytest.raises(ValueError, match="needs init_from and init_backbone"):  # a random backbone frozen
+    with pytest.raises(ValueError, match=r"needs init_backbone \(--init-backbone\)"):  # a random backbone frozen
         train(dataclasses.replace(cfg, out_dir=str(tmp_path / "bad"), init_backbone=False), progress=False)

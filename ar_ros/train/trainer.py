@@ -55,6 +55,15 @@ class TrainConfig:
                                    # checkpoints chosen by the box_mode "fused" IoU (val_fused_iou*)
     freeze: str = ""               # backbone stages kept as loaded, up to this map: "" | conv1 | layer1 | layer2
 
+    def __post_init__(self) -> None:
+        """Options that only make sense together (the CLI's flag in brackets; ar-refine prints the error)."""
+        for name, on in (("init_backbone", self.init_backbone), ("freeze_box", self.freeze_box)):
+            if on and not self.init_from:
+                raise ValueError(f"{name} (--{name.replace('_', '-')}) needs init_from (--init-from)")
+        if self.freeze_box and not self.init_backbone:
+            raise ValueError("freeze_box (--freeze-box) keeps backbone, neck and corner head as loaded: it needs "
+                             "init_backbone (--init-backbone)")
+
 
 def data_description(cfg: TrainConfig) -> str:
     """The training data in words, for checkpoints and the model card."""
@@ -192,9 +201,6 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                                    mask_head=cfg.mask_head))
     if cfg.backbone_weights:
         load_backbone_weights(net, cfg.backbone_weights)
-    if cfg.freeze_box and not (cfg.init_from and cfg.init_backbone):
-        raise ValueError("freeze_box keeps backbone, neck and corner head as loaded: it needs init_from and "
-                         "init_backbone")
     if cfg.init_from:
         load_heads(net, cfg.init_from, backbone=cfg.init_backbone)
     frozen = net.feature_extractor.stage_modules(cfg.freeze) if cfg.freeze else []
