@@ -450,28 +450,29 @@ def pack_fp32(net: nn.Module) -> nn.Module:
     im2col fallback instead of oneDNN, and reorders oneDNN's weights at every call; packed, the slim mask
     decoder takes about half the time and the boxes move by float rounding only (``test_fp32_packing``).
     The corner head's two towers run as one (:class:`_MergedCornerHead`), as in bf16."""
+    _merge_corner_towers(net)
+    _pack_convolutions(net, fuse_blocks=True, dtype=torch.float32)
+    return net
+
+
+def _merge_corner_towers(net: nn.Module) -> Optional[nn.Module]:
+    """Replace ``net.corner_head`` by a :class:`_MergedCornerHead` where oneDNN's pointwise convolutions
+    exist and the towers allow it (BatchNorm folded); returns the corner head in use."""
     from ..model.heads import CornerHead
     head = getattr(net, "corner_head", None)
     if _pointwise_ops() and type(head) is CornerHead:
         try:
-            net.corner_head = _MergedCornerHead(head)
+            net.corner_head = head = _MergedCornerHead(head)
         except (ValueError, TypeError, AttributeError):
             pass  # towers of another shape (BatchNorm not folded): kept as two
-    _pack_convolutions(net, fuse_blocks=True, dtype=torch.float32)
-    return net
+    return head
 
 
 def _cast_bf16(net: nn.Module, fp32_bias: bool, fp32_weight_limit: float, merge_corner_towers: bool) -> dict:
     """Cast ``net`` to bf16 in place except its fp32 parts (see :func:`to_bf16`); returns the fp32 biases
     (by convolution) that the packed convolutions add, empty without ``fp32_bias``. Without fp32 biases,
     convolutions with a bias over the limit run in fp32 as well."""
-    from ..model.heads import CornerHead
-    head = getattr(net, "corner_head", None)
-    if merge_corner_towers and _pointwise_ops() and type(head) is CornerHead:
-        try:
-            net.corner_head = head = _MergedCornerHead(head)
-        except (ValueError, TypeError, AttributeError):
-            pass  # towers of another shape: kept as two
+    head = _merge_corner_towers(net) if merge_corner_towers else getattr(net, "corner_head", None)
     convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
     biases = {m: m.bias.detach().clone() for m in convs if fp32_bias and m.bias is not None}
     score_convs = [getattr(head, n) for n in ("conv5_tl", "conv5_br", "score", "fine_out")
