@@ -208,7 +208,7 @@ class Refiner:
         """``corner`` or ``fused``: what ``box_mode`` (default: this refiner's) means for its network."""
         mode = self.box_mode if box_mode is None else box_mode
         if mode == "auto":
-            return "fused" if getattr(self.config, "mask_head", "authors") == "slim" else "corner"
+            return "fused" if self.config.mask_head == "slim" else "corner"
         return mode
 
     # ------------------------------------------------------------------ targets
