@@ -4,9 +4,10 @@
 CPU here: torch fp32, torch bf16 where the CPU has bf16 units, ONNX Runtime fp32 and int8; the CPU
 features seen are printed. On a CUDA machine torch fp16 (eager and CUDA graphs), ONNX Runtime's CUDA
 provider (when installed) and TensorRT fp16 engines (when the tensorrt package is) are added, with
-TensorRT's ratio to torch fp16. Every refiner runs the default box_mode ("auto": "fused" for a model with
-the slim mask decoder, e.g. the shipped one, "corner" otherwise; printed); torch/fp32-fused or
-torch/fp32-corner is the other mode.
+TensorRT's ratio to torch fp16. torch/fp32 runs the CPU graphs (engine/graphs.py, built before timing),
+torch/fp32-eager the same network without them. Every refiner runs the default box_mode ("auto":
+"fused" for a model with the slim mask decoder, e.g. the shipped one, "corner" otherwise; printed);
+torch/fp32-fused or torch/fp32-corner is the other mode.
 Box-only and box+mask, 1/4/8 targets, median and p95 of Refiner.refine per frame, and ratios against
 plain fp32 torch (the authors' way: NCHW, no channels_last, BatchNorm not folded) measured in the same
 run. All configurations are called round-robin in blocks (one untimed call, then four timed; see
@@ -27,6 +28,7 @@ import torch
 
 from ar_ros import Refiner
 from ar_ros.backends.onnx import calibration_batches, export_onnx, quantize_int8
+from ar_ros.engine.graphs import GRAPH_AFTER
 from ar_ros.engine.precision import bf16_problem, cpu_features
 from ar_ros.model import load_network
 from ar_ros.engine.refiner import DEFAULT_CHECKPOINT
@@ -59,6 +61,7 @@ def main() -> None:
     configs = {
         "torch-plain/fp32": lambda: Refiner(path, channels_last=False, fold_batchnorm=False),
         "torch/fp32": lambda: Refiner(path),
+        "torch/fp32-eager": lambda: Refiner(path, cpu_graphs=False),
         f"torch/fp32-{other}": lambda: Refiner(path, box_mode=other),
         "onnxruntime/fp32": lambda: Refiner(onnx_dir, backend="onnxruntime"),
     }
@@ -86,6 +89,7 @@ def main() -> None:
         export_onnx(load_network(args.vs)[0], vs_dir)
         quantize_int8(vs_dir, calibration_batches(vs_dir))
         configs["vs:torch/fp32"] = lambda: Refiner(args.vs)
+        configs["vs:torch/fp32-eager"] = lambda: Refiner(args.vs, cpu_graphs=False)
         configs["vs:onnxruntime/int8"] = lambda: Refiner(vs_dir, backend="onnxruntime-int8")
     frame, boxes = frame_and_boxes(8)
     fns = {}
@@ -99,7 +103,7 @@ def main() -> None:
                 subset = dict(list(boxes.items())[:n])
                 fns[f"{name}/{'box+mask' if mask else 'box'}/{n}"] = \
                     (lambda r=refiner, s=subset, m=mask: r.refine(frame, s, mask=m))
-    results = interleaved(fns, args.repeat, block=4)
+    results = interleaved(fns, args.repeat, warmup=GRAPH_AFTER, block=4)  # CPU graphs built before timing
     if args.plot:
         plot(results, args.plot, f"{Path(path).name}, {args.threads} threads, torch {torch.__version__}")
     if args.json:
@@ -117,6 +121,12 @@ def main() -> None:
     for key, (med, _) in results.items():  # --vs: the second model against this one, same configuration
         if key.startswith("vs:") and key[3:] in results:
             print(f"{key}: {med / results[key[3:]][0]:.2f}x the time of {key[3:]}")
+    for kind in ("box", "box+mask"):  # the other model as it ran before CPU graphs (eager) against this one now
+        for n in (1, 4, 8):
+            key = f"vs:torch/fp32-eager/{kind}/{n}"
+            if key in results:
+                print(f"{key}: {results[key][0] / results[f'torch/fp32/{kind}/{n}'][0]:.2f}x the time of "
+                      f"torch/fp32/{kind}/{n}")
     for key, (med, _) in results.items():  # GPU only: the issue's TensorRT vs torch fp16 comparison
         if key.startswith("tensorrt/fp16/"):
             torch_fp16 = results[key.replace("tensorrt/fp16/", "torch/fp16-cuda/")][0]

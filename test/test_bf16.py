@@ -5,6 +5,7 @@ import torch
 
 from ar_ros import Refiner
 from ar_ros.engine import precision
+from ar_ros.engine.graphs import graphs_available
 from ar_ros.eval.precision_check import check_bf16
 from ar_ros.eval.synthetic import Sequence
 
@@ -233,11 +234,13 @@ def test_graphed_searches_agree_with_the_eager_bf16_network(small_net, monkeypat
             m.running_mean.uniform_(-0.2, 0.2)
             m.running_var.uniform_(0.5, 2.0)
     graphed = bf16_copy(net, graphs=True)
-    if not precision._graphs_available():
+    if not graphs_available():
         assert not isinstance(graphed, precision._GraphedBf16)
         return
     assert isinstance(graphed, precision._GraphedBf16)
-    assert len(graphed.graphs) == 1 and None not in graphed.graphs.values(), graphed.failure  # built at load
+    assert not torch.jit.onednn_fusion_enabled()  # switched on to build the graph only: other graphs left alone
+    traced = graphed.traced
+    assert len(traced.graphs) == 1 and None not in traced.graphs.values(), traced.failure  # built at load
     eager = graphed.eager
     images = (torch.rand(3, 3, 128, 128, generator=torch.Generator().manual_seed(4)) * 4 - 2)
     images = images.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
@@ -249,18 +252,18 @@ def test_graphed_searches_agree_with_the_eager_bf16_network(small_net, monkeypat
             # same bf16 arithmetic, other kernels and roundings (fused partitions, bf16 biases)
             assert torch.allclose(a["boxes"].float(), b["boxes"].float(), atol=0.5), (a["boxes"], b["boxes"])
             assert torch.allclose(a["score"].float(), b["score"].float(), atol=0.02)
-        assert sum(g is not None for g in graphed.graphs.values()) == 2  # one per batch size
+        assert sum(g is not None for g in graphed.traced.graphs.values()) == 2  # one per batch size
         masks = graphed.search(images[:2], kernels[:2], with_mask=True)  # masks: the eager network
         assert masks["mask"].shape == (2, 1, 128, 128)
         # ... and the boxes the box-only graph's (built for batch 2 now), so asking for a mask does not move them
-        assert len(graphed.graphs) == 3
+        assert len(graphed.traced.graphs) == 3
         assert torch.equal(masks["boxes"], graphed.search(images[:2], kernels[:2])["boxes"])
         # a graph that cannot be built: the eager network runs, and why is kept
         monkeypatch.setattr(torch.jit, "trace", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no trace")))
         five, five_k = images[:1].repeat(5, 1, 1, 1), kernels[:1].repeat(5, 1, 1)  # a batch size not traced yet
         out = graphed.search(five, five_k)
-        assert "no trace" in graphed.failure and torch.equal(out["boxes"], eager.search(five, five_k)["boxes"])
-        graphed.max_graphs = len(graphed.graphs)  # full: further shapes run eager, nothing is traced
-        graphed.failure = ""
+        assert "no trace" in graphed.traced.failure and torch.equal(out["boxes"], eager.search(five, five_k)["boxes"])
+        graphed.traced.max_graphs = len(graphed.traced.graphs)  # full: further shapes run eager, nothing is traced
+        graphed.traced.failure = ""
         graphed.search(images[:1].repeat(4, 1, 1, 1), kernels[:1].repeat(4, 1, 1))
-        assert graphed.failure == "" and len(graphed.graphs) == graphed.max_graphs
+        assert graphed.traced.failure == "" and len(graphed.traced.graphs) == graphed.traced.max_graphs

@@ -15,12 +15,13 @@ import hashlib
 import json
 import os
 import platform
-import warnings
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 import torch
 from torch import nn
+
+from .graphs import MAX_GRAPHS, SearchGraphs, graphs_available
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 FP32_WEIGHT_LIMIT = 32.0  # bf16 networks keep convolutions with larger (folded) weights in fp32: to_bf16
@@ -520,7 +521,7 @@ def to_bf16(net: nn.Module, fuse_blocks: bool = True, fp32_bias: bool = True,
     compiles and fuses (:class:`_GraphedBf16`), the eager network above being the fallback and the
     template pass.
     """
-    plain = copy.deepcopy(net) if graphs and _graphs_available() else None  # fp32 still
+    plain = copy.deepcopy(net) if graphs and graphs_available() else None  # fp32 still
     biases = _cast_bf16(net, fp32_bias, fp32_weight_limit, merge_corner_towers)
     _pack_convolutions(net, fuse_blocks, biases)
     if plain is None:
@@ -534,78 +535,31 @@ def to_bf16(net: nn.Module, fuse_blocks: bool = True, fp32_bias: bool = True,
     return graphed
 
 
-def _graphs_available() -> bool:
-    return hasattr(torch.jit, "enable_onednn_fusion") and torch.backends.mkldnn.is_available()
-
-
-class _SearchGraph(nn.Module):
-    """``net.search`` box-only, with tensor outputs (what TorchScript traces)."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, images: torch.Tensor, kernels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        out = self.net.search(images, kernels)
-        return out["boxes"], out["score"]
-
-
 class _GraphedBf16(nn.Module):
-    """The bf16 network whose searches run as traced, frozen TorchScript graphs fused by oneDNN Graph.
+    """The bf16 network whose box searches run as oneDNN Graph graphs (:class:`~ar_ros.engine.graphs.
+    SearchGraphs`, ``traced``: each shape traced on its first use, about a tenth of a second, and kept).
 
-    Eager PyTorch pays Python and per-operator dispatch (oneDNN primitive look-up, memory descriptors) at
-    every layer; oneDNN Graph compiles each fused partition (convolution + residual add + ReLU chains, casts)
-    once and then only executes it. One box-only graph per input shape (oneDNN Graph compiles for
-    static shapes), traced on first use (about a tenth of a second) and kept, up to ``max_graphs``; beyond
-    that, or if tracing fails, the eager packed network runs. ``plain`` is the same bf16 network with
-    ordinary convolutions (what the graph fuser understands), ``eager`` the packed one, which also computes
-    templates. Enabling oneDNN Graph (``torch.jit.enable_onednn_fusion``) is process-wide: it applies to
-    every TorchScript graph the process optimises afterwards. TorchScript is deprecated in torch 2.13 (no
-    replacement fuses bf16 for oneDNN at load time without a compiler); where it goes, tracing fails and
-    the eager network runs (``failure`` says why). Masks always come from the eager network (oneDNN Graph
-    rejects the mask head: "could not add op to the graph"), their boxes from the graph as without a mask.
+    ``plain`` is the same bf16 network with ordinary convolutions (what the graph fuser understands),
+    ``eager`` the packed one, which also computes templates and is the fallback. Masks always come from the
+    eager network, their boxes from the graph as without a mask.
     """
 
-    def __init__(self, eager: nn.Module, plain: nn.Module, max_graphs: int = 16) -> None:
+    def __init__(self, eager: nn.Module, plain: nn.Module, max_graphs: int = MAX_GRAPHS) -> None:
         super().__init__()
-        self.eager, self.plain = eager, plain
+        self.eager = eager
         self.config = eager.config
-        self.max_graphs = max_graphs
-        self.graphs: Dict[tuple, Optional[torch.jit.ScriptModule]] = {}
-        self.failure = ""  # why the last graph could not be built ('' = none failed)
+        self.traced = SearchGraphs(plain, after=1, max_graphs=max_graphs)
 
     def template(self, images: torch.Tensor) -> torch.Tensor:
         return self.eager.template(images)
 
-    def _boxes(self, images: torch.Tensor, kernels: torch.Tensor) -> Optional[tuple]:
-        """(boxes, score) from this shape's graph (built on first use), or None where there is none."""
-        key = (tuple(images.shape), tuple(kernels.shape), images.dtype, kernels.dtype)
-        if key in self.graphs:
-            graph = self.graphs[key]
-            return None if graph is None else graph(images, kernels)
-        if len(self.graphs) >= self.max_graphs:
-            return None
-        try:
-            torch.jit.enable_onednn_fusion(True)
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # TorchScript's deprecation and tracer warnings, at every shape
-                graph = torch.jit.freeze(torch.jit.trace(_SearchGraph(self.plain).eval(),
-                                                         (images, kernels), check_trace=False))
-                for _ in range(2):  # profiling run, then oneDNN Graph compiles and runs the fused partitions
-                    outputs = graph(images, kernels)
-        except Exception as err:  # noqa: BLE001 - any failure means: run eager
-            self.failure = f"{type(err).__name__}: {err}"
-            graph, outputs = None, None
-        self.graphs[key] = graph
-        return outputs
-
     def search(self, images: torch.Tensor, kernels: torch.Tensor, with_mask: bool = False) -> Dict[str, torch.Tensor]:
-        boxed = self._boxes(images, kernels)
+        boxed = self.traced.search(images, kernels)
         if not with_mask and boxed is not None:
-            return {"boxes": boxed[0], "score": boxed[1]}
+            return boxed
         out = self.eager.search(images, kernels, with_mask=with_mask)
         # a mask's boxes from the graph too: asking for masks (a node's refined/mask subscriber) must not
         # move the boxes (the two paths differ by ~0.2 px: bf16 vs fp32 biases)
         if boxed is not None:
-            out["boxes"], out["score"] = boxed
+            out["boxes"], out["score"] = boxed["boxes"], boxed["score"]
         return out

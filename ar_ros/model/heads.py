@@ -144,7 +144,12 @@ class MaskHead(nn.Module):
 
     @staticmethod
     def _up(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=False)
+        # in ``like``'s memory layout: oneDNN Graph (engine/graphs.py) crashes the process on a sum of an
+        # upsampled map and a convolution's output in two layouts (torch 2.13); eager, a no-op copy
+        up = F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=False)
+        layout = torch.channels_last if like.is_contiguous(memory_format=torch.channels_last) and \
+            not like.is_contiguous() else torch.contiguous_format
+        return up.contiguous(memory_format=layout)
 
     def forward(self, feat: torch.Tensor, conv1: torch.Tensor, layer1: torch.Tensor,
                 layer2: torch.Tensor, out_size: int) -> torch.Tensor:

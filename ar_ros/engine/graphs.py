@@ -1,0 +1,111 @@
+"""CPU searches as traced, frozen TorchScript graphs whose layers oneDNN Graph compiles and fuses.
+
+Eager PyTorch pays Python and per-operator dispatch (oneDNN primitive look-up, memory descriptors) at
+every layer; the refiner's search crops are small (128 px: a few hundred microseconds of arithmetic per
+layer, often less than that overhead). oneDNN Graph compiles each fused partition of a frozen graph
+(convolution + bias + activation + residual chains) once and then only executes it. Measured here
+(2 threads, one target, the same process): the shipped model's search with the mask took 5.1 ms as a graph
+against 8.6 ms eager with packed convolutions; the ResNet-18 box 5.6 against 7.1 ms
+(``benchmarks/bench_backends.py`` times graphs and eager in the refiner).
+
+One graph per input shape and kind (oneDNN Graph compiles for static shapes), traced once a shape has
+been searched ``after`` times (a few eager calls first, so a short run or a test never pays the 0.6-0.7 s
+of tracing) and kept, up to ``max_graphs``; beyond that, or if tracing fails, the eager network runs
+(``failure`` says why). oneDNN Graph crashes the process (SIGSEGV, torch 2.13) on a sum of two maps in
+different memory layouts, which the mask decoder had (an upsampled map plus a convolution's output):
+``MaskHead._up`` now returns its map in the layout of the one it is added to; ``test/test_graphs.py``
+builds every backbone and decoder's graphs in a subprocess. oneDNN Graph is switched on only while a
+graph is traced and compiled, and put back as it was: a compiled graph keeps its fused plan, and the
+process's other TorchScript graphs are left alone. TorchScript is deprecated in torch 2.13; where it
+goes, tracing fails and eager runs.
+``AR_ROS_NO_GRAPHS=1`` in the environment turns graphs off (the eager path then runs everywhere).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Dict, Optional, Tuple
+
+import torch
+from torch import nn
+
+GRAPH_AFTER = 3   # eager searches of a shape before its graph is traced (the refiner's default)
+MAX_GRAPHS = 16   # shapes (batch sizes x kinds) with a graph; further shapes run eager
+
+
+def graphs_available() -> bool:
+    """Whether this torch can fuse TorchScript graphs with oneDNN (and ``AR_ROS_NO_GRAPHS`` is not set)."""
+    if os.environ.get("AR_ROS_NO_GRAPHS", "") not in ("", "0"):
+        return False
+    return hasattr(torch.jit, "enable_onednn_fusion") and torch.backends.mkldnn.is_available()
+
+
+class _Search(nn.Module):
+    """``net.search`` with tensor outputs (what TorchScript traces): boxes, score[, mask]."""
+
+    def __init__(self, net: nn.Module, with_mask: bool) -> None:
+        super().__init__()
+        self.net, self.with_mask = net, with_mask
+
+    def forward(self, images: torch.Tensor, kernels: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        out = self.net.search(images, kernels, with_mask=self.with_mask)
+        return (out["boxes"], out["score"], out["mask"]) if self.with_mask else (out["boxes"], out["score"])
+
+
+def trace_search(net: nn.Module, images: torch.Tensor, kernels: torch.Tensor,
+                 with_mask: bool = False) -> Tuple[torch.jit.ScriptModule, Tuple[torch.Tensor, ...]]:
+    """Trace, freeze and compile ``net``'s search for this shape; returns the graph and its first outputs."""
+    was_on = torch.jit.onednn_fusion_enabled()
+    torch.jit.enable_onednn_fusion(True)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TorchScript's deprecation and tracer warnings, at every shape
+            graph = torch.jit.freeze(torch.jit.trace(_Search(net, with_mask).eval(), (images, kernels),
+                                                     check_trace=False))
+            for _ in range(2):  # profiling run, then oneDNN Graph compiles and runs the fused partitions
+                outputs = graph(images, kernels)
+    finally:
+        torch.jit.enable_onednn_fusion(was_on)
+    return graph, outputs
+
+
+class SearchGraphs:
+    """Graphs of ``plain``'s search by shape and kind (box, box + mask; see the module docstring);
+    :meth:`search` runs one or says there is none (None: run the eager network). ``plain`` is the
+    network with ordinary convolutions (what the graph fuser understands)."""
+
+    def __init__(self, plain: nn.Module, after: int = GRAPH_AFTER, max_graphs: int = MAX_GRAPHS) -> None:
+        self.plain = plain
+        self.after, self.max_graphs = max(int(after), 1), int(max_graphs)
+        self.graphs: Dict[tuple, Optional[torch.jit.ScriptModule]] = {}
+        self.seen: Dict[tuple, int] = {}
+        self.failure = ""  # why the last graph could not be built or run ('' = none failed)
+
+    def search(self, images: torch.Tensor, kernels: torch.Tensor,
+               with_mask: bool = False) -> Optional[Dict[str, torch.Tensor]]:
+        """``boxes``, ``score`` (and with ``with_mask`` the ``mask``) from this shape's graph, or None
+        where there is none yet (or ever: the eager network runs)."""
+        key = (tuple(images.shape), tuple(kernels.shape), images.dtype, kernels.dtype, bool(with_mask))
+        graph = self.graphs.get(key)
+        if graph is None:
+            if key in self.graphs or len(self.graphs) >= self.max_graphs:
+                return None
+            self.seen[key] = self.seen.get(key, 0) + 1
+            if self.seen[key] < self.after:
+                return None
+            try:
+                graph, outputs = trace_search(self.plain, images, kernels, with_mask)
+            except Exception as err:  # noqa: BLE001 - any failure means: run eager
+                self.failure = f"{type(err).__name__}: {err}"
+                graph = None
+            self.graphs[key] = graph
+            if graph is None:
+                return None
+        else:
+            try:
+                outputs = graph(images, kernels)
+            except Exception as err:  # noqa: BLE001 - e.g. an input this graph was not compiled for: eager
+                self.failure = f"{type(err).__name__}: {err}"
+                self.graphs[key] = None
+                return None
+        return dict(zip(("boxes", "score", "mask"), outputs))
