@@ -1,6 +1,5 @@
 """CPU searches as oneDNN Graph graphs (engine/graphs.py): every architecture builds them, they give the
 eager network's boxes and masks, and the refiner falls back to eager where there is no graph."""
-import copy
 import subprocess
 import sys
 import textwrap
@@ -11,6 +10,7 @@ import torch
 from ar_ros import Refiner
 from ar_ros.engine import graphs as graphs_module
 from ar_ros.engine.graphs import SearchGraphs, graphs_available
+from ar_ros.model.heads import upsample2
 
 pytestmark = pytest.mark.skipif(not graphs_available(), reason="this torch has no oneDNN Graph fuser")
 
@@ -119,13 +119,14 @@ def test_graphs_are_off_where_asked_or_where_they_cannot_apply(small_net, monkey
     assert not graphs_available() and Refiner(small_net).graphs is None
 
 
-def test_decoder_sums_are_in_one_memory_layout(small_net):
-    """The layout rule that keeps oneDNN Graph from crashing (MaskHead._up), and that eager is unchanged."""
-    net = copy.deepcopy(small_net)
-    head = net.mask_head
+def test_upsampled_maps_come_in_the_layout_they_are_added_to():
+    """The layout rule that keeps oneDNN Graph from crashing (heads.upsample2), and that eager is unchanged."""
     x = torch.rand(1, 16, 8, 8).contiguous(memory_format=torch.channels_last)
     like_cl = torch.rand(1, 16, 16, 16).contiguous(memory_format=torch.channels_last)
     like_nchw = torch.rand(1, 16, 16, 16)
-    assert head._up(x, like_cl).is_contiguous(memory_format=torch.channels_last)
-    assert head._up(x, like_nchw).is_contiguous()
-    assert torch.equal(head._up(x, like_cl), head._up(x, like_nchw))
+    assert upsample2(x, like_cl).is_contiguous(memory_format=torch.channels_last)
+    assert upsample2(x, like_nchw).is_contiguous()
+    assert torch.equal(upsample2(x, like_cl), upsample2(x, like_nchw))
+    # the constant scale gives the pixels of an upsampling to the other map's size
+    sized = torch.nn.functional.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False)
+    assert torch.equal(upsample2(x, like_nchw), sized)

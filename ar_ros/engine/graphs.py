@@ -13,7 +13,7 @@ been searched ``after`` times (a few eager calls first, so a short run or a test
 of tracing) and kept, up to ``max_graphs``; beyond that, or if tracing fails, the eager network runs
 (``failure`` says why). oneDNN Graph crashes the process (SIGSEGV, torch 2.13) on a sum of two maps in
 different memory layouts, which the mask decoder had (an upsampled map plus a convolution's output):
-``MaskHead._up`` now returns its map in the layout of the one it is added to; ``test/test_graphs.py``
+``heads.upsample2`` returns its map in the layout of the one it is added to; ``test/test_graphs.py``
 builds every backbone and decoder's graphs in a subprocess. oneDNN Graph is switched on only while a
 graph is traced and compiled, and put back as it was: a compiled graph keeps its fused plan, and the
 process's other TorchScript graphs are left alone. TorchScript is deprecated in torch 2.13; where it

@@ -16,11 +16,13 @@ def soft_argmax(score_map: torch.Tensor, stride: float, offset: float = 0.0) -> 
     Coordinates are cell index x stride + ``offset`` (the authors' convention, offset 0: cell corners,
     not centres), so a 16x16 map with stride 16 covers 0..240 px.
     """
-    b, _, h, w = score_map.shape
-    prob = torch.softmax(score_map.reshape(b, h * w).float(), dim=1)
+    # sizes as ints, the batch as -1: in an exported or traced graph the grids are constants, not arithmetic
+    # on the input's shape (about a hundred small ONNX nodes in the corner head otherwise)
+    h, w = int(score_map.shape[-2]), int(score_map.shape[-1])
+    prob = torch.softmax(score_map.reshape(-1, h * w).float(), dim=1)
     ys = torch.arange(h, device=score_map.device, dtype=prob.dtype).repeat_interleave(w) * stride + offset
     xs = torch.arange(w, device=score_map.device, dtype=prob.dtype).repeat(h) * stride + offset
-    return prob @ xs, prob @ ys, prob.reshape(b, h, w)
+    return prob @ xs, prob @ ys, prob.reshape(-1, h, w)
 
 
 def peak_mass(prob: torch.Tensor, radius: int = 1) -> torch.Tensor:
@@ -28,6 +30,21 @@ def peak_mass(prob: torch.Tensor, radius: int = 1) -> torch.Tensor:
     window = F.avg_pool2d(prob.unsqueeze(1), 2 * radius + 1, stride=1, padding=radius,
                           count_include_pad=True) * (2 * radius + 1) ** 2
     return window.flatten(1).max(dim=1).values.clamp(0.0, 1.0)
+
+
+def upsample2(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``x`` bilinearly upsampled to ``like``'s size, twice its own (every map of the heads is twice the
+    size of the next coarser one: the crop size is a multiple of 32), in ``like``'s memory layout.
+
+    A constant scale, not ``like``'s size: an exported graph then has no shape arithmetic (the same pixels:
+    PyTorch and ONNX map coordinates by the scale either way). The layout: oneDNN Graph (engine/graphs.py)
+    crashes the process on a sum of an upsampled map and a convolution's output in two layouts (torch
+    2.13); eager, the copy is a no-op.
+    """
+    up = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+    layout = torch.channels_last if like.is_contiguous(memory_format=torch.channels_last) and \
+        not like.is_contiguous() else torch.contiguous_format
+    return up.contiguous(memory_format=layout)
 
 
 class FineCorner(nn.Module):
@@ -54,10 +71,9 @@ class FineCorner(nn.Module):
     def scores(tower: torch.Tensor, coarse: torch.Tensor, fine: torch.Tensor, skip: nn.Module, mix: nn.Module,
                out: nn.Module) -> torch.Tensor:
         """The fine score map(s) from the given layers (also the two towers' at once, merged by channel)."""
-        size = fine.shape[-2:]
-        up = F.interpolate(tower, size=size, mode="bilinear", align_corners=False)
+        up = upsample2(tower, fine)
         x = mix(F.relu(skip(fine) + up))
-        return F.interpolate(coarse, size=size, mode="bilinear", align_corners=False) + out(x)
+        return upsample2(coarse, fine) + out(x)
 
 
 def corner_boxes(score_tl: torch.Tensor, score_br: torch.Tensor, stride: float, fine: bool) -> Dict[str, torch.Tensor]:
@@ -142,19 +158,11 @@ class MaskHead(nn.Module):
         self.post1 = nn.Conv2d(16, 4, 3, padding=1)
         self.post2 = nn.Conv2d(4, 1, 3, padding=1)
 
-    @staticmethod
-    def _up(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        # in ``like``'s memory layout: oneDNN Graph (engine/graphs.py) crashes the process on a sum of an
-        # upsampled map and a convolution's output in two layouts (torch 2.13); eager, a no-op copy
-        up = F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=False)
-        layout = torch.channels_last if like.is_contiguous(memory_format=torch.channels_last) and \
-            not like.is_contiguous() else torch.contiguous_format
-        return up.contiguous(memory_format=layout)
-
     def forward(self, feat: torch.Tensor, conv1: torch.Tensor, layer1: torch.Tensor,
                 layer2: torch.Tensor, out_size: int) -> torch.Tensor:
-        x = self.post0(self._up(self.h2(feat), layer2) + self.v2(layer2))
-        x = self.post1(self._up(self.h1(x), layer1) + self.v1(layer1))
-        x = self.post2(self._up(self.h0(x), conv1) + self.v0(conv1))
-        x = F.interpolate(x, size=(out_size, out_size), mode="bilinear", align_corners=False)
+        x = self.post0(upsample2(self.h2(feat), layer2) + self.v2(layer2))
+        x = self.post1(upsample2(self.h1(x), layer1) + self.v1(layer1))
+        x = self.post2(upsample2(self.h0(x), conv1) + self.v0(conv1))
+        x = F.interpolate(x, scale_factor=float(int(out_size) / int(x.shape[-1])), mode="bilinear",
+                          align_corners=False)
         return torch.sigmoid(x)

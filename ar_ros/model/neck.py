@@ -23,8 +23,9 @@ def pixel_correlation(kernel: torch.Tensor, search_feat: torch.Tensor) -> torch.
 
     No normalisation, scaling or bias, as in the authors' network.
     """
-    b, c, h, w = search_feat.shape
-    return torch.bmm(kernel, search_feat.reshape(b, c, h * w)).reshape(b, kernel.shape[1], h, w)
+    # sizes as ints, the batch as -1: an exported graph then reshapes by constants (no shape arithmetic)
+    c, h, w, k = (int(v) for v in (*search_feat.shape[1:], kernel.shape[1]))
+    return torch.bmm(kernel, search_feat.reshape(-1, c, h * w)).reshape(-1, k, h, w)
 
 
 def conv_bn_relu(in_ch: int, out_ch: int, kernel_size: int = 1) -> list:
