@@ -16,6 +16,7 @@ not spill into the next one's timing.
 
     python benchmarks/bench_backends.py [--model PATH] [--threads 2] [--repeat 20] [--json] [--plot out.png]
         [--vs OTHER]   # OTHER's torch/fp32 and onnxruntime/int8 in the same run, prefixed 'vs:'
+        [--vs-onnx DIR]  # the int8 graphs of an existing export folder (any ar_ros version), 'vs-onnx:'
 """
 from __future__ import annotations
 
@@ -44,6 +45,9 @@ def main() -> None:
     ap.add_argument("--plot", default=None, help="also draw the medians (p95 as whiskers) into this PNG")
     ap.add_argument("--vs", default=None, help="a second checkpoint: its torch/fp32 and onnxruntime/int8 are timed "
                                                "in the same run (e.g. a candidate default against the shipped one)")
+    ap.add_argument("--vs-onnx", default=None, help="an `export onnx --int8` folder of a second model, made by any "
+                                                    "ar_ros version (e.g. the default of an earlier release, "
+                                                    "as exported then): its int8 graphs timed as they are")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     path = args.model or DEFAULT_CHECKPOINT
@@ -91,6 +95,8 @@ def main() -> None:
         configs["vs:torch/fp32"] = lambda: Refiner(args.vs)
         configs["vs:torch/fp32-eager"] = lambda: Refiner(args.vs, cpu_graphs=False)
         configs["vs:onnxruntime/int8"] = lambda: Refiner(vs_dir, backend="onnxruntime-int8")
+    if args.vs_onnx:
+        configs["vs-onnx:onnxruntime/int8"] = lambda: Refiner(args.vs_onnx, backend="onnxruntime-int8")
     frame, boxes = frame_and_boxes(8)
     fns = {}
     for name, make in configs.items():
@@ -111,7 +117,7 @@ def main() -> None:
         return
     vs_mode = f" (box_mode auto: {Refiner(args.vs).resolved_box_mode()})" if args.vs else ""
     print(f"model: {path} (box_mode auto: {default_mode})  threads: {args.threads}  torch {torch.__version__}" +
-          (f"  vs: {args.vs}{vs_mode}" if args.vs else ""))
+          (f"  vs: {args.vs}{vs_mode}" if args.vs else "") + (f"  vs-onnx: {args.vs_onnx}" if args.vs_onnx else ""))
     print(f"CPU: {cpu_features()}")
     print(f"{'configuration':36s} {'median ms':>10s} {'p95 ms':>9s} {'vs plain':>9s}")
     for key, (med, p95) in results.items():
@@ -119,8 +125,9 @@ def main() -> None:
         base = results.get(f"torch-plain/fp32/{kind}/{n}", (float("nan"),))[0]
         print(f"{key:36s} {med:10.2f} {p95:9.2f} {med / base:8.2f}x")
     for key, (med, _) in results.items():  # --vs: the second model against this one, same configuration
-        if key.startswith("vs:") and key[3:] in results:
-            print(f"{key}: {med / results[key[3:]][0]:.2f}x the time of {key[3:]}")
+        other = key.split(":", 1)[1] if key.startswith(("vs:", "vs-onnx:")) else ""
+        if other in results:
+            print(f"{key}: {med / results[other][0]:.2f}x the time of {other}")
     for kind in ("box", "box+mask"):  # the other model as it ran before CPU graphs (eager) against this one now
         for n in (1, 4, 8):
             key = f"vs:torch/fp32-eager/{kind}/{n}"

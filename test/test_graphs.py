@@ -130,3 +130,15 @@ def test_upsampled_maps_come_in_the_layout_they_are_added_to():
     # the constant scale gives the pixels of an upsampling to the other map's size
     sized = torch.nn.functional.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False)
     assert torch.equal(upsample2(x, like_nchw), sized)
+
+
+def test_warm_up_builds_the_one_target_graph_and_leaves_the_targets_alone(small_net, frame):
+    r = Refiner(small_net, box_mode="fused")
+    r.set_target(frame, (200.0, 150.0, 120.0, 90.0), "a")
+    r.warm_up()
+    assert r.targets == ["a"] and r.passes == 0
+    built = [key for key, g in r.graphs.graphs.items() if g is not None]
+    assert len(built) == 1 and built[0][0][0] == 1 and built[0][-1] is True  # one target, box + mask (fused)
+    r.refine(frame, {"a": (200.0, 150.0, 120.0, 90.0)})
+    assert len(r.graphs.graphs) == 1  # the first real frame ran that graph
+    Refiner(small_net, cpu_graphs=False).warm_up()  # eager: one pass, nothing to build

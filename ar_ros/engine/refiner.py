@@ -19,7 +19,7 @@ from ..model.fuse import fold_batchnorm as fold_batchnorm_layers
 from . import crop as cropping
 from .boxes import Box, as_box, box_problem, check_box, iou
 from .masks import BOX_MODES, DEFAULT_BOX_MODE, FUSE_MASK_WEIGHT, FUSE_MIN_IOU, crop_mask_box, fuse_boxes, mask_to_box
-from .graphs import SearchGraphs, graphs_available
+from .graphs import GRAPH_AFTER, SearchGraphs, graphs_available
 from .precision import auto_cpu_precision, is_prepared, pack_fp32, resolve_precision, to_bf16
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "weights" / "ar_ros_default.pt"
@@ -246,6 +246,20 @@ class Refiner:
                                  for s in range(0, len(images), self.max_batch)])
         for i, tid in enumerate(boxes):
             self._kernels[tid] = kernels[i:i + 1].clone()
+
+    def warm_up(self) -> None:
+        """Template and search passes on a blank frame, one target, so that the first real frames are not
+        slow: with CPU graphs (``cpu_graphs``), as many as build the one-target graph of this box mode.
+        Targets and counters are left as they were."""
+        frame = np.zeros((64, 64, 3), np.uint8)
+        tid, box, passes = object(), (16.0, 16.0, 32.0, 32.0), self.passes  # an id no caller can have
+        self.set_target(frame, box, tid)
+        try:
+            for _ in range(GRAPH_AFTER if self.graphs is not None else 1):
+                self.refine(frame, {tid: box})
+        finally:
+            self.clear(tid)
+            self.passes = passes
 
     def clear(self, target_id: Optional[Hashable] = None) -> None:
         """Forget one target (``KeyError`` if unknown) or, with ``None``, all of them."""

@@ -14,7 +14,6 @@ import threading
 import time
 from typing import Any, Dict, List, Optional
 
-import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 SetParametersResult)
@@ -206,13 +205,9 @@ class RefinerNode(LifecycleNode):
         super().destroy_node()
 
     def _warm_up(self) -> None:
-        """One template + search pass so the first real frame is not slow."""
-        frame = np.zeros((64, 64, 3), np.uint8)
+        """The refiner's warm-up (with CPU graphs: the one-target graph built) so the first frame is not slow."""
         with self.refiner_lock:
-            self.refiner.set_target(frame, (16, 16, 32, 32), "__warmup__")
-            self.refiner.refine(frame, {"__warmup__": (16, 16, 32, 32)})
-            self.refiner.clear("__warmup__")
-            self.refiner.passes = 0
+            self.refiner.warm_up()
 
     # ------------------------------------------------------------------ work
     def submit(self, camera: Camera, job: Job) -> None:
