@@ -4,9 +4,9 @@ Eager PyTorch pays Python and per-operator dispatch (oneDNN primitive look-up, m
 every layer; the refiner's search crops are small (128 px: a few hundred microseconds of arithmetic per
 layer, often less than that overhead). oneDNN Graph compiles each fused partition of a frozen graph
 (convolution + bias + activation + residual chains) once and then only executes it. Measured here
-(2 threads, one target, the same process): the shipped model's search with the mask took 5.1 ms as a graph
-against 8.6 ms eager with packed convolutions; the ResNet-18 box 5.6 against 7.1 ms
-(``benchmarks/bench_backends.py`` times graphs and eager in the refiner).
+(``benchmarks/bench_backends.py``, 2 threads, one target, torch/fp32 vs torch/fp32-eager in one run): the
+shipped model's refinement takes 0.53-0.62x the eager (packed) time, the first ResNet-18 default's box
+0.73-0.84x.
 
 One graph per input shape and kind (oneDNN Graph compiles for static shapes), traced once a shape has
 been searched ``after`` times (a few eager calls first, so a short run or a test never pays the 0.6-0.7 s
