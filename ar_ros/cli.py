@@ -7,6 +7,9 @@ import os
 import sys
 from typing import Any, Dict, List, Optional
 
+#: model.heads.MASK_HEADS' names (no torch import for --help; test_cli checks they match)
+MASK_HEAD_CHOICES = ("authors", "slim", "slim4")
+
 
 def _info_export(path: str, as_json: bool) -> int:
     """`info` on a folder from `export onnx`: model config, graphs, int8, TensorRT engines and their keys."""
@@ -514,8 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --init-from: its backbone too (fine-tune a whole refiner, e.g. the shipped one)")
     p.add_argument("--corner-stride", type=int, default=16, choices=[16, 8],
                    help="16: the authors' corner head; 8: with a stride-8 refinement of each corner map")
-    p.add_argument("--mask-head", default="authors", choices=["authors", "slim"],
-                   help="the authors' mask decoder, or the slim one (~1/15 of its work; box_mode auto fuses with it)")
+    p.add_argument("--mask-head", default="authors", choices=MASK_HEAD_CHOICES,
+                   help="the authors' mask decoder, or the slim one (~1/15 of its work; box_mode auto fuses with "
+                        "it); slim4: the slim one ending at stride 4")
     p.add_argument("--freeze-box", action="store_true",
                    help="keep backbone, neck and corner head as loaded (--init-from ... --init-backbone) and train "
                         "the mask branch alone; checkpoints chosen by the fused boxes")

@@ -33,7 +33,7 @@ CHILD = textwrap.dedent("""
             m.running_var.uniform_(0.5, 2.0)
     fold_batchnorm(net)
     net = net.to(memory_format=torch.channels_last)
-    graphs = SearchGraphs(net, after=1)
+    graphs = SearchGraphs(net, after=1, background=False)
     images = (torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(1)) * 4 - 2)
     images = images.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
@@ -59,6 +59,7 @@ CHILD = textwrap.dedent("""
     ("resnet", 34, 16, "authors"),
     ("mobilenet_v2", 0, 8, "slim"),     # the shipped model's architecture
     ("mobilenet_v2", 0, 16, "authors"),
+    ("mobilenet_v2", 0, 8, "slim4"),
     ("efficientnet_lite0", 0, 8, "slim"),
 ])
 def test_every_architecture_builds_graphs_that_match_the_eager_network(backbone, depth, stride, mask_head):
@@ -77,6 +78,7 @@ def test_refiner_traces_a_shape_after_a_few_eager_searches_and_refines_as_eager(
         r.set_targets(frame, boxes)
     for call in range(graphs_module.GRAPH_AFTER + 1):
         out, ref = graphed.refine(frame, boxes), eager.refine(frame, boxes)
+        graphed.graphs.wait()  # built in a background thread, started by the GRAPH_AFTER-th call
         built = [g for g in graphed.graphs.graphs.values() if g is not None]
         assert len(built) == (1 if call + 1 >= graphs_module.GRAPH_AFTER else 0), graphed.graphs.failure
         for tid in boxes:
@@ -100,13 +102,16 @@ def test_a_graph_that_cannot_be_built_leaves_the_eager_network_running(small_net
     monkeypatch.setattr(torch.jit, "trace", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no trace")))
     for _ in range(graphs_module.GRAPH_AFTER + 2):
         assert graphed.refine(frame, boxes)["a"].box == eager.refine(frame, boxes)["a"].box
+        graphed.graphs.wait()
     assert "no trace" in graphed.graphs.failure and list(graphed.graphs.graphs.values()) == [None]
     # full: a further shape (two targets) is never traced (the failing trace would say so)
     graphed.set_target(frame, (10.0, 10.0, 50.0, 50.0), "b")
     graphed.graphs.failure, graphed.graphs.max_graphs = "", 1
     for _ in range(graphs_module.GRAPH_AFTER + 1):
         graphed.refine(frame, {"a": boxes["a"], "b": (10.0, 10.0, 50.0, 50.0)})
+        graphed.graphs.wait()
     assert graphed.graphs.failure == "" and len(graphed.graphs.graphs) == 1
+    assert graphed.graphs.plain is None  # full: the plain network's weights are let go
 
 
 def test_graphs_are_off_where_asked_or_where_they_cannot_apply(small_net, monkeypatch):
@@ -142,3 +147,34 @@ def test_warm_up_builds_the_one_target_graph_and_leaves_the_targets_alone(small_
     r.refine(frame, {"a": (200.0, 150.0, 120.0, 90.0)})
     assert len(r.graphs.graphs) == 1  # the first real frame ran that graph
     Refiner(small_net, cpu_graphs=False).warm_up()  # eager: one pass, nothing to build
+
+
+def test_a_stream_never_waits_for_a_graph_and_one_is_built_at_a_time(small_net, frame, monkeypatch):
+    """The graph of a new shape is built in a thread while eager refines; only one build runs at once,
+    and big weights get fewer graphs (each holds a copy)."""
+    import threading
+    r = Refiner(small_net)
+    one, two = {"a": (200.0, 150.0, 120.0, 90.0)}, {"a": (200.0, 150.0, 120.0, 90.0), "b": (20.0, 20.0, 60.0, 60.0)}
+    r.set_targets(frame, two)
+    release = threading.Event()
+    real_trace = graphs_module.trace_search
+
+    def slow_trace(*args, **kwargs):
+        release.wait(60)
+        return real_trace(*args, **kwargs)
+
+    monkeypatch.setattr(graphs_module, "trace_search", slow_trace)
+    for _ in range(graphs_module.GRAPH_AFTER):
+        r.refine(frame, one)
+    assert r.graphs.building is not None and not r.graphs.graphs  # building, and the stream went on eager
+    for _ in range(graphs_module.GRAPH_AFTER + 1):
+        r.refine(frame, two)  # another shape: counted, but not started while the first one builds
+    assert len(r.graphs.graphs) == 0 and r.graphs.building is not None
+    release.set()
+    r.graphs.wait()
+    r.refine(frame, two)  # seen often enough: its build starts now
+    r.graphs.wait()
+    assert sum(g is not None for g in r.graphs.graphs.values()) == 2
+    monkeypatch.setattr(graphs_module, "GRAPH_MEMORY", 3 * sum(t.numel() * t.element_size()
+                                                              for t in small_net.state_dict().values()))
+    assert SearchGraphs(small_net).max_graphs == 3

@@ -84,3 +84,33 @@ def test_training_the_mask_branch_alone_keeps_the_box_and_chooses_by_the_fused_b
     assert record["val_score"] == pytest.approx(record["val_fused_iou"])
     with pytest.raises(ValueError, match=r"needs init_backbone \(--init-backbone\)"):  # a random backbone frozen
         train(dataclasses.replace(cfg, out_dir=str(tmp_path / "bad"), init_backbone=False), progress=False)
+
+
+def test_slim4_decoder_ends_at_stride_4_starts_from_a_slim_one_and_exports(tmp_path, frame):
+    from ar_ros.cli import MASK_HEAD_CHOICES
+    from ar_ros.model.heads import MASK_HEADS
+    from ar_ros.train.trainer import load_heads
+    assert set(MASK_HEAD_CHOICES) == set(MASK_HEADS)  # the CLI's list (no torch import for --help)
+    torch.manual_seed(0)
+    slim4 = AlphaRefineNet(dataclasses.replace(SLIM, mask_head="slim4")).eval()
+    assert mask_branch_macs(slim4) < mask_branch_macs(AlphaRefineNet(SLIM)) * 0.85  # and 7 fewer layers
+    state = slim4.state_dict()
+    assert not any(k.startswith(("mask_head.v0.", "mask_head.h0.", "feat_adjust.0.")) for k in state)
+    # every decoder tensor it has is a slim decoder's (same name and shape): a trained slim decoder starts it
+    slim_state = AlphaRefineNet(SLIM).state_dict()
+    assert all(slim_state[k].shape == v.shape for k, v in state.items())
+    path = save_checkpoint(tmp_path / "slim.pt", AlphaRefineNet(SLIM))
+    assert load_heads(slim4, str(path)) > 0
+    with torch.inference_mode():
+        out = slim4(torch.rand(2, 3, 128, 128), torch.rand(2, 3, 128, 128), with_mask=True)
+    assert out["mask"].shape == (2, 1, 128, 128)
+    refiner = Refiner(slim4)
+    assert refiner.resolved_box_mode() == "fused"
+    box = (200.0, 150.0, 120.0, 90.0)
+    refiner.set_targets(frame, {"a": box})
+    result = refiner.refine(frame, {"a": box}, mask=True)["a"]
+    pytest.importorskip("onnxruntime")
+    from ar_ros.backends.onnx import export_onnx
+    onnx_refiner = Refiner(str(export_onnx(slim4, tmp_path / "onnx")), backend="onnxruntime")
+    onnx_refiner.set_targets(frame, {"a": box})
+    assert np.allclose(onnx_refiner.refine(frame, {"a": box}, mask=True)["a"].raw_box, result.raw_box, atol=0.1)

@@ -9,20 +9,24 @@ shipped model's refinement takes 0.53-0.62x the eager (packed) time, the first R
 0.73-0.84x.
 
 One graph per input shape and kind (oneDNN Graph compiles for static shapes), traced once a shape has
-been searched ``after`` times (a few eager calls first, so a short run or a test never pays the 0.6-0.7 s
-of tracing) and kept, up to ``max_graphs``; beyond that, or if tracing fails, the eager network runs
-(``failure`` says why). oneDNN Graph crashes the process (SIGSEGV, torch 2.13) on a sum of two maps in
-different memory layouts, which the mask decoder had (an upsampled map plus a convolution's output):
-``heads.upsample2`` returns its map in the layout of the one it is added to; ``test/test_graphs.py``
-builds every backbone and decoder's graphs in a subprocess. oneDNN Graph is switched on only while a
-graph is traced and compiled, and put back as it was: a compiled graph keeps its fused plan, and the
+been searched ``after`` times (a few eager calls first, so a short run or a test never pays for tracing)
+in a thread of its own while the eager network goes on refining (0.6-0.7 s for the shipped model here,
+seconds for the authors' ResNet-34 at 256 px), then kept, up to ``max_graphs`` and a weight budget;
+beyond that, or if tracing fails, the eager network runs (``failure`` says why).
+
+oneDNN Graph crashes the process (SIGSEGV, torch 2.13) on a sum of two maps in different memory layouts,
+which the mask decoder had (an upsampled map plus a convolution's output): ``heads.upsample2`` returns
+its map in the layout of the one it is added to; ``test/test_graphs.py`` builds every backbone and
+decoder's graphs in a subprocess. oneDNN Graph is switched on only while a graph is traced and compiled
+(one at a time in the process), and put back as it was: a compiled graph keeps its fused plan, and the
 process's other TorchScript graphs are left alone. TorchScript is deprecated in torch 2.13; where it
-goes, tracing fails and eager runs.
-``AR_ROS_NO_GRAPHS=1`` in the environment turns graphs off (the eager path then runs everywhere).
+goes, tracing fails and eager runs. ``AR_ROS_NO_GRAPHS=1`` in the environment turns graphs off (the
+eager path then runs everywhere).
 """
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from typing import Dict, Optional, Tuple
 
@@ -31,6 +35,8 @@ from torch import nn
 
 GRAPH_AFTER = 3   # eager searches of a shape before its graph is traced (the refiner's default)
 MAX_GRAPHS = 16   # shapes (batch sizes x kinds) with a graph; further shapes run eager
+GRAPH_MEMORY = 256 * 2 ** 20  # bytes of weights all graphs may hold (each frozen graph keeps its own copy)
+_FUSION = threading.Lock()  # the fusion flag is process-wide: one graph compiles at a time, flag restored
 
 
 def graphs_available() -> bool:
@@ -55,30 +61,42 @@ class _Search(nn.Module):
 def trace_search(net: nn.Module, images: torch.Tensor, kernels: torch.Tensor,
                  with_mask: bool = False) -> Tuple[torch.jit.ScriptModule, Tuple[torch.Tensor, ...]]:
     """Trace, freeze and compile ``net``'s search for this shape; returns the graph and its first outputs."""
-    was_on = torch.jit.onednn_fusion_enabled()
-    torch.jit.enable_onednn_fusion(True)
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # TorchScript's deprecation and tracer warnings, at every shape
-            graph = torch.jit.freeze(torch.jit.trace(_Search(net, with_mask).eval(), (images, kernels),
-                                                     check_trace=False))
-            for _ in range(2):  # profiling run, then oneDNN Graph compiles and runs the fused partitions
-                outputs = graph(images, kernels)
-    finally:
-        torch.jit.enable_onednn_fusion(was_on)
+    with _FUSION:
+        was_on = torch.jit.onednn_fusion_enabled()
+        torch.jit.enable_onednn_fusion(True)
+        try:
+            with torch.inference_mode(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # TorchScript's deprecation and tracer warnings, at every shape
+                graph = torch.jit.freeze(torch.jit.trace(_Search(net, with_mask).eval(), (images, kernels),
+                                                         check_trace=False))
+                for _ in range(2):  # profiling run, then oneDNN Graph compiles and runs the fused partitions
+                    outputs = graph(images, kernels)
+        finally:
+            torch.jit.enable_onednn_fusion(was_on)
     return graph, outputs
 
 
 class SearchGraphs:
     """Graphs of ``plain``'s search by shape and kind (box, box + mask; see the module docstring);
     :meth:`search` runs one or says there is none (None: run the eager network). ``plain`` is the
-    network with ordinary convolutions (what the graph fuser understands)."""
+    network with ordinary convolutions (what the graph fuser understands).
 
-    def __init__(self, plain: nn.Module, after: int = GRAPH_AFTER, max_graphs: int = MAX_GRAPHS) -> None:
-        self.plain = plain
-        self.after, self.max_graphs = max(int(after), 1), int(max_graphs)
+    With ``background`` a graph is traced and compiled in a thread of its own (one at a time) while the
+    eager network keeps refining, so a new batch size never stalls a stream; :meth:`wait` waits for it.
+    At most ``max_graphs`` graphs, fewer where the weights are large: each graph holds a copy of them, and
+    all together at most :data:`GRAPH_MEMORY` bytes (the shipped model: 16; the authors' ResNet-34: 2).
+    """
+
+    def __init__(self, plain: nn.Module, after: int = GRAPH_AFTER, max_graphs: int = MAX_GRAPHS,
+                 background: bool = True) -> None:
+        self.plain: Optional[nn.Module] = plain
+        weights = sum(t.numel() * t.element_size() for t in plain.state_dict().values())
+        self.after = max(int(after), 1)
+        self.max_graphs = max(1, min(int(max_graphs), GRAPH_MEMORY // max(weights, 1)))
+        self.background = background
         self.graphs: Dict[tuple, Optional[torch.jit.ScriptModule]] = {}
         self.seen: Dict[tuple, int] = {}
+        self.building: Optional[threading.Thread] = None
         self.failure = ""  # why the last graph could not be built or run ('' = none failed)
 
     def search(self, images: torch.Tensor, kernels: torch.Tensor,
@@ -88,24 +106,48 @@ class SearchGraphs:
         key = (tuple(images.shape), tuple(kernels.shape), images.dtype, kernels.dtype, bool(with_mask))
         graph = self.graphs.get(key)
         if graph is None:
-            if key in self.graphs or len(self.graphs) >= self.max_graphs:
-                return None
-            self.seen[key] = self.seen.get(key, 0) + 1
-            if self.seen[key] < self.after:
-                return None
-            try:
-                graph, outputs = trace_search(self.plain, images, kernels, with_mask)
-            except Exception as err:  # noqa: BLE001 - any failure means: run eager
-                self.failure = f"{type(err).__name__}: {err}"
-                graph = None
-            self.graphs[key] = graph
-            if graph is None:
-                return None
-        else:
-            try:
-                outputs = graph(images, kernels)
-            except Exception as err:  # noqa: BLE001 - e.g. an input this graph was not compiled for: eager
-                self.failure = f"{type(err).__name__}: {err}"
-                self.graphs[key] = None
-                return None
+            # neither built nor failed: count it, maybe build it (its outputs when built here and now)
+            outputs = None if key in self.graphs else self._count(key, images, kernels, with_mask)
+            return None if outputs is None else dict(zip(("boxes", "score", "mask"), outputs))
+        try:
+            outputs = graph(images, kernels)
+        except Exception as err:  # noqa: BLE001 - e.g. an input this graph was not compiled for: eager
+            self.failure = f"{type(err).__name__}: {err}"
+            self.graphs[key] = None
+            return None
         return dict(zip(("boxes", "score", "mask"), outputs))
+
+    def wait(self, timeout: Optional[float] = None) -> None:
+        """Until the graph being built (if any) is ready, or ``timeout`` seconds."""
+        thread = self.building
+        if thread is not None:
+            thread.join(timeout)
+
+    def _count(self, key: tuple, images: torch.Tensor, kernels: torch.Tensor,
+               with_mask: bool) -> Optional[Tuple[torch.Tensor, ...]]:
+        if self.plain is None or len(self.graphs) >= self.max_graphs:
+            if self.building is None:
+                self.plain = None  # no further graph: the plain network's weights are not needed any more
+            return None
+        self.seen[key] = self.seen.get(key, 0) + 1
+        if self.seen[key] < self.after or self.building is not None:
+            return None  # one build at a time: a later search of this shape starts it
+        if not self.background:
+            return self._build(key, images, kernels, with_mask)
+        # on copies (the caller may reuse its tensors); not a daemon: an interpreter that exits waits for the
+        # build instead of stopping it inside torch
+        self.building = threading.Thread(target=self._build, args=(key, images.clone(), kernels.clone(), with_mask),
+                                         name="ar_ros-graph", daemon=False)
+        self.building.start()
+        return None
+
+    def _build(self, key: tuple, images: torch.Tensor, kernels: torch.Tensor,
+               with_mask: bool) -> Optional[Tuple[torch.Tensor, ...]]:
+        try:
+            graph, outputs = trace_search(self.plain, images, kernels, with_mask)
+        except Exception as err:  # noqa: BLE001 - any failure means: run eager
+            self.failure = f"{type(err).__name__}: {err}"
+            graph, outputs = None, None
+        self.graphs[key] = graph
+        self.building = None
+        return outputs

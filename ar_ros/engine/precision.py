@@ -537,7 +537,8 @@ def to_bf16(net: nn.Module, fuse_blocks: bool = True, fp32_bias: bool = True,
 
 class _GraphedBf16(nn.Module):
     """The bf16 network whose box searches run as oneDNN Graph graphs (:class:`~ar_ros.engine.graphs.
-    SearchGraphs`, ``traced``: each shape traced on its first use, about a tenth of a second, and kept).
+    SearchGraphs`, ``traced``: each shape traced on its first use, in the caller's thread, 0.1-1.4 s, and
+    kept).
 
     ``plain`` is the same bf16 network with ordinary convolutions (what the graph fuser understands),
     ``eager`` the packed one, which also computes templates and is the fallback. Masks always come from the
@@ -548,7 +549,7 @@ class _GraphedBf16(nn.Module):
         super().__init__()
         self.eager = eager
         self.config = eager.config
-        self.traced = SearchGraphs(plain, after=1, max_graphs=max_graphs)
+        self.traced = SearchGraphs(plain, after=1, max_graphs=max_graphs, background=False)
 
     def template(self, images: torch.Tensor) -> torch.Tensor:
         return self.eager.template(images)

@@ -96,8 +96,9 @@ class Refiner:
     (``fold_batchnorm=False`` keeps them, e.g. to time the unmodified network). ``cuda_graphs=True``
     (torch on CUDA) replays each search shape from a captured CUDA graph (backends/cuda_graphs.py).
     On CPU in fp32 (``cpu_graphs=True``, the default) a search shape seen a few times is traced into a
-    TorchScript graph that oneDNN Graph compiles and fuses (``engine/graphs.py``; about two fifths less
-    time per refinement for the shipped model, 0.6-0.7 s once per shape); ``cpu_graphs=False`` keeps the eager network.
+    TorchScript graph that oneDNN Graph compiles and fuses (``engine/graphs.py``; in a background thread
+    while eager refines, then about two fifths less time per refinement for the shipped model);
+    ``cpu_graphs=False`` keeps the eager network.
     ``keep_iou`` > 0 keeps the base box (``Result.kept``) when the refined box overlaps it by more than
     that IoU, so a box that is already right is not moved by the model's own error (0 = off).
     ``box_mode="fused"`` runs the mask branch on every refinement and moves the corner head's box towards
@@ -216,7 +217,7 @@ class Refiner:
         """``corner`` or ``fused``: what ``box_mode`` (default: this refiner's) means for its network."""
         mode = self.box_mode if box_mode is None else box_mode
         if mode == "auto":
-            return "fused" if self.config.mask_head == "slim" else "corner"
+            return "corner" if self.config.mask_head == "authors" else "fused"
         return mode
 
     # ------------------------------------------------------------------ targets
@@ -257,6 +258,8 @@ class Refiner:
         try:
             for _ in range(GRAPH_AFTER if self.graphs is not None else 1):
                 self.refine(frame, {tid: box})
+            if self.graphs is not None:
+                self.graphs.wait()  # built in the background: ready before the first real frame
         finally:
             self.clear(tid)
             self.passes = passes

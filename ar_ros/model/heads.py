@@ -133,36 +133,44 @@ def _two_convs(in_ch: int, mid_ch: int, out_ch: int) -> nn.Sequential:
 #: Mask decoders by name: widths of the adjusted conv1 / layer1 / layer2 skip maps and of the middle of
 #: their v0 / v1 / v2 convolutions. "authors" is the authors' decoder (their checkpoints load into it);
 #: "slim" (ours) keeps its coarse path and narrows the skips to about 1/19 of their multiply-adds (the whole
-#: branch: about 1/15).
+#: branch: about 1/15); "slim4" (ours) is "slim" ending at stride 4: no conv1 level (width 0), its last
+#: convolution on the layer1 level's map, upsampled 4x.
 MASK_HEADS = {"authors": ((64, 256, 512), (16, 64, 128)),
-              "slim": ((16, 32, 64), (4, 16, 32))}
+              "slim": ((16, 32, 64), (4, 16, 32)),
+              "slim4": ((0, 32, 64), (0, 16, 32))}
 
 
 class MaskHead(nn.Module):
     """Refinement decoder: fused feature (1/16) merged with adjusted layer2, layer1 and conv1 features.
 
     At each level the coarse path (h*) is upsampled bilinearly and added to the skip path (v*),
-    then a post conv narrows the channels. Output: (B,1,S,S) probabilities.
+    then a post conv narrows the channels. Output: (B,1,S,S) probabilities. A decoder without the conv1
+    level ("slim4") takes ``conv1`` but does not use it.
     """
 
     def __init__(self, feat_channels: int = 64, kind: str = "authors") -> None:
         super().__init__()
         (c0, c1, c2), (m0, m1, m2) = MASK_HEADS[kind]
-        self.v0 = _two_convs(c0, m0, 4)
+        if c0:  # in the authors' order (their checkpoint's keys)
+            self.v0 = _two_convs(c0, m0, 4)
         self.v1 = _two_convs(c1, m1, 16)
         self.v2 = _two_convs(c2, m2, 32)
         self.h2 = _two_convs(feat_channels, 32, 32)
         self.h1 = _two_convs(16, 16, 16)
-        self.h0 = _two_convs(4, 4, 4)
+        if c0:
+            self.h0 = _two_convs(4, 4, 4)
         self.post0 = nn.Conv2d(32, 16, 3, padding=1)
         self.post1 = nn.Conv2d(16, 4, 3, padding=1)
         self.post2 = nn.Conv2d(4, 1, 3, padding=1)
+        self.levels = 3 if c0 else 2
 
     def forward(self, feat: torch.Tensor, conv1: torch.Tensor, layer1: torch.Tensor,
                 layer2: torch.Tensor, out_size: int) -> torch.Tensor:
         x = self.post0(upsample2(self.h2(feat), layer2) + self.v2(layer2))
         x = self.post1(upsample2(self.h1(x), layer1) + self.v1(layer1))
-        x = self.post2(upsample2(self.h0(x), conv1) + self.v0(conv1))
+        if self.levels == 3:
+            x = upsample2(self.h0(x), conv1) + self.v0(conv1)
+        x = self.post2(x)
         x = F.interpolate(x, scale_factor=float(int(out_size) / int(x.shape[-1])), mode="bilinear",
                           align_corners=False)
         return torch.sigmoid(x)

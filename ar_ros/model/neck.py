@@ -12,10 +12,10 @@ def template_kernel(template_feat: torch.Tensor) -> torch.Tensor:
     template crop is centred on the target with area factor 2, so the target fills the centre half.
     Cells are ordered row-major, which fixes the channel order of the correlation output.
     """
-    b, c, h, w = template_feat.shape
+    c, h, w = (int(v) for v in template_feat.shape[1:])  # ints: constants in an exported graph
     top, left = h // 4, w // 4
     window = template_feat[:, :, top:top + h // 2, left:left + w // 2]
-    return window.reshape(b, c, -1).transpose(1, 2).contiguous()
+    return window.reshape(-1, c, (h // 2) * (w // 2)).transpose(1, 2).contiguous()
 
 
 def pixel_correlation(kernel: torch.Tensor, search_feat: torch.Tensor) -> torch.Tensor:

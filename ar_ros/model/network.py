@@ -29,7 +29,7 @@ class NetConfig:
     crop_mode: str = "exact"       # the crop the weights were trained with: "exact" | "clean"
     backbone: str = "resnet"       # a key of model.backbone.BACKBONES; depth and with_top are ResNet's only
     corner_stride: int = 16        # 16: the authors' corner head; 8: ours, refined on the stride-8 map
-    mask_head: str = "authors"     # a key of model.heads.MASK_HEADS: "authors" | "slim" (ours, ~1/15 the work)
+    mask_head: str = "authors"     # model.heads.MASK_HEADS: "authors" | "slim" / "slim4" (ours, ~1/15 the work)
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -102,8 +102,8 @@ class AlphaRefineNet(nn.Module):
         self.corner_head = CornerHead(inplanes=64, channel=256, stride=float(STRIDE),
                                       fine_channels=ch["layer2"] if config.corner_stride == 8 else 0)
         self.mask_head = MaskHead(feat_channels=64, kind=config.mask_head)
-        self.feat_adjust = nn.ModuleList([
-            nn.Sequential(*conv_bn_relu(ch[name], width))
+        self.feat_adjust = nn.ModuleList([  # a level the decoder does not have (width 0): passed through, unused
+            nn.Sequential(*conv_bn_relu(ch[name], width)) if width else nn.Identity()
             for name, width in zip(("conv1", "layer1", "layer2"), MASK_HEADS[config.mask_head][0])])
 
     def template(self, images: torch.Tensor) -> torch.Tensor:

@@ -130,7 +130,8 @@ class RefinerNode(LifecycleNode):
                                    search_factor=self.param("search_factor") or None,
                                    min_score=self.param("min_score"), max_scale_change=self.param("max_scale_change"),
                                    mask_threshold=self.param("mask_threshold"), backend=self.param("backend"),
-                                   cuda_graphs=cuda_graphs, keep_iou=self.param("keep_iou"),
+                                   cuda_graphs=cuda_graphs, cpu_graphs=bool(self.param("cpu_graphs")),
+                                   keep_iou=self.param("keep_iou"),
                                    box_mode=self.param("box_mode"))
         except (ValueError, KeyError, OSError, RuntimeError) as err:
             self.get_logger().error(f"cannot load the refiner: {err}")

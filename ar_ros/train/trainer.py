@@ -50,7 +50,7 @@ class TrainConfig:
     init_from: str = ""            # a refiner checkpoint whose neck and heads start this one (same shapes)
     init_backbone: bool = False    # with init_from: its backbone too (fine-tuning a whole refiner)
     corner_stride: int = 16        # NetConfig.corner_stride: 8 adds the stride-8 corner refinement
-    mask_head: str = "authors"     # NetConfig.mask_head: "authors" | "slim"
+    mask_head: str = "authors"     # NetConfig.mask_head: "authors" | "slim" | "slim4"
     freeze_box: bool = False       # keep backbone, neck and corner head as loaded: train the mask branch alone,
                                    # checkpoints chosen by the box_mode "fused" IoU (val_fused_iou*)
     freeze: str = ""               # backbone stages kept as loaded, up to this map: "" | conv1 | layer1 | layer2
