@@ -29,10 +29,10 @@ import torch
 
 from ar_ros import Refiner
 from ar_ros.backends.onnx import calibration_batches, export_onnx, quantize_int8
-from ar_ros.engine.graphs import GRAPH_AFTER
 from ar_ros.engine.precision import bf16_problem, cpu_features
 from ar_ros.model import load_network
 from ar_ros.engine.refiner import DEFAULT_CHECKPOINT
+from ar_ros.eval.timing import build_cpu_graphs
 from bench_refiner import frame_and_boxes, interleaved
 
 
@@ -98,9 +98,10 @@ def main() -> None:
     if args.vs_onnx:
         configs["vs-onnx:onnxruntime/int8"] = lambda: Refiner(args.vs_onnx, backend="onnxruntime-int8")
     frame, boxes = frame_and_boxes(8)
-    fns = {}
+    fns, refiners = {}, []
     for name, make in configs.items():
         refiner = make()
+        refiners.append(refiner)
         refiner.set_targets(frame, boxes)
         for mask in (False, True):
             if mask and name.endswith(("-fused", "-corner")):
@@ -109,7 +110,8 @@ def main() -> None:
                 subset = dict(list(boxes.items())[:n])
                 fns[f"{name}/{'box+mask' if mask else 'box'}/{n}"] = \
                     (lambda r=refiner, s=subset, m=mask: r.refine(frame, s, mask=m))
-    results = interleaved(fns, args.repeat, warmup=GRAPH_AFTER, block=4)  # CPU graphs built before timing
+    build_cpu_graphs(fns, refiners)  # the CPU graphs are timed, not their building
+    results = interleaved(fns, args.repeat, block=4)
     if args.plot:
         plot(results, args.plot, f"{Path(path).name}, {args.threads} threads, torch {torch.__version__}")
     if args.json:

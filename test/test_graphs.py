@@ -149,8 +149,8 @@ def test_warm_up_builds_the_one_target_graph_and_leaves_the_targets_alone(small_
     Refiner(small_net, cpu_graphs=False).warm_up()  # eager: one pass, nothing to build
 
 
-def test_a_stream_never_waits_for_a_graph_and_one_is_built_at_a_time(small_net, frame, monkeypatch):
-    """The graph of a new shape is built in a thread while eager refines; only one build runs at once,
+def test_a_stream_never_waits_for_a_graph_and_builds_run_one_after_another(small_net, frame, monkeypatch):
+    """The graph of a new shape is built in a thread while eager refines; builds run one after another,
     and big weights get fewer graphs (each holds a copy)."""
     import threading
     r = Refiner(small_net)
@@ -168,13 +168,12 @@ def test_a_stream_never_waits_for_a_graph_and_one_is_built_at_a_time(small_net, 
         r.refine(frame, one)
     assert r.graphs.building is not None and not r.graphs.graphs  # building, and the stream went on eager
     for _ in range(graphs_module.GRAPH_AFTER + 1):
-        r.refine(frame, two)  # another shape: counted, but not started while the first one builds
-    assert len(r.graphs.graphs) == 0 and r.graphs.building is not None
+        r.refine(frame, two)  # another shape: queued behind the first one, the stream still eager
+    assert len(r.graphs.graphs) == 0 and len(r.graphs.pending) == 2
     release.set()
-    r.graphs.wait()
-    r.refine(frame, two)  # seen often enough: its build starts now
-    r.graphs.wait()
-    assert sum(g is not None for g in r.graphs.graphs.values()) == 2
+    r.graphs.wait()  # both, one after the other, in the same thread
+    assert sum(g is not None for g in r.graphs.graphs.values()) == 2 and not r.graphs.pending
+    assert r.graphs.building is None
     monkeypatch.setattr(graphs_module, "GRAPH_MEMORY", 3 * sum(t.numel() * t.element_size()
                                                               for t in small_net.state_dict().values()))
     assert SearchGraphs(small_net).max_graphs == 3

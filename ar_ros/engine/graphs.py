@@ -81,10 +81,11 @@ class SearchGraphs:
     :meth:`search` runs one or says there is none (None: run the eager network). ``plain`` is the
     network with ordinary convolutions (what the graph fuser understands).
 
-    With ``background`` a graph is traced and compiled in a thread of its own (one at a time) while the
-    eager network keeps refining, so a new batch size never stalls a stream; :meth:`wait` waits for it.
-    At most ``max_graphs`` graphs, fewer where the weights are large: each graph holds a copy of them, and
-    all together at most :data:`GRAPH_MEMORY` bytes (the shipped model: 16; the authors' ResNet-34: 2).
+    With ``background`` the graphs are traced and compiled in a thread of their own, one after another,
+    while the eager network keeps refining, so a new batch size never stalls a stream; :meth:`wait` waits
+    until every shape asked for so far has its graph. At most ``max_graphs`` graphs, fewer where the
+    weights are large: each graph holds a copy of them, and all together at most :data:`GRAPH_MEMORY`
+    bytes (the shipped model: 16; the authors' ResNet-34: 2).
     """
 
     def __init__(self, plain: nn.Module, after: int = GRAPH_AFTER, max_graphs: int = MAX_GRAPHS,
@@ -96,7 +97,9 @@ class SearchGraphs:
         self.background = background
         self.graphs: Dict[tuple, Optional[torch.jit.ScriptModule]] = {}
         self.seen: Dict[tuple, int] = {}
+        self.pending: Dict[tuple, tuple] = {}  # shapes to build: copies of their inputs
         self.building: Optional[threading.Thread] = None
+        self._lock = threading.Lock()
         self.failure = ""  # why the last graph could not be built or run ('' = none failed)
 
     def search(self, images: torch.Tensor, kernels: torch.Tensor,
@@ -118,28 +121,44 @@ class SearchGraphs:
         return dict(zip(("boxes", "score", "mask"), outputs))
 
     def wait(self, timeout: Optional[float] = None) -> None:
-        """Until the graph being built (if any) is ready, or ``timeout`` seconds."""
+        """Until every shape asked for so far has its graph (or failed), or ``timeout`` seconds."""
         thread = self.building
         if thread is not None:
             thread.join(timeout)
 
     def _count(self, key: tuple, images: torch.Tensor, kernels: torch.Tensor,
                with_mask: bool) -> Optional[Tuple[torch.Tensor, ...]]:
-        if self.plain is None or len(self.graphs) >= self.max_graphs:
-            if self.building is None:
-                self.plain = None  # no further graph: the plain network's weights are not needed any more
-            return None
-        self.seen[key] = self.seen.get(key, 0) + 1
-        if self.seen[key] < self.after or self.building is not None:
-            return None  # one build at a time: a later search of this shape starts it
-        if not self.background:
-            return self._build(key, images, kernels, with_mask)
-        # on copies (the caller may reuse its tensors); not a daemon: an interpreter that exits waits for the
-        # build instead of stopping it inside torch
-        self.building = threading.Thread(target=self._build, args=(key, images.clone(), kernels.clone(), with_mask),
-                                         name="ar_ros-graph", daemon=False)
-        self.building.start()
-        return None
+        with self._lock:
+            if key in self.pending:
+                return None
+            if self.plain is None or len(self.graphs) + len(self.pending) >= self.max_graphs:
+                if self.building is None:
+                    self.plain = None  # no further graph: the plain network's weights are not needed any more
+                return None
+            self.seen[key] = self.seen.get(key, 0) + 1
+            if self.seen[key] < self.after:
+                return None
+            if self.background:
+                # copies: the caller may reuse its tensors
+                self.pending[key] = (images.clone(), kernels.clone(), with_mask)
+                if self.building is None:
+                    # not a daemon: an interpreter that exits waits for the builds instead of stopping one
+                    # inside torch
+                    self.building = threading.Thread(target=self._build_pending, name="ar_ros-graphs")
+                    self.building.start()
+                return None
+        return self._build(key, images, kernels, with_mask)
+
+    def _build_pending(self) -> None:
+        while True:
+            with self._lock:
+                if not self.pending:
+                    self.building = None
+                    return
+                key, (images, kernels, with_mask) = next(iter(self.pending.items()))
+            self._build(key, images, kernels, with_mask)
+            with self._lock:
+                del self.pending[key]
 
     def _build(self, key: tuple, images: torch.Tensor, kernels: torch.Tensor,
                with_mask: bool) -> Optional[Tuple[torch.Tensor, ...]]:
@@ -149,5 +168,4 @@ class SearchGraphs:
             self.failure = f"{type(err).__name__}: {err}"
             graph, outputs = None, None
         self.graphs[key] = graph
-        self.building = None
         return outputs

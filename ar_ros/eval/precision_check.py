@@ -19,7 +19,7 @@ from ..engine.refiner import DEFAULT_CHECKPOINT, Refiner
 from ..model import AlphaRefineNet, load_network
 from .benchmark import AGREEMENT_MIN_IOU, agreement
 from .synthetic import Sequence
-from .timing import interleaved
+from .timing import build_cpu_graphs, interleaved
 
 MIN_IOU = AGREEMENT_MIN_IOU  # the int8 graph's gate (``ar-refine export onnx --int8``)
 MAX_TIME_RATIO = 0.9         # bf16 must take at most this share of fp32's time: noise must not make it "faster"
@@ -41,8 +41,9 @@ def check_bf16(checkpoint: Union[None, str, os.PathLike, AlphaRefineNet], sequen
     first = sequences[0][0]  # speed on a real crop: one target, box only, as a node refines most often
     for r in (fp32, bf16):
         r.set_target(first.image, first.box)
-    times = interleaved({name: (lambda r=r: r.refine(first.image, {"0": first.box}))
-                         for name, r in (("fp32", fp32), ("bf16", bf16))}, repeat)
+    fns = {name: (lambda r=r: r.refine(first.image, {"0": first.box})) for name, r in (("fp32", fp32), ("bf16", bf16))}
+    build_cpu_graphs(fns, (fp32, bf16))  # fp32 as it refines: with its CPU graph
+    times = interleaved(fns, repeat)
     ratio = times["bf16"][0] / times["fp32"][0]
     accepted = iou >= min_iou and ratio <= max_time_ratio
     threads = f"{torch.get_num_threads()} thread{'s' if torch.get_num_threads() != 1 else ''}"
