@@ -177,3 +177,30 @@ def test_a_stream_never_waits_for_a_graph_and_builds_run_one_after_another(small
     monkeypatch.setattr(graphs_module, "GRAPH_MEMORY", 3 * sum(t.numel() * t.element_size()
                                                               for t in small_net.state_dict().values()))
     assert SearchGraphs(small_net).max_graphs == 3
+
+
+EXIT_CHILD = textwrap.dedent("""
+    import threading, numpy as np, torch
+    from ar_ros import Refiner
+    from ar_ros.engine.graphs import GRAPH_AFTER
+    from ar_ros.model import AlphaRefineNet, NetConfig
+    torch.manual_seed(0)
+    r = Refiner(AlphaRefineNet(NetConfig(depth=18, input_size=128, with_top=False, crop_mode="clean")).eval())
+    frame, boxes = np.zeros((240, 320, 3), np.uint8), {"a": (100.0, 80.0, 60.0, 50.0)}
+    r.set_targets(frame, boxes)
+
+    def work():  # as the node's worker: a daemon thread, whose threads would be daemons too
+        for _ in range(GRAPH_AFTER):
+            r.refine(frame, boxes)
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    worker.join()
+    assert r.graphs.building is not None  # the interpreter exits while the graph is being built
+    print("exiting")
+""")
+
+
+def test_a_process_that_exits_while_a_graph_is_built_exits_cleanly():
+    proc = subprocess.run([sys.executable, "-c", EXIT_CHILD], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "exiting" in proc.stdout, f"rc {proc.returncode}\n{proc.stderr[-3000:]}"

@@ -37,6 +37,9 @@ GRAPH_AFTER = 3   # eager searches of a shape before its graph is traced (the re
 MAX_GRAPHS = 16   # shapes (batch sizes x kinds) with a graph; further shapes run eager
 GRAPH_MEMORY = 256 * 2 ** 20  # bytes of weights all graphs may hold (each frozen graph keeps its own copy)
 _FUSION = threading.Lock()  # the fusion flag is process-wide: one graph compiles at a time, flag restored
+# our sizes are ints on purpose (constants in a graph): the tracer's warning about them is noise. A filter,
+# not catch_warnings, which is process-wide and not thread-safe (graphs are traced in a thread of their own)
+warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"ar_ros\.")
 
 
 def graphs_available() -> bool:
@@ -65,8 +68,7 @@ def trace_search(net: nn.Module, images: torch.Tensor, kernels: torch.Tensor,
         was_on = torch.jit.onednn_fusion_enabled()
         torch.jit.enable_onednn_fusion(True)
         try:
-            with torch.inference_mode(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # TorchScript's deprecation and tracer warnings, at every shape
+            with torch.inference_mode():
                 graph = torch.jit.freeze(torch.jit.trace(_Search(net, with_mask).eval(), (images, kernels),
                                                          check_trace=False))
                 for _ in range(2):  # profiling run, then oneDNN Graph compiles and runs the fused partitions
@@ -142,9 +144,10 @@ class SearchGraphs:
                 # copies: the caller may reuse its tensors
                 self.pending[key] = (images.clone(), kernels.clone(), with_mask)
                 if self.building is None:
-                    # not a daemon: an interpreter that exits waits for the builds instead of stopping one
-                    # inside torch
-                    self.building = threading.Thread(target=self._build_pending, name="ar_ros-graphs")
+                    # not a daemon (a thread inherits it from its creator, e.g. a node's daemon worker): an
+                    # interpreter that exits waits for the builds instead of stopping one inside torch (abort)
+                    self.building = threading.Thread(target=self._build_pending, name="ar_ros-graphs",
+                                                     daemon=False)
                     self.building.start()
                 return None
         return self._build(key, images, kernels, with_mask)
