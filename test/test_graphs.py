@@ -204,3 +204,26 @@ EXIT_CHILD = textwrap.dedent("""
 def test_a_process_that_exits_while_a_graph_is_built_exits_cleanly():
     proc = subprocess.run([sys.executable, "-c", EXIT_CHILD], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "exiting" in proc.stdout, f"rc {proc.returncode}\n{proc.stderr[-3000:]}"
+
+
+def test_close_drops_the_queue_and_a_failed_thread_start_leaves_eager_running(small_net, frame, monkeypatch):
+    import threading
+    one = {"a": (200.0, 150.0, 120.0, 90.0)}
+    r = Refiner(small_net)
+    r.set_targets(frame, one)
+    real_start = threading.Thread.start
+    monkeypatch.setattr(threading.Thread, "start", lambda self: (_ for _ in ()).throw(RuntimeError("no thread")))
+    for _ in range(graphs_module.GRAPH_AFTER):
+        r.refine(frame, one)
+    assert "no thread" in r.graphs.failure and not r.graphs.pending and r.graphs.building is None
+    monkeypatch.setattr(threading.Thread, "start", real_start)
+    r.refine(frame, one)  # a thread can be had again: this shape is built after all
+    r.graphs.wait()
+    assert len(r.graphs.graphs) == 1
+    r.close()  # nothing more is built, what there is keeps running
+    two = {"a": one["a"], "b": (20.0, 20.0, 60.0, 60.0)}
+    r.set_targets(frame, two)
+    for _ in range(graphs_module.GRAPH_AFTER + 1):
+        r.refine(frame, two)
+    assert r.graphs.building is None and len(r.graphs.graphs) == 1 and r.graphs.plain is None
+    assert r.refine(frame, one)["a"].box

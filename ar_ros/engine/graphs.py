@@ -18,10 +18,12 @@ oneDNN Graph crashes the process (SIGSEGV, torch 2.13) on a sum of two maps in d
 which the mask decoder had (an upsampled map plus a convolution's output): ``heads.upsample2`` returns
 its map in the layout of the one it is added to; ``test/test_graphs.py`` builds every backbone and
 decoder's graphs in a subprocess. oneDNN Graph is switched on only while a graph is traced and compiled
-(one at a time in the process), and put back as it was: a compiled graph keeps its fused plan, and the
-process's other TorchScript graphs are left alone. TorchScript is deprecated in torch 2.13; where it
-goes, tracing fails and eager runs. ``AR_ROS_NO_GRAPHS=1`` in the environment turns graphs off (the
-eager path then runs everywhere).
+(one at a time in the process), and put back as it was: a compiled graph keeps its fused plan. The flag
+is process-wide, so a TorchScript graph that another thread of the process optimises during those
+0.6 s is fused too; after them, the process's other graphs are left alone. While a graph compiles, the
+stream goes on eager but slower (the two share the cores: about 1.7x an eager frame here). TorchScript
+is deprecated in torch 2.13; where it goes, tracing fails and eager runs. ``AR_ROS_NO_GRAPHS=1`` in the
+environment turns graphs off (the eager path then runs everywhere).
 """
 from __future__ import annotations
 
@@ -84,10 +86,10 @@ class SearchGraphs:
     network with ordinary convolutions (what the graph fuser understands).
 
     With ``background`` the graphs are traced and compiled in a thread of their own, one after another,
-    while the eager network keeps refining, so a new batch size never stalls a stream; :meth:`wait` waits
-    until every shape asked for so far has its graph. At most ``max_graphs`` graphs, fewer where the
-    weights are large: each graph holds a copy of them, and all together at most :data:`GRAPH_MEMORY`
-    bytes (the shipped model: 16; the authors' ResNet-34: 2).
+    while the eager network keeps refining, so a new batch size never stops a stream; :meth:`wait` waits
+    until every shape asked for so far has its graph, :meth:`close` drops the queue. At most ``max_graphs``
+    graphs, fewer where the weights are large: each graph holds a copy of them, and all together at most
+    :data:`GRAPH_MEMORY` bytes (the shipped model: 16; the authors' ResNet-34: 2).
     """
 
     def __init__(self, plain: nn.Module, after: int = GRAPH_AFTER, max_graphs: int = MAX_GRAPHS,
@@ -101,6 +103,7 @@ class SearchGraphs:
         self.seen: Dict[tuple, int] = {}
         self.pending: Dict[tuple, tuple] = {}  # shapes to build: copies of their inputs
         self.building: Optional[threading.Thread] = None
+        self.closed = False
         self._lock = threading.Lock()
         self.failure = ""  # why the last graph could not be built or run ('' = none failed)
 
@@ -128,10 +131,19 @@ class SearchGraphs:
         if thread is not None:
             thread.join(timeout)
 
+    def close(self) -> None:
+        """Build nothing more: the queue is dropped (a build under way finishes, its graph is kept) and the
+        plain network let go once no build needs it. Searches go on with the graphs there are."""
+        with self._lock:
+            self.closed = True
+            self.pending.clear()
+            if self.building is None:
+                self.plain = None
+
     def _count(self, key: tuple, images: torch.Tensor, kernels: torch.Tensor,
                with_mask: bool) -> Optional[Tuple[torch.Tensor, ...]]:
         with self._lock:
-            if key in self.pending:
+            if key in self.pending or key in self.graphs or self.closed:
                 return None
             if self.plain is None or len(self.graphs) + len(self.pending) >= self.max_graphs:
                 if self.building is None:
@@ -140,35 +152,44 @@ class SearchGraphs:
             self.seen[key] = self.seen.get(key, 0) + 1
             if self.seen[key] < self.after:
                 return None
-            if self.background:
-                # copies: the caller may reuse its tensors
-                self.pending[key] = (images.clone(), kernels.clone(), with_mask)
-                if self.building is None:
-                    # not a daemon (a thread inherits it from its creator, e.g. a node's daemon worker): an
-                    # interpreter that exits waits for the builds instead of stopping one inside torch (abort)
-                    self.building = threading.Thread(target=self._build_pending, name="ar_ros-graphs",
-                                                     daemon=False)
-                    self.building.start()
-                return None
-        return self._build(key, images, kernels, with_mask)
+            if not self.background:
+                outputs = self._build(key, images, kernels, with_mask)  # under the lock: one build at a time
+                self.graphs[key] = outputs[0] if outputs else None
+                return outputs[1] if outputs else None
+            self.pending[key] = (images.clone(), kernels.clone(), with_mask)  # copies: the caller reuses its own
+            if self.building is None:
+                # not a daemon (a thread inherits it from its creator, e.g. a node's daemon worker): an
+                # interpreter that exits waits for the builds instead of stopping one inside torch (abort).
+                # Started under the lock, so the thread cannot finish before ``building`` names it.
+                thread = threading.Thread(target=self._build_pending, name="ar_ros-graphs", daemon=False)
+                try:
+                    thread.start()
+                except RuntimeError as err:  # no thread to be had (limits, interpreter shutdown): eager
+                    del self.pending[key]
+                    self.failure = f"{type(err).__name__}: {err}"
+                    return None
+                self.building = thread
+            return None
 
     def _build_pending(self) -> None:
         while True:
             with self._lock:
                 if not self.pending:
                     self.building = None
+                    if self.closed or len(self.graphs) >= self.max_graphs:
+                        self.plain = None
                     return
                 key, (images, kernels, with_mask) = next(iter(self.pending.items()))
-            self._build(key, images, kernels, with_mask)
-            with self._lock:
-                del self.pending[key]
+            built = self._build(key, images, kernels, with_mask)
+            with self._lock:  # published and dequeued at once: a caller never sees the shape in neither
+                self.graphs[key] = built[0] if built else None
+                self.pending.pop(key, None)
 
     def _build(self, key: tuple, images: torch.Tensor, kernels: torch.Tensor,
-               with_mask: bool) -> Optional[Tuple[torch.Tensor, ...]]:
+               with_mask: bool) -> Optional[tuple]:
+        """(graph, its first outputs), or None where it cannot be built (``failure`` says why)."""
         try:
-            graph, outputs = trace_search(self.plain, images, kernels, with_mask)
+            return trace_search(self.plain, images, kernels, with_mask)
         except Exception as err:  # noqa: BLE001 - any failure means: run eager
             self.failure = f"{type(err).__name__}: {err}"
-            graph, outputs = None, None
-        self.graphs[key] = graph
-        return outputs
+            return None

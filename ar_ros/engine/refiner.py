@@ -264,6 +264,12 @@ class Refiner:
             self.clear(tid)
             self.passes = passes
 
+    def close(self) -> None:
+        """Build no more CPU graphs (queued ones dropped; a build under way finishes, so an exiting process
+        waits for one at most). Refining goes on, with the graphs there are."""
+        if self.graphs is not None:
+            self.graphs.close()
+
     def clear(self, target_id: Optional[Hashable] = None) -> None:
         """Forget one target (``KeyError`` if unknown) or, with ``None``, all of them."""
         if target_id is None:

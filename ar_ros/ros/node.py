@@ -200,6 +200,8 @@ class RefinerNode(LifecycleNode):
         if self._worker is not None:
             self._worker.join(timeout=10.0)
             self._worker = None
+        if self.refiner is not None:
+            self.refiner.close()  # no CPU graph builds left queued: an exit waits for one at most
 
     def destroy_node(self) -> None:
         self._shutdown_worker()
