@@ -13,7 +13,7 @@ MASK_HEAD_CHOICES = ("authors", "slim", "slim4")
 
 def _info_export(path: str, as_json: bool) -> int:
     """`info` on a folder from `export onnx`: model config, graphs, int8, TensorRT engines and their keys."""
-    from .backends.onnx import read_manifest
+    from .backends.onnx import INT8_FILES, read_manifest
     from .backends.tensorrt import engine_keys
     manifest = read_manifest(path)
     engines = engine_keys(path)
@@ -24,7 +24,7 @@ def _info_export(path: str, as_json: bool) -> int:
     print(f"config:     {manifest['config']}")
     for name, file in manifest["files"].items():
         print(f"graph:      {name:16s} {file} ({os.path.getsize(os.path.join(path, file)) / 1e6:.1f} MB)")
-    int8 = [g for g in ("search_box", "search_mask") if g + "_int8" in manifest["files"]]
+    int8 = [g for g in INT8_FILES if g + "_int8" in manifest["files"]]
     print("int8:       " + (f"yes, {' and '.join(int8)} (backend onnxruntime-int8)" if int8
                             else "no (export with --int8)"))
     for graph, key in engines.items():

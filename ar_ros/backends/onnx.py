@@ -16,6 +16,7 @@ from torch import nn
 
 from ..model import AlphaRefineNet, NetConfig
 from ..model.backbone import BACKBONES
+from ..model.network import SearchTensors
 
 OPSET = 17
 MANIFEST = "ar_ros_onnx.json"
@@ -52,16 +53,6 @@ class _Template(nn.Module):
         return self.net.template(images)
 
 
-class _Search(nn.Module):
-    def __init__(self, net: AlphaRefineNet, with_mask: bool) -> None:
-        super().__init__()
-        self.net, self.with_mask = net, with_mask
-
-    def forward(self, images: torch.Tensor, kernels: torch.Tensor):
-        out = self.net.search(images, kernels, with_mask=self.with_mask)
-        return (out["boxes"], out["score"], out["mask"]) if self.with_mask else (out["boxes"], out["score"])
-
-
 def export_onnx(net: AlphaRefineNet, out_dir: Union[str, Path], source: str = "") -> Path:
     """Write the three graphs and a manifest into ``out_dir``; returns the directory."""
     out = Path(out_dir)
@@ -73,8 +64,9 @@ def export_onnx(net: AlphaRefineNet, out_dir: Union[str, Path], source: str = ""
         kernels = net.template(images)
     batch = {0: "batch"}
     jobs = [(_Template(net), (images,), FILES["template"], ["images"], ["kernels"]),
-            (_Search(net, False), (images, kernels), FILES["search_box"], ["images", "kernels"], ["boxes", "score"]),
-            (_Search(net, True), (images, kernels), FILES["search_mask"], ["images", "kernels"],
+            (SearchTensors(net, False), (images, kernels), FILES["search_box"], ["images", "kernels"],
+             ["boxes", "score"]),
+            (SearchTensors(net, True), (images, kernels), FILES["search_mask"], ["images", "kernels"],
              ["boxes", "score", "mask"])]
     import inspect
     import warnings

@@ -35,6 +35,8 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import nn
 
+from ..model.network import SearchTensors
+
 GRAPH_AFTER = 3   # eager searches of a shape before its graph is traced (the refiner's default)
 MAX_GRAPHS = 16   # shapes (batch sizes x kinds) with a graph; further shapes run eager
 GRAPH_MEMORY = 256 * 2 ** 20  # bytes of weights all graphs may hold (each frozen graph keeps its own copy)
@@ -51,18 +53,6 @@ def graphs_available() -> bool:
     return hasattr(torch.jit, "enable_onednn_fusion") and torch.backends.mkldnn.is_available()
 
 
-class _Search(nn.Module):
-    """``net.search`` with tensor outputs (what TorchScript traces): boxes, score[, mask]."""
-
-    def __init__(self, net: nn.Module, with_mask: bool) -> None:
-        super().__init__()
-        self.net, self.with_mask = net, with_mask
-
-    def forward(self, images: torch.Tensor, kernels: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        out = self.net.search(images, kernels, with_mask=self.with_mask)
-        return (out["boxes"], out["score"], out["mask"]) if self.with_mask else (out["boxes"], out["score"])
-
-
 def trace_search(net: nn.Module, images: torch.Tensor, kernels: torch.Tensor,
                  with_mask: bool = False) -> Tuple[torch.jit.ScriptModule, Tuple[torch.Tensor, ...]]:
     """Trace, freeze and compile ``net``'s search for this shape; returns the graph and its first outputs."""
@@ -71,8 +61,8 @@ def trace_search(net: nn.Module, images: torch.Tensor, kernels: torch.Tensor,
         torch.jit.enable_onednn_fusion(True)
         try:
             with torch.inference_mode():
-                graph = torch.jit.freeze(torch.jit.trace(_Search(net, with_mask).eval(), (images, kernels),
-                                                         check_trace=False))
+                traced = torch.jit.trace(SearchTensors(net, with_mask).eval(), (images, kernels), check_trace=False)
+                graph = torch.jit.freeze(traced)
                 for _ in range(2):  # profiling run, then oneDNN Graph compiles and runs the fused partitions
                     outputs = graph(images, kernels)
         finally:

@@ -19,7 +19,7 @@ from ..model.fuse import fold_batchnorm as fold_batchnorm_layers
 from . import crop as cropping
 from .boxes import Box, as_box, box_problem, check_box, iou
 from .masks import BOX_MODES, DEFAULT_BOX_MODE, FUSE_MASK_WEIGHT, FUSE_MIN_IOU, crop_mask_box, fuse_boxes, mask_to_box
-from .graphs import GRAPH_AFTER, SearchGraphs, graphs_available
+from .graphs import SearchGraphs, graphs_available
 from .precision import auto_cpu_precision, is_prepared, pack_fp32, resolve_precision, to_bf16
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "weights" / "ar_ros_default.pt"
@@ -256,7 +256,7 @@ class Refiner:
         tid, box, passes = object(), (16.0, 16.0, 32.0, 32.0), self.passes  # an id no caller can have
         self.set_target(frame, box, tid)
         try:
-            for _ in range(GRAPH_AFTER if self.graphs is not None else 1):
+            for _ in range(self.graphs.after if self.graphs is not None else 1):
                 self.refine(frame, {tid: box})
             if self.graphs is not None:
                 self.graphs.wait()  # built in the background: ready before the first real frame

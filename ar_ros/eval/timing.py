@@ -10,15 +10,14 @@ import numpy as np
 
 def build_cpu_graphs(fns: Mapping[str, Callable[[], object]], refiners: Iterable[object]) -> None:
     """Call every function until the CPU graphs of their shapes (engine/graphs.py: built in the background
-    once a shape has been seen ``GRAPH_AFTER`` times) are ready, so a benchmark times the graphs and not
-    their building."""
-    from ..engine.graphs import GRAPH_AFTER
-    for _ in range(GRAPH_AFTER):
+    once a shape has been seen ``after`` times) are ready, so a benchmark times the graphs and not their
+    building."""
+    graphs = [r.graphs for r in refiners if getattr(r, "graphs", None) is not None]
+    for _ in range(max((g.after for g in graphs), default=0)):
         for fn in fns.values():
             fn()
-    for refiner in refiners:
-        if getattr(refiner, "graphs", None) is not None:
-            refiner.graphs.wait()
+    for g in graphs:
+        g.wait()
 
 
 def interleaved(fns: Mapping[str, Callable[[], object]], repeat: int, warmup: int = 2,

@@ -6,7 +6,7 @@ Module names equal the authors' checkpoint keys (``feature_extractor``, ``neck``
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 import torch
 from torch import nn
@@ -129,3 +129,16 @@ class AlphaRefineNet(nn.Module):
                 with_mask: bool = True) -> Dict[str, torch.Tensor]:
         """Training / export entry: both branches in one call."""
         return self.search(search_images, self.template(template_images), with_mask=with_mask)
+
+
+class SearchTensors(nn.Module):
+    """``net.search`` with a tuple of tensors as output, ``(boxes, score[, mask])``: what tracers take (the
+    ONNX exporter, TorchScript for the CPU graphs)."""
+
+    def __init__(self, net: nn.Module, with_mask: bool) -> None:
+        super().__init__()
+        self.net, self.with_mask = net, with_mask
+
+    def forward(self, images: torch.Tensor, kernels: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        out = self.net.search(images, kernels, with_mask=self.with_mask)
+        return (out["boxes"], out["score"], out["mask"]) if self.with_mask else (out["boxes"], out["score"])
