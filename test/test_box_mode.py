@@ -27,6 +27,33 @@ def test_crop_mask_box_is_the_largest_region_by_pixel_edges():
     assert crop_mask_box(tiny) is None
 
 
+
+def _whole_crop_box(prob, threshold=0.5, min_area=16.0):
+    """The reference: label the whole crop."""
+    import cv2
+    count, _, stats, _ = cv2.connectedComponentsWithStats((prob > threshold).astype(np.uint8), connectivity=8)
+    if count < 2:
+        return None
+    best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    x, y, w, h, area = stats[best]
+    return None if area <= min_area else [float(x), float(y), float(x + w), float(y + h)]
+
+
+def test_crop_mask_box_labels_like_the_whole_crop():
+    """It labels only the rectangle around the pixels above threshold: the same boxes as the whole crop."""
+    import cv2
+    rng = np.random.default_rng(3)
+    boxes = 0
+    for _ in range(300):
+        noise = rng.uniform(0, 1, (128, 128)).astype(np.float32)
+        prob = cv2.GaussianBlur(noise, (0, 0), rng.uniform(0.5, 8.0))
+        prob = (prob - prob.mean()) * rng.uniform(1, 30) + rng.uniform(0.2, 0.8)  # 0..many regions, anywhere
+        got = crop_mask_box(prob)
+        assert (None if got is None else got.tolist()) == _whole_crop_box(prob)
+        boxes += got is not None
+    assert 100 < boxes < 300  # both outcomes were exercised
+    assert crop_mask_box(np.zeros((128, 128), np.float32)) is None
+
 def test_fuse_boxes_moves_towards_an_agreeing_mask_box_only():
     corner = np.array([10.0, 10.0, 50.0, 90.0])
     near = np.array([14.0, 10.0, 50.0, 86.0])   # IoU 0.855

@@ -54,15 +54,19 @@ FUSE_MIN_AREA = 16.0  # crop px^2: a smaller mask region is no box
 def crop_mask_box(prob: np.ndarray, threshold: float = 0.5, min_area: float = FUSE_MIN_AREA) -> Optional[np.ndarray]:
     """x1,y1,x2,y2 (crop px, pixel edges) of the largest connected region of ``prob > threshold`` in a
     crop's (S,S) probabilities; None when no region is larger than ``min_area``."""
-    binary = (prob > threshold).astype(np.uint8)
-    count, _, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
-    if count < 2:
+    binary = (prob > threshold).view(np.uint8)
+    x0, y0, w0, h0 = cv2.boundingRect(binary)  # of every pixel above threshold
+    if w0 == 0:
         return None
+    # the regions inside that rectangle are the whole crop's: labelling it alone is exact and about a third
+    # of the time (OpenCV's statistics pass costs ~0.07 ms on a 128x128 crop, more than the rest of fusing)
+    part = np.ascontiguousarray(binary[y0:y0 + h0, x0:x0 + w0])
+    count, _, stats, _ = cv2.connectedComponentsWithStats(part, connectivity=8)
     best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
     x, y, w, h, area = stats[best]
     if area <= min_area:
         return None
-    return np.array([x, y, x + w, y + h], dtype=np.float64)
+    return np.array([x + x0, y + y0, x + x0 + w, y + y0 + h], dtype=np.float64)
 
 
 def fuse_boxes(corner_xyxy: np.ndarray, mask_xyxy: Optional[np.ndarray], min_iou: float = FUSE_MIN_IOU,
