@@ -182,7 +182,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     net, _ = load_network(path)
     out = export_onnx(net, args.out, source=str(path))
     diff = max_box_difference(net, out)
-    print(f"wrote {out}/ (template.onnx, search_box.onnx, search_mask.onnx); ONNX Runtime vs torch: "
+    print(f"wrote {out}/ (template.onnx, search_box.onnx, search_mask.onnx, search_fused.onnx); ONNX Runtime vs torch: "
           f"max box difference {diff:.4f} px")
     if diff >= 0.05:
         raise RuntimeError(f"exported model disagrees with torch by {diff:.3f} px (limit 0.05)")
@@ -199,8 +199,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
             drop_int8(out)
             raise RuntimeError(f"int8 refined boxes agree with fp32 only to mean IoU {on_suite:.3f} on the "
                                f"'{args.int8_suite}' synthetic suite (limit {AGREEMENT_MIN_IOU}); int8 graph not kept")
-        graphs = "box and box+mask graphs" if "search_mask_int8" in read_manifest(out)["files"] else \
-            "box graph (masks stay fp32: the int8 masks disagreed)"
+        kept = read_manifest(out)["files"]
+        graphs = "box graph" + "".join(f", {label} graph" if f"{g}_int8" in kept else
+                                       f" ({label} graph stays fp32: its int8 masks disagreed)"
+                                       for g, label in (("search_mask", "box+mask"), ("search_fused", "fused-box")))
         print(f"int8 search {graphs} kept: refined boxes agree with fp32 to mean IoU {on_suite:.3f} on the "
               f"'{args.int8_suite}' synthetic suite ({crops:.3f} on calibration crops); backend 'onnxruntime-int8'")
     return 0

@@ -117,3 +117,21 @@ def test_auto_fuses_with_the_slim_mask_decoder_only(short_seq):
             r.set_target(first.image, first.box, "t")
         assert auto.refine(f.image, {"t": base})["t"].box == same.refine(f.image, {"t": base})["t"].box
     assert Refiner().resolved_box_mode() == ("fused" if Refiner().config.mask_head == "slim" else "corner")
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.3])
+def test_logits_mask_box_is_the_box_of_the_upsampled_probabilities(threshold):
+    """The decoder's logits, upsampled here, give the box its probabilities (torch's upsampling) give."""
+    import cv2
+    import torch.nn.functional as F
+    from ar_ros.engine.masks import logits_mask_box
+    rng = np.random.default_rng(5)
+    for _ in range(50):
+        logits = cv2.GaussianBlur(rng.standard_normal((64, 64)).astype(np.float32), (0, 0), rng.uniform(1, 6))
+        logits = (logits - logits.mean()) * rng.uniform(10, 200)
+        probs = torch.sigmoid(F.interpolate(torch.from_numpy(logits)[None, None], scale_factor=2.0, mode="bilinear",
+                                            align_corners=False))[0, 0].numpy()
+        want, got = crop_mask_box(probs, threshold), logits_mask_box(logits, 128, threshold)
+        assert (want is None) == (got is None)
+        if want is not None:
+            np.testing.assert_array_equal(got, want)

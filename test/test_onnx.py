@@ -169,3 +169,47 @@ def test_tensorrt_errors_are_clear_without_a_gpu(onnx_dir):
     reason = stale_reason(saved, here)
     assert "gpu: engine 'Orin' vs here 'H100'" in reason and "tensorrt" in reason
     assert stale_reason(saved, dict(saved)) == ""
+
+
+
+def test_fused_boxes_come_from_the_graph_that_stops_before_the_masks_upsampling(onnx_dir, small_net, tmp_path):
+    """box_mode fused without masks runs search_fused (mask logits at half size): the same boxes as the
+    box+mask graph, which an export without search_fused (older ar_ros) still runs."""
+    import json
+    import shutil
+    import torch
+    from ar_ros.backends.onnx import MANIFEST
+    from ar_ros.model import load_network
+    from ar_ros.engine.refiner import DEFAULT_CHECKPOINT
+    from ar_ros.eval.synthetic import Sequence
+    backend = OnnxRuntimeBackend(onnx_dir)
+    assert backend.mask_logits
+    images = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = small_net.search(images, small_net.template(images), with_mask=True, mask_logits=True)
+    got = backend.search(images, backend.template(images), with_mask=True, mask_logits=True)
+    assert got["mask_logits"].shape == (2, 1, 64, 64) and "mask" not in got
+    assert (got["mask_logits"] - want["mask_logits"]).abs().max() < 1e-3
+    # the shipped model: its masks are real, so its fused boxes differ from its corner boxes
+    shipped = export_onnx(load_network(DEFAULT_CHECKPOINT)[0], tmp_path / "shipped")
+    older = tmp_path / "older"
+    shutil.copytree(shipped, older)
+    manifest = json.loads((older / MANIFEST).read_text())
+    del manifest["files"]["search_fused"]
+    (older / MANIFEST).write_text(json.dumps(manifest))
+    assert not OnnxRuntimeBackend(older).mask_logits
+    from ar_ros.eval.base_trackers import jittered_gt
+    seq = Sequence(100_001, 8, (320, 240))
+    bases = jittered_gt([seq[t].box for t in range(len(seq))], seed=3)
+    refiners = [Refiner(str(shipped), backend="onnxruntime", box_mode="fused"),
+                Refiner(str(older), backend="onnxruntime", box_mode="fused"),
+                Refiner(str(shipped), backend="onnxruntime", box_mode="corner")]
+    moved = 0
+    for r in refiners:
+        r.set_target(seq[0].image, seq[0].box, "t")
+    for t in range(1, len(seq)):
+        frame = seq[t]
+        fused, older_fused, corner = (r.refine(frame.image, {"t": bases[t]})["t"].raw_box for r in refiners)
+        np.testing.assert_allclose(fused, older_fused, atol=1e-3)
+        moved += not np.allclose(fused, corner, atol=0.01)
+    assert moved >= 3  # the mask's box took part

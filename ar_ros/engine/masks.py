@@ -1,6 +1,7 @@
 """Boxes and rotated rectangles from probability masks."""
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import cv2
@@ -67,6 +68,15 @@ def crop_mask_box(prob: np.ndarray, threshold: float = 0.5, min_area: float = FU
     if area <= min_area:
         return None
     return np.array([x + x0, y + y0, x + x0 + w, y + y0 + h], dtype=np.float64)
+
+
+def logits_mask_box(logits: np.ndarray, size: int, threshold: float = 0.5,
+                    min_area: float = FUSE_MIN_AREA) -> Optional[np.ndarray]:
+    """:func:`crop_mask_box` of the mask decoder's (h,w) logits (``AlphaRefineNet.search(mask_logits=True)``)
+    without the probabilities: upsampled bilinearly to (size,size) like the decoder's last step (half-pixel
+    centres; within 2e-6 of torch's interpolate) and thresholded at logit(``threshold``), 0 < threshold < 1."""
+    up = cv2.resize(np.ascontiguousarray(logits, dtype=np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
+    return crop_mask_box(up, math.log(threshold / (1.0 - threshold)), min_area)
 
 
 def fuse_boxes(corner_xyxy: np.ndarray, mask_xyxy: Optional[np.ndarray], min_iou: float = FUSE_MIN_IOU,

@@ -18,7 +18,8 @@ from ..model import AlphaRefineNet, CheckpointError, load_network
 from ..model.fuse import fold_batchnorm as fold_batchnorm_layers
 from . import crop as cropping
 from .boxes import Box, as_box, box_problem, check_box, iou
-from .masks import BOX_MODES, DEFAULT_BOX_MODE, FUSE_MASK_WEIGHT, FUSE_MIN_IOU, crop_mask_box, fuse_boxes, mask_to_box
+from .masks import (BOX_MODES, DEFAULT_BOX_MODE, FUSE_MASK_WEIGHT, FUSE_MIN_IOU, crop_mask_box, fuse_boxes,
+                    logits_mask_box, mask_to_box)
 from .graphs import SearchGraphs, graphs_available
 from .precision import auto_cpu_precision, is_prepared, pack_fp32, resolve_precision, to_bf16
 
@@ -332,32 +333,42 @@ class Refiner:
         if todo:
             fused = self.resolved_box_mode() == "fused"  # read once: the node may change it live
             with_mask = mask or fused
+            # fused boxes without masks: the decoder's logits suffice where the backend can stop before its
+            # upsampling (an ONNX export with search_fused); the probabilities otherwise
+            logits = fused and not mask and getattr(self.net, "mask_logits", False) and 0 < self.mask_threshold < 1
+            key = "mask_logits" if logits else "mask"
             with torch.inference_mode():
                 kernels = torch.cat([self._kernels[tid] for _, tid, _, _ in todo])
                 images = torch.cat(batches) if len(batches) > 1 else batches[0]
                 parts = []
                 for s in range(0, len(todo), self.max_batch):  # one pass unless over max_batch targets
-                    out = self._search(images[s:s + self.max_batch], kernels[s:s + self.max_batch], with_mask)
+                    out = self._search(images[s:s + self.max_batch], kernels[s:s + self.max_batch], with_mask,
+                                       logits)
                     parts.append([out["boxes"].float().cpu().numpy(), out["score"].float().cpu().numpy(),
-                                  out["mask"][:, 0].float().cpu().numpy() if with_mask else None])
+                                  out[key][:, 0].float().cpu().numpy() if with_mask else None])
                     self.passes += 1
             crop_boxes, scores = (np.concatenate([p[k] for p in parts]) for k in (0, 1))
-            probs = np.concatenate([p[2] for p in parts]) if with_mask else None
+            maps = np.concatenate([p[2] for p in parts]) if with_mask else None  # probabilities or logits
             self.last_batch_size = len(todo)
             for i, (j, tid, base, win) in enumerate(todo):
                 height, width = jobs[j][0].shape[:2]
                 crop_box = crop_boxes[i]
                 if fused:
-                    mask_box = crop_mask_box(probs[i], self.mask_threshold)
+                    mask_box = logits_mask_box(maps[i], self.input_size, self.mask_threshold) if logits else \
+                        crop_mask_box(maps[i], self.mask_threshold)
                     if mask_box is not None:
                         mask_box = mask_box + win.mask_offset()
                     crop_box = fuse_boxes(crop_box, mask_box, self.fuse_min_iou, self.fuse_weight)
                 outputs[j][tid] = self._result(base, win, crop_box, float(scores[i]),
-                                               probs[i] if mask else None, height, width)
+                                               maps[i] if mask else None, height, width)
         return [{tid: res[tid] for tid in job[1]} for res, job in zip(outputs, jobs)]
 
-    def _search(self, images: torch.Tensor, kernels: torch.Tensor, with_mask: bool) -> Dict[str, torch.Tensor]:
-        """One forward pass: this shape's oneDNN Graph graph where there is one, else the network."""
+    def _search(self, images: torch.Tensor, kernels: torch.Tensor, with_mask: bool,
+                mask_logits: bool = False) -> Dict[str, torch.Tensor]:
+        """One forward pass: this shape's oneDNN Graph graph where there is one, else the network
+        (``mask_logits``: a backend's search that returns ``mask_logits``, see ``refine_many``)."""
+        if mask_logits:
+            return self.net.search(images, kernels, with_mask=True, mask_logits=True)
         out = self.graphs.search(images, kernels, with_mask) if self.graphs is not None else None
         return out if out is not None else self.net.search(images, kernels, with_mask=with_mask)
 

@@ -165,12 +165,16 @@ class MaskHead(nn.Module):
         self.levels = 3 if c0 else 2
 
     def forward(self, feat: torch.Tensor, conv1: torch.Tensor, layer1: torch.Tensor,
-                layer2: torch.Tensor, out_size: int) -> torch.Tensor:
+                layer2: torch.Tensor, out_size: int, logits: bool = False) -> torch.Tensor:
+        """(B,1,S,S) probabilities; with ``logits``, the last convolution's output instead: (B,1,S/2,S/2)
+        (S/4 without the conv1 level), whose bilinear upsampling to S and sigmoid are the probabilities."""
         x = self.post0(upsample2(self.h2(feat), layer2) + self.v2(layer2))
         x = self.post1(upsample2(self.h1(x), layer1) + self.v1(layer1))
         if self.levels == 3:
             x = upsample2(self.h0(x), conv1) + self.v0(conv1)
         x = self.post2(x)
+        if logits:
+            return x
         x = F.interpolate(x, scale_factor=float(int(out_size) / int(x.shape[-1])), mode="bilinear",
                           align_corners=False)
         return torch.sigmoid(x)

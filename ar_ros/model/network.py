@@ -110,10 +110,13 @@ class AlphaRefineNet(nn.Module):
         """Template crops (B,3,S,S) -> correlation kernels (B, cells, C). Compute once per target."""
         return template_kernel(self.feature_extractor(images, ("layer3",))["layer3"])
 
-    def search(self, images: torch.Tensor, kernels: torch.Tensor, with_mask: bool = False) -> Dict[str, torch.Tensor]:
+    def search(self, images: torch.Tensor, kernels: torch.Tensor, with_mask: bool = False,
+               mask_logits: bool = False) -> Dict[str, torch.Tensor]:
         """Search crops (B,3,S,S) + kernels (B,cells,C) -> ``boxes`` (B,4 xyxy px), ``score`` (B,), ``mask``.
 
-        The mask branch (and the low-level features it needs) only runs when ``with_mask``.
+        The mask branch (and the low-level features it needs) only runs when ``with_mask``; with
+        ``mask_logits`` as well, it stops before its upsampling: ``mask_logits`` (B,1,S/2,S/2) instead of
+        ``mask`` (``MaskHead.forward``; what a box from the mask needs, ``engine.masks.logits_mask_box``).
         """
         fine = self.config.corner_stride != STRIDE
         names = ("conv1", "layer1", "layer2", "layer3") if with_mask else ("layer2", "layer3") if fine else ("layer3",)
@@ -122,7 +125,8 @@ class AlphaRefineNet(nn.Module):
         out = self.corner_head(fused, feats["layer2"] if fine else None)
         if with_mask:
             adj = [m(feats[n]) for m, n in zip(self.feat_adjust, ("conv1", "layer1", "layer2"))]
-            out["mask"] = self.mask_head(fused, *adj, out_size=images.shape[-1])
+            key = "mask_logits" if mask_logits else "mask"
+            out[key] = self.mask_head(fused, *adj, out_size=images.shape[-1], logits=mask_logits)
         return out
 
     def forward(self, template_images: torch.Tensor, search_images: torch.Tensor,
@@ -132,13 +136,16 @@ class AlphaRefineNet(nn.Module):
 
 
 class SearchTensors(nn.Module):
-    """``net.search`` with a tuple of tensors as output, ``(boxes, score[, mask])``: what tracers take (the
-    ONNX exporter, TorchScript for the CPU graphs)."""
+    """``net.search`` with a tuple of tensors as output, ``(boxes, score[, mask or mask_logits])``: what
+    tracers take (the ONNX exporter, TorchScript for the CPU graphs)."""
 
-    def __init__(self, net: nn.Module, with_mask: bool) -> None:
+    def __init__(self, net: nn.Module, with_mask: bool, mask_logits: bool = False) -> None:
         super().__init__()
-        self.net, self.with_mask = net, with_mask
+        self.net, self.with_mask, self.mask_logits = net, with_mask, mask_logits
 
     def forward(self, images: torch.Tensor, kernels: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        out = self.net.search(images, kernels, with_mask=self.with_mask)
-        return (out["boxes"], out["score"], out["mask"]) if self.with_mask else (out["boxes"], out["score"])
+        if not self.with_mask:
+            out = self.net.search(images, kernels)
+            return out["boxes"], out["score"]
+        out = self.net.search(images, kernels, with_mask=True, mask_logits=self.mask_logits)
+        return out["boxes"], out["score"], out["mask_logits" if self.mask_logits else "mask"]
