@@ -17,10 +17,13 @@ not spill into the next one's timing.
     python benchmarks/bench_backends.py [--model PATH] [--threads 2] [--repeat 20] [--json] [--plot out.png]
         [--vs OTHER]   # OTHER's torch/fp32 and onnxruntime/int8 in the same run, prefixed 'vs:'
         [--vs-onnx DIR]  # the int8 graphs of an existing export folder (any ar_ros version), 'vs-onnx:'
+        [--only PATTERN ...]  # time only the configurations matching these shell patterns, e.g.
+                              # --only '*int8/box/1' '*torch/fp32/box/1' (fewer configurations, less drift)
 """
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import tempfile
 from pathlib import Path
@@ -42,6 +45,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--only", nargs="+", default=None, metavar="PATTERN",
+                    help="time only these configurations (shell patterns over the printed names, e.g. '*int8/box/1')")
     ap.add_argument("--plot", default=None, help="also draw the medians (p95 as whiskers) into this PNG")
     ap.add_argument("--vs", default=None, help="a second checkpoint: its torch/fp32 and onnxruntime/int8 are timed "
                                                "in the same run (e.g. a candidate default against the shipped one)")
@@ -100,16 +105,19 @@ def main() -> None:
     frame, boxes = frame_and_boxes(8)
     fns, refiners = {}, []
     for name, make in configs.items():
+        cases = [(f"{name}/{'box+mask' if mask else 'box'}/{n}", mask, n) for mask in (False, True)
+                 for n in (1, 4, 8) if not (mask and name.endswith(("-fused", "-corner")))]  # other box_mode: box
+        cases = [c for c in cases if args.only is None or any(fnmatch.fnmatchcase(c[0], p) for p in args.only)]
+        if not cases:
+            continue
         refiner = make()
         refiners.append(refiner)
         refiner.set_targets(frame, boxes)
-        for mask in (False, True):
-            if mask and name.endswith(("-fused", "-corner")):
-                continue  # the other box_mode: its box only
-            for n in (1, 4, 8):
-                subset = dict(list(boxes.items())[:n])
-                fns[f"{name}/{'box+mask' if mask else 'box'}/{n}"] = \
-                    (lambda r=refiner, s=subset, m=mask: r.refine(frame, s, mask=m))
+        for key, mask, n in cases:
+            subset = dict(list(boxes.items())[:n])
+            fns[key] = (lambda r=refiner, s=subset, m=mask: r.refine(frame, s, mask=m))
+    if not fns:
+        raise SystemExit(f"--only {' '.join(args.only)}: no configuration matches")
     build_cpu_graphs(fns, refiners)  # the CPU graphs are timed, not their building
     results = interleaved(fns, args.repeat, block=4)
     if args.plot:
@@ -125,7 +133,8 @@ def main() -> None:
     for key, (med, p95) in results.items():
         name, kind, n = key.rsplit("/", 2)
         base = results.get(f"torch-plain/fp32/{kind}/{n}", (float("nan"),))[0]
-        print(f"{key:36s} {med:10.2f} {p95:9.2f} {med / base:8.2f}x")
+        ratio = f"{med / base:8.2f}x" if base == base else f"{'-':>9s}"  # NaN: plain torch not timed (--only)
+        print(f"{key:36s} {med:10.2f} {p95:9.2f} {ratio}")
     for key, (med, _) in results.items():  # --vs: the second model against this one, same configuration
         other = key.split(":", 1)[1] if key.startswith(("vs:", "vs-onnx:")) else ""
         if other in results:
