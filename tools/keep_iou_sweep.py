@@ -6,11 +6,12 @@ Refines every sequence once per base tracker with the gate off, keeping each fra
 network's box (``Result.raw_box``) and the GT; the gate is then applied for each threshold, which in open
 loop gives exactly what ``ar-refine eval --keep-iou T`` gives (the output does not change the next input).
 Closed loop does change it: measure the chosen values there with ``ar-refine eval --loop closed``.
-Choose on ``validation``, never on ``reference`` or ``real``.
+Choose on ``validation`` (and ``composite``), never on ``reference`` or ``real``.
 """
 from __future__ import annotations
 
 import argparse
+import tempfile
 from typing import Dict, List
 
 import numpy as np
@@ -51,19 +52,40 @@ def gated_auc(runs: List[np.ndarray], keep_iou: float) -> float:
     return float(np.mean(aucs)) * 100
 
 
+COMPOSITE_SEEDS = (95_000, 95_010)  # the validation suite's seeds (held out from training)
+
+
+def composite_validation(cache_dir: str = "") -> list:
+    """Real-photo composites over the held-out photos (the trainer's validation photos), 640x480, the
+    validation suite's seeds: targets and backgrounds no training pair saw, with exact boxes and masks."""
+    from pathlib import Path
+    from ar_ros.train.composite import CompositeSequence
+    from ar_ros.train.trainer import real_photo_banks
+    folder = Path(cache_dir or tempfile.mkdtemp(prefix="ar_ros_cutouts_"))
+    bank = real_photo_banks(folder)[1]
+    return [CompositeSequence(seed, bank, 150, (640, 480)) for seed in range(*COMPOSITE_SEEDS)]
+
+
 def sweep_setup(doc: str) -> tuple:
     """Parse a sweep tool's options (--suite, --checkpoint, --bases); return (args, sequences, bases).
-    ``--suite real`` is the PETS09 suite (for reporting only: choose on ``validation``)."""
+    ``--suite`` takes a comma-separated list: synthetic suites, ``composite`` (:func:`composite_validation`;
+    ``--cutouts DIR`` keeps its GrabCut cut-outs between runs) and ``real``, the PETS09 suite (for reporting
+    only: choose on ``validation`` and ``composite``)."""
     parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument("--suite", default="validation")
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--bases", default="jitter,oracle,csrt")
+    parser.add_argument("--cutouts", default="", help="folder for the composite suite's cut-outs (cached)")
     args = parser.parse_args()
-    if args.suite == "real":
-        from ar_ros.eval.real_suite import real_suite
-        seqs = real_suite()
-    else:
-        seqs = suite(args.suite)
+    seqs = []
+    for name in args.suite.split(","):
+        if name == "real":
+            from ar_ros.eval.real_suite import real_suite
+            seqs += real_suite()
+        elif name == "composite":
+            seqs += composite_validation(args.cutouts)
+        else:
+            seqs += suite(name)
     return args, seqs, args.bases.split(",")
 
 
