@@ -53,6 +53,18 @@ def test_crop_mask_box_labels_like_the_whole_crop():
         boxes += got is not None
     assert 100 < boxes < 300  # both outcomes were exercised
     assert crop_mask_box(np.zeros((128, 128), np.float32)) is None
+    # regions of the same largest area: the one labelling the whole crop finds first, whatever the offsets
+    for _ in range(300):
+        prob = np.zeros((128, 128), np.float32)
+        side = int(rng.integers(5, 12))
+        for _ in range(int(rng.integers(2, 5))):
+            y, x = rng.integers(0, 128 - side, 2)
+            prob[y:y + side, x:x + side] = 0.9
+        got = crop_mask_box(prob)
+        assert (None if got is None else got.tolist()) == _whole_crop_box(prob)
+    tie = np.zeros((128, 128), np.float32)
+    tie[1:6, 100:105] = tie[2:7, 10:15] = 0.9  # two 5x5 squares, the top one on an odd row
+    assert crop_mask_box(tie).tolist() == _whole_crop_box(tie) == [100.0, 1.0, 105.0, 6.0]
 
 def test_fuse_boxes_moves_towards_an_agreeing_mask_box_only():
     corner = np.array([10.0, 10.0, 50.0, 90.0])
@@ -119,7 +131,7 @@ def test_auto_fuses_with_the_slim_mask_decoder_only(short_seq):
     assert Refiner().resolved_box_mode() == ("fused" if Refiner().config.mask_head == "slim" else "corner")
 
 
-@pytest.mark.parametrize("threshold", [0.5, 0.3])
+@pytest.mark.parametrize("threshold", [0.5, 0.3, 1e-4, 1 - 1e-4])
 def test_logits_mask_box_is_the_box_of_the_upsampled_probabilities(threshold):
     """The decoder's logits, upsampled here, give the box its probabilities (torch's upsampling) give."""
     import cv2

@@ -145,10 +145,20 @@ def test_int8_box_mask_graph_is_used_for_masks_only_when_its_masks_agree(tmp_pat
         graphs = {k: Path(v._model_path).name for k, v in backend.sessions.items()}
         assert graphs["search_box"] == "search_box_int8.onnx"
         assert graphs["search_mask"] == ("search_mask_int8.onnx" if kept else "search_mask.onnx")
+        assert graphs["search_fused"] == ("search_fused_int8.onnx" if kept else "search_fused.onnx")
+        assert backend.mask_logits  # fused boxes and masks on graphs of the same precision
         r = Refiner(str(out), backend="onnxruntime-int8", box_mode="fused")
         r.set_target(frame, box, "a")
         res = r.refine(frame, {"a": box}, mask=True)["a"]
         assert np.isfinite(res.raw_box).all() and res.mask.shape == frame.shape[:2]
+    # box+mask int8 kept, fused-box int8 not: fused boxes then run the int8 box+mask graph, not fp32 search_fused
+    monkeypatch.setattr(onnx_backend, "MASK_MIN_IOU", 0.0)
+    onnx_backend.quantize_int8(out, calib, min_iou=0.0)
+    manifest = json.loads((out / onnx_backend.MANIFEST).read_text())
+    del manifest["files"]["search_fused_int8"]
+    (out / onnx_backend.MANIFEST).write_text(json.dumps(manifest))
+    assert not onnx_backend.OnnxRuntimeBackend(out, int8=True).mask_logits
+    assert onnx_backend.OnnxRuntimeBackend(out).mask_logits  # fp32: both graphs fp32
 
 
 def test_tensorrt_errors_are_clear_without_a_gpu(onnx_dir):

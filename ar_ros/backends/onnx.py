@@ -3,8 +3,8 @@
 The template graph runs once per target; the search graph takes the cached kernels, so exported
 models keep the engine's caching. ``search_box.onnx`` computes boxes and scores only;
 ``search_mask.onnx`` adds the mask branch; ``search_fused.onnx`` is ``search_mask`` stopped before the
-mask's upsampling (``mask_logits`` at half size: what ``box_mode: fused`` needs for its boxes when no mask is
-asked for, ~0.2 ms less per int8 search here). Exports without it (older ar_ros) run ``search_mask`` for
+mask's last upsampling (``mask_logits`` at the decoder's last stride, S/2; S/4 for ``slim4``): what
+``box_mode: fused`` needs for its boxes when no mask is asked for, ~0.2 ms less per int8 search here. Exports without it (older ar_ros) run ``search_mask`` for
 those boxes. Opset 17 (TensorRT 8.6+ and 10 read it).
 """
 from __future__ import annotations
@@ -58,7 +58,7 @@ class _Template(nn.Module):
 
 
 def export_onnx(net: AlphaRefineNet, out_dir: Union[str, Path], source: str = "") -> Path:
-    """Write the three graphs and a manifest into ``out_dir``; returns the directory."""
+    """Write the four graphs (:data:`FILES`) and a manifest into ``out_dir``; returns the directory."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     net = net.float().eval().to("cpu", memory_format=torch.contiguous_format)
@@ -127,16 +127,21 @@ class OnnxRuntimeBackend:
         files = dict(manifest.get("files", FILES))
         if int8 and "search_box_int8" not in files:
             raise BackendError(f"{model_dir}: no int8 graph; export with `ar-refine export onnx --int8`")
+        int8_graphs = set()
         for graph in INT8_FILES:  # int8 replaces the graphs it has (older exports: the box graph only)
             name = files.pop(graph + "_int8", None)
             if int8 and name:
                 files[graph] = name
+                int8_graphs.add(graph)
         try:
             self.sessions = {k: ort.InferenceSession(str(Path(model_dir) / f), opts, providers=providers)
                              for k, f in files.items()}
         except Exception as err:  # onnxruntime raises its own exception types for bad files
             raise BackendError(f"{model_dir}: cannot load ONNX model ({type(err).__name__}: {err})") from None
-        self.mask_logits = "search_fused" in self.sessions  # search(mask_logits=True) can stop before upsampling
+        # search(mask_logits=True) can stop before the upsampling; with int8, only where that graph is int8 as
+        # well when the box+mask one is (else fused boxes would run fp32 where the box+mask graph runs int8)
+        self.mask_logits = "search_fused" in self.sessions and \
+            ("search_fused" in int8_graphs or "search_mask" not in int8_graphs)
 
     @staticmethod
     def _np(t: torch.Tensor) -> np.ndarray:
@@ -174,7 +179,8 @@ def max_box_difference(net: AlphaRefineNet, model_dir: Union[str, Path], batch: 
 INT8_FILES = {"search_box": "search_box_int8.onnx", "search_mask": "search_mask_int8.onnx",
               "search_fused": "search_fused_int8.onnx"}
 INT8_FILE = INT8_FILES["search_box"]
-MASK_MIN_IOU = 0.9  # the int8 box+mask graph's masks (> 0.5) must overlap fp32's this much on average
+MASK_MIN_IOU = 0.9  # an int8 graph's masks (search_mask: > 0.5; search_fused: logits > 0) must overlap fp32's
+                   # this much on average
 #: What int8 quantises (ONNX node-name prefixes): the backbone and the feature convolutions of the neck and
 #: heads. Kept in fp32: the correlation and its channel attention, the corner score maps (conv5, the fine
 #: branches' ``out``) and their soft-argmax, the mask's last convolution (its logits). Quantising everything

@@ -60,8 +60,12 @@ def crop_mask_box(prob: np.ndarray, threshold: float = 0.5, min_area: float = FU
     if w0 == 0:
         return None
     # the regions inside that rectangle are the whole crop's: labelling it alone is exact and about a third
-    # of the time (OpenCV's statistics pass costs ~0.07 ms on a 128x128 crop, more than the rest of fusing)
-    part = np.ascontiguousarray(binary[y0:y0 + h0, x0:x0 + w0])
+    # of the time (OpenCV's statistics pass costs ~0.07 ms on a 128x128 crop, more than the rest of fusing).
+    # Started on even coordinates, OpenCV labels in 2x2 blocks as over the whole crop, so of two regions of
+    # the same largest area the same one comes first
+    x1, y1 = x0 + w0, y0 + h0
+    x0, y0 = x0 & ~1, y0 & ~1
+    part = np.ascontiguousarray(binary[y0:y1, x0:x1])
     count, _, stats, _ = cv2.connectedComponentsWithStats(part, connectivity=8)
     best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
     x, y, w, h, area = stats[best]
@@ -70,11 +74,16 @@ def crop_mask_box(prob: np.ndarray, threshold: float = 0.5, min_area: float = FU
     return np.array([x + x0, y + y0, x + x0 + w, y + y0 + h], dtype=np.float64)
 
 
+LOGIT_THRESHOLDS = (1e-4, 1.0 - 1e-4)  # mask thresholds at which logits_mask_box equals crop_mask_box
+
+
 def logits_mask_box(logits: np.ndarray, size: int, threshold: float = 0.5,
                     min_area: float = FUSE_MIN_AREA) -> Optional[np.ndarray]:
     """:func:`crop_mask_box` of the mask decoder's (h,w) logits (``AlphaRefineNet.search(mask_logits=True)``)
     without the probabilities: upsampled bilinearly to (size,size) like the decoder's last step (half-pixel
-    centres; within 2e-6 of torch's interpolate) and thresholded at logit(``threshold``), 0 < threshold < 1."""
+    centres; within 3e-7 of torch's interpolate relative to the largest logit) and thresholded at
+    logit(``threshold``), for thresholds in :data:`LOGIT_THRESHOLDS` (beyond them float32's sigmoid rounds
+    to 0 or 1 where the logit does not: use the probabilities)."""
     up = cv2.resize(np.ascontiguousarray(logits, dtype=np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
     return crop_mask_box(up, math.log(threshold / (1.0 - threshold)), min_area)
 

@@ -18,8 +18,8 @@ from ..model import AlphaRefineNet, CheckpointError, load_network
 from ..model.fuse import fold_batchnorm as fold_batchnorm_layers
 from . import crop as cropping
 from .boxes import Box, as_box, box_problem, check_box, iou
-from .masks import (BOX_MODES, DEFAULT_BOX_MODE, FUSE_MASK_WEIGHT, FUSE_MIN_IOU, crop_mask_box, fuse_boxes,
-                    logits_mask_box, mask_to_box)
+from .masks import (BOX_MODES, DEFAULT_BOX_MODE, FUSE_MASK_WEIGHT, FUSE_MIN_IOU, LOGIT_THRESHOLDS, crop_mask_box,
+                    fuse_boxes, logits_mask_box, mask_to_box)
 from .graphs import SearchGraphs, graphs_available
 from .precision import auto_cpu_precision, is_prepared, pack_fp32, resolve_precision, to_bf16
 
@@ -335,7 +335,9 @@ class Refiner:
             with_mask = mask or fused
             # fused boxes without masks: the decoder's logits suffice where the backend can stop before its
             # upsampling (an ONNX export with search_fused); the probabilities otherwise
-            logits = fused and not mask and getattr(self.net, "mask_logits", False) and 0 < self.mask_threshold < 1
+            low, high = LOGIT_THRESHOLDS
+            logits = fused and not mask and getattr(self.net, "mask_logits", False) and \
+                low <= self.mask_threshold <= high
             key = "mask_logits" if logits else "mask"
             with torch.inference_mode():
                 kernels = torch.cat([self._kernels[tid] for _, tid, _, _ in todo])

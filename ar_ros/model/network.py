@@ -115,7 +115,8 @@ class AlphaRefineNet(nn.Module):
         """Search crops (B,3,S,S) + kernels (B,cells,C) -> ``boxes`` (B,4 xyxy px), ``score`` (B,), ``mask``.
 
         The mask branch (and the low-level features it needs) only runs when ``with_mask``; with
-        ``mask_logits`` as well, it stops before its upsampling: ``mask_logits`` (B,1,S/2,S/2) instead of
+        ``mask_logits`` as well, it stops before its last upsampling: ``mask_logits`` (B,1,S/2,S/2; S/4 for the
+        "slim4" decoder) instead of
         ``mask`` (``MaskHead.forward``; what a box from the mask needs, ``engine.masks.logits_mask_box``).
         """
         fine = self.config.corner_stride != STRIDE
