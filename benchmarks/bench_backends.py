@@ -32,6 +32,7 @@ import torch
 
 from ar_ros import Refiner
 from ar_ros.backends.onnx import calibration_batches, export_onnx, quantize_int8
+from ar_ros.engine.masks import resolve_box_mode
 from ar_ros.engine.precision import bf16_problem, cpu_features
 from ar_ros.model import load_network
 from ar_ros.engine.refiner import DEFAULT_CHECKPOINT
@@ -65,7 +66,7 @@ def main() -> None:
     except Exception as err:  # reported, the others still run
         print(f"int8: {err}")
         int8 = False
-    default_mode = Refiner(net).resolved_box_mode()
+    default_mode = resolve_box_mode("auto", net.config.mask_head)
     other = "corner" if default_mode == "fused" else "fused"
     configs = {
         "torch-plain/fp32": lambda: Refiner(path, channels_last=False, fold_batchnorm=False),
@@ -125,7 +126,8 @@ def main() -> None:
     if args.json:
         print(json.dumps({k: round(v[0], 3) for k, v in results.items()}))
         return
-    vs_mode = f" (box_mode auto: {Refiner(args.vs).resolved_box_mode()})" if args.vs else ""
+    vs_mode = f" (box_mode auto: {resolve_box_mode('auto', load_network(args.vs)[0].config.mask_head)})" \
+        if args.vs else ""
     print(f"model: {path} (box_mode auto: {default_mode})  threads: {args.threads}  torch {torch.__version__}" +
           (f"  vs: {args.vs}{vs_mode}" if args.vs else "") + (f"  vs-onnx: {args.vs_onnx}" if args.vs_onnx else ""))
     print(f"CPU: {cpu_features()}")

@@ -147,6 +147,10 @@ def test_warm_up_builds_the_one_target_graph_and_leaves_the_targets_alone(small_
     r.refine(frame, {"a": (200.0, 150.0, 120.0, 90.0)})
     assert len(r.graphs.graphs) == 1  # the first real frame ran that graph
     Refiner(small_net, cpu_graphs=False).warm_up()  # eager: one pass, nothing to build
+    quick = Refiner(small_net, box_mode="fused")
+    quick.warm_up(timeout=0.0)  # returns at once; the build goes on in the background
+    quick.graphs.wait()
+    assert [g is not None for g in quick.graphs.graphs.values()] == [True]
 
 
 def test_a_stream_never_waits_for_a_graph_and_builds_run_one_after_another(small_net, frame, monkeypatch):

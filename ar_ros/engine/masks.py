@@ -44,6 +44,13 @@ def mask_to_box(prob: np.ndarray, threshold: float = 0.5, min_area: float = 100.
 BOX_MODES = ("corner", "fused", "auto")
 DEFAULT_BOX_MODE = "auto"
 
+
+def resolve_box_mode(box_mode: str, mask_head: str) -> str:
+    """``corner`` or ``fused``: what ``box_mode`` means for a network with this ``NetConfig.mask_head``."""
+    if box_mode == "auto":
+        return "corner" if mask_head == "authors" else "fused"
+    return box_mode
+
 # box_mode "fused" (chosen on the validation suite, README "Box from corners and mask"): where the mask's
 # box and the corner head's box agree to at least FUSE_MIN_IOU, the output is FUSE_MASK_WEIGHT of the way
 # from the corner box to the mask box; elsewhere (no mask region, or a disagreement) the corner box

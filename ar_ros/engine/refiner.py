@@ -19,7 +19,7 @@ from ..model.fuse import fold_batchnorm as fold_batchnorm_layers
 from . import crop as cropping
 from .boxes import Box, as_box, box_problem, check_box, iou
 from .masks import (BOX_MODES, DEFAULT_BOX_MODE, FUSE_MASK_WEIGHT, FUSE_MIN_IOU, LOGIT_THRESHOLDS, crop_mask_box,
-                    fuse_boxes, logits_mask_box, mask_to_box)
+                    fuse_boxes, logits_mask_box, mask_to_box, resolve_box_mode)
 from .graphs import SearchGraphs, graphs_available
 from .precision import auto_cpu_precision, is_prepared, pack_fp32, resolve_precision, to_bf16
 
@@ -216,10 +216,7 @@ class Refiner:
 
     def resolved_box_mode(self, box_mode: Optional[str] = None) -> str:
         """``corner`` or ``fused``: what ``box_mode`` (default: this refiner's) means for its network."""
-        mode = self.box_mode if box_mode is None else box_mode
-        if mode == "auto":
-            return "corner" if self.config.mask_head == "authors" else "fused"
-        return mode
+        return resolve_box_mode(self.box_mode if box_mode is None else box_mode, self.config.mask_head)
 
     # ------------------------------------------------------------------ targets
     @property
@@ -249,10 +246,11 @@ class Refiner:
         for i, tid in enumerate(boxes):
             self._kernels[tid] = kernels[i:i + 1].clone()
 
-    def warm_up(self) -> None:
+    def warm_up(self, timeout: Optional[float] = 60.0) -> None:
         """Template and search passes on a blank frame, one target, so that the first real frames are not
-        slow: with CPU graphs (``cpu_graphs``), as many as build the one-target graph of this box mode.
-        Targets and counters are left as they were."""
+        slow: with CPU graphs (``cpu_graphs``), as many as build the one-target graph of this box mode,
+        waiting at most ``timeout`` seconds for it (None: as long as it takes; a build still under way goes
+        on in the background, eager refines meanwhile). Targets and counters are left as they were."""
         frame = np.zeros((64, 64, 3), np.uint8)
         tid, box, passes = object(), (16.0, 16.0, 32.0, 32.0), self.passes  # an id no caller can have
         self.set_target(frame, box, tid)
@@ -260,7 +258,7 @@ class Refiner:
             for _ in range(self.graphs.after if self.graphs is not None else 1):
                 self.refine(frame, {tid: box})
             if self.graphs is not None:
-                self.graphs.wait()  # built in the background: ready before the first real frame
+                self.graphs.wait(timeout)  # built in the background: ready before the first real frame
         finally:
             self.clear(tid)
             self.passes = passes
