@@ -4,8 +4,9 @@ The template graph runs once per target; the search graph takes the cached kerne
 models keep the engine's caching. ``search_box.onnx`` computes boxes and scores only;
 ``search_mask.onnx`` adds the mask branch; ``search_fused.onnx`` is ``search_mask`` stopped before the
 mask's last upsampling (``mask_logits`` at the decoder's last stride, S/2; S/4 for ``slim4``): what
-``box_mode: fused`` needs for its boxes when no mask is asked for, ~0.2 ms less per int8 search here. Exports without it (older ar_ros) run ``search_mask`` for
-those boxes. Opset 17 (TensorRT 8.6+ and 10 read it).
+``box_mode: fused`` needs for its boxes when no mask is asked for, ~0.2 ms less per int8 search here.
+Exports without it (older ar_ros) run ``search_mask`` for those boxes. Opset 17 (TensorRT 8.6+ and 10
+read it).
 """
 from __future__ import annotations
 
