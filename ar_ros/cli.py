@@ -175,14 +175,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
             out = build_engines(args.out)
             print(f"wrote fp16 engines to {out}/ (keyed by GPU and TensorRT version)")
         return 0
-    from .backends.onnx import export_onnx, max_box_difference
+    from .backends.onnx import FILES, export_onnx, max_box_difference
     from .model import load_network
     from .engine.refiner import DEFAULT_CHECKPOINT
     path = args.checkpoint or DEFAULT_CHECKPOINT
     net, _ = load_network(path)
     out = export_onnx(net, args.out, source=str(path))
     diff = max_box_difference(net, out)
-    print(f"wrote {out}/ (template.onnx, search_box.onnx, search_mask.onnx, search_fused.onnx); ONNX Runtime vs torch: "
+    print(f"wrote {out}/ ({', '.join(FILES.values())}); ONNX Runtime vs torch: "
           f"max box difference {diff:.4f} px")
     if diff >= 0.05:
         raise RuntimeError(f"exported model disagrees with torch by {diff:.3f} px (limit 0.05)")
