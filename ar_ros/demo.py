@@ -14,10 +14,10 @@ import numpy as np
 from .engine.masks import DEFAULT_BOX_MODE
 from .engine.refiner import Refiner
 from .eval import bags, report
-from .eval.base_trackers import jittered_gt, run_opencv
+from .data.base_trackers import jittered_gt, run_opencv
 from .eval.metrics import score
 from .eval.replay import replay
-from .eval.synthetic import Sequence
+from .data.synthetic import Sequence
 from .ros.params import default_keep_iou
 
 DEMO_SEED = 100_003

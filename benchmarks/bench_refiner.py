@@ -26,7 +26,7 @@ from ar_ros.backends.onnx import calibration_batches, export_onnx, quantize_int8
 from ar_ros.engine.precision import bf16_problem, cpu_features
 from ar_ros.engine.refiner import DEFAULT_CHECKPOINT
 from ar_ros.eval.timing import build_cpu_graphs, interleaved  # noqa: F401  (interleaved: also imported from here by the other benchmarks)
-from ar_ros.eval.synthetic import Sequence
+from ar_ros.data.synthetic import Sequence
 from ar_ros.model import AUTHORS_CONFIG, AlphaRefineNet, load_network
 
 

@@ -23,10 +23,10 @@ import torch
 
 from ar_ros import Refiner
 from ar_ros.eval import bags
-from ar_ros.eval.base_trackers import jittered_gt
+from ar_ros.data.base_trackers import jittered_gt
 from ar_ros.eval.replay import replay
 from ar_ros.engine.session import RefineSession
-from ar_ros.eval.synthetic import Sequence
+from ar_ros.data.synthetic import Sequence
 
 
 class TimedRefiner(Refiner):

@@ -48,8 +48,8 @@ import torch
 from ar_ros import Refiner
 from ar_ros.engine.boxes import clip_box
 from ar_ros.engine.refiner import DEFAULT_CHECKPOINT
-from ar_ros.eval.base_trackers import jitter
-from ar_ros.eval.synthetic import Sequence
+from ar_ros.data.base_trackers import jitter
+from ar_ros.data.synthetic import Sequence
 from ar_ros.eval.timing import interleaved
 from ar_ros.model import AUTHORS_CONFIG, AlphaRefineNet, load_network
 from bench_refiner import frame_and_boxes

@@ -165,7 +165,7 @@ def _rechunk(full: bytes, chunk_fn):
 def test_zstd_lz4_and_unchunked_files_are_read_and_a_damaged_chunk_is_skipped(tmp_path):
     import struct
     import lz4.frame
-    from ar_ros.eval.mcap_scan import ScanReader
+    from ar_ros.data.mcap_scan import ScanReader
     try:
         from compression import zstd
     except ImportError:

@@ -68,7 +68,7 @@ def test_base_tracker_process_takes_refined_boxes_back_for_the_frame_it_tracked(
     """Closed loop over real rclpy: a base_tracker process with use_feedback, a client playing camera and refiner."""
     import subprocess
     from ar_ros.io.detections import bbox_to_xywh
-    from ar_ros.opencv_trackers import OpenCVTracker
+    from ar_ros.data.opencv_trackers import OpenCVTracker
     from ros_helpers import detections_msg, installed_executable
     from test_node_process import read_log, stop
     rng = np.random.default_rng(0)

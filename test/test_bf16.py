@@ -7,7 +7,7 @@ from ar_ros import Refiner
 from ar_ros.engine import precision
 from ar_ros.engine.graphs import graphs_available
 from ar_ros.eval.precision_check import check_bf16
-from ar_ros.eval.synthetic import Sequence
+from ar_ros.data.synthetic import Sequence
 
 HAS_BF16 = bool(precision.cpu_bf16_units())
 

@@ -6,7 +6,7 @@ import torch
 from ar_ros import Refiner
 from ar_ros.engine import crop as cropping
 from ar_ros.engine.masks import crop_mask_box, fuse_boxes
-from ar_ros.eval.synthetic import Sequence
+from ar_ros.data.synthetic import Sequence
 
 
 @pytest.fixture(scope="module")

@@ -34,8 +34,8 @@ def test_every_refining_command_takes_the_nodes_model_options(command):
 @pytest.fixture(scope="module")
 def small_bag(tmp_path_factory):
     from ar_ros.eval import bags
-    from ar_ros.eval.base_trackers import jittered_gt
-    from ar_ros.eval.synthetic import Sequence
+    from ar_ros.data.base_trackers import jittered_gt
+    from ar_ros.data.synthetic import Sequence
     frames = list(Sequence(100_000, 6, (320, 240)))
     gt = [f.box for f in frames]
     return bags.write_sequence(tmp_path_factory.mktemp("bag") / "in", (f.image for f in frames),

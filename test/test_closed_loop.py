@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 
 from ar_ros import Refiner
-from ar_ros.eval.base_trackers import check_loop, oracle, run_opencv
+from ar_ros.data.base_trackers import check_loop, oracle, run_opencv
 from ar_ros.eval.benchmark import closed_loop_sequence, run_suite
-from ar_ros.eval.synthetic import Sequence
-from ar_ros.opencv_trackers import OpenCVTracker
+from ar_ros.data.synthetic import Sequence
+from ar_ros.data.opencv_trackers import OpenCVTracker
 
 
 @pytest.fixture(scope="module")

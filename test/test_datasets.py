@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from ar_ros.eval import bags
-from ar_ros.eval.datasets import DatasetError, open_dataset
+from ar_ros.data.datasets import DatasetError, open_dataset
 
 
 def _frames(folder, n, pattern):
@@ -173,7 +173,7 @@ def test_coco_instances_become_masked_single_frame_sequences(tmp_path):
 
 
 def test_rle_strings_decode_large_and_negative_deltas():
-    from ar_ros.eval.datasets import rle_counts
+    from ar_ros.data.datasets import rle_counts
     runs = [0, 5000, 3, 70000, 1, 2, 900]
     assert rle_counts(_rle_string(runs)) == runs
     with pytest.raises(DatasetError, match="truncated"):
@@ -186,7 +186,7 @@ def test_coco_pairs_feed_the_sampler_and_bad_files_are_clear(tmp_path):
     sampler = PairSampler(dataset_pairs(open_dataset("coco", root)), SamplerConfig(input_size=64))
     batch = sampler.batch(np.random.default_rng(0), 4)
     assert float(batch["has_mask"].min()) == 1.0 and float(batch["mask"].sum()) > 0
-    from ar_ros.eval.datasets import coco_mask
+    from ar_ros.data.datasets import coco_mask
     with pytest.raises(DatasetError, match="malformed COCO segmentation"):
         coco_mask([[1, 2, 3, 4, 5, 6, 7]], 10, 10)  # odd number of coordinates
     with pytest.raises(DatasetError, match="malformed COCO segmentation"):

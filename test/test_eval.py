@@ -6,9 +6,9 @@ import pytest
 
 from ar_ros import Refiner
 from ar_ros.eval import bags
-from ar_ros.eval.base_trackers import jittered_gt, run_opencv
+from ar_ros.data.base_trackers import jittered_gt, run_opencv
 from ar_ros.eval.replay import replay
-from ar_ros.eval.synthetic import Sequence, mask_box, suite
+from ar_ros.data.synthetic import Sequence, mask_box, suite
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ pytest.importorskip("rclpy")
 pytest.importorskip("vision_msgs.msg")
 
 from ar_ros.eval import bags  # noqa: E402
-from ar_ros.eval.base_trackers import jittered_gt  # noqa: E402
-from ar_ros.eval.synthetic import Sequence  # noqa: E402
+from ar_ros.data.base_trackers import jittered_gt  # noqa: E402
+from ar_ros.data.synthetic import Sequence  # noqa: E402
 from ar_ros.ros.live_replay import live_replay  # noqa: E402
 
 pytestmark = pytest.mark.ros

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from ar_ros.eval import metrics as M
+from ar_ros.data.results import read_boxes
 
 
 def test_iou_and_centre_error_by_hand():
@@ -56,10 +57,10 @@ def test_average_weighs_sequences_equally():
 def test_read_boxes_accepts_separators_and_rejects_garbage(tmp_path):
     f = tmp_path / "gt.txt"
     f.write_text("1,2,3,4\n5\t6\t7\t8\n\n9 10 11 12  # comment\n")
-    assert M.read_boxes(f).tolist() == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]]
+    assert read_boxes(f).tolist() == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]]
     f.write_text("1,2,3\n")
     with pytest.raises(ValueError, match=":1: expected 4 numbers"):
-        M.read_boxes(f)
+        read_boxes(f)
 
 
 def test_score_command_json_contract(tmp_path):

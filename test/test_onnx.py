@@ -117,7 +117,7 @@ def test_int8_quantisation_is_gated_on_agreement_with_fp32(tmp_path, small_net, 
     # the whole-sequence check the CLI runs before keeping the graph; a refiner agrees with itself exactly
     from ar_ros.backends.onnx import drop_int8
     from ar_ros.eval.benchmark import agreement
-    from ar_ros.eval.synthetic import suite
+    from ar_ros.data.synthetic import suite
     fp32 = Refiner(str(out), backend="onnxruntime")
     tiny = suite("tiny")[:1]
     assert agreement(fp32, fp32, tiny) == pytest.approx(1.0)
@@ -191,7 +191,7 @@ def test_fused_boxes_come_from_the_graph_that_stops_before_the_masks_upsampling(
     from ar_ros.backends.onnx import MANIFEST
     from ar_ros.model import load_network
     from ar_ros.engine.refiner import DEFAULT_CHECKPOINT
-    from ar_ros.eval.synthetic import Sequence
+    from ar_ros.data.synthetic import Sequence
     backend = OnnxRuntimeBackend(onnx_dir)
     assert backend.mask_logits
     images = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(1))
@@ -208,7 +208,7 @@ def test_fused_boxes_come_from_the_graph_that_stops_before_the_masks_upsampling(
     del manifest["files"]["search_fused"]
     (older / MANIFEST).write_text(json.dumps(manifest))
     assert not OnnxRuntimeBackend(older).mask_logits
-    from ar_ros.eval.base_trackers import jittered_gt
+    from ar_ros.data.base_trackers import jittered_gt
     seq = Sequence(100_001, 8, (320, 240))
     bases = jittered_gt([seq[t].box for t in range(len(seq))], seed=3)
     refiners = [Refiner(str(shipped), backend="onnxruntime", box_mode="fused"),

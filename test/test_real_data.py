@@ -8,8 +8,8 @@ import zipfile
 
 import pytest
 
-from ar_ros.eval import real_data
-from ar_ros.eval.real_data import RealDataMissing
+from ar_ros.data import real_data
+from ar_ros.data.real_data import RealDataMissing
 
 
 def test_data_dir_follows_env(monkeypatch, tmp_path):

@@ -1,9 +1,10 @@
-"""Ground truth by background subtraction (``eval.real_gt``) on small synthetic videos with known motion,
+"""Ground truth by background subtraction (``data.real_gt``) on small synthetic videos with known motion,
 and the real suite's CLI when the real data was not fetched (CI has none and never downloads it)."""
 import numpy as np
 import pytest
 
-from ar_ros.eval import real_data, real_gt, real_suite
+from ar_ros.data import real_data, real_gt
+from ar_ros.eval import real_suite
 
 
 def _video(objects, n=80, size=(200, 150), seed=0):

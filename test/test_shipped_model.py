@@ -7,9 +7,9 @@ import numpy as np
 
 from ar_ros import Refiner
 from ar_ros.engine.refiner import DEFAULT_CHECKPOINT
-from ar_ros.eval.base_trackers import jitter
+from ar_ros.data.base_trackers import jitter
 from ar_ros.eval.metrics import ious
-from ar_ros.eval.synthetic import Sequence
+from ar_ros.data.synthetic import Sequence
 from ar_ros.model import load_checkpoint
 
 

@@ -92,7 +92,7 @@ def _photo(seed: int, size=(200, 160)) -> np.ndarray:
 
 
 def _fake_real_data(root):
-    """A fetched-data folder (MANIFEST.json + photos) in the layout ar_ros.eval.real_data reads."""
+    """A fetched-data folder (MANIFEST.json + photos) in the layout ar_ros.data.real_data reads."""
     import cv2
     files = {}
     for i in range(5):  # four to train on, one held out
@@ -117,7 +117,7 @@ def test_grabcut_cuts_out_the_clear_object_of_a_photo():
 
 def test_pasted_cutout_gives_exact_box_and_mask_by_construction():
     from ar_ros.train.composite import Cutout, _paste
-    from ar_ros.eval.synthetic import mask_box
+    from ar_ros.data.synthetic import mask_box
     cut = Cutout(np.full((20, 10, 3), 200, np.uint8), np.ones((20, 10), np.float32), "block")
     for rot, (w, h) in ((0.0, (30, 50)), (np.pi / 2, (50, 30))):
         canvas = np.zeros((120, 160, 3), np.uint8)
@@ -164,7 +164,7 @@ def test_training_on_real_photo_composites_with_a_new_backbone(tmp_path, monkeyp
 
 
 def test_real_data_missing_is_a_clear_error(tmp_path, monkeypatch):
-    from ar_ros.eval.real_data import RealDataMissing
+    from ar_ros.data.real_data import RealDataMissing
     monkeypatch.setenv("AR_ROS_DATA", str(tmp_path / "nothing"))
     with pytest.raises(RealDataMissing, match="data fetch"):
         train(TrainConfig(out_dir=str(tmp_path / "run"), epochs=1, data=["real"], **TINY), progress=False)

@@ -21,7 +21,7 @@ from ar_ros.engine.boxes import iou_rows
 from ar_ros.engine.session import RefineSession
 from ar_ros.eval.benchmark import base_boxes
 from ar_ros.eval.metrics import score
-from ar_ros.eval.synthetic import suite
+from ar_ros.data.synthetic import suite
 
 THRESHOLDS = (0.0, 0.7, 0.75, 0.8, 0.82, 0.84, 0.85, 0.86, 0.88, 0.9, 0.95)
 

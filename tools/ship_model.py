@@ -18,7 +18,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from ar_ros.engine.refiner import DEFAULT_CHECKPOINT
-from ar_ros.eval.real_data import RealDataMissing
+from ar_ros.data.real_data import RealDataMissing
 from ar_ros.model import load_network, save_checkpoint
 from ar_ros.model.backbone import BACKBONES
 from ar_ros.train.trainer import TrainConfig, evaluate, real_photo_banks, selection_score, validation_sets
@@ -44,7 +44,7 @@ def licenses(meta: dict, backbone: str) -> dict:
     if spec and (tc.get("backbone_weights") or tc.get("init_backbone")):
         out["ImageNet backbone weights"] = spec[2]
     if "real" in meta.get("train_config", {}).get("data", []):
-        from ar_ros.eval.real_data import read_manifest
+        from ar_ros.data.real_data import read_manifest
         for name, src in read_manifest()["sources"].items():
             if any(info.get("use") == "training" for info in src.get("files", {}).values()):
                 out[f"photos from {name} {src.get('version', '')}".strip()] = src.get("license", "")
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
         return 0
     out = save_checkpoint(DEFAULT_CHECKPOINT, net, half=True, meta={
         "history": history, "train_config": train_config, "epochs": len(history),
-        "data": meta.get("data", "synthetic (ar_ros.eval.synthetic), seeds 0..90000; no real images"),
+        "data": meta.get("data", "synthetic (ar_ros.data.synthetic), seeds 0..90000; no real images"),
         "backbone": net.config.backbone_title, "licenses": licenses(meta, net.config.backbone),
         "validation_at_shipping": comparison})
     print(f"shipped {args.checkpoint} (epoch {len(history)}, val IoU {history[-1]['val_iou'] if history else 'n/a'}) "

@@ -191,7 +191,7 @@ def open_reader(path: Union[str, Path]):
     """A rosbags ``Reader`` for a bag directory (or its .mcap/.db3 file), with a clear error on bad input.
 
     An MCAP recording that was cut off (no footer, no metadata.yaml) is read by scanning its intact
-    records, with a warning (:mod:`ar_ros.eval.mcap_scan`), as ROS 2's own reader does.
+    records, with a warning (:mod:`ar_ros.data.mcap_scan`), as ROS 2's own reader does.
     """
     from rosbags.rosbag2 import Reader
     path = Path(path)
@@ -210,7 +210,7 @@ def open_reader(path: Union[str, Path]):
 
 def _scan_cut_off_recording(path: Path, problem: str):
     """A recording cut off mid-write (no footer, often no metadata.yaml): read what is intact, as ROS 2 does."""
-    from .mcap_scan import ScanError, ScanReader
+    from ..data.mcap_scan import ScanError, ScanReader
     files = sorted(path.glob("*.mcap"), key=lambda f: (len(f.name), f.name))  # bag_9 before bag_10
     if not files:
         raise BagError(problem)

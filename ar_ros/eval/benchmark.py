@@ -9,10 +9,10 @@ import numpy as np
 
 from ..engine.refiner import Refiner
 from ..engine.session import RefineSession
-from ..opencv_trackers import OpenCVTracker
-from .base_trackers import OPENCV_TRACKERS, check_loop, jittered_gt, oracle, run_opencv, track_opencv
+from ..data.opencv_trackers import OpenCVTracker
+from ..data.base_trackers import OPENCV_TRACKERS, check_loop, jittered_gt, oracle, run_opencv, track_opencv
 from .metrics import Scores, average, score
-from .synthetic import Sequence
+from ..data.synthetic import Sequence
 
 
 @dataclass

@@ -7,8 +7,7 @@ that is NaN or has no area scores IoU 0 and an infinite centre error.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Dict, Iterable, Union
+from typing import Dict, Iterable
 
 import numpy as np
 
@@ -99,24 +98,3 @@ def average(scores: Iterable[Scores]) -> Scores:
     keys = ("auc", "precision", "norm_precision", "ao", "sr50", "sr75")
     vals = {k: float(np.mean([getattr(s, k) for s in items])) for k in keys}
     return Scores(**vals, frames=sum(s.frames for s in items), absent_frames=sum(s.absent_frames for s in items))
-
-
-def read_boxes(path: Union[str, Path]) -> np.ndarray:
-    """Read ``x,y,w,h`` rows separated by commas, tabs or spaces (blank lines and # comments skipped)."""
-    rows = []
-    for lineno, line in enumerate(Path(path).read_text().splitlines(), 1):
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        parts = [p for p in line.replace(",", " ").replace("\t", " ").split() if p]
-        if len(parts) != 4:
-            raise ValueError(f"{path}:{lineno}: expected 4 numbers x,y,w,h, got {len(parts)}: {line!r}")
-        try:
-            rows.append([float(v) for v in parts])
-        except ValueError:
-            raise ValueError(f"{path}:{lineno}: not a number in {line!r}") from None
-    return np.array(rows, dtype=np.float64).reshape(-1, 4)
-
-
-def write_boxes(path: Union[str, Path], boxes: np.ndarray) -> None:
-    np.savetxt(path, np.asarray(boxes, dtype=np.float64).reshape(-1, 4), fmt="%.4f", delimiter=",")

@@ -18,7 +18,7 @@ from ..engine.precision import cpu_bf16_units, cpu_name, record_verdict, weights
 from ..engine.refiner import DEFAULT_CHECKPOINT, Refiner
 from ..model import AlphaRefineNet, load_network
 from .benchmark import AGREEMENT_MIN_IOU, agreement
-from .synthetic import Sequence
+from ..data.synthetic import Sequence
 from .timing import build_cpu_graphs, interleaved
 
 MIN_IOU = AGREEMENT_MIN_IOU  # the int8 graph's gate (``ar-refine export onnx --int8``)
@@ -68,7 +68,7 @@ def describe(verdict: dict) -> str:
 
 def main_check(checkpoint: Optional[str], suite_name: str) -> int:
     """``ar-refine check-bf16``: 0 when bf16 was accepted, 1 when rejected (both recorded)."""
-    from .synthetic import suite
+    from ..data.synthetic import suite
     verdict = check_bf16(checkpoint, suite(suite_name), suite_name=suite_name)
     print(describe(verdict))
     return 0 if verdict["bf16"] else 1

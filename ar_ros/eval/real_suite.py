@@ -1,7 +1,7 @@
 """The real-footage suite: PETS09-S2L1 pedestrians (``vtest.avi``) with the project's own ground truth.
 
 EVALUATION ONLY: never train or tune on these frames. The ground truth is ``pets09_s2l1_gt.json``
-next to this module, made by ``ar-refine data gt`` (``ar_ros.eval.real_gt``: two background-subtraction
+next to this module, made by ``ar-refine data gt`` (``ar_ros.data.real_gt``: two background-subtraction
 methods that must agree, isolated pedestrians only) and committed so that every run scores against the
 same boxes, the ones inspected on contact sheets. The video itself comes from ``ar-refine data fetch``.
 
@@ -22,8 +22,8 @@ from typing import Dict, Iterator, List, Optional
 import cv2
 import numpy as np
 
-from . import real_data, real_gt
-from .synthetic import Frame
+from ..data import real_data, real_gt
+from ..data.synthetic import Frame
 
 GT_FILE = Path(__file__).with_name("pets09_s2l1_gt.json")
 SEED_BASE = 200_000  # jitter seeds of the real sequences: apart from every synthetic suite's seeds

@@ -23,7 +23,7 @@ from ..io.detections import bbox_to_xywh, stamp_to_ns
 from ..io.images import ImageError, compressed_to_rgb, image_to_frame
 from ..progress import progress_bar
 from . import bags
-from .base_trackers import LOOPS, TrackerBank
+from ..data.base_trackers import LOOPS, TrackerBank
 from .metrics import Scores, score
 
 log = logging.getLogger(__name__)

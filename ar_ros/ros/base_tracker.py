@@ -26,7 +26,7 @@ from ar_ros.srv import ClearTargets, SetTarget
 from ..engine.boxes import check_box
 from ..io.detections import bbox_to_xywh, fill_bbox, stamp_to_ns
 from ..io.images import ImageError, image_to_rgb
-from ..opencv_trackers import OPENCV_TRACKERS, OpenCVTracker
+from ..data.opencv_trackers import OPENCV_TRACKERS, OpenCVTracker
 from .executor import run_node
 from .qos import IMAGE_QOS, OUTPUT_QOS
 

@@ -3,7 +3,7 @@
 Targets are cut out by GrabCut, started from a few rectangles per photo (the central one first: most
 photos have one clear object in the middle); a cut-out is kept when it is one solid region that fills a
 reasonable part of its rectangle. The cut-out then moves over a different photo with the synthetic
-generator's motion model (:class:`ar_ros.eval.synthetic.Sequence`: smooth path, scale, aspect and
+generator's motion model (:class:`ar_ros.data.synthetic.Sequence`: smooth path, scale, aspect and
 rotation change, distractors, a passing occluder, motion blur, illumination change). The box and mask
 are exact by construction: they are those of the pasted alpha.
 
@@ -22,7 +22,7 @@ from typing import List, Optional, Sequence as Seq, Tuple
 import cv2
 import numpy as np
 
-from ..eval.synthetic import Frame, Sequence
+from ..data.synthetic import Frame, Sequence
 from .sampler import PairSource, sequence_pairs
 
 CUT_SIDE = 256          # photos are segmented at this longer side (GrabCut is slow at full size)

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from ..engine import crop as cropping
-from ..eval.base_trackers import jitter
-from ..eval.synthetic import Frame, Sequence, TRAIN_SEEDS, cached_sequence
+from ..data.base_trackers import jitter
+from ..data.synthetic import Frame, Sequence, TRAIN_SEEDS, cached_sequence
 
 # A frame source: (rng) -> (template Frame, search Frame). Folder readers provide the same shape.
 PairSource = Callable[[np.random.Generator], Tuple[Frame, Frame]]
@@ -55,7 +55,7 @@ def sequence_pairs(make: Callable[[int], Sequence], seed_range: Tuple[int, int],
 
 
 def dataset_pairs(sequences, max_gap: int = 50) -> PairSource:
-    """Pairs from dataset sequences (``eval.datasets.SequenceInfo``): two frames at most ``max_gap``
+    """Pairs from dataset sequences (``data.datasets.SequenceInfo``): two frames at most ``max_gap``
     apart with the target present in both; masks where the dataset has them (YouTube-VOS, COCO).
     A single-frame sequence (an image dataset such as COCO) pairs its frame with itself; the search
     crop's jitter still makes the pair a refinement problem, as in the paper."""

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..eval.synthetic import TRAIN_SEEDS
+from ..data.synthetic import TRAIN_SEEDS
 from ..model import AlphaRefineNet, NetConfig, load_checkpoint, save_checkpoint
 from ..model.backbone import imagenet_weights_path, load_imagenet_weights
 from ..progress import progress_bar
@@ -67,8 +67,8 @@ class TrainConfig:
 
 def data_description(cfg: TrainConfig) -> str:
     """The training data in words, for checkpoints and the model card."""
-    words = {"synthetic": "synthetic (ar_ros.eval.synthetic)",
-             "real": "real-photo composites (ar_ros.train.composite over ar_ros.eval.real_data photos)"}
+    words = {"synthetic": "synthetic (ar_ros.data.synthetic)",
+             "real": "real-photo composites (ar_ros.train.composite over ar_ros.data.real_data photos)"}
     return " + ".join(words.get(item, item) for item in cfg.data)
 
 
@@ -86,7 +86,7 @@ def _maybe_init_distributed() -> None:
 def real_photo_banks(cache_dir: Path) -> tuple:
     """(training, validation) banks of real photos and their cut-outs, split by photo file; the cut-outs
     are kept in ``cache_dir`` for a resumed run."""
-    from ..eval.real_data import training_photos
+    from ..data.real_data import training_photos
     from .composite import PhotoBank, split_photos
     train_photos, val_photos = split_photos(training_photos())
     return (PhotoBank(train_photos, cache_dir / "cutouts_train.pkl"),
@@ -96,7 +96,7 @@ def real_photo_banks(cache_dir: Path) -> tuple:
 def training_source(cfg: TrainConfig, banks: tuple = ()):
     """The pair source for ``cfg.data``: synthetic, real-photo composites (``banks[0]``) and/or dataset
     folders, mixed evenly."""
-    from ..eval.datasets import open_dataset
+    from ..data.datasets import open_dataset
     from .composite import composite_pairs
     sources = []
     for item in cfg.data:

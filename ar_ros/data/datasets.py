@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
 import cv2
 import numpy as np
 
-from .metrics import read_boxes
+from .results import read_boxes
 
 DATASETS = ("otb", "lasot", "got10k", "trackingnet", "youtube_vos", "coco")
 MIN_COCO_SIZE = 8  # px: smaller instances are too small to learn corners from

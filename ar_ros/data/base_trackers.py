@@ -8,7 +8,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..engine.boxes import box_problem
-from ..opencv_trackers import OPENCV_TRACKERS, OpenCVTracker
+from .opencv_trackers import OPENCV_TRACKERS, OpenCVTracker
 
 Box = Tuple[float, float, float, float]
 BASES = ("jitter", "oracle") + OPENCV_TRACKERS
