@@ -17,12 +17,13 @@ GT rows of absent frames become all zeros (LaSOT's convention, understood by ``m
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import cv2
 import numpy as np
@@ -116,52 +117,68 @@ def _finish(name: str, frames: List[Path], gt: np.ndarray, absent: Optional[np.n
     return SequenceInfo(name, frames, gt)
 
 
-def _otb(root: Path) -> List[SequenceInfo]:
+@contextlib.contextmanager
+def _one_sequence(name: str, problems: Optional[Dict[str, str]]):
+    """Read one sequence; with ``problems`` (a dict), its layout error is recorded there under its name
+    and the other sequences are still read (evaluation reports a broken sequence and goes on)."""
+    try:
+        yield
+    except ValueError as err:  # DatasetError, or read_boxes on a malformed GT file
+        if problems is None:
+            raise
+        problems[name] = str(err)
+
+
+def _otb(root: Path, problems: Optional[Dict[str, str]] = None) -> List[SequenceInfo]:
     out = []
     for seq in sorted(p for p in root.iterdir() if p.is_dir()):
         gts = sorted(seq.glob("groundtruth_rect*.txt"))
         if not gts:
             continue
-        frames = _frames_in(seq / "img")
-        gt = read_boxes(gts[0])
-        out.append(_finish(seq.name, frames[: len(gt)], gt))
+        with _one_sequence(seq.name, problems):
+            frames = _frames_in(seq / "img")
+            gt = read_boxes(gts[0])
+            out.append(_finish(seq.name, frames[: len(gt)], gt))
     return out
 
 
-def _lasot(root: Path) -> List[SequenceInfo]:
+def _lasot(root: Path, problems: Optional[Dict[str, str]] = None) -> List[SequenceInfo]:
     out = []
     for gt_file in sorted(root.glob("*/*/groundtruth.txt")) or sorted(root.glob("*/groundtruth.txt")):
         seq = gt_file.parent
-        frames = _frames_in(seq / "img")
-        gt = read_boxes(gt_file)
-        absent = _flags(seq / "full_occlusion.txt", len(gt)) | _flags(seq / "out_of_view.txt", len(gt))
-        out.append(_finish(seq.name, frames, gt, absent))
+        with _one_sequence(seq.name, problems):
+            frames = _frames_in(seq / "img")
+            gt = read_boxes(gt_file)
+            absent = _flags(seq / "full_occlusion.txt", len(gt)) | _flags(seq / "out_of_view.txt", len(gt))
+            out.append(_finish(seq.name, frames, gt, absent))
     return out
 
 
-def _got10k(root: Path) -> List[SequenceInfo]:
+def _got10k(root: Path, problems: Optional[Dict[str, str]] = None) -> List[SequenceInfo]:
     out = []
     for gt_file in sorted(root.glob("*/groundtruth.txt")):
         seq = gt_file.parent
-        frames = _frames_in(seq)
-        gt = read_boxes(gt_file)
-        absent = _flags(seq / "absence.label", len(gt))
-        out.append(_finish(seq.name, frames, gt, absent))
+        with _one_sequence(seq.name, problems):
+            frames = _frames_in(seq)
+            gt = read_boxes(gt_file)
+            absent = _flags(seq / "absence.label", len(gt))
+            out.append(_finish(seq.name, frames, gt, absent))
     return out
 
 
-def _trackingnet(root: Path) -> List[SequenceInfo]:
+def _trackingnet(root: Path, problems: Optional[Dict[str, str]] = None) -> List[SequenceInfo]:
     out = []
     anno = root / "anno"
     if not anno.is_dir():
         raise DatasetError(f"{root}: no anno/ folder (TrackingNet chunk layout: anno/ and frames/)")
     for gt_file in sorted(anno.glob("*.txt")):
-        frames = _frames_in(root / "frames" / gt_file.stem)
-        out.append(_finish(gt_file.stem, frames, read_boxes(gt_file)))
+        with _one_sequence(gt_file.stem, problems):
+            frames = _frames_in(root / "frames" / gt_file.stem)
+            out.append(_finish(gt_file.stem, frames, read_boxes(gt_file)))
     return out
 
 
-def _youtube_vos(root: Path) -> List[SequenceInfo]:
+def _youtube_vos(root: Path, problems: Optional[Dict[str, str]] = None) -> List[SequenceInfo]:
     from PIL import Image as PILImage  # palette PNGs keep their indices only through PIL
     out = []
     ann_root, img_root = root / "Annotations", root / "JPEGImages"
@@ -241,7 +258,7 @@ def _coco_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
     return mask
 
 
-def _coco(root: Path) -> List[SequenceInfo]:
+def _coco(root: Path, problems: Optional[Dict[str, str]] = None) -> List[SequenceInfo]:
     files = sorted((root / "annotations").glob("instances_*.json"))
     if not files:
         raise DatasetError(f"{root}: expected annotations/instances_<split>.json (COCO layout)")
@@ -281,20 +298,25 @@ _READERS = {"otb": _otb, "lasot": _lasot, "got10k": _got10k, "trackingnet": _tra
             "youtube_vos": _youtube_vos, "coco": _coco}
 
 
-def open_dataset(kind: str, root: Union[str, Path], names: Optional[List[str]] = None) -> List[SequenceInfo]:
-    """All sequences of a dataset folder (optionally only ``names``)."""
+def open_dataset(kind: str, root: Union[str, Path], names: Optional[List[str]] = None,
+                 problems: Optional[Dict[str, str]] = None) -> List[SequenceInfo]:
+    """All sequences of a dataset folder (optionally only ``names``).
+
+    With ``problems`` (a dict), a sequence of a folder-per-sequence layout (OTB, LaSOT, GOT-10k,
+    TrackingNet) that cannot be read is recorded there (name -> reason) instead of failing the whole
+    dataset."""
     if kind not in _READERS:
         raise DatasetError(f"unknown dataset {kind!r}; choose from {DATASETS}")
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"dataset folder not found: {root}")
-    seqs = _READERS[kind](root)
+    seqs = _READERS[kind](root, problems)
     if names:
         wanted = set(names)
         seqs = [s for s in seqs if s.name in wanted]
         missing = wanted - {s.name for s in seqs}
         if missing:
             raise DatasetError(f"{root}: no sequence(s) {sorted(missing)}")
-    if not seqs:
+    if not seqs and not problems:
         raise DatasetError(f"{root}: no {kind} sequences found")
     return seqs
