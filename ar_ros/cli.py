@@ -34,6 +34,29 @@ def _info_export(path: str, as_json: bool) -> int:
     return 0
 
 
+def _model_summary(path: str, config: Any, meta: Dict[str, Any], state: Dict[str, Any]) -> List[str]:
+    """The few lines a user asks of a model: backbone, size, crop, heads, where it came from."""
+    from .engine.masks import resolve_box_mode
+    heads = [f"corner head at stride {config.corner_stride}", f"{config.mask_head} mask decoder"]
+    if getattr(config, "quality_head", False):
+        heads.append("quality head")
+    history = list(meta.get("history") or [])
+    source = {"authors": "the authors' Alpha-Refine checkpoint", "state_dict": "a bare state_dict"}.get(
+        meta.get("source"), "an ar_ros checkpoint")
+    trained = ""
+    if history:
+        last = history[-1]
+        trained = f", trained {len(history)} epochs (last validation IoU {last.get('val_iou', float('nan')):.3f})"
+    elif meta.get("epoch") is not None:
+        trained = f", epoch {meta['epoch']}"
+    return [f"model:      {path}",
+            f"backbone:   {config.backbone_title}, {sum(v.numel() for v in state.values()) / 1e6:.2f} M parameters",
+            f"crops:      {config.input_size} px, search region {config.search_factor:g}x the box, "
+            f"crop mode {config.crop_mode}",
+            f"heads:      {', '.join(heads)} (box_mode auto = {resolve_box_mode('auto', config.mask_head)})",
+            f"from:       {source}{trained}"]
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from .model import load_checkpoint
     from .engine.refiner import DEFAULT_CHECKPOINT
@@ -45,8 +68,14 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps({"checkpoint": str(path), "config": config.to_dict(), "meta": meta,
                           "tensors": len(state)}, default=str))
         return 0
-    print(f"checkpoint: {path}")
-    print(f"config:     {config.to_dict()}")
+    print("\n".join(_model_summary(path, config, meta, state)))
+    if not args.verbose:
+        print("(details: --verbose; everything as JSON: --json)")
+        return 0
+    def shown(fields: Dict[str, Any]) -> Dict[str, Any]:
+        # a backbone without a depth (MobileNetV2, EfficientNet) holds depth 0 only as a placeholder
+        return fields if config.depth else {k: v for k, v in fields.items() if k not in ("depth", "with_top")}
+    print(f"config:     {shown(config.to_dict())}")
     history = list(meta.get("history") or [])
     brief = {k: v for k, v in meta.items() if k not in ("history", "train_config")}
     print(f"meta:       {brief}")
@@ -56,7 +85,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
               f"{last.get('val_iou', float('nan')):.4f} (base {last.get('base_iou', float('nan')):.4f}), "
               f"loss {last.get('total', float('nan')):.2f}")
     if meta.get("train_config"):
-        print(f"recipe:     {meta['train_config']}")
+        print(f"recipe:     {shown(dict(meta['train_config']))}")
     print(f"tensors:    {len(state)}  values: {sum(v.numel() for v in state.values())}")
     return 0
 
@@ -71,6 +100,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
     from .eval import metrics
     from .data.results import read_boxes
     for path in (args.gt, args.pred):
+        if os.path.isdir(path):
+            raise ValueError(f"{path} is a directory; score takes two text files of x,y,w,h rows")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no such file: {path}")
     result = metrics.score(read_boxes(args.pred), read_boxes(args.gt))
@@ -94,12 +125,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_make_bag(args: argparse.Namespace) -> int:
     from .eval import bags
+    _check_make_bag(args)
     if args.dataset:
         from .data.base_trackers import jittered_gt, run_opencv
         from .data.datasets import open_dataset
         from .data.results import read_boxes
-        if not args.sequence:
-            raise ValueError("--dataset needs --sequence NAME")
         (seq,) = open_dataset(args.dataset, args.root, [args.sequence])
         gt = [tuple(r) for r in seq.gt] if len(seq.gt) == len(seq) else None
         if args.predictions:
@@ -116,7 +146,8 @@ def _cmd_make_bag(args: argparse.Namespace) -> int:
     else:
         from .eval.benchmark import base_boxes
         from .data.synthetic import Sequence
-        synth = Sequence(args.seed, args.frames, (args.width, args.height))
+        synth = Sequence(args.seed, args.frames or SYNTHETIC_FRAMES, (args.width or SYNTHETIC_SIZE[0],
+                                                                      args.height or SYNTHETIC_SIZE[1]))
         frames = list(synth)
         base = base_boxes(synth, frames, args.base, seed=args.seed)
         gt = [f.box for f in frames]
@@ -125,6 +156,27 @@ def _cmd_make_bag(args: argparse.Namespace) -> int:
                                compressed=args.compressed, overwrite=args.force, progress=not args.no_progress)
     print(f"wrote {path} ({n} frames of {label}, base '{args.predictions or args.base}', {args.storage})")
     return 0
+
+
+SYNTHETIC_FRAMES, SYNTHETIC_SIZE = 150, (640, 480)  # make-bag's synthetic sequence unless told otherwise
+
+
+def _check_make_bag(args: argparse.Namespace) -> None:
+    """Refuse option combinations make-bag would otherwise ignore, before anything is read or written."""
+    if args.dataset:
+        for flag in ("root", "sequence"):
+            if not getattr(args, flag):
+                raise ValueError(f"--dataset {args.dataset} needs --{flag}")
+        if not os.path.isdir(args.root):
+            raise FileNotFoundError(f"--root {args.root}: no such folder")
+        given = [f"--{f}" for f in ("frames", "width", "height") if getattr(args, f) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} set the synthetic sequence; a --dataset sequence has its own")
+    elif args.predictions:
+        raise ValueError("--predictions needs --dataset, --root and --sequence (the frames those boxes belong "
+                         "to); a synthetic sequence takes its base boxes from --base")
+    if args.predictions and not os.path.isfile(args.predictions):
+        raise FileNotFoundError(f"--predictions {args.predictions}: no such file")
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
@@ -176,6 +228,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
             out = build_engines(args.out)
             print(f"wrote fp16 engines to {out}/ (keyed by GPU and TensorRT version)")
         return 0
+    _writable_folder(args.out, "OUT_DIR")
     from .backends.onnx import FILES, export_onnx, max_box_difference
     from .model import load_network
     from .engine.refiner import DEFAULT_CHECKPOINT
@@ -232,6 +285,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .draw import draw_targets
     from .eval import report
     from .eval.benchmark import run_suite, summary
+    if args.out:
+        _writable_folder(args.out, "--out")
     sequences = _eval_sequences(args.suite)
     if sequences is None:
         return EXIT_SKIPPED
@@ -324,6 +379,37 @@ def _data_gt(args: argparse.Namespace) -> int:
     return 0
 
 
+def _writable_folder(path: str, what: str) -> None:
+    """Fail before any work when ``path`` cannot become a folder the command writes into."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{what} {path} is a file; it must be a folder (it is created when missing)")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"{what} {path}: cannot create the folder ({err.strerror})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {path}: the folder is not writable")
+
+
+def _bounded(kind: type, low: float, what: str):
+    """An argparse type: ``kind`` values >= ``low``; argparse names the flag in its one-line error."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+        return value
+    parse.__name__ = kind.__name__  # argparse's 'invalid <name> value' wording
+    return parse
+
+
+_non_negative_int = _bounded(int, 0, "a whole number >= 0 (0 = the default)")
+_positive_int = _bounded(int, 1, "a whole number >= 1")
+_non_negative_float = _bounded(float, 0.0, "a number >= 0")
+
+
 def _model_options(p: argparse.ArgumentParser) -> None:
     """The node's model parameters as options of every command that refines; choices and help come from
     the node's parameter table (ros/params.py), so the CLI and the node take the same values."""
@@ -336,7 +422,7 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     # fp32 by default (the node's default is auto): offline scores do not change with the machine's CPU or GPU
     spec = BY_NAME["precision"]
     p.add_argument("--precision", default="fp32", choices=spec.choices, help=spec.description + " (default: fp32)")
-    p.add_argument("--threads", type=int, default=0, help=BY_NAME["threads"].description)
+    p.add_argument("--threads", type=_non_negative_int, default=0, help=BY_NAME["threads"].description)
     spec = BY_NAME["box_mode"]
     p.add_argument("--box-mode", default=spec.default, choices=spec.choices, help=spec.description)
     spec = BY_NAME["keep_iou"]
@@ -372,9 +458,12 @@ def _refiner(args: argparse.Namespace, **kwargs: Any):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ar-refine", description="Alpha-Refine box refinement (ar_ros)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, what) in ROS_PROGRAMS.items():  # parsed in main(); listed here for --help
+        sub.add_parser(name, help=f"start {what}; [--ros-args ...] as for `ros2 run`", add_help=False)
     p = sub.add_parser("info", help="describe a checkpoint (default: the shipped model) or a folder from "
                                     "`export onnx` (graphs, int8, TensorRT engines and what they were built for)")
-    p.add_argument("checkpoint", nargs="?", help="checkpoint path")
+    p.add_argument("checkpoint", nargs="?", help="checkpoint file or export folder (default: the shipped model)")
+    p.add_argument("--verbose", action="store_true", help="also the full config, metadata and training recipe")
     p.add_argument("--json", action="store_true", help="everything, including the training history, as JSON")
     p.set_defaults(func=_cmd_info)
     p = sub.add_parser("score", help="OPE scores of one sequence from two x,y,w,h text files")
@@ -400,9 +489,12 @@ def build_parser() -> argparse.ArgumentParser:
                                         "detections as a rosbag2")
     p.add_argument("out", help="output bag directory")
     p.add_argument("--seed", type=int, default=100_000, help="synthetic sequence seed (default: 100000)")
-    p.add_argument("--frames", type=int, default=150, help="synthetic sequence length (default: 150)")
-    p.add_argument("--width", type=int, default=640, help="synthetic frame width in pixels (default: 640)")
-    p.add_argument("--height", type=int, default=480, help="synthetic frame height in pixels (default: 480)")
+    p.add_argument("--frames", type=_positive_int, default=None,
+                   help=f"synthetic sequence length (default: {SYNTHETIC_FRAMES})")
+    p.add_argument("--width", type=_positive_int, default=None,
+                   help=f"synthetic frame width in pixels (default: {SYNTHETIC_SIZE[0]})")
+    p.add_argument("--height", type=_positive_int, default=None,
+                   help=f"synthetic frame height in pixels (default: {SYNTHETIC_SIZE[1]})")
     p.add_argument("--fps", type=float, default=30.0, help="frame rate of the recorded stamps (default: 30)")
     p.add_argument("--base", default="jitter", choices=["jitter", "csrt", "kcf", "mil"],
                    help="base tracker written to /base/detections: jitter = ground truth with the paper's "
@@ -414,20 +506,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="convert a dataset sequence instead of a synthetic one")
     p.add_argument("--root", help="dataset folder")
     p.add_argument("--sequence", help="sequence name in the dataset")
-    p.add_argument("--predictions", help="x,y,w,h rows of any base tracker (one per frame)")
+    p.add_argument("--predictions", help="with --dataset: x,y,w,h rows of any base tracker (one per frame)")
     p.add_argument("--force", action="store_true", help="overwrite an existing bag")
     common(p, model=False)
     p.set_defaults(func=_cmd_make_bag)
 
     p = sub.add_parser("replay", help="refine a rosbag2 offline (deterministic) and optionally write a new bag")
-    p.add_argument("bag")
+    p.add_argument("bag", help="rosbag2 folder (or its .mcap / .db3 file), e.g. from `ar-refine make-bag`")
     p.add_argument("--out", default=None, help="output bag (original topics + /refined/detections)")
     p.add_argument("--image-topic", default=None, help="default: the first Image/CompressedImage topic")
-    p.add_argument("--detections-topic", default="/base/detections")
-    p.add_argument("--gt-topic", default="/gt/detections")
+    p.add_argument("--detections-topic", default="/base/detections",
+                   help="the base tracker's vision_msgs/Detection2DArray (default: /base/detections)")
+    p.add_argument("--gt-topic", default="/gt/detections",
+                   help="ground truth to score against, when the bag has it (default: /gt/detections)")
     p.add_argument("--mask", action="store_true", help="also write /refined/mask")
     p.add_argument("--video", default=None, help="write an overlay video (.mp4)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print counts and scores as one JSON object")
     p.add_argument("--force", action="store_true", help="overwrite an existing output bag")
     p.add_argument("--storage", default="mcap", choices=["mcap", "sqlite3"], help="output bag storage")
     p.add_argument("--base", default=None, choices=["csrt", "kcf", "mil"],
@@ -440,12 +534,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_replay)
 
     p = sub.add_parser("live-replay", help="play a bag into the real refiner node and record its output")
-    p.add_argument("bag")
+    p.add_argument("bag", help="rosbag2 folder with images and base detections, e.g. from `ar-refine make-bag`")
     p.add_argument("--out", default=None, help="bag of the recorded /refined/detections")
-    p.add_argument("--rate", type=float, default=1.0, help="playback speed; 0 = as fast as the node keeps up")
-    p.add_argument("--detections-topic", default="/base/detections")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--force", action="store_true")
+    p.add_argument("--rate", type=_non_negative_float, default=1.0,
+                   help="playback speed, 1 = as recorded; 0 = as fast as the node keeps up (default: 1)")
+    p.add_argument("--detections-topic", default="/base/detections",
+                   help="the bag's base detections, played to the node's detections (default: /base/detections)")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out bag")
     common(p)
     p.set_defaults(func=_cmd_live_replay)
 
@@ -455,8 +551,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None, help="model file (default: the shipped model)")
     p.add_argument("--suite", default="small", choices=["tiny", "small", "reference"],
                    help="synthetic suite for the agreement gate (default: small, as for int8)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads to time with (0 = torch's default); use "
-                                                          "the node's `threads`")
+    p.add_argument("--threads", type=_non_negative_int, default=0,
+                   help="CPU threads to time with (0 = torch's default); use the node's `threads`")
     p.set_defaults(func=_cmd_check_bf16)
 
     p = sub.add_parser("export", help="export ONNX graphs (template + search, dynamic batch) and check them; "
@@ -473,10 +569,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "trtexec in OUT/tensorrt/ and key them to this machine")
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("eval", help="score base vs refined on a synthetic suite")
+    p = sub.add_parser("eval", help="score base vs refined on a suite of sequences (synthetic, or real video)")
     p.add_argument("--suite", default="small",
                    help="tiny | small | reference | validation (seeds for choosing models, not for reporting) | "
-                        "real (PETS09 pedestrians, needs `ar-refine data fetch`; exit 77 when not fetched)")
+                        "real (PETS09 pedestrians, needs `ar-refine data fetch`; exit 77 when not fetched) "
+                        "(default: small)")
     p.add_argument("--base", default="jitter", choices=["jitter", "oracle", "csrt", "kcf", "mil"],
                    help="oracle = the ground truth itself (refinement must keep a right box right)")
     p.add_argument("--loop", default="open", choices=["open", "closed"],
@@ -500,7 +597,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(p, model=False)
     p.set_defaults(func=_cmd_data)
 
-    p = sub.add_parser("train", help="train a refiner on synthetic data (resumes from <out>/last.pt)")
+    p = sub.add_parser("train", help="train a refiner (synthetic data, real-photo composites or tracking datasets; "
+                                     "resumes from <out>/last.pt)")
     p.add_argument("--out", default="runs/default")
     p.add_argument("--backbone", default="resnet",
                    help="a key of ar_ros.model.backbone.BACKBONES: resnet (with --depth), mobilenet_v2, "
@@ -535,13 +633,53 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'synthetic' (default), 'real' (real-photo composites; needs 'ar-refine data fetch') or "
                         "DATASET:FOLDER with DATASET in lasot, got10k, trackingnet, otb, "
                         "youtube_vos (masks), coco (masks, single images); repeat to mix sources evenly")
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--threads", type=_non_negative_int, default=0, help="CPU threads (0 = torch's default)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_train)
     return parser
 
 
+#: commands that start a ROS 2 program and hand it every argument, as `ros2 run ar_ros <executable>` would
+ROS_PROGRAMS = {
+    "node": ("ar_ros.ros.node", "the refiner node (several cameras: -p \"cameras:=[front,left]\")"),
+    "base-tracker": ("ar_ros.ros.base_tracker", "the bundled OpenCV base tracker node (-p tracker:=csrt|kcf|mil)"),
+}
+
+
+def _run_ros_program(command: str, rest: List[str]) -> None:
+    """Start a node like `ros2 run` does: ``rest`` is ``[--ros-args -p name:=value --params-file F -r a:=b ...]``."""
+    module, what = ROS_PROGRAMS[command]
+    prog = f"ar-refine {command}"
+    if rest[:1] in (["-h"], ["--help"]):
+        print(f"usage: {prog} [--ros-args [-p NAME:=VALUE] [--params-file FILE] [-r FROM:=TO] ...]\n\n"
+              f"Starts {what} in the foreground until Ctrl-C, taking the ROS arguments `ros2 run` takes. "
+              "Needs ROS 2 in the environment (source tools/setup_env.sh, or a sourced workspace).")
+        sys.exit(0)
+    try:
+        import importlib
+        from rclpy.utilities import remove_ros_args
+        main_of = importlib.import_module(module).main
+    except ImportError as err:
+        print(f"{prog}: error: needs ROS 2 (rclpy and the built ar_ros interfaces): {err}; source "
+              "tools/setup_env.sh in this checkout, or install/setup.bash of a colcon workspace", file=sys.stderr)
+        sys.exit(2)
+    argv = [prog, *rest]
+    try:
+        stray = remove_ros_args(args=argv)[1:]
+    except Exception as err:  # noqa: BLE001  rclpy's parse error names the bad ROS argument
+        print(f"{prog}: error: bad ROS arguments: {err}", file=sys.stderr)
+        sys.exit(2)
+    if stray:
+        print(f"{prog}: error: unexpected argument(s) {stray}: ROS arguments follow --ros-args "
+              f"(e.g. {prog} --ros-args -p device:=cpu -r image:=/camera/image_raw)", file=sys.stderr)
+        sys.exit(2)
+    main_of(argv)
+
+
 def main(argv: Optional[List[str]] = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ROS_PROGRAMS:  # before argparse, which would take -p / -r for its own options
+        _run_ros_program(argv[0], argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -144,3 +144,7 @@ class BaseTrackerNode(Node):
 
 def main(args: Optional[List[str]] = None) -> None:
     run_node("base_tracker", BaseTrackerNode, args=args)
+
+
+if __name__ == "__main__":  # python -m ar_ros.ros.base_tracker [--ros-args ...], like `ar-refine base-tracker`
+    main()

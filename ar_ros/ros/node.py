@@ -422,3 +422,7 @@ def _autostart(node: RefinerNode) -> bool:
         return False
     node.trigger_activate()
     return True
+
+
+if __name__ == "__main__":  # python -m ar_ros.ros.node [--ros-args ...], like `ar-refine node`
+    main()
