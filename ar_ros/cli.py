@@ -182,6 +182,8 @@ def _check_make_bag(args: argparse.Namespace) -> None:
 def _cmd_replay(args: argparse.Namespace) -> int:
     from .eval import report
     from .eval.replay import replay
+    from .eval.bags import bag_folder
+    bag_folder(args.bag)  # a missing bag or metadata.yaml is said before the model loads
     refiner = _refiner(args)
     result = replay(args.bag, refiner, out=args.out, image_topic=args.image_topic,
                     detections_topic=args.detections_topic, gt_topic=args.gt_topic, mask=args.mask,
@@ -210,6 +212,8 @@ def _cmd_live_replay(args: argparse.Namespace) -> int:
     except ImportError as err:
         raise RuntimeError(f"live replay needs ROS 2 (rclpy and the built ar_ros interfaces): {err}; "
                            "source tools/setup_env.sh, or use `replay` (offline, no ROS)") from None
+    from .eval.bags import bag_folder
+    bag_folder(args.bag)
     report = live_replay(args.bag, out=args.out, **_model_kwargs(args), threads=args.threads, rate=args.rate,
                          detections_topic=args.detections_topic, overwrite=args.force, progress=not args.no_progress)
     info = report.summary()
@@ -433,7 +437,7 @@ def _model_options(p: argparse.ArgumentParser) -> None:
 def _model_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
     """The model options by the names the Refiner and the node's parameters share (keep_iou: the default
     of the command's --loop when not given)."""
-    from .ros.params import default_keep_iou
+    from .options import default_keep_iou
     if args.checkpoint and os.path.isdir(args.checkpoint) and args.backend == "torch":
         raise ValueError(f"{args.checkpoint} is a folder (from `export onnx`?): pass --backend onnxruntime, "
                          "onnxruntime-int8 or tensorrt, or --checkpoint a model file")

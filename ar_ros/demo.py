@@ -15,10 +15,9 @@ from .engine.masks import DEFAULT_BOX_MODE
 from .engine.refiner import Refiner
 from .eval import bags, report
 from .data.base_trackers import jittered_gt, run_opencv
-from .eval.metrics import score
 from .eval.replay import replay
 from .data.synthetic import Sequence
-from .ros.params import default_keep_iou
+from .options import default_keep_iou
 
 DEMO_SEED = 100_003
 DEMO_FRAMES = 90
@@ -27,10 +26,11 @@ DEMO_FRAMES = 90
 def run(out_dir: str = "out/demo", checkpoint: Optional[str] = None, frames: int = DEMO_FRAMES,
         seed: int = DEMO_SEED, base: str = "csrt", device: str = "cpu", progress: bool = True,
         backend: str = "torch", precision: str = "fp32", box_mode: str = DEFAULT_BOX_MODE,
-        keep_iou: Optional[float] = None) -> Dict:
+        keep_iou: Optional[float] = None, live: bool = True) -> Dict:
     """Build the sample bag, replay it through the refiner, print and write the results.
 
-    ``keep_iou`` None: the default of each loop (``ros.params.default_keep_iou``)."""
+    ``keep_iou`` None: the default of each loop (``options.default_keep_iou``). ``live``: also play the
+    jittered-GT bag through the ROS 2 node (when rclpy is there)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -62,19 +62,20 @@ def run(out_dir: str = "out/demo", checkpoint: Optional[str] = None, frames: int
                         base_tracker=tracker, loop=loop)
         gt_arr = np.stack(result.gt)
         base_arr, ref_arr = result.boxes("base"), result.boxes("refined")
-        # frame 0 carries the init box for both; score the frames that were actually refined
-        scores = {"base": score(base_arr[1:], gt_arr[1:]), "refined": score(ref_arr[1:], gt_arr[1:])}
+        scores = result.scores()  # the replay's rule: the init frame is not scored
+        first = result.init_frame() + 1
         print(f"\n[demo] base tracker '{sample}'" + (", closed loop" if loop == "closed" else "") +
               f" ({result.refined_frames} frames refined, "
               f"{result.refined_frames / max(result.seconds, 1e-9):.1f} fps, {result.fallbacks} fallbacks)")
         print(report.table(scores))
-        report.plot_curves(out / f"success_{name}.png", {"base": (base_arr[1:], gt_arr[1:]),
-                                                         "refined": (ref_arr[1:], gt_arr[1:])},
+        report.plot_curves(out / f"success_{name}.png", {"base": (base_arr[first:], gt_arr[first:]),
+                                                         "refined": (ref_arr[first:], gt_arr[first:])},
                            title=f"ar_ros demo: base '{name}' vs refined")
         report.plot_iou_over_time(out / f"iou_{name}.png", {"base": base_arr, "refined": ref_arr}, gt_arr,
                                   title=f"IoU per frame, base '{name}'")
         summary["results"][name] = {k: v.to_dict() for k, v in scores.items()}
-    summary["live"] = _live_chain(out / "sample_jitter.bag", out / "live_refined_jitter.bag", model, progress)
+    summary["live"] = _live_chain(out / "sample_jitter.bag", out / "live_refined_jitter.bag", model, progress) \
+        if live else None
     report.write_json(out / "summary.json", summary)
     print(f"\n[demo] wrote bags, overlay videos (overlay_*.mp4), plots (success_*.png, iou_*.png) and "
           f"summary.json to {out}/ in {time.perf_counter() - t_start:.0f} s")

@@ -187,6 +187,21 @@ def write_sequence(path: Union[str, Path], frames: Iterable[np.ndarray], base: S
     return Path(path)
 
 
+def bag_folder(path: Union[str, Path]) -> Path:
+    """The bag folder ``path`` names (the folder, or its .mcap/.db3 file); BagError naming the missing file."""
+    path = Path(path)
+    if path.is_file() and path.suffix in (".mcap", ".db3"):
+        path = path.parent
+    if not path.exists():
+        raise BagError(f"bag not found: {path}")
+    if not path.is_dir():
+        raise BagError(f"{path}: not a rosbag2 folder (nor its .mcap or .db3 file)")
+    if not (path / "metadata.yaml").exists() and not any(path.glob("*.mcap")):
+        raise BagError(f"{path / 'metadata.yaml'}: no such file (a rosbag2 folder holds metadata.yaml and its "
+                       ".mcap or .db3 files; an MCAP recording cut off before it has one is read from its .mcap)")
+    return path
+
+
 def open_reader(path: Union[str, Path]):
     """A rosbags ``Reader`` for a bag directory (or its .mcap/.db3 file), with a clear error on bad input.
 
@@ -194,11 +209,7 @@ def open_reader(path: Union[str, Path]):
     records, with a warning (:mod:`ar_ros.data.mcap_scan`), as ROS 2's own reader does.
     """
     from rosbags.rosbag2 import Reader
-    path = Path(path)
-    if path.is_file() and path.suffix in (".mcap", ".db3"):
-        path = path.parent
-    if not path.exists():
-        raise BagError(f"bag not found: {path}")
+    path = bag_folder(path)
     try:
         reader = Reader(path)
         reader.open()

@@ -57,12 +57,22 @@ class ReplayResult:
         tid = target if target is not None else next(iter(table))
         return np.stack(table[tid]) if table.get(tid) else np.full((len(self.stamps), 4), np.nan)
 
+    def init_frame(self, target: Optional[str] = None) -> int:
+        """Index of the target's init frame: the first frame with a base box, where its template is taken."""
+        seen = np.flatnonzero(np.isfinite(self.boxes("base", target)).all(axis=1))
+        return int(seen[0]) if len(seen) else len(self.stamps)
+
     def scores(self, target: Optional[str] = None) -> Dict[str, Scores]:
-        """OPE scores of base and refined boxes against the GT topic (frames without GT are skipped)."""
+        """OPE scores of base and refined boxes against the GT topic, frames without GT skipped.
+
+        The scoring rule of every ar_ros command (``replay``, ``demo``, ``eval``): the target's init frame
+        is not scored, as in the OPE toolkits, since the template is taken from that frame's given box.
+        """
         if not self.gt:
             raise ValueError("the bag has no ground truth topic to score against")
-        gt = np.stack(self.gt)
-        return {"base": score(self.boxes("base", target), gt), "refined": score(self.boxes("refined", target), gt)}
+        first = self.init_frame(target) + 1
+        gt = np.stack(self.gt)[first:]
+        return {which: score(self.boxes(which, target)[first:], gt) for which in ("base", "refined")}
 
 
 def _decode(msg, msgtype: str):

@@ -59,6 +59,8 @@ def live_replay(bag: Union[str, Path], out: Union[str, Path, None] = None, check
     node's parameters of those names. A bag of sensor_msgs/CompressedImage is played on ``image/compressed`` to a node with
     ``image_transport: compressed``, as a robot's compressed camera stream would be.
     """
+    if not rate >= 0:  # NaN included
+        raise ValueError(f"rate must be >= 0 (1 = as recorded, 0 = as fast as the node keeps up), got {rate}")
     store = bags.typestore()
     reader = bags.open_reader(bag)
     ctx = rclpy.Context()
