@@ -14,6 +14,7 @@ from torch import nn
 from .backbone import BACKBONES
 from .heads import MASK_HEADS, CornerHead, MaskHead
 from .neck import CorrelationNeck, conv_bn_relu, template_kernel
+from .quality import OUTPUTS as QUALITY_OUTPUTS, QualityHead
 
 STRIDE = 16  # layer3 stride; the crop size must be a multiple of 2 * STRIDE
 
@@ -30,6 +31,7 @@ class NetConfig:
     backbone: str = "resnet"       # a key of model.backbone.BACKBONES; depth and with_top are ResNet's only
     corner_stride: int = 16        # 16: the authors' corner head; 8: ours, refined on the stride-8 map
     mask_head: str = "authors"     # model.heads.MASK_HEADS: "authors" | "slim" / "slim4" (ours, ~1/15 the work)
+    quality_head: bool = False     # model.quality.QualityHead: search also predicts its box's IoU (ours)
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -83,7 +85,7 @@ class NetConfig:
 
 
 #: Config fields added after checkpoint format version 1 was fixed (written only when not at their default).
-LATER_FIELDS = ("corner_stride", "mask_head")
+LATER_FIELDS = ("corner_stride", "mask_head", "quality_head")
 
 #: The authors' released AR34 "c+m" refiner.
 AUTHORS_CONFIG = NetConfig()
@@ -105,6 +107,8 @@ class AlphaRefineNet(nn.Module):
         self.feat_adjust = nn.ModuleList([  # a level the decoder does not have (width 0): passed through, unused
             nn.Sequential(*conv_bn_relu(ch[name], width)) if width else nn.Identity()
             for name, width in zip(("conv1", "layer1", "layer2"), MASK_HEADS[config.mask_head][0])])
+        # a separate branch after the box: the box and mask outputs are the same with or without it
+        self.quality_head = QualityHead(64, config.input_size, config.search_factor) if config.quality_head else None
 
     def template(self, images: torch.Tensor) -> torch.Tensor:
         """Template crops (B,3,S,S) -> correlation kernels (B, cells, C). Compute once per target."""
@@ -112,7 +116,9 @@ class AlphaRefineNet(nn.Module):
 
     def search(self, images: torch.Tensor, kernels: torch.Tensor, with_mask: bool = False,
                mask_logits: bool = False) -> Dict[str, torch.Tensor]:
-        """Search crops (B,3,S,S) + kernels (B,cells,C) -> ``boxes`` (B,4 xyxy px), ``score`` (B,), ``mask``.
+        """Search crops (B,3,S,S) + kernels (B,cells,C) -> ``boxes`` (B,4 xyxy px), ``score`` (B,), ``mask``;
+        with a quality head also ``quality`` and ``base_quality`` (B,): the predicted IoU of ``boxes`` (of
+        the box the default box mode makes from them) and of the base box with the true box.
 
         The mask branch (and the low-level features it needs) only runs when ``with_mask``; with
         ``mask_logits`` as well, it stops before its last upsampling: ``mask_logits`` (B,1,S/2,S/2; S/4 for the
@@ -124,6 +130,8 @@ class AlphaRefineNet(nn.Module):
         feats = self.feature_extractor(images, names)
         fused = self.neck(kernels, feats["layer3"])
         out = self.corner_head(fused, feats["layer2"] if fine else None)
+        if self.quality_head is not None:
+            out.update(self.quality_head(fused, out["boxes"], out["score"]))
         if with_mask:
             adj = [m(feats[n]) for m, n in zip(self.feat_adjust, ("conv1", "layer1", "layer2"))]
             key = "mask_logits" if mask_logits else "mask"
@@ -137,16 +145,18 @@ class AlphaRefineNet(nn.Module):
 
 
 class SearchTensors(nn.Module):
-    """``net.search`` with a tuple of tensors as output, ``(boxes, score[, mask or mask_logits])``: what
+    """``net.search`` with a tuple of tensors as output, ``(boxes, score[, mask or mask_logits][, quality,
+    base_quality])`` (:attr:`output_names`; the quality pair where the network has a quality head): what
     tracers take (the ONNX exporter, TorchScript for the CPU graphs)."""
 
     def __init__(self, net: nn.Module, with_mask: bool, mask_logits: bool = False) -> None:
         super().__init__()
         self.net, self.with_mask, self.mask_logits = net, with_mask, mask_logits
+        names = ["boxes", "score"] + (["mask_logits" if mask_logits else "mask"] if with_mask else [])
+        if getattr(net, "quality_head", None) is not None:
+            names += list(QUALITY_OUTPUTS)
+        self.output_names: Tuple[str, ...] = tuple(names)
 
     def forward(self, images: torch.Tensor, kernels: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        if not self.with_mask:
-            out = self.net.search(images, kernels)
-            return out["boxes"], out["score"]
-        out = self.net.search(images, kernels, with_mask=True, mask_logits=self.mask_logits)
-        return out["boxes"], out["score"], out["mask_logits" if self.mask_logits else "mask"]
+        out = self.net.search(images, kernels, with_mask=self.with_mask, mask_logits=self.mask_logits)
+        return tuple(out[name] for name in self.output_names)

@@ -6,6 +6,8 @@ from typing import Dict, Tuple
 import torch
 import torch.nn.functional as F
 
+from ..model.quality import pairwise_iou
+
 
 def refine_loss(out: Dict[str, torch.Tensor], batch: Dict[str, torch.Tensor],
                 mask_weight: float = 1000.0) -> Tuple[torch.Tensor, Dict[str, float]]:
@@ -23,10 +25,5 @@ def refine_loss(out: Dict[str, torch.Tensor], batch: Dict[str, torch.Tensor],
 
 
 def box_iou_xyxy(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Row-wise IoU of (N,4) x1,y1,x2,y2 boxes."""
-    iw = (torch.minimum(a[:, 2], b[:, 2]) - torch.maximum(a[:, 0], b[:, 0])).clamp(min=0)
-    ih = (torch.minimum(a[:, 3], b[:, 3]) - torch.maximum(a[:, 1], b[:, 1])).clamp(min=0)
-    inter = iw * ih
-    area = lambda t: (t[:, 2] - t[:, 0]).clamp(min=0) * (t[:, 3] - t[:, 1]).clamp(min=0)  # noqa: E731
-    union = area(a) + area(b) - inter
-    return torch.where(union > 0, inter / union.clamp(min=1e-9), torch.zeros_like(union))
+    """Row-wise IoU of (N,4) x1,y1,x2,y2 boxes (``model.quality.pairwise_iou``)."""
+    return pairwise_iou(a, b)

@@ -5,6 +5,7 @@ Crops use the engine's ``clean`` crop so that training and inference see identic
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple
 
@@ -30,6 +31,8 @@ class SamplerConfig:
     brightness: float = 0.2        # factor ~ U(1 - b, 1 + b)
     small_jitter_prob: float = 0.0  # share of pairs whose base box is nearly right ("do no harm")
     small_jitter: float = 0.03     # scale and centre jitter of those pairs
+    far_prob: float = 0.0          # share of pairs whose base box is off the target ("lost": see far_box)
+    far_distance: Tuple[float, float] = (0.75, 3.0)  # how far, in units of sqrt(w h) of the target
 
 
 def synthetic_pairs(seed_range: Tuple[int, int] = TRAIN_SEEDS, length: int = 150,
@@ -85,6 +88,20 @@ def mixed_pairs(sources) -> PairSource:
     return draw
 
 
+def far_box(box: Tuple[float, float, float, float], rng: np.random.Generator, distance: Tuple[float, float],
+            frame_size: Tuple[int, int], scale: float = 0.25) -> Tuple[float, float, float, float]:
+    """A base box of about the target's size whose centre is ``distance`` (uniform in the range, in units
+    of sqrt(w h)) away from the target's in a random direction, kept inside the frame: the target is at
+    the crop's edge or outside it, or a distractor is under the box (a tracker that has lost its target)."""
+    x, y, w, h = box
+    w2, h2 = w * math.exp(rng.normal() * scale), h * math.exp(rng.normal() * scale)
+    r = math.sqrt(w * h) * rng.uniform(*distance)
+    angle = rng.uniform(0.0, 2.0 * math.pi)
+    cx = float(np.clip(x + w / 2 + r * math.cos(angle), 0, frame_size[0]))
+    cy = float(np.clip(y + h / 2 + r * math.sin(angle), 0, frame_size[1]))
+    return (cx - w2 / 2, cy - h2 / 2, w2, h2)
+
+
 class PairSampler:
     """Turn frame pairs into network-ready tensors."""
 
@@ -108,14 +125,18 @@ class PairSampler:
         a, b = self.source(rng)
         t_win = cropping.window_for(a.box, cfg.search_factor, size, "clean")
         small = cfg.small_jitter_prob > 0 and rng.random() < cfg.small_jitter_prob
-        base = jitter(b.box, rng, *((cfg.small_jitter,) * 2 if small else (cfg.scale_jitter, cfg.center_jitter)))
+        if cfg.far_prob > 0 and not small and rng.random() < cfg.far_prob / (1.0 - cfg.small_jitter_prob):
+            base = far_box(b.box, rng, cfg.far_distance, (b.image.shape[1], b.image.shape[0]), cfg.scale_jitter)
+        else:
+            base = jitter(b.box, rng, *((cfg.small_jitter,) * 2 if small else (cfg.scale_jitter, cfg.center_jitter)))
         s_win = cropping.window_for(base, cfg.search_factor, size, "clean")
-        target = np.clip(s_win.box_to_crop(b.box), 0, size).astype(np.float32)
+        truth = s_win.box_to_crop(b.box).astype(np.float32)  # unclipped: the true box, also off the crop
+        target = np.clip(truth, 0, size)
         has_mask = b.mask is not None
         mask = cropping.crop(b.mask.astype(np.float32), s_win) if has_mask else np.zeros((size, size), np.float32)
         return {"template": self._normalise(cropping.crop(a.image, t_win), rng),
                 "search": self._normalise(cropping.crop(b.image, s_win), rng),
-                "target": torch.from_numpy(target), "mask": torch.from_numpy(mask)[None],
+                "target": torch.from_numpy(target), "truth": torch.from_numpy(truth), "mask": torch.from_numpy(mask)[None],
                 "has_mask": torch.tensor(float(has_mask)), "base": torch.tensor(s_win.box_to_crop(base),
                                                                                dtype=torch.float32)}
 

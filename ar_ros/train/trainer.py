@@ -54,15 +54,22 @@ class TrainConfig:
     freeze_box: bool = False       # keep backbone, neck and corner head as loaded: train the mask branch alone,
                                    # checkpoints chosen by the box_mode "fused" IoU (val_fused_iou*)
     freeze: str = ""               # backbone stages kept as loaded, up to this map: "" | conv1 | layer1 | layer2
+    quality_only: bool = False     # with init_from: keep every weight of that network and train a quality head
+                                   # alone (train/quality.py; network shape options are the checkpoint's)
+    far_prob: float = 0.0          # share of training pairs whose base box is off the target (lost / distractor)
 
     def __post_init__(self) -> None:
         """Options that only make sense together (the CLI's flag in brackets; ar-refine prints the error)."""
-        for name, on in (("init_backbone", self.init_backbone), ("freeze_box", self.freeze_box)):
+        for name, on in (("init_backbone", self.init_backbone), ("freeze_box", self.freeze_box),
+                         ("quality_only", self.quality_only)):
             if on and not self.init_from:
                 raise ValueError(f"{name} (--{name.replace('_', '-')}) needs init_from (--init-from)")
         if self.freeze_box and not self.init_backbone:
             raise ValueError("freeze_box (--freeze-box) keeps backbone, neck and corner head as loaded: it needs "
                              "init_backbone (--init-backbone)")
+        if not 0.0 <= self.small_jitter_prob + self.far_prob <= 1.0 or min(self.small_jitter_prob, self.far_prob) < 0:
+            raise ValueError("small_jitter_prob (--small-jitter) and far_prob (--far-prob) are shares of the pairs: "
+                             f"each >= 0, together <= 1 (got {self.small_jitter_prob} and {self.far_prob})")
 
 
 def data_description(cfg: TrainConfig) -> str:
@@ -145,7 +152,7 @@ def load_heads(net: AlphaRefineNet, path: str, backbone: bool = False) -> int:
 def evaluate(net: torch.nn.Module, batches: list, suffix: str = "", fused: bool = False) -> Dict[str, float]:
     """Mean IoU of refined vs GT boxes (and of the jittered base boxes) in search-crop pixels; with
     ``fused`` also of the boxes ``box_mode: fused`` makes from corners and mask (``val_fused_iou``)."""
-    from ..engine.masks import crop_mask_box, fuse_boxes
+    from .quality import output_boxes
     was_training = net.training
     net.eval()
     ious, base_ious, fused_ious = [], [], []
@@ -155,9 +162,7 @@ def evaluate(net: torch.nn.Module, batches: list, suffix: str = "", fused: bool 
             ious.append(box_iou_xyxy(out["boxes"], b["target"]))
             base_ious.append(box_iou_xyxy(b["base"], b["target"]))
             if fused:
-                boxes = [fuse_boxes(box, crop_mask_box(prob)) for box, prob in
-                         zip(out["boxes"].double().numpy(), out["mask"][:, 0].float().numpy())]
-                fused_ious.append(box_iou_xyxy(torch.tensor(np.array(boxes), dtype=torch.float32), b["target"]))
+                fused_ious.append(box_iou_xyxy(output_boxes(out, "fused"), b["target"]))
     net.train(was_training)
     record = {"val_iou" + suffix: float(torch.cat(ious).mean()),
               "base_iou" + suffix: float(torch.cat(base_ious).mean())}
@@ -188,7 +193,11 @@ def selection_score(record: Dict[str, float], prefix: str = "val_iou") -> float:
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> Path:
-    """Train (or resume) and return the path of the final checkpoint ``<out_dir>/final.pt``."""
+    """Train (or resume) and return the path of the final checkpoint ``<out_dir>/final.pt``; with
+    ``quality_only``, the quality head alone (:func:`ar_ros.train.quality.train_quality`)."""
+    if cfg.quality_only:
+        from .quality import train_quality
+        return train_quality(cfg, progress)
     _maybe_init_distributed()
     rank, world = _world()
     if cfg.threads:

@@ -1,0 +1,79 @@
+"""What the engine does with a network's box-quality estimate (``quality``, ``base_quality``).
+
+A network with a quality head (``model.quality.QualityHead``) predicts, per target and frame, the IoU of
+its refined box with the true box (``quality``) and the IoU of the base box it was given (``base_quality``).
+Three decisions follow from them, here in one place and without torch:
+
+* :func:`choose`: output the base box instead of the refined one when the base box is predicted to be
+  better by at least a margin (``Result.kept``, reason :data:`BASE_BETTER`): a good box stays good;
+* :class:`LostState`: a target is lost when its quality stays below ``lost_quality`` for ``lost_frames``
+  frames in a row (a tracker on a distractor, a target gone out of view); a new target box resets it;
+* :func:`trusted`: whether a result may be fed back to the base tracker (closed loop): not lost, not the
+  kept base box, not a fallback.
+
+The defaults were chosen on the validation pairs (synthetic + composite validation seeds, held out from
+training), with ``tools/quality_report.py``: :data:`QUALITY_MARGIN` maximises the mean IoU of the chosen box
+there; :data:`LOST_QUALITY` is the quality below which the output box is mostly off the target (true IoU
+under 0.1); :data:`LOST_FRAMES` asks for a few frames in a row, so that one bad frame (an occlusion, a
+blur) does not raise the flag.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Tuple
+
+QUALITY_MARGIN = 0.05   # base kept when base_quality >= quality + this
+LOST_QUALITY = 0.25     # a frame counts towards "lost" when quality < this
+LOST_FRAMES = 3         # ... for this many frames in a row
+BASE_BETTER = "base better"
+
+
+def check_quality_params(margin: float, lost_quality: float, lost_frames: int) -> None:
+    """``ValueError`` naming the parameter unless margin is in [-1, 1], lost_quality in [0, 1] and
+    lost_frames >= 1."""
+    if not -1.0 <= float(margin) <= 1.0:
+        raise ValueError(f"quality_margin must be in [-1, 1], got {margin}")
+    if not 0.0 <= float(lost_quality) <= 1.0:
+        raise ValueError(f"lost_quality must be in [0, 1], got {lost_quality}")
+    if int(lost_frames) != lost_frames or lost_frames < 1:
+        raise ValueError(f"lost_frames must be an integer >= 1, got {lost_frames}")
+
+
+def choose(quality: float, base_quality: float, margin: float = QUALITY_MARGIN) -> Tuple[bool, str]:
+    """``(use_base, reason)``: the base box when ``base_quality >= quality + margin`` (reason
+    :data:`BASE_BETTER`), else the refined box (reason ``""``)."""
+    if float(base_quality) >= float(quality) + float(margin):
+        return True, BASE_BETTER
+    return False, ""
+
+
+@dataclass
+class LostState:
+    """One target's lost flag: set after ``lost_frames`` frames in a row with quality below
+    ``lost_quality``, cleared by the first frame at or above it and by :meth:`reset` (a new target box)."""
+
+    lost_quality: float = LOST_QUALITY
+    lost_frames: int = LOST_FRAMES
+    low_frames: int = 0
+
+    def __post_init__(self) -> None:
+        check_quality_params(0.0, self.lost_quality, self.lost_frames)
+
+    @property
+    def lost(self) -> bool:
+        return self.low_frames >= self.lost_frames
+
+    def update(self, quality: float) -> bool:
+        """Count this frame's quality; returns whether the target is lost now."""
+        self.low_frames = self.low_frames + 1 if float(quality) < self.lost_quality else 0
+        return self.lost
+
+    def reset(self) -> None:
+        """Forget the history (``Refiner.set_target``: a new box for this target)."""
+        self.low_frames = 0
+
+
+def trusted(result: Any) -> bool:
+    """Whether a result's box may be fed back to the base tracker: not lost, not the kept base box, not a
+    fallback (an object without a ``lost`` attribute counts as not lost)."""
+    return not (getattr(result, "lost", False) or result.kept or result.fallback)

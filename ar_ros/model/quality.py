@@ -1,0 +1,127 @@
+"""Box-quality head: the network's own estimate of how good its box is (and how good the input box was).
+
+The idea is IoU-Net's / ATOM's: the features that localise a target also tell how well a given box covers
+it. The head is a separate, small branch on what :meth:`AlphaRefineNet.search` already computes, so the
+box and mask outputs do not change with or without it:
+
+* the fused correlation features (the neck's output, stride 16, 64 channels), narrowed by a 1x1 conv;
+* pooled at two boxes by bilinear sampling (``grid_sample``, a ``grid x grid`` lattice of points inside
+  each box): the refined (corner) box, and the base (input) box, which sits at a fixed place in every
+  search crop (centred, ``input_size / search_factor`` wide: see :func:`base_box`);
+* the features' global mean and max (is the template anywhere in the crop at all: the "lost" cue);
+* the geometry: the refined box relative to the base box, their IoU, and the corner peak sharpness.
+
+A two-layer MLP maps these to two logits: ``quality`` (the IoU of the refined box with the true box) and
+``base_quality`` (the IoU of the base box with the true box); sigmoid, then a monotone piecewise-linear
+calibration map per output (identity until :meth:`QualityHead.set_calibration` stores one fitted on
+validation data), so every backend that runs the graph gets calibrated numbers. Everything is plain
+conv / matmul / grid_sample / min / max: exportable to ONNX (opset 16+).
+"""
+from __future__ import annotations
+
+from typing import Dict, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CALIBRATION_KNOTS = 21   # points of the piecewise-linear calibration map (fixed: a fixed state_dict shape)
+OUTPUTS = ("quality", "base_quality")
+
+
+def base_box(input_size: int, search_factor: float) -> torch.Tensor:
+    """The base box in search-crop pixels (x1, y1, x2, y2): the crop is the base box enlarged by
+    ``search_factor`` about its centre (``engine.crop.window_for``; the ``exact`` crop's integer rounding
+    moves it by under a pixel)."""
+    half = input_size / (2.0 * search_factor)
+    c = input_size / 2.0
+    return torch.tensor([c - half, c - half, c + half, c + half], dtype=torch.float32)
+
+
+def pairwise_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise IoU of (N,4) x1,y1,x2,y2 boxes (0 where the union is empty)."""
+    iw = (torch.minimum(a[:, 2], b[:, 2]) - torch.maximum(a[:, 0], b[:, 0])).clamp(min=0)
+    ih = (torch.minimum(a[:, 3], b[:, 3]) - torch.maximum(a[:, 1], b[:, 1])).clamp(min=0)
+    inter = iw * ih
+    area_a = (a[:, 2] - a[:, 0]).clamp(min=0) * (a[:, 3] - a[:, 1]).clamp(min=0)
+    area_b = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
+    union = area_a + area_b - inter
+    return inter / union.clamp(min=1e-6)
+
+
+class QualityHead(nn.Module):
+    """Predicted IoU of the refined box and of the base box with the true box, both (B,) in [0, 1]."""
+
+    def __init__(self, in_channels: int = 64, input_size: int = 128, search_factor: float = 2.0,
+                 width: int = 32, grid: int = 3, hidden: int = 128) -> None:
+        super().__init__()
+        self.input_size, self.grid = int(input_size), int(grid)
+        self.reduce = nn.Sequential(nn.Conv2d(in_channels, width, kernel_size=1), nn.ReLU(inplace=True))
+        n_in = 2 * width * grid * grid + 2 * width + 8
+        self.mlp = nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 2))
+        self.register_buffer("base", base_box(input_size, search_factor))
+        # lattice offsets inside a box, as fractions of its width / height (cell centres)
+        steps = (torch.arange(grid, dtype=torch.float32) + 0.5) / grid
+        self.register_buffer("steps", steps)
+        # calibration: knots (2, K) on the raw sigmoid output and the calibrated values there (identity)
+        knots = torch.linspace(0.0, 1.0, CALIBRATION_KNOTS)
+        self.register_buffer("calib_x", knots.repeat(2, 1))
+        self.register_buffer("calib_y", knots.repeat(2, 1))
+
+    def _pool(self, feat: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """(B,C,H,W) features bilinearly sampled at a grid x grid lattice inside each (B,4) crop-px box
+        -> (B, C*grid*grid); zeros outside the crop."""
+        scale = 2.0 / self.input_size  # crop px -> grid_sample's [-1, 1] (align_corners=False: map edges)
+        x = boxes[:, 0:1] + (boxes[:, 2:3] - boxes[:, 0:1]) * self.steps  # (B, g)
+        y = boxes[:, 1:2] + (boxes[:, 3:4] - boxes[:, 1:2]) * self.steps
+        g = self.grid
+        gx = (x * scale - 1.0).unsqueeze(1).expand(-1, g, g)  # (B, g rows, g cols)
+        gy = (y * scale - 1.0).unsqueeze(2).expand(-1, g, g)
+        sampled = F.grid_sample(feat, torch.stack((gx, gy), dim=-1), mode="bilinear", padding_mode="zeros",
+                                align_corners=False)
+        return sampled.flatten(1)
+
+    def raw(self, fused: torch.Tensor, boxes: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+        """The two logits (B,2) before sigmoid and calibration (what training regresses)."""
+        feat = self.reduce(fused)
+        boxes = boxes.float()
+        base = self.base.unsqueeze(0).expand(boxes.shape[0], -1)
+        size = float(self.input_size)
+        bw = (self.base[2] - self.base[0])
+        w = (boxes[:, 2] - boxes[:, 0]).clamp(min=1.0)
+        h = (boxes[:, 3] - boxes[:, 1]).clamp(min=1.0)
+        geometry = torch.stack((
+            (boxes[:, 0] + boxes[:, 2] - base[:, 0] - base[:, 2]) / (2 * bw),
+            (boxes[:, 1] + boxes[:, 3] - base[:, 1] - base[:, 3]) / (2 * bw),
+            torch.log(w / bw), torch.log(h / bw),
+            pairwise_iou(boxes, base), score.float(), w / size, h / size), dim=1)
+        x = torch.cat((self._pool(feat, boxes), self._pool(feat, base), feat.mean(dim=(2, 3)),
+                       feat.amax(dim=(2, 3)), geometry), dim=1)
+        return self.mlp(x)
+
+    def calibrate(self, prob: torch.Tensor) -> torch.Tensor:
+        """(B,2) raw probabilities -> calibrated, through each output's piecewise-linear map (a sum of
+        clamped ramps: no search, so it exports as plain min / max / matmul)."""
+        x0, x1 = self.calib_x[:, :-1], self.calib_x[:, 1:]            # (2, K-1)
+        slope = (self.calib_y[:, 1:] - self.calib_y[:, :-1]) / (x1 - x0).clamp(min=1e-6)
+        ramps = torch.minimum(torch.maximum(prob.unsqueeze(-1), x0), x1) - x0  # (B, 2, K-1)
+        return ((ramps * slope).sum(dim=-1) + self.calib_y[:, 0]).clamp(0.0, 1.0)
+
+    def forward(self, fused: torch.Tensor, boxes: torch.Tensor, score: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """``quality`` and ``base_quality``, (B,) each, calibrated, in [0, 1]."""
+        out = self.calibrate(torch.sigmoid(self.raw(fused, boxes, score)))
+        return {"quality": out[:, 0], "base_quality": out[:, 1]}
+
+    def set_calibration(self, knots: Sequence[Sequence[float]], values: Sequence[Sequence[float]]) -> None:
+        """Store the calibration maps: per output (``quality``, ``base_quality``), ``CALIBRATION_KNOTS``
+        increasing raw-probability knots from 0 to 1 and the non-decreasing calibrated values there."""
+        x = torch.as_tensor(knots, dtype=torch.float32)
+        y = torch.as_tensor(values, dtype=torch.float32)
+        if x.shape != self.calib_x.shape or y.shape != self.calib_y.shape:
+            raise ValueError(f"calibration needs {tuple(self.calib_x.shape)} knots and values, got "
+                             f"{tuple(x.shape)} and {tuple(y.shape)}")
+        if bool((x[:, 1:] <= x[:, :-1]).any()) or bool((y[:, 1:] < y[:, :-1]).any()):
+            raise ValueError("calibration knots must increase and values must not decrease")
+        with torch.no_grad():
+            self.calib_x.copy_(x)
+            self.calib_y.copy_(y)
