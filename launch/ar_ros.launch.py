@@ -15,6 +15,7 @@ from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
+from ar_ros.ros.launch_args import model_arguments, model_parameters
 from ar_ros.ros.rviz import rviz_action
 
 
@@ -25,23 +26,17 @@ def generate_launch_description():
         DeclareLaunchArgument("detections_topic", default_value="/tracker/detections",
                               description="base tracker output (vision_msgs/Detection2DArray)"),
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and outputs"),
-        DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "ar_ros.yaml")),
-        DeclareLaunchArgument("checkpoint", default_value="", description="model file; empty = built-in"),
-        DeclareLaunchArgument("device", default_value="auto", description="auto | cpu | cuda | cuda:N"),
-        DeclareLaunchArgument("precision", default_value="auto", description="auto | fp32 | fp16"),
-        DeclareLaunchArgument("backend", default_value="torch",
-                              description="torch | onnxruntime | onnxruntime-int8 | tensorrt (checkpoint = the "
-                                          "folder from `ar-refine export onnx`)"),
-        DeclareLaunchArgument("use_rviz", default_value="false"),
-        DeclareLaunchArgument("use_sim_time", default_value="false"),
+        DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "ar_ros.yaml"),
+                              description="node parameters (YAML); the model arguments below override it"),
+        *model_arguments(),
+        DeclareLaunchArgument("use_rviz", default_value="false", description="also start rviz on the outputs"),
+        DeclareLaunchArgument("use_sim_time", default_value="false", description="use /clock (a bag played --clock)"),
     ]
     refiner = Node(
         package="ar_ros", executable="ar_ros", name="ar_ros", namespace=LaunchConfiguration("namespace"),
         output="screen", emulate_tty=True,
         parameters=[LaunchConfiguration("params_file"),
-                    {"checkpoint": LaunchConfiguration("checkpoint"), "device": LaunchConfiguration("device"),
-                     "precision": LaunchConfiguration("precision"), "backend": LaunchConfiguration("backend"),
-                     "use_sim_time": LaunchConfiguration("use_sim_time")}],
+                    {**model_parameters(), "use_sim_time": LaunchConfiguration("use_sim_time")}],
         remappings=[("image", LaunchConfiguration("image_topic")),
                     ("detections", LaunchConfiguration("detections_topic"))],
     )

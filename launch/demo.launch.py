@@ -24,9 +24,10 @@ def generate_launch_description():
     use_base = LaunchConfiguration("use_base_tracker")
     args = [
         DeclareLaunchArgument("bag", description="a bag from `ar-refine make-bag`"),
-        DeclareLaunchArgument("use_base_tracker", default_value="false"),
+        DeclareLaunchArgument("use_base_tracker", default_value="false",
+                              description="true: the OpenCV base tracker runs on the images; false: the bag's boxes"),
         DeclareLaunchArgument("tracker", default_value="csrt", description="csrt | kcf | mil"),
-        DeclareLaunchArgument("use_rviz", default_value="true"),
+        DeclareLaunchArgument("use_rviz", default_value="true", description="also start rviz on the outputs"),
     ]
     play = ExecuteProcess(cmd=["ros2", "bag", "play", LaunchConfiguration("bag"), "--clock", "--loop"],
                           output="screen")

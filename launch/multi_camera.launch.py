@@ -11,8 +11,12 @@ import os
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+
+from ar_ros.ros.launch_args import model_arguments, model_parameters
+from ar_ros.ros.rviz import rviz_action
 
 
 def _node(context, *args, **kwargs):
@@ -31,21 +35,27 @@ def _node(context, *args, **kwargs):
             value = context.launch_configurations.get(key)
             if value:
                 remaps.append((f"{cam}/{kind}", value))
+    namespace = LaunchConfiguration("namespace").perform(context)
+    first = cams[0]  # rviz shows the first camera: its image and its refined/overlay, refined/mask
+    rviz = rviz_action(os.path.join(get_package_share_directory("ar_ros"), "rviz", "ar_ros.rviz"),
+                       context.launch_configurations.get(f"{first}_image") or "image",
+                       f"{namespace.strip('/')}/{first}".strip("/"),
+                       condition=IfCondition(LaunchConfiguration("use_rviz")))
     return [Node(package="ar_ros", executable="ar_ros", name="ar_ros", output="screen",
                  namespace=LaunchConfiguration("namespace"),
-                 parameters=[LaunchConfiguration("params_file"),
-                             {"cameras": cams, "device": LaunchConfiguration("device"),
-                              "checkpoint": LaunchConfiguration("checkpoint")}],
-                 remappings=remaps)]
+                 parameters=[LaunchConfiguration("params_file"), {"cameras": cams, **model_parameters()}],
+                 remappings=remaps), rviz]
 
 
 def generate_launch_description():
     share = get_package_share_directory("ar_ros")
     return LaunchDescription([
         DeclareLaunchArgument("cameras", default_value="front,left", description="comma-separated names"),
-        DeclareLaunchArgument("namespace", default_value=""),
-        DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "ar_ros.yaml")),
-        DeclareLaunchArgument("device", default_value="auto"),
-        DeclareLaunchArgument("checkpoint", default_value=""),
+        DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and outputs"),
+        DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "ar_ros.yaml"),
+                              description="node parameters (YAML); the model arguments below override it"),
+        *model_arguments(),
+        DeclareLaunchArgument("use_rviz", default_value="false",
+                              description="also start rviz on the first camera's image and outputs"),
         OpaqueFunction(function=_node),
     ])

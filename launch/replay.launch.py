@@ -14,6 +14,7 @@ from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
+from ar_ros.ros.launch_args import model_arguments, model_parameters
 from ar_ros.ros.rviz import rviz_action
 
 
@@ -22,20 +23,20 @@ def generate_launch_description():
     bag = LaunchConfiguration("bag")
     args = [
         DeclareLaunchArgument("bag", description="rosbag2 folder to play"),
-        DeclareLaunchArgument("image_topic", default_value="/camera/image"),
-        DeclareLaunchArgument("detections_topic", default_value="/base/detections"),
-        DeclareLaunchArgument("rate", default_value="1.0"),
-        DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "ar_ros.yaml")),
-        DeclareLaunchArgument("checkpoint", default_value=""),
-        DeclareLaunchArgument("device", default_value="auto"),
-        DeclareLaunchArgument("use_rviz", default_value="false"),
+        DeclareLaunchArgument("image_topic", default_value="/camera/image", description="the bag's camera topic"),
+        DeclareLaunchArgument("detections_topic", default_value="/base/detections",
+                              description="the bag's base tracker topic (vision_msgs/Detection2DArray)"),
+        DeclareLaunchArgument("rate", default_value="1.0", description="ros2 bag play --rate"),
+        DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "ar_ros.yaml"),
+                              description="node parameters (YAML); the model arguments below override it"),
+        *model_arguments(),
+        DeclareLaunchArgument("use_rviz", default_value="false", description="also start rviz on the outputs"),
     ]
     play = ExecuteProcess(cmd=["ros2", "bag", "play", bag, "--clock", "--rate", LaunchConfiguration("rate")],
                           output="screen")
     refiner = Node(package="ar_ros", executable="ar_ros", name="ar_ros", output="screen",
                    parameters=[LaunchConfiguration("params_file"),
-                               {"use_sim_time": True, "checkpoint": LaunchConfiguration("checkpoint"),
-                                "device": LaunchConfiguration("device")}],
+                               {"use_sim_time": True, **model_parameters()}],
                    remappings=[("image", LaunchConfiguration("image_topic")),
                                ("detections", LaunchConfiguration("detections_topic"))])
     rviz = rviz_action(os.path.join(share, "rviz", "ar_ros.rviz"), LaunchConfiguration("image_topic"),
