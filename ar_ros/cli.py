@@ -179,10 +179,50 @@ def _check_make_bag(args: argparse.Namespace) -> None:
         raise FileNotFoundError(f"--predictions {args.predictions}: no such file")
 
 
+def _resume_hint(args: argparse.Namespace) -> str:
+    """How to go on after a stop: the same command without --force (finished sequences are skipped)."""
+    import shlex
+    if not args.out:
+        return "Run with --out DIR to keep finished sequences across runs."
+    return "Resume with: ar-refine " + shlex.join(a for a in sys.argv[1:] if a != "--force")
+
+
+def _run_scale(args: argparse.Namespace, tasks: list, failed: Dict[str, str], settings: Dict[str, Any]) -> int:
+    """`eval --dataset` and `replay` of many bags: workers or Ray, resumable in --out, one report."""
+    from .eval import scale
+    if args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    if args.out:
+        _writable_folder(args.out, "--out")
+    outcome = scale.evaluate(tasks, _model_kwargs(args), settings, failed, out=args.out, workers=args.workers,
+                             threads=args.threads, ray=args.ray or None, use_ray=args.ray is not None,
+                             force=args.force, progress=not args.no_progress, log_workers=not args.json)
+    if args.json:
+        print(json.dumps(outcome.data))
+    scale.print_report(outcome, _resume_hint(args), out=sys.stderr if args.json else sys.stdout)
+    return outcome.exit_code
+
+
+def _replay_many(args: argparse.Namespace) -> int:
+    from .eval.tasks import plan_bags
+    for flag in ("mask", "video"):
+        if getattr(args, flag):
+            raise ValueError(f"--{flag} is for one bag; with several, --out is the report folder")
+    tasks = plan_bags(args.bag, base=args.base, loop=args.loop, image_topic=args.image_topic,
+                      detections_topic=args.detections_topic, gt_topic=args.gt_topic)
+    settings = {"bags": [str(p) for p in args.bag], "base": args.base or "recorded", "loop": args.loop}
+    return _run_scale(args, tasks, {}, settings)
+
+
 def _cmd_replay(args: argparse.Namespace) -> int:
     from .eval import report
     from .eval.replay import replay
     from .eval.bags import bag_folder
+    from .eval.tasks import is_bag
+    from pathlib import Path
+    if len(args.bag) > 1 or not is_bag(Path(args.bag[0])) or args.workers > 1 or args.ray is not None:
+        return _replay_many(args)
+    args.bag = args.bag[0]
     bag_folder(args.bag)  # a missing bag or metadata.yaml is said before the model loads
     refiner = _refiner(args)
     result = replay(args.bag, refiner, out=args.out, image_topic=args.image_topic,
@@ -289,6 +329,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .draw import draw_targets
     from .eval import report
     from .eval.benchmark import run_suite, summary
+    if args.dataset:
+        from .eval.tasks import plan_dataset
+        tasks, failed = plan_dataset(args.dataset, args.base_results, args.base, args.loop)
+        settings = {"dataset": args.dataset, "base": f"results:{args.base_results}" if args.base_results
+                    else args.base, "loop": args.loop}
+        return _run_scale(args, tasks, failed, settings)
+    for flag, value in (("--base-results", args.base_results), ("--ray", args.ray),
+                        ("--workers", args.workers != 1 or None)):
+        if value is not None:
+            raise ValueError(f"{flag} goes with --dataset KIND:PATH (a --suite runs in this process)")
     if args.out:
         _writable_folder(args.out, "--out")
     sequences = _eval_sequences(args.suite)
@@ -434,6 +484,16 @@ def _model_options(p: argparse.ArgumentParser) -> None:
                    help=f"{spec.description} Default: {spec.default:g}, or 0 with --loop closed.")
 
 
+def _scale_options(p: argparse.ArgumentParser) -> None:
+    """Where many sequences run: worker processes on this machine, or Ray tasks."""
+    p.add_argument("--workers", type=int, default=1,
+                   help="worker processes, each with its own refiner; sequences go longest first; with --device "
+                        "cuda spread over the visible GPUs; --threads 0 splits the cores among them (default: 1)")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run the sequences as Ray tasks on --workers actors: a local Ray when no ADDRESS, or the "
+                        "cluster at ADDRESS (e.g. ray://head:10001 or auto); pip install 'ar_ros[ray]'")
+
+
 def _model_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
     """The model options by the names the Refiner and the node's parameters share (keep_iou: the default
     of the command's --loop when not given)."""
@@ -516,8 +576,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_make_bag)
 
     p = sub.add_parser("replay", help="refine a rosbag2 offline (deterministic) and optionally write a new bag")
-    p.add_argument("bag", help="rosbag2 folder (or its .mcap / .db3 file), e.g. from `ar-refine make-bag`")
-    p.add_argument("--out", default=None, help="output bag (original topics + /refined/detections)")
+    p.add_argument("bag", nargs="+", help="rosbag2 folder (or its .mcap / .db3 file), e.g. from `ar-refine "
+                                          "make-bag`; several bags, folders of bags or glob patterns make one "
+                                          "report over all of them (see --workers)")
+    p.add_argument("--out", default=None, help="output bag (original topics + /refined/detections); with several "
+                                               "bags: the report folder (refined x,y,w,h results, CSV, JSON, plots), "
+                                               "resumable")
     p.add_argument("--image-topic", default=None, help="default: the first Image/CompressedImage topic")
     p.add_argument("--detections-topic", default="/base/detections",
                    help="the base tracker's vision_msgs/Detection2DArray (default: /base/detections)")
@@ -534,6 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loop", default="open", choices=["open", "closed"],
                    help="closed: re-seed the --base tracker with the refined box every frame (recorded "
                         "detections cannot take it back)")
+    _scale_options(p)
     common(p)
     p.set_defaults(func=_cmd_replay)
 
@@ -582,8 +647,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="oracle = the ground truth itself (refinement must keep a right box right)")
     p.add_argument("--loop", default="open", choices=["open", "closed"],
                    help="closed: the OpenCV base tracker is re-seeded with the refined box every frame (the paper)")
-    p.add_argument("--out", default=None, help="folder for JSON, plots and a best/worst contact sheet")
+    p.add_argument("--dataset", default=None, metavar="KIND:PATH",
+                   help="a benchmark dataset folder instead of a suite: KIND is otb, lasot, got10k, trackingnet, "
+                        "youtube_vos or coco, e.g. lasot:/data/LaSOT/test")
+    p.add_argument("--base-results", default=None, metavar="DIR",
+                   help="with --dataset: a tracker's published results, one <sequence>.txt of x,y,w,h rows per "
+                        "sequence (comma or whitespace separated), refined in open loop instead of --base")
+    p.add_argument("--out", default=None, help="folder for JSON, plots and a best/worst contact sheet; with "
+                                               "--dataset: refined x,y,w,h results per sequence, sequences.csv, "
+                                               "eval.json, plots, and what a rerun resumes from")
+    p.add_argument("--force", action="store_true", help="with --dataset: redo sequences already finished in --out")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    _scale_options(p)
     common(p)
     p.set_defaults(func=_cmd_eval)
 

@@ -113,3 +113,37 @@ def contact_sheet(path: Path, rows: Dict[str, List[np.ndarray]], thumb_width: in
                             for line in lines], axis=0)
     cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
     return path
+
+
+def worse_sequences(sequences: Dict[str, Dict], key: str = "auc") -> str:
+    """One line naming the sequences whose refined ``key`` is below the base's (worst first)."""
+    drops = sorted((s["refined"][key] - s["base"][key], name) for name, s in sequences.items()
+                   if s.get("base") and s.get("refined") and s["refined"][key] < s["base"][key])
+    label = dict(COLUMNS)[key]
+    if not drops:
+        return f"got worse ({label}): none of {len(sequences)} sequences"
+    items = ", ".join(f"{name} {sequences[name]['base'][key] * 100:.1f} -> {sequences[name]['refined'][key] * 100:.1f}"
+                      for _, name in drops)
+    return f"got worse ({label}): {len(drops)} of {len(sequences)} sequences: {items}"
+
+
+def write_sequence_csv(path: Path, sequences: Dict[str, Dict], failed: Dict[str, str]) -> Path:
+    """One row per sequence: base and refined scores, their gain, counts; failed sequences with their reason."""
+    import csv
+    keys = [k for k, _ in COLUMNS]
+    counts = ("frames", "refine_ms", "fallbacks", "reseeds", "failed_reseeds")
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["sequence", *(f"base_{k}" for k in keys), *(f"refined_{k}" for k in keys), "gain_auc",
+                      *counts, "failed"])
+        for name, s in sequences.items():
+            base, refined = s.get("base"), s.get("refined")
+            scores = [""] * (2 * len(keys) + 1) if not base or not refined else \
+                [*(f"{base[k]:.6f}" for k in keys), *(f"{refined[k]:.6f}" for k in keys),
+                 f"{refined['auc'] - base['auc']:+.6f}"]
+            out.writerow([name, *scores, *(s.get(c, "") for c in counts), ""])
+        for name, reason in failed.items():
+            out.writerow([name, *([""] * (2 * len(keys) + 1 + len(counts))), reason])
+    tmp.replace(path)
+    return path

@@ -1,0 +1,361 @@
+"""Run evaluation tasks on this process, on N worker processes, or as Ray tasks on a cluster.
+
+Every worker holds its own :class:`~ar_ros.engine.refiner.Refiner`, built once and warmed up (its
+one-target CPU graph ready before the first sequence, so a sequence's boxes never depend on how soon a
+background build finished). The driver hands out tasks longest first, one at a time per worker, and
+gets back each task's record or the reason it failed. A worker that dies (killed, out of memory) costs
+only the task it held, which is given to a fresh worker once more.
+
+Worker processes are started with ``spawn`` (a forked torch is unsafe), ignore SIGINT (the driver
+decides when to stop) and run ``threads`` torch / OpenCV threads each, so N workers fill the cores
+without oversubscribing them. With CUDA, worker ``i`` runs on ``cuda:i mod k`` of the k visible GPUs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import queue
+import signal
+import time
+import traceback
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+from ..errors import ArRosError
+from .tasks import Record, Task
+
+log = logging.getLogger(__name__)
+
+#: how often a task that killed its worker is tried again, on a fresh worker
+RETRIES = 1
+#: an event from a backend: ("frames", slot, n) | ("done", slot, record) | ("failed", slot, reason)
+#: | ("died", slot, reason)
+Event = Tuple[str, int, Any]
+
+
+class RayMissing(ArRosError, RuntimeError):
+    """``--ray`` without Ray installed."""
+
+
+class WorkerError(ArRosError, RuntimeError):
+    """A worker could not even build its refiner (bad checkpoint, device): no task can run."""
+
+
+@dataclasses.dataclass
+class WorkerSpec:
+    """How to build one worker's refiner: the Refiner's keyword arguments, its device and threads."""
+
+    model: Dict[str, Any]
+    device: str = "cpu"
+    threads: int = 1
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def worker_specs(model: Dict[str, Any], workers: int, threads: int = 0, spread_gpus: bool = True
+                 ) -> List[WorkerSpec]:
+    """One spec per worker: with ``spread_gpus``, CUDA workers spread over this machine's visible GPUs
+    (Ray assigns GPUs itself); ``threads`` each (0: this machine's cores split evenly, at least one)."""
+    device = str(model.get("device") or "cpu")
+    gpus = 0
+    if spread_gpus and device in ("auto", "cuda"):
+        import torch
+        gpus = torch.cuda.device_count()
+        device = "cuda" if gpus else "cpu"
+    per_worker = threads or max(1, usable_cores() // workers)
+    if threads and threads * workers > usable_cores():
+        log.warning("%d workers x %d threads on %d cores: they will compete", workers, threads, usable_cores())
+    return [WorkerSpec(model, f"cuda:{i % gpus}" if device == "cuda" else device, per_worker)
+            for i in range(workers)]
+
+
+def build_refiner(spec: WorkerSpec):
+    """The worker's refiner, threads set and warmed up (see the module docstring)."""
+    import cv2
+    import torch
+    from ..engine.refiner import Refiner
+    torch.set_num_threads(spec.threads)
+    cv2.setNumThreads(spec.threads)
+    refiner = Refiner(**{**spec.model, "device": spec.device})
+    refiner.warm_up()  # one-target graphs built before the first sequence
+    return refiner
+
+
+def _build_or_reason(spec: WorkerSpec) -> Tuple[Any, str]:
+    try:
+        return build_refiner(spec), ""
+    except Exception as err:  # noqa: BLE001 - sent to the driver, which stops the run with it
+        return None, f"worker on {spec.device} could not build its refiner: {type(err).__name__}: {err}"
+
+
+def run_one(task: Task, refiner, progress: Optional[Callable[[int], None]] = None) -> Tuple[str, Any]:
+    """("done", record) or ("failed", reason): a task's own error never stops a worker."""
+    try:
+        record = task.run(refiner, progress)
+        record["box_mode"] = refiner.resolved_box_mode()
+        return "done", record
+    except Exception as err:  # noqa: BLE001 - reported per sequence, the others go on
+        log.debug("%s failed:\n%s", task.name, traceback.format_exc())
+        return "failed", f"{type(err).__name__}: {err}"
+
+
+# ---------------------------------------------------------------------------------------- backends
+class InlineBackend:
+    """One worker: this process (no pickling, no start-up; a crash here ends the run)."""
+
+    slots = 1
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec, self._refiner, self._task = spec, None, None
+        self.on_frames: Callable[[int], None] = lambda n: None  # the scheduler's frame counter
+
+    def submit(self, slot: int, task: Task) -> None:
+        self._task = task
+
+    def events(self, timeout: float) -> Iterator[Event]:
+        if self._task is None:
+            return iter(())
+        task, self._task = self._task, None
+        if self._refiner is None:
+            self._refiner = build_refiner(self.spec)
+        status, value = run_one(task, self._refiner, self.on_frames)
+        return iter([(status, 0, value)])
+
+    def restart(self, slot: int) -> None:
+        pass
+
+    def close(self) -> None:
+        if self._refiner is not None:
+            self._refiner.close()
+
+
+def _worker_main(slot: int, spec: WorkerSpec, tasks, events) -> None:
+    """A worker process: build the refiner, then run tasks until ``None`` comes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver stops the run, then us
+    refiner, problem = _build_or_reason(spec)
+    if refiner is None:
+        events.put(("fatal", slot, problem))
+        return
+    last = [time.monotonic(), 0]
+
+    def frames(n: int) -> None:  # batched: a queue message per frame would cost more than the frame
+        last[1] += n
+        if time.monotonic() - last[0] > 0.5:
+            events.put(("frames", slot, last[1]))
+            last[0], last[1] = time.monotonic(), 0
+
+    while True:
+        task = tasks.get()
+        if task is None:
+            break
+        status, value = run_one(task, refiner, frames)
+        if last[1]:
+            events.put(("frames", slot, last[1]))
+            last[1] = 0
+        events.put((status, slot, value))
+    refiner.close()
+
+
+class ProcessBackend:
+    """N spawned worker processes, each with its own task queue (so a dead one is known by its task)."""
+
+    def __init__(self, specs: List[WorkerSpec], context: str = "spawn") -> None:
+        import multiprocessing
+        self._mp = multiprocessing.get_context(context)
+        self.specs = specs
+        self.slots = len(specs)
+        self._events = self._mp.Queue()
+        self._procs: List[Any] = [None] * self.slots
+        self._queues: List[Any] = [None] * self.slots
+        self._busy: List[bool] = [False] * self.slots
+        for slot in range(self.slots):
+            self._start(slot)
+
+    def _start(self, slot: int) -> None:
+        self._queues[slot] = self._mp.Queue()
+        proc = self._mp.Process(target=_worker_main, args=(slot, self.specs[slot], self._queues[slot], self._events),
+                                name=f"ar-refine-worker-{slot}", daemon=True)
+        proc.start()
+        self._procs[slot] = proc
+        log.info("worker %d: started (pid %d, %s, %d threads)", slot, proc.pid, self.specs[slot].device,
+                 self.specs[slot].threads)
+
+    def submit(self, slot: int, task: Task) -> None:
+        self._busy[slot] = True
+        self._queues[slot].put(task)
+
+    def events(self, timeout: float) -> Iterator[Event]:
+        try:
+            kind, slot, value = self._events.get(timeout=timeout)
+        except queue.Empty:
+            kind = ""
+        if kind == "fatal":
+            raise WorkerError(value)
+        if kind in ("done", "failed"):
+            self._busy[slot] = False
+        if kind:
+            yield kind, slot, value
+        for slot, proc in enumerate(self._procs):  # a dead worker: its task is the driver's to retry
+            if proc is not None and not proc.is_alive():
+                code = proc.exitcode
+                self._procs[slot] = None
+                if self._busy[slot]:
+                    self._busy[slot] = False
+                    yield "died", slot, f"worker died (exit code {code})"
+                else:
+                    log.warning("worker %d: died while idle (exit code %s); starting another", slot, code)
+                    self._start(slot)
+
+    def restart(self, slot: int) -> None:
+        self._start(slot)
+
+    def close(self) -> None:
+        for slot, proc in enumerate(self._procs):
+            if proc is not None and proc.is_alive():
+                if self._busy[slot]:
+                    proc.terminate()  # stopping: its unfinished sequence is not kept anyway
+                else:
+                    self._queues[slot].put(None)
+        for proc in self._procs:
+            if proc is not None:
+                proc.join(timeout=30)
+                if proc.is_alive():
+                    proc.kill()
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise RayMissing("--ray needs Ray: pip install 'ar_ros[ray]' (or pip install ray)") from None
+    return ray
+
+
+class RayWorker:
+    """A Ray actor holding one refiner (built at its first task); ``run`` is the per-sequence task."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec, self.refiner = spec, None
+
+    def run(self, task: Task) -> Tuple[str, Any]:
+        if self.refiner is None:
+            self.refiner, problem = _build_or_reason(self.spec)
+            if self.refiner is None:
+                return "fatal", problem
+        return run_one(task, self.refiner)
+
+
+class RayBackend:
+    """N Ray actors (one refiner each) on a local or existing cluster; GPUs requested per actor on CUDA."""
+
+    def __init__(self, specs: List[WorkerSpec], address: Optional[str] = None) -> None:
+        ray = self._ray = _ray()
+        if not ray.is_initialized():
+            if address:
+                ray.init(address=address, log_to_driver=False)
+            else:
+                ray.init(num_cpus=sum(s.threads for s in specs), include_dashboard=False, log_to_driver=False)
+        self.specs, self.slots = specs, len(specs)
+        self._actors: List[Any] = [None] * self.slots
+        self._refs: Dict[Any, int] = {}
+        for slot in range(self.slots):
+            self._start(slot)
+
+    def _start(self, slot: int) -> None:
+        spec = self.specs[slot]
+        gpu = spec.device.startswith("cuda")
+        # Ray assigns the GPU: the actor sees only it, as cuda:0
+        actor_spec = dataclasses.replace(spec, device="cuda" if gpu else spec.device)
+        cls = self._ray.remote(num_cpus=spec.threads, num_gpus=1 if gpu else 0)(RayWorker)
+        self._actors[slot] = cls.remote(actor_spec)
+        log.info("worker %d: Ray actor (%s, %d threads)", slot, spec.device, spec.threads)
+
+    def submit(self, slot: int, task: Task) -> None:
+        self._refs[self._actors[slot].run.remote(task)] = slot
+
+    def events(self, timeout: float) -> Iterator[Event]:
+        if not self._refs:
+            time.sleep(timeout)
+            return
+        ready, _ = self._ray.wait(list(self._refs), num_returns=1, timeout=timeout)
+        for ref in ready:
+            slot = self._refs.pop(ref)
+            try:
+                status, value = self._ray.get(ref)
+            except self._ray.exceptions.RayError as err:  # the actor died (killed, out of memory)
+                yield "died", slot, f"Ray worker died ({type(err).__name__})"
+                continue
+            if status == "fatal":
+                raise WorkerError(value)
+            yield status, slot, value
+
+    def restart(self, slot: int) -> None:
+        self._start(slot)
+
+    def close(self) -> None:
+        for actor in self._actors:
+            if actor is not None:
+                self._ray.kill(actor)
+
+
+# --------------------------------------------------------------------------------------- scheduler
+@dataclasses.dataclass
+class Callbacks:
+    """What the driver hears: a task finished or failed for good, frames processed."""
+
+    done: Callable[[Task, Record, int], None]
+    failed: Callable[[Task, str], None]
+    frames: Callable[[int], None] = lambda n: None
+    started: Callable[[Task, int], None] = lambda task, slot: None
+
+
+def make_backend(specs: List[WorkerSpec], ray: Optional[str] = None, use_ray: bool = False):
+    """Inline for one local worker, spawned processes for several, Ray actors with ``use_ray``."""
+    if use_ray:
+        return RayBackend(specs, ray)
+    if len(specs) == 1:
+        return InlineBackend(specs[0])
+    return ProcessBackend(specs)
+
+
+def run_tasks(tasks: List[Task], backend, callbacks: Callbacks, poll: float = 0.2) -> None:
+    """Run ``tasks`` longest first on ``backend``'s workers until all are done or failed.
+
+    A task whose worker died is run once more on a fresh worker (:data:`RETRIES`); after that it fails
+    with the reason. Raises whatever interrupts it (KeyboardInterrupt), after nothing else is started.
+    """
+    pending = sorted(tasks, key=lambda t: -t.frames)
+    tries: Dict[str, int] = {}
+    running: Dict[int, Task] = {}
+    if isinstance(backend, InlineBackend):
+        backend.on_frames = callbacks.frames
+    while pending or running:
+        for slot in range(backend.slots):
+            if slot not in running and pending:
+                task = pending.pop(0)
+                running[slot] = task
+                callbacks.started(task, slot)
+                backend.submit(slot, task)
+        for kind, slot, value in backend.events(poll):
+            if kind == "frames":
+                callbacks.frames(value)
+                continue
+            task = running.pop(slot)
+            if kind == "done":
+                callbacks.done(task, value, slot)
+            elif kind == "failed":
+                callbacks.failed(task, value)
+            else:  # died
+                tries[task.name] = tries.get(task.name, 0) + 1
+                log.warning("worker %d: %s while on %s%s", slot, value, task.name,
+                            "; trying it again on a new worker" if tries[task.name] <= RETRIES else "")
+                backend.restart(slot)
+                if tries[task.name] <= RETRIES:
+                    pending.insert(0, task)
+                else:
+                    callbacks.failed(task, f"{value}, twice")
