@@ -152,10 +152,9 @@ def test_set_target_rejects_bad_boxes_and_unknown_ids_are_key_errors(refiner, fr
 
 def test_clear_one_and_all(refiner, frame):
     refiner.set_targets(frame, {"a": BOX, "b": BOX})
-    refiner.clear("a")
+    assert refiner.clear("a") is True
     assert refiner.targets == ["b"]
-    with pytest.raises(KeyError):
-        refiner.clear("a")
+    assert refiner.clear("a") is False  # unknown: said, not raised
     refiner.clear()
     assert refiner.targets == []
 
@@ -196,7 +195,7 @@ def test_cuda_graph_replays_equal_eager_passes_for_every_batch_size(small_net, f
                 assert np.allclose(a[tid].raw_box, b[tid].raw_box, atol=1e-3)
                 if mask:
                     assert np.abs(a[tid].mask - b[tid].mask).max() < 1e-4
-    assert graphed.net.captured == [(1, False), (1, True), (2, False), (2, True), (3, False), (3, True)]
+    assert graphed.runner.graphed.captured == [(1, False), (1, True), (2, False), (2, True), (3, False), (3, True)]
 
 
 def test_missing_checkpoint_file_is_a_clear_error(tmp_path):
@@ -211,3 +210,19 @@ def test_exact_mode_with_authors_layout_runs_on_256_crops(frame):
     r.set_target(frame, BOX, "a")
     res = r.refine(frame, {"a": BOX}, mask=True)["a"]
     assert res.mask.shape == (480, 640) and len(res.raw_box) == 4
+
+
+def test_set_target_returns_its_box_refined_on_that_frame(refiner, frame):
+    first = refiner.set_target(frame, BOX, "a")
+    again = refiner.refine(frame, {"a": BOX})["a"]
+    assert isinstance(first, Result) and first.base_box == tuple(float(v) for v in BOX)
+    assert first.raw_box == again.raw_box and first.score == again.score
+    assert refiner.passes == 1  # set_target's own pass is not a refine call's
+
+
+def test_defaults_are_the_options_table(small_net):
+    from ar_ros.options import DEFAULTS
+    r = Refiner(small_net)
+    assert r.keep_iou == DEFAULTS["keep_iou"] and r.box_mode == DEFAULTS["box_mode"]
+    assert r.min_score == DEFAULTS["min_score"] and r.max_batch == DEFAULTS["max_batch"]
+    assert r.device.type == ("cuda" if torch.cuda.is_available() else "cpu")  # device auto

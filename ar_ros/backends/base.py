@@ -16,7 +16,11 @@ from ..model import NetConfig
 
 
 class BackendError(ArRosError, RuntimeError):
-    """A backend cannot be built or run here (missing library, wrong folder, refused combination)."""
+    """A backend cannot be built or run here (missing library, missing or stale model files)."""
+
+
+class BackendRefused(ArRosError, ValueError):
+    """A combination of weights, device, precision and backend that cannot run (the reason is the message)."""
 
 
 class SearchBackend(ABC):

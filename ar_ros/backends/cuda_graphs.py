@@ -13,8 +13,10 @@ from __future__ import annotations
 from typing import Dict, Tuple
 
 import torch
+from torch import nn
 
 from ..model import AlphaRefineNet
+from .torch_eager import TorchBackend
 
 
 class GraphedSearch:
@@ -67,3 +69,18 @@ class GraphedSearch:
         with torch.cuda.graph(graph, pool=self._pool):
             outputs = self.net.search(static_images, static_kernels, with_mask=with_mask)
         return static_images, static_kernels, graph, outputs
+
+
+class CudaGraphsBackend(TorchBackend):
+    """The torch backend on CUDA with its searches replayed from CUDA graphs (:class:`GraphedSearch`)."""
+
+    def prepare(self, net: nn.Module) -> nn.Module:
+        net = super().prepare(net)
+        self.graphed = GraphedSearch(net)
+        return net
+
+    def search(self, images: torch.Tensor, kernels: torch.Tensor, with_mask: bool = False,
+               mask_logits: bool = False) -> Dict[str, torch.Tensor]:
+        if mask_logits:
+            return self.net.search(images, kernels, with_mask=with_mask, mask_logits=True)
+        return self.graphed.search(images, kernels, with_mask)

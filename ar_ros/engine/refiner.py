@@ -1,31 +1,26 @@
 """The inference engine: cached template kernels per target, one batched forward pass per frame."""
 from __future__ import annotations
 
-import copy
 import math
 import os
-import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Dict, Hashable, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
-import cv2
 import numpy as np
 import torch
 
+from ..backends.factory import DEFAULT_CHECKPOINT, open_backend
 from ..io.images import MIN_SIDE
-from ..model import AlphaRefineNet, CheckpointError, load_network
-from ..model.fuse import fold_batchnorm as fold_batchnorm_layers
+from ..model import AlphaRefineNet
+from ..options import COLORS, DEFAULTS, check
 from . import crop as cropping
+from .batch import CropBatcher
 from .boxes import Box, as_box, box_problem, check_box, iou
-from .masks import (BOX_MODES, DEFAULT_BOX_MODE, FUSE_MASK_WEIGHT, FUSE_MIN_IOU, LOGIT_THRESHOLDS, crop_mask_box,
-                    fuse_boxes, logits_mask_box, mask_to_box, resolve_box_mode)
-from .graphs import SearchGraphs, graphs_available
-from .precision import auto_cpu_precision, is_prepared, pack_fp32, resolve_precision, to_bf16
+from .masks import (FUSE_MASK_WEIGHT, FUSE_MIN_IOU, LOGIT_THRESHOLDS, crop_mask_box, fuse_boxes, logits_mask_box,
+                    mask_to_box, resolve_box_mode)
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "weights" / "ar_ros_default.pt"
-COLORS = ("rgb", "bgr")
-BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8", "tensorrt")
+__all__ = ["DEFAULT_CHECKPOINT", "Refiner", "Result", "check_frame", "passed_through"]
+Job = Union[Tuple[np.ndarray, Mapping[Hashable, Iterable[float]]], Tuple[np.ndarray, Mapping[Hashable, Iterable[float]], str]]
 
 
 @dataclass
@@ -52,28 +47,6 @@ def passed_through(box: Sequence[float], reason: str) -> Result:
     return Result(box=kept, score=0.0, base_box=kept, fallback=True, reason=reason)  # type: ignore[arg-type]
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> ``cuda`` when available else ``cpu``; anything else must exist on this machine."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda', 'cuda:N' or 'auto'") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"unsupported device {device!r}; use 'cpu' or 'cuda'")
-    return dev
-
-
-def cuda_graphs_problem(backend: str, device: torch.device) -> str:
-    """Why CUDA graphs cannot be used with this backend and device ('' when they can)."""
-    if backend == "torch" and device.type == "cuda":
-        return ""
-    return f"cuda_graphs needs backend 'torch' on device 'cuda' (got {backend!r} on {device.type!r})"
-
-
 def check_frame(frame: np.ndarray) -> Tuple[int, int]:
     """An HxWx3 uint8 array, or a ``ValueError`` that says what is wrong. Returns (height, width)."""
     if not isinstance(frame, np.ndarray):
@@ -90,129 +63,64 @@ def check_frame(frame: np.ndarray) -> Tuple[int, int]:
 class Refiner:
     """Refine boxes of a base tracker with an Alpha-Refine network.
 
-    ``checkpoint`` is a path (ours, the authors' ``.pth.tar`` or a state_dict), an
-    :class:`AlphaRefineNet`, or ``None`` for the shipped default. ``crop_mode`` defaults to the mode the
-    weights were trained with (``exact`` for the authors' weights, ``clean`` for ours). With the torch
-    backend, BatchNorm layers are folded into the convolutions of a private copy of the network
-    (``fold_batchnorm=False`` keeps them, e.g. to time the unmodified network). ``cuda_graphs=True``
-    (torch on CUDA) replays each search shape from a captured CUDA graph (backends/cuda_graphs.py).
-    On CPU in fp32 (``cpu_graphs=True``, the default) a search shape seen a few times is traced into a
-    TorchScript graph that oneDNN Graph compiles and fuses (``engine/graphs.py``; in a background thread
-    while eager refines, then about two fifths less time per refinement for the shipped model);
-    ``cpu_graphs=False`` keeps the eager network.
-    ``keep_iou`` > 0 keeps the base box (``Result.kept``) when the refined box overlaps it by more than
-    that IoU, so a box that is already right is not moved by the model's own error (0 = off).
-    ``box_mode="fused"`` runs the mask branch on every refinement and moves the corner head's box towards
-    the mask's box where the two agree (``engine.masks.fuse_boxes``): more precise, at the mask's cost.
-    ``"auto"`` (default) is ``fused`` for a network with the slim mask decoder (the shipped one) and
-    ``corner`` otherwise (the authors' weights: their ``refine()``); :meth:`resolved_box_mode` says which.
+    ``checkpoint`` is a path (ours, the authors' ``.pth.tar`` or a state_dict), an :class:`AlphaRefineNet`,
+    ``None`` for the shipped default, or an export folder for the exported backends. Every keyword and its
+    default is a row of the one options table (``ar_ros/options.py``, the README's parameter table): the
+    node and the CLI take the same values. The backend that runs the network (``backend``, ``device``,
+    ``precision``, ``cuda_graphs``, ``cpu_graphs``; ``fold_batchnorm=False`` / ``channels_last=False`` keep
+    the unmodified network, e.g. to time it) comes from ``backends.factory.open_backend``; the Refiner
+    keeps what is its own: crops, targets' kernels, batching, the plausibility gate and the results.
+    ``keep_iou`` > 0 keeps the base box (``Result.kept``) when the refined box overlaps it by more than that
+    IoU. ``box_mode="fused"`` also runs the mask branch and moves the corner head's box towards the mask's
+    box where the two agree; ``"auto"`` is ``fused`` for a network with the slim mask decoder (the shipped
+    one) and ``corner`` otherwise (the authors' weights: their ``refine()``). Call :meth:`warm_up` once
+    before the first frame: backends that build per-shape graphs build them there.
     """
 
-    def __init__(self, checkpoint: Union[None, str, os.PathLike, AlphaRefineNet] = None, device: str = "cpu",
-                 precision: str = "fp32", crop_mode: Optional[str] = None, search_factor: Optional[float] = None,
-                 min_score: float = 0.0, max_scale_change: float = 3.0, mask_threshold: float = 0.5,
-                 channels_last: bool = True, backend: str = "torch", fold_batchnorm: bool = True,
-                 cuda_graphs: bool = False, max_batch: int = 32, keep_iou: float = 0.0,
-                 box_mode: str = DEFAULT_BOX_MODE, cpu_graphs: bool = True) -> None:
-        self.device = resolve_device(device)
-        self.dtype = resolve_precision(precision, self.device)
-        self.precision_note = f"{precision}: as requested" if precision != "auto" else \
-            f"{str(self.dtype).replace('torch.', '')}: auto on {self.device.type}"  # what was chosen and why
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        problem = cuda_graphs_problem(backend, self.device) if cuda_graphs else ""
-        if problem:
-            raise ValueError(problem)
-        self.backend = backend
-        if backend.startswith("onnxruntime"):
-            from ..backends.onnx import OnnxRuntimeBackend
-            if self.dtype != torch.float32:
-                raise ValueError(f"backend '{backend}' runs the exported graphs; use precision 'fp32'")
-            if checkpoint is None or isinstance(checkpoint, AlphaRefineNet):
-                raise ValueError(f"backend '{backend}' needs checkpoint = a folder from `ar-refine export onnx`")
-            # one thread setting for both libraries: ONNX Runtime takes torch's (torch.set_num_threads)
-            net = OnnxRuntimeBackend(checkpoint, device=self.device.type, int8=backend.endswith("int8"),
-                                     threads=torch.get_num_threads())
-            self.meta = {"source": f"onnx:{checkpoint}"}
-        elif backend == "tensorrt":
-            from ..backends.tensorrt import TensorRTBackend
-            if checkpoint is None or isinstance(checkpoint, AlphaRefineNet):
-                raise ValueError("backend 'tensorrt' needs checkpoint = a folder from `ar-refine export onnx` "
-                                 "with engines from `ar-refine export tensorrt`")
-            net = TensorRTBackend(checkpoint, device=str(self.device))
-            self.dtype = torch.float32  # engines take fp32 inputs and run fp16 inside
-            self.meta = {"source": f"tensorrt:{checkpoint}"}
-        elif isinstance(checkpoint, AlphaRefineNet):
-            if is_prepared(checkpoint) and not (backend == "torch" and self.device.type == "cpu"
-                                                and self.dtype == torch.float32):
-                raise ValueError("this network was prepared for CPU fp32 by another Refiner (packed convolutions); "
-                                 "pass its checkpoint path or an unprepared AlphaRefineNet for another device or "
-                                 "precision")
-            net, self.meta = copy.deepcopy(checkpoint), {"source": "network"}  # folding must not touch theirs
-        else:
-            path = Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT
-            if checkpoint is None and not path.is_file():
-                raise CheckpointError(f"the built-in default model is missing ({path}); pass checkpoint=...")
-            net, self.meta = load_network(path)
-        self.config = net.config
+    def __init__(self, checkpoint: Union[None, str, os.PathLike, AlphaRefineNet] = None,
+                 device: str = DEFAULTS["device"], precision: str = DEFAULTS["precision"],
+                 crop_mode: Optional[str] = None, search_factor: Optional[float] = None,
+                 min_score: float = DEFAULTS["min_score"], max_scale_change: float = DEFAULTS["max_scale_change"],
+                 mask_threshold: float = DEFAULTS["mask_threshold"], channels_last: bool = True,
+                 backend: str = DEFAULTS["backend"], fold_batchnorm: bool = True,
+                 cuda_graphs: bool = DEFAULTS["cuda_graphs"], max_batch: int = DEFAULTS["max_batch"],
+                 keep_iou: float = DEFAULTS["keep_iou"], box_mode: str = DEFAULTS["box_mode"],
+                 cpu_graphs: bool = DEFAULTS["cpu_graphs"]) -> None:
+        check(min_score=float(min_score), max_scale_change=float(max_scale_change), keep_iou=float(keep_iou),
+              box_mode=box_mode, crop_mode=crop_mode or "", mask_threshold=float(mask_threshold),
+              search_factor=float(search_factor or 0.0), max_batch=int(max_batch))
+        self.runner = open_backend(checkpoint, device, precision, backend, cuda_graphs=cuda_graphs,
+                                   cpu_graphs=cpu_graphs, fold_batchnorm=fold_batchnorm, channels_last=channels_last)
+        self.backend, self.config, self.meta = backend, self.runner.config, self.runner.meta
+        self.device, self.precision_note = self.runner.device, self.runner.precision_note
         self.crop_mode = crop_mode or self.config.crop_mode
-        if self.crop_mode not in cropping.CROP_MODES:
-            raise ValueError(f"crop_mode must be one of {cropping.CROP_MODES}, got {self.crop_mode!r}")
         self.search_factor = float(search_factor or self.config.search_factor)
-        if not self.search_factor > 1.0:
-            raise ValueError(f"search_factor must be > 1, got {self.search_factor}")
         self.input_size = self.config.input_size
-        if not 0.0 <= min_score <= 1.0:
-            raise ValueError(f"min_score must be in [0, 1], got {min_score}")
-        if not max_scale_change > 1.0:
-            raise ValueError(f"max_scale_change must be > 1, got {max_scale_change}")
-        if not 0.0 <= keep_iou <= 1.0:
-            raise ValueError(f"keep_iou must be in [0, 1], got {keep_iou}")
-        self.min_score = float(min_score)
-        self.max_scale_change = float(max_scale_change)
-        self.keep_iou = float(keep_iou)
-        if box_mode not in BOX_MODES:
-            raise ValueError(f"box_mode must be one of {BOX_MODES}, got {box_mode!r}")
-        self.box_mode = box_mode
-        self.graphs: Optional[SearchGraphs] = None  # CPU fp32: searches as oneDNN Graph graphs (engine/graphs.py)
+        self.min_score, self.max_scale_change = float(min_score), float(max_scale_change)
+        self.keep_iou, self.box_mode, self.mask_threshold = float(keep_iou), box_mode, float(mask_threshold)
         self.fuse_min_iou, self.fuse_weight = FUSE_MIN_IOU, FUSE_MASK_WEIGHT  # box_mode "fused" (tools/ sweep them)
-        self.mask_threshold = float(mask_threshold)
-        self.memory_format = torch.channels_last if channels_last and backend == "torch" else torch.contiguous_format
-        if backend == "torch":
-            net.eval()
-            if precision == "auto" and self.device.type == "cpu":
-                self.dtype, self.precision_note = auto_cpu_precision(net)  # keyed by the weights as loaded
-            if fold_batchnorm:
-                fold_batchnorm_layers(net)  # in fp32, before any cast
-            if self.dtype == torch.bfloat16:
-                net = to_bf16(net.to(self.device, memory_format=self.memory_format))
-            else:
-                net = net.to(self.device, dtype=self.dtype, memory_format=self.memory_format)
-                if fold_batchnorm and self.device.type == "cpu" and self.dtype == torch.float32 \
-                        and self.memory_format == torch.channels_last and not is_prepared(net):
-                    plain = net
-                    try:  # oneDNN for every convolution (engine/precision.py); on a copy, so a failure keeps net
-                        net = pack_fp32(copy.deepcopy(net))
-                    except (RuntimeError, ValueError, TypeError, AttributeError) as err:
-                        warnings.warn(f"fp32 convolutions not packed, eager torch runs them: {err}")
-                    if cpu_graphs and graphs_available():  # searches as oneDNN Graph graphs (engine/graphs.py)
-                        self.graphs = SearchGraphs(plain)
-            if cuda_graphs:
-                from ..backends.cuda_graphs import GraphedSearch
-                net = GraphedSearch(net)
-        self.net = net
-        if max_batch < 1:
-            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         # crops per forward pass: bounds memory however many targets come in (TensorRT engines have a maximum)
-        self.max_batch = min(int(max_batch), getattr(net, "max_batch", max_batch))
-        lut_device = torch.device("cpu") if backend.startswith("onnxruntime") else self.device
-        table = cropping.normalisation_table()
-        self._lut = torch.from_numpy(table.reshape(-1)).to(lut_device)
-        self._lut_cv = np.ascontiguousarray(table.T.reshape(1, 256, 3))  # per-channel table for cv2.LUT
+        self.max_batch = min(int(max_batch), self.runner.max_batch)
+        self._crops = CropBatcher(self.runner.input_device, self.runner.input_dtype, self.runner.memory_format)
         self._kernels: Dict[Hashable, torch.Tensor] = {}
         self.passes = 0            # forward passes over search crops (one per refine call with targets,
                                    # more when a call has over max_batch of them)
         self.last_batch_size = 0
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the crops the backend takes."""
+        return self.runner.input_dtype
+
+    @property
+    def net(self):
+        """The network the backend runs (the backend itself where it has no torch network)."""
+        return getattr(self.runner, "net", self.runner)
+
+    @property
+    def graphs(self):
+        """The CPU graphs of the torch CPU backend (None elsewhere)."""
+        return getattr(self.runner, "graphs", None)
 
     def resolved_box_mode(self, box_mode: Optional[str] = None) -> str:
         """``corner`` or ``fused``: what ``box_mode`` (default: this refiner's) means for its network."""
@@ -225,13 +133,21 @@ class Refiner:
         return list(self._kernels)
 
     def set_target(self, frame: np.ndarray, box: Iterable[float], target_id: Hashable = "0",
-                   color: str = "rgb") -> None:
-        """Compute and cache the template kernel of ``target_id`` from its box on ``frame``."""
+                   color: str = "rgb") -> Result:
+        """Compute and cache the template kernel of ``target_id`` from its box on ``frame``; returns the
+        box refined on that same frame (what the node's set_target service answers). ``color`` is the
+        channel order of ``frame``: ``"rgb"`` (ar_ros's readers and ROS images) or ``"bgr"`` (OpenCV)."""
         self.set_targets(frame, {target_id: box}, color=color)
+        passes, last = self.passes, self.last_batch_size  # counters count refine calls' passes only
+        result = self.refine(frame, {target_id: box}, color=color)[target_id]
+        self.passes, self.last_batch_size = passes, last
+        return result
 
     def set_targets(self, frame: np.ndarray, boxes_by_id: Mapping[Hashable, Iterable[float]],
                     color: str = "rgb") -> None:
-        """:meth:`set_target` for several targets in one template pass. Raises ``ValueError`` on a bad box."""
+        """Template kernels of several targets in one template pass (no search: :meth:`refine` them on
+        this frame when their first boxes are wanted). Raises ``ValueError`` on a bad box; then no target
+        changes."""
         height, width = check_frame(frame)
         _check_color(color)
         boxes = {tid: check_box(b, width, height) for tid, b in boxes_by_id.items()}
@@ -240,44 +156,35 @@ class Refiner:
         windows = [cropping.window_for(b, self.search_factor, self.input_size, self.crop_mode)
                    for b in boxes.values()]
         with torch.inference_mode():
-            images = self._batch(frame, windows, color)
-            kernels = torch.cat([self.net.template(images[s:s + self.max_batch])
+            images = self._crops(frame, windows, color)
+            kernels = torch.cat([self.runner.template(images[s:s + self.max_batch])
                                  for s in range(0, len(images), self.max_batch)])
         for i, tid in enumerate(boxes):
             self._kernels[tid] = kernels[i:i + 1].clone()
 
-    def warm_up(self, timeout: Optional[float] = 60.0) -> None:
-        """Template and search passes on a blank frame, one target, so that the first real frames are not
-        slow: with CPU graphs (``cpu_graphs``), as many as build the one-target graph of this box mode,
-        waiting at most ``timeout`` seconds for it (None: as long as it takes; a build still under way goes
-        on in the background, eager refines meanwhile). Targets and counters are left as they were."""
+    def warm_up(self, max_targets: int = 1) -> None:
+        """Before the first frame: the backend builds what it builds per shape (CPU / CUDA graphs) for 1 ..
+        ``max_targets`` targets in this box mode, then one template and search pass on a blank frame, so
+        the first real frames are not slow. Targets and counters are left as they were."""
+        self.runner.warm_up(range(1, max(int(max_targets), 1) + 1), self.resolved_box_mode() == "fused")
         frame = np.zeros((64, 64, 3), np.uint8)
-        tid, box, passes = object(), (16.0, 16.0, 32.0, 32.0), self.passes  # an id no caller can have
-        self.set_target(frame, box, tid)
+        tid, box = object(), (16.0, 16.0, 32.0, 32.0)  # an id no caller can have
         try:
-            for _ in range(self.graphs.after if self.graphs is not None else 1):
-                self.refine(frame, {tid: box})
-            if self.graphs is not None:
-                self.graphs.wait(timeout)  # built in the background: ready before the first real frame
+            self.set_target(frame, box, tid)
         finally:
             self.clear(tid)
-            self.passes = passes
 
     def close(self) -> None:
-        """Build no more CPU graphs (queued ones dropped; a build under way finishes, so an exiting process
-        waits for one at most). Refining goes on, with the graphs there are."""
-        if self.graphs is not None:
-            self.graphs.close()
+        """Let go of what the backend holds beyond its weights; refining goes on."""
+        self.runner.close()
 
-    def clear(self, target_id: Optional[Hashable] = None) -> None:
-        """Forget one target (``KeyError`` if unknown) or, with ``None``, all of them."""
+    def clear(self, target_id: Optional[Hashable] = None) -> bool:
+        """Forget one target or, with ``None``, all of them. Returns False when ``target_id`` was unknown
+        (nothing to forget), True otherwise."""
         if target_id is None:
             self._kernels.clear()
-        else:
-            try:
-                del self._kernels[target_id]
-            except KeyError:
-                raise KeyError(f"no target {target_id!r}; known: {self.targets}") from None
+            return True
+        return self._kernels.pop(target_id, None) is not None
 
     # ------------------------------------------------------------------ refinement
     def refine(self, frame: np.ndarray, boxes_by_id: Mapping[Hashable, Iterable[float]], color: str = "rgb",
@@ -326,7 +233,7 @@ class Refiner:
                 todo.append((j, tid, base, win))
                 windows.append(win)
             if windows:
-                batches.append(self._batch(frame, windows, job_color))
+                batches.append(self._crops(frame, windows, job_color))
             outputs.append(results)
         if todo:
             fused = self.resolved_box_mode() == "fused"  # read once: the node may change it live
@@ -334,7 +241,7 @@ class Refiner:
             # fused boxes without masks: the decoder's logits suffice where the backend can stop before its
             # upsampling (an ONNX export with search_fused); the probabilities otherwise
             low, high = LOGIT_THRESHOLDS
-            logits = fused and not mask and getattr(self.net, "mask_logits", False) and \
+            logits = fused and not mask and self.runner.mask_logits and \
                 low <= self.mask_threshold <= high
             key = "mask_logits" if logits else "mask"
             with torch.inference_mode():
@@ -342,8 +249,8 @@ class Refiner:
                 images = torch.cat(batches) if len(batches) > 1 else batches[0]
                 parts = []
                 for s in range(0, len(todo), self.max_batch):  # one pass unless over max_batch targets
-                    out = self._search(images[s:s + self.max_batch], kernels[s:s + self.max_batch], with_mask,
-                                       logits)
+                    out = self.runner.search(images[s:s + self.max_batch], kernels[s:s + self.max_batch],
+                                             with_mask, logits)
                     parts.append([out["boxes"].float().cpu().numpy(), out["score"].float().cpu().numpy(),
                                   out[key][:, 0].float().cpu().numpy() if with_mask else None])
                     self.passes += 1
@@ -362,36 +269,6 @@ class Refiner:
                 outputs[j][tid] = self._result(base, win, crop_box, float(scores[i]),
                                                maps[i] if mask else None, height, width)
         return [{tid: res[tid] for tid in job[1]} for res, job in zip(outputs, jobs)]
-
-    def _search(self, images: torch.Tensor, kernels: torch.Tensor, with_mask: bool,
-                mask_logits: bool = False) -> Dict[str, torch.Tensor]:
-        """One forward pass: this shape's oneDNN Graph graph where there is one, else the network
-        (``mask_logits``: a backend's search that returns ``mask_logits``, see ``refine_many``)."""
-        if mask_logits:
-            return self.net.search(images, kernels, with_mask=True, mask_logits=True)
-        out = self.graphs.search(images, kernels, with_mask) if self.graphs is not None else None
-        return out if out is not None else self.net.search(images, kernels, with_mask=with_mask)
-
-    def _batch(self, frame: np.ndarray, windows: List[cropping.CropWindow], color: str) -> torch.Tensor:
-        """Crop every window, normalise through the lookup table, return (B,3,S,S) on the device."""
-        patches = np.stack([cropping.crop(frame, w) for w in windows])
-        if color == "bgr":
-            patches = patches[..., ::-1]
-        device = self._lut.device
-        if device.type == "cpu":  # cv2.LUT: same float32 values as the gather below, ~40x faster on CPU
-            b, s = patches.shape[:2]
-            flat = cv2.LUT(np.ascontiguousarray(patches).reshape(b * s, s, 3), self._lut_cv).reshape(patches.shape)
-            if self.memory_format == torch.contiguous_format:
-                # NCHW in numpy: a torch copy of this permuted view wakes torch's thread pool, whose
-                # spinning threads then slow the ONNX Runtime call that follows (measured: 5 ms here)
-                return torch.from_numpy(np.ascontiguousarray(flat.transpose(0, 3, 1, 2))).to(dtype=self.dtype)
-            batch = torch.from_numpy(flat).permute(0, 3, 1, 2)
-        else:  # upload uint8 and look up on the GPU
-            idx = torch.from_numpy(np.ascontiguousarray(patches)).to(device).long()
-            idx += torch.arange(3, device=device) * 256
-            batch = self._lut[idx].permute(0, 3, 1, 2)
-        # NHWC memory viewed as NCHW == channels_last
-        return batch.to(dtype=self.dtype, memory_format=self.memory_format)
 
     def _result(self, base: Box, window: cropping.CropWindow, crop_xyxy: np.ndarray, score: float,
                 prob: Optional[np.ndarray], height: int, width: int) -> Result:

@@ -1,9 +1,9 @@
-"""The bf16 gate: may ``precision="auto"`` run these weights in bf16 on this CPU? Measured once, recorded.
+"""The bf16 gate: should these weights run in bf16 on this CPU (``precision: bf16``)? Measured, printed.
 
 bf16 is accepted only if its refined boxes agree with fp32 by the int8 graph's gate (mean IoU over every
 frame of a synthetic suite, :func:`agreement`) and it is clearly faster (median refine time, one target,
-box only, timed round-robin with fp32). The verdict goes to the cache that ``engine/precision.py`` reads,
-so ``auto`` never picks a precision that is less accurate or slower than fp32.
+box only, timed round-robin with fp32). ``auto`` never picks bf16 by itself: the user sets it after this
+check says yes, so nothing outside the options decides which code runs.
 """
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ from typing import Iterable, Optional, Union
 
 import torch
 
-from ..engine.precision import cpu_bf16_units, cpu_name, record_verdict, weights_key
+from ..backends.torch_cpu.cpu import cpu_bf16_units, cpu_name
 from ..engine.refiner import DEFAULT_CHECKPOINT, Refiner
 from ..model import AlphaRefineNet, load_network
 from .benchmark import AGREEMENT_MIN_IOU, agreement
 from ..data.synthetic import Sequence
-from .timing import build_cpu_graphs, interleaved
+from .timing import interleaved, warm_up_all
 
 MIN_IOU = AGREEMENT_MIN_IOU  # the int8 graph's gate (``ar-refine export onnx --int8``)
 MAX_TIME_RATIO = 0.9         # bf16 must take at most this share of fp32's time: noise must not make it "faster"
@@ -27,8 +27,8 @@ MAX_TIME_RATIO = 0.9         # bf16 must take at most this share of fp32's time:
 
 def check_bf16(checkpoint: Union[None, str, os.PathLike, AlphaRefineNet], sequences: Iterable[Sequence],
                min_iou: float = MIN_IOU, max_time_ratio: float = MAX_TIME_RATIO, repeat: int = 20,
-               suite_name: str = "custom", record: bool = True) -> dict:
-    """Measure bf16 against fp32 for these weights, record the verdict (``record``) and return it.
+               suite_name: str = "custom") -> dict:
+    """Measure bf16 against fp32 for these weights and return the verdict.
 
     Raises ``ValueError`` on a CPU without bf16 units (bf16 cannot be run, so nothing is recorded).
     """
@@ -42,7 +42,7 @@ def check_bf16(checkpoint: Union[None, str, os.PathLike, AlphaRefineNet], sequen
     for r in (fp32, bf16):
         r.set_target(first.image, first.box)
     fns = {name: (lambda r=r: r.refine(first.image, {"0": first.box})) for name, r in (("fp32", fp32), ("bf16", bf16))}
-    build_cpu_graphs(fns, (fp32, bf16))  # fp32 as it refines: with its CPU graph
+    warm_up_all((fp32, bf16))  # each as it refines: with its CPU graph
     times = interleaved(fns, repeat)
     ratio = times["bf16"][0] / times["fp32"][0]
     accepted = iou >= min_iou and ratio <= max_time_ratio
@@ -54,20 +54,17 @@ def check_bf16(checkpoint: Union[None, str, os.PathLike, AlphaRefineNet], sequen
                "bf16_ms": round(times["bf16"][0], 3), "fp32_ms": round(times["fp32"][0], 3),
                "threads": torch.get_num_threads(), "suite": suite_name, "units": cpu_bf16_units(),
                "cpu": cpu_name(), "date": datetime.date.today().isoformat(), "reason": reason}
-    if record:
-        verdict["file"] = str(record_verdict(weights_key(net), verdict))
     return verdict
 
 
 def describe(verdict: dict) -> str:
     """One line for the command line."""
-    word = "bf16 accepted" if verdict["bf16"] else "bf16 rejected, auto keeps fp32"
-    where = f"; recorded in {verdict['file']}" if verdict.get("file") else ""
-    return f"{word}: {verdict['reason']}{where}"
+    word = "bf16 accepted (set precision bf16)" if verdict["bf16"] else "bf16 rejected (keep fp32)"
+    return f"{word}: {verdict['reason']}"
 
 
 def main_check(checkpoint: Optional[str], suite_name: str) -> int:
-    """``ar-refine check-bf16``: 0 when bf16 was accepted, 1 when rejected (both recorded)."""
+    """``ar-refine check-bf16``: 0 when bf16 was accepted, 1 when rejected."""
     from ..data.synthetic import suite
     verdict = check_bf16(checkpoint, suite(suite_name), suite_name=suite_name)
     print(describe(verdict))

@@ -8,16 +8,11 @@ from typing import Callable, Dict, Iterable, Mapping, Tuple
 import numpy as np
 
 
-def build_cpu_graphs(fns: Mapping[str, Callable[[], object]], refiners: Iterable[object]) -> None:
-    """Call every function until the CPU graphs of their shapes (engine/graphs.py: built in the background
-    once a shape has been seen ``after`` times) are ready, so a benchmark times the graphs and not their
-    building."""
-    graphs = [r.graphs for r in refiners if getattr(r, "graphs", None) is not None]
-    for _ in range(max((g.after for g in graphs), default=0)):
-        for fn in fns.values():
-            fn()
-    for g in graphs:
-        g.wait()
+def warm_up_all(refiners: Iterable[object], max_targets: int = 1) -> None:
+    """``warm_up`` every refiner for up to ``max_targets`` targets, so that a benchmark times the graphs its
+    backends build there and not their building."""
+    for refiner in refiners:
+        refiner.warm_up(max_targets)  # type: ignore[attr-defined]
 
 
 def interleaved(fns: Mapping[str, Callable[[], object]], repeat: int, warmup: int = 2,

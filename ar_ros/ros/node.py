@@ -113,26 +113,23 @@ class RefinerNode(LifecycleNode):
 
     # ------------------------------------------------------------------ lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        from ..engine.refiner import Refiner, cuda_graphs_problem, resolve_device  # torch loads here
+        from ..backends.factory import refusal, resolve_device  # torch loads here
+        from ..engine.refiner import Refiner
         from ..engine.session import RefineSession
         try:
             if self.param("threads"):
                 import torch
                 torch.set_num_threads(int(self.param("threads")))
             cuda_graphs = bool(self.param("cuda_graphs"))
-            problem = cuda_graphs_problem(self.param("backend"), resolve_device(self.param("device"))) \
+            problem = refusal("", self.param("backend"), resolve_device(self.param("device")), cuda_graphs) \
                 if cuda_graphs else ""
-            if problem:
+            if problem.startswith("cuda_graphs"):
                 self.get_logger().warning(f"{problem}: cuda_graphs ignored")
                 cuda_graphs = False
-            self.refiner = Refiner(self.param("checkpoint") or None, device=self.param("device"),
-                                   precision=self.param("precision"), crop_mode=self.param("crop_mode") or None,
+            names = [p.name for p in P.PARAMS if p.refiner and p.name not in ("checkpoint", "crop_mode", "search_factor")]
+            self.refiner = Refiner(self.param("checkpoint") or None, crop_mode=self.param("crop_mode") or None,
                                    search_factor=self.param("search_factor") or None,
-                                   min_score=self.param("min_score"), max_scale_change=self.param("max_scale_change"),
-                                   mask_threshold=self.param("mask_threshold"), backend=self.param("backend"),
-                                   cuda_graphs=cuda_graphs, cpu_graphs=bool(self.param("cpu_graphs")),
-                                   keep_iou=self.param("keep_iou"),
-                                   box_mode=self.param("box_mode"))
+                                   **{**{n: self.param(n) for n in names}, "cuda_graphs": cuda_graphs})
         except (ValueError, KeyError, OSError, RuntimeError) as err:
             self.get_logger().error(f"cannot load the refiner: {err}")
             return TransitionCallbackReturn.FAILURE
@@ -141,7 +138,7 @@ class RefinerNode(LifecycleNode):
             cam.session = RefineSession(self.refiner, mode=self.param("mode"), max_targets=self.param("max_targets"),
                                         target_timeout_ns=int(float(self.param("target_timeout")) * 1e9),
                                         namespace=cam.name if multi else None)
-        self.device_label = f"{self.refiner.device.type}/{str(self.refiner.dtype).replace('torch.', '')}"
+        self.device_label = f"{self.refiner.device.type}/{self.refiner.runner.precision}"
         self.get_logger().info(f"precision {self.refiner.precision_note}")  # what auto chose, and why
         self._warm_up()
         if not self._endpoints:
@@ -201,16 +198,17 @@ class RefinerNode(LifecycleNode):
             self._worker.join(timeout=10.0)
             self._worker = None
         if self.refiner is not None:
-            self.refiner.close()  # no CPU graph builds left queued: an exit waits for one at most
+            self.refiner.close()
 
     def destroy_node(self) -> None:
         self._shutdown_worker()
         super().destroy_node()
 
     def _warm_up(self) -> None:
-        """The refiner's warm-up (with CPU graphs: the one-target graph built) so the first frame is not slow."""
+        """The refiner's warm-up (with CPU graphs: one graph per batch size up to max_targets, built now) so
+        that no frame pays for it."""
         with self.refiner_lock:
-            self.refiner.warm_up()
+            self.refiner.warm_up(int(self.param("max_targets")))
 
     # ------------------------------------------------------------------ work
     def submit(self, camera: Camera, job: Job) -> None:

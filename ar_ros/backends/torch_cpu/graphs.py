@@ -1,0 +1,107 @@
+"""CPU searches as traced, frozen TorchScript graphs whose layers oneDNN Graph compiles and fuses.
+
+Eager PyTorch pays Python and per-operator dispatch at every layer; the refiner's search crops are small
+(128 px: often less arithmetic per layer than that overhead). oneDNN Graph compiles each fused partition of
+a frozen graph (convolution + bias + activation + residual chains) once and then only executes it (the
+measured gain is in docs/performance.md).
+
+oneDNN Graph compiles for static shapes, so there is one graph per batch size and kind (box, box + mask).
+Graphs are built only when asked (:meth:`SearchGraphs.build`, which the backend's ``warm_up`` calls for
+the batch sizes that can occur), in the caller's thread, never behind its back; a shape without a graph
+runs the eager network. Each frozen graph keeps its own copy of the weights, so there are at most
+``max_graphs`` of them, fewer where the weights are large (:data:`GRAPH_MEMORY`).
+
+oneDNN Graph crashes the process (SIGSEGV, torch 2.13) on a sum of two maps in different memory layouts:
+``model.heads.upsample2`` returns its map in the layout of the one it is added to, and
+``test/test_graphs.py`` builds every backbone and decoder's graphs in a subprocess. The fusion flag is
+process-wide: it is switched on only while a graph is traced and compiled, then put back as it was.
+TorchScript is deprecated in torch 2.13; where it goes, tracing fails and the eager network runs.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Dict, Optional, Tuple
+
+import torch
+from torch import nn
+
+from ...model.network import SearchTensors
+
+MAX_GRAPHS = 16   # shapes (batch sizes x kinds) with a graph; further shapes run eager
+GRAPH_MEMORY = 256 * 2 ** 20  # bytes of weights all graphs may hold (each frozen graph keeps its own copy)
+
+
+def graphs_available() -> bool:
+    """Whether this torch can fuse TorchScript graphs with oneDNN."""
+    return hasattr(torch.jit, "enable_onednn_fusion") and torch.backends.mkldnn.is_available()
+
+
+def trace_search(net: nn.Module, images: torch.Tensor, kernels: torch.Tensor,
+                 with_mask: bool = False) -> Tuple[torch.jit.ScriptModule, Tuple[str, ...]]:
+    """Trace, freeze and compile ``net``'s search for this shape; returns the graph and its output names."""
+    was_on = torch.jit.onednn_fusion_enabled()
+    torch.jit.enable_onednn_fusion(True)
+    try:
+        with torch.inference_mode(), warnings.catch_warnings():
+            # our sizes are ints on purpose (constants in a graph): the tracer's warning about them is noise
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            wrapper = SearchTensors(net, with_mask).eval()
+            traced = torch.jit.trace(wrapper, (images, kernels), check_trace=False)
+            graph = torch.jit.freeze(traced)
+            for _ in range(2):  # profiling run, then oneDNN Graph compiles and runs the fused partitions
+                graph(images, kernels)
+    finally:
+        torch.jit.enable_onednn_fusion(was_on)
+    return graph, wrapper.output_names
+
+
+class SearchGraphs:
+    """Graphs of ``plain``'s search by input shape and kind (see the module docstring). ``plain`` is the
+    network with ordinary convolutions (what the graph fuser understands)."""
+
+    def __init__(self, plain: nn.Module, max_graphs: int = MAX_GRAPHS) -> None:
+        self.plain: Optional[nn.Module] = plain
+        weights = sum(t.numel() * t.element_size() for t in plain.state_dict().values())
+        self.max_graphs = max(1, min(int(max_graphs), GRAPH_MEMORY // max(weights, 1)))
+        self.graphs: Dict[Tuple, Tuple[torch.jit.ScriptModule, Tuple[str, ...]]] = {}
+        self.failure = ""  # why the last graph could not be built or run ('' = none failed)
+
+    @staticmethod
+    def key(images: torch.Tensor, kernels: torch.Tensor, with_mask: bool) -> Tuple:
+        return tuple(images.shape), tuple(kernels.shape), images.dtype, kernels.dtype, bool(with_mask)
+
+    def build(self, images: torch.Tensor, kernels: torch.Tensor, with_mask: bool = False) -> bool:
+        """Build this shape's graph now (a no-op where it exists); False when there is no room left or
+        tracing failed (:attr:`failure` says why): that shape then runs eager."""
+        key = self.key(images, kernels, with_mask)
+        if key in self.graphs:
+            return True
+        if self.plain is None or len(self.graphs) >= self.max_graphs:
+            self.failure = f"no room for another graph (at most {self.max_graphs} for these weights)"
+            return False
+        try:
+            self.graphs[key] = trace_search(self.plain, images, kernels, with_mask)
+        except Exception as err:  # noqa: BLE001 - tracing can fail in many ways; any of them means: run eager
+            self.failure = f"{type(err).__name__}: {err}"
+            return False
+        return True
+
+    def release(self) -> None:
+        """Build nothing more: the plain network's weights are let go (the graphs keep their own)."""
+        self.plain = None
+
+    def search(self, images: torch.Tensor, kernels: torch.Tensor,
+               with_mask: bool = False) -> Optional[Dict[str, torch.Tensor]]:
+        """This shape's graph's outputs, or None where it has none (the eager network runs)."""
+        key = self.key(images, kernels, with_mask)
+        entry = self.graphs.get(key)
+        if entry is None:
+            return None
+        graph, names = entry
+        try:
+            outputs = graph(images, kernels)
+        except RuntimeError as err:  # e.g. an input this graph was not compiled for: eager from now on
+            self.failure = f"{type(err).__name__}: {err}"
+            del self.graphs[key]
+            return None
+        return dict(zip(names, outputs))
