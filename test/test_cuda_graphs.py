@@ -1,10 +1,12 @@
 """CUDA graphs' shape bookkeeping (plain Python, on CPU): which graphs warm_up captures, how batches pad.
 The captures themselves need a GPU: benchmarks/gpu_check.py runs them (cuda_graphs_vs_eager)."""
+import copy
+
 import pytest
 import torch
 
 from ar_ros.backends.base import BackendError, SearchBackend
-from ar_ros.backends.cuda_graphs import (BOX, LOGITS, MASK, TEMPLATE, CudaGraphBackend, bucket, capture_sizes,
+from ar_ros.backends.cuda_graphs import (BOX, LOGITS, MASK, TEMPLATE, CudaGraphsBackend, bucket, capture_sizes,
                                          graph_keys, mode_of, search_modes)
 
 
@@ -43,16 +45,15 @@ def test_warm_up_plan_covers_every_batch_from_one_to_max_targets_for_both_mask_m
 
 
 def test_the_backend_is_a_search_backend_and_refuses_a_network_off_the_gpu(small_net):
-    assert issubclass(CudaGraphBackend, SearchBackend)
+    assert issubclass(CudaGraphsBackend, SearchBackend)
     with pytest.raises(BackendError, match="CUDA device"):
-        CudaGraphBackend(small_net.to("cpu"))
+        CudaGraphsBackend(copy.deepcopy(small_net), torch.device("cpu"), "fp32")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_warmed_up_shapes_replay_and_others_run_eagerly(small_net):
-    import copy
-    net = copy.deepcopy(small_net).cuda().to(memory_format=torch.channels_last)
-    backend = CudaGraphBackend(net, max_graph_batch=4)
+    backend = CudaGraphsBackend(copy.deepcopy(small_net), torch.device("cuda"), "fp32", max_graph_batch=4)
+    net = backend.net
     backend.warm_up([1, 3], with_mask=False)
     images = torch.randn(3, 3, 128, 128, device="cuda").contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():

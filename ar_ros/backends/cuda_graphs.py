@@ -9,11 +9,11 @@ batch, on a GPU that is launch-bound at these sizes, for 10 graphs per mode inst
 rows hold whatever the last call left there; the network is per sample (folded BatchNorm, no batch
 statistics), so they never touch the real rows. Larger batches run eagerly.
 
-When. Every graph is captured in :meth:`CudaGraphBackend.warm_up` (the Refiner's warm-up, before the first
+When. Every graph is captured in :meth:`CudaGraphsBackend.warm_up` (the Refiner's warm-up, before the first
 frame) for the batch sizes the caller can produce (1..max_targets) and the search modes it can call:
 boxes; with ``with_mask`` also boxes + mask and boxes + mask logits (``box_mode: fused`` without masks).
 Capturing takes three eager passes and one capture per graph (~0.1 s). A shape that was not warmed up
-runs eagerly, never captured during a live frame (:attr:`CudaGraphBackend.eager_calls` counts them).
+runs eagerly, never captured during a live frame (:attr:`CudaGraphsBackend.eager_calls` counts them).
 Template passes are graphed the same way.
 
 Memory. All graphs share one memory pool: a later capture may reuse blocks that an earlier graph uses as
@@ -30,12 +30,13 @@ on CPU; the captures need a GPU (``benchmarks/gpu_check.py``).
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-from .base import BackendError, SearchBackend
+from .base import BackendError
+from .torch_eager import TorchBackend
 
 MAX_GRAPH_BATCH = 32
 WARMUP_PASSES = 3   # eager passes on a side stream before each capture (cuDNN algorithms, lazy init)
@@ -79,18 +80,17 @@ def mode_of(with_mask: bool, mask_logits: bool) -> Tuple[bool, bool]:
 
 def graph_keys(batch_sizes: Iterable[int], with_mask: bool, sizes: Sequence[int],
                mask_logits: bool = True) -> List[Key]:
-    """The graphs :meth:`CudaGraphBackend.warm_up` captures for these batch sizes: one template graph and
+    """The graphs :meth:`CudaGraphsBackend.warm_up` captures for these batch sizes: one template graph and
     one per search mode for every capture size the batches pad to (batches over the largest run eagerly)."""
     padded = sorted({b for b in (bucket(int(n), sizes) for n in batch_sizes if int(n) >= 1) if b is not None})
     modes = [TEMPLATE] + search_modes(with_mask, mask_logits)
     return [(size, mode) for size in padded for mode in modes]
 
 
-def cuda_device(net: nn.Module) -> torch.device:
-    """The network's CUDA device with its index (``cuda`` alone -> the current device's index)."""
-    device = next(net.parameters()).device
+def pinned(device: torch.device) -> torch.device:
+    """``cuda`` -> ``cuda:N`` of the current device, so that captures and replays name one GPU."""
     if device.type != "cuda":
-        raise BackendError(f"CUDA graphs need the network on a CUDA device, not {device}")
+        raise BackendError(f"CUDA graphs need a CUDA device, not {device}")
     return torch.device("cuda", device.index if device.index is not None else torch.cuda.current_device())
 
 
@@ -112,25 +112,16 @@ class _Graph:
             return {k: v[:n].clone() for k, v in self.outputs.items()}
 
 
-class CudaGraphBackend(SearchBackend):
-    """A (prepared, folded) torch network on ``cuda:N`` whose template and search passes replay CUDA
-    graphs captured in :meth:`warm_up`; shapes not warmed up run the network eagerly."""
+class CudaGraphsBackend(TorchBackend):
+    """The torch backend on ``cuda:N`` whose template and search passes replay CUDA graphs captured in
+    :meth:`warm_up`; shapes not warmed up run the network eagerly."""
 
-    name = "torch"
-
-    def __init__(self, net: nn.Module, max_graph_batch: int = MAX_GRAPH_BATCH,
-                 input_dtype: Optional[torch.dtype] = None,
-                 memory_format: torch.memory_format = torch.channels_last, warmup: int = WARMUP_PASSES) -> None:
-        self.device = self.input_device = cuda_device(net)
-        self.net = net
-        self.config = net.config
-        self.meta = dict(getattr(net, "meta", {}) or {})
-        dtypes = {p.dtype for p in net.parameters()}
-        self.input_dtype = input_dtype or (torch.float16 if torch.float16 in dtypes else torch.float32)
-        self.precision = {torch.float16: "fp16", torch.float32: "fp32", torch.bfloat16: "bf16"}[self.input_dtype]
-        self.memory_format = memory_format
+    def __init__(self, net: nn.Module, device: torch.device, precision: str = "fp16", channels_last: bool = True,
+                 fold_batchnorm: bool = True, meta: Optional[Dict[str, Any]] = None, precision_note: str = "",
+                 max_graph_batch: int = MAX_GRAPH_BATCH, warmup: int = WARMUP_PASSES) -> None:
+        super().__init__(net, pinned(device), precision, channels_last=channels_last, fold_batchnorm=fold_batchnorm,
+                         meta=meta, precision_note=precision_note)
         self.mask_logits = True
-        self.quality = getattr(net, "quality_head", None) is not None
         self.sizes = capture_sizes(max_graph_batch)
         self.warmup = int(warmup)
         self._graphs: Dict[Key, _Graph] = {}
@@ -217,5 +208,3 @@ class CudaGraphBackend(SearchBackend):
         self._pool = None
 
 
-# the name the Refiner used before the backend seam
-GraphedSearch = CudaGraphBackend
