@@ -51,7 +51,7 @@ OPTIONS: Tuple[Spec, ...] = (
          "default model.", read_only=True, refiner=True),
     Spec("device", "auto", "auto (cuda when available, else cpu) | cpu | cuda | cuda:N", read_only=True,
          refiner=True),
-    Spec("precision", "auto", "auto (fp16 for torch on CUDA, fp32 otherwise) | fp32 | fp16 (CUDA) | bf16 (CPUs "
+    Spec("precision", "auto", "auto (fp16 for torch on CUDA, fp32 otherwise) | fp32 | fp16 (CUDA; on CPU to check its numerics) | bf16 (CPUs "
          "with AMX, AVX-512 BF16 or Arm BF16; `ar-refine check-bf16` says whether it pays for your weights).",
          read_only=True, choices=PRECISIONS, refiner=True),
     Spec("backend", "torch", "torch | onnxruntime | onnxruntime-int8 | tensorrt (checkpoint = a folder from "

@@ -113,3 +113,19 @@ def test_score_maps_only_keeps_four_layers(shipped):
     """``weight_limit=inf, stem=False`` keeps only the score maps in fp32."""
     net = to_fp16(copy.deepcopy(shipped), weight_limit=math.inf, stem=False)
     assert sum(isinstance(m, Float32) for m in net.modules()) == 4
+
+
+def test_a_refiner_takes_fp16_on_cpu_and_refines_like_fp32(frame):
+    """``precision="fp16"`` with ``device="cpu"`` (never chosen by ``auto``) runs the GPU's layer choice."""
+    from ar_ros import Refiner
+    torch.set_num_threads(1)
+    half, full = (Refiner(device="cpu", precision=p) for p in ("fp16", "fp32"))
+    assert half.dtype == torch.float16 and half.runner.precision == "fp16"
+    assert sum(isinstance(m, Float32) for m in half.net.modules()) >= 5
+    assert Refiner(device="cpu").dtype != torch.float16  # auto on CPU never picks fp16
+    box = (200.0, 150.0, 120.0, 90.0)
+    results = []
+    for r in (half, full):
+        r.set_target(frame, box)
+        results.append(r.refine(frame, {"0": (205.0, 146.0, 112.0, 96.0)})["0"])
+    assert np.abs(np.subtract(results[0].raw_box, results[1].raw_box)).max() <= BOUND_PX

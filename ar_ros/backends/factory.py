@@ -55,8 +55,7 @@ def resolve_precision(precision: str, device: torch.device, backend: str = "torc
     if precision == "auto":
         chosen = "fp16" if device.type == "cuda" else "fp32"
         return chosen, f"{chosen}: auto on {device.type}"
-    if precision == "fp16" and device.type != "cuda":
-        raise BackendRefused("precision 'fp16' needs a CUDA device; use 'fp32' (or 'bf16' on CPUs with bf16 units)")
+    # fp16 on CPU runs (slowly on x86, natively on Arm): the GPU's numerics, checked without a GPU
     if precision == "bf16":
         problem = bf16_problem(device)
         if problem:
@@ -113,7 +112,7 @@ def open_backend(source: Source = None, device: str = "auto", precision: str = "
         raise BackendRefused("this network was prepared for CPU fp32 by another Refiner (packed convolutions); pass "
                              "its checkpoint path or an unprepared AlphaRefineNet for another device or precision")
     net, meta = _network(source)
-    if dev.type == "cpu" and fold_batchnorm and channels_last:
+    if dev.type == "cpu" and fold_batchnorm and channels_last and chosen != "fp16":
         from .torch_cpu.backend import TorchCpuBackend
         return TorchCpuBackend(net, chosen, graphs=cpu_graphs, meta=meta, precision_note=note)
     if cuda_graphs:

@@ -37,7 +37,11 @@ class TorchBackend(SearchBackend):
         self.net = self.prepare(net)
 
     def prepare(self, net: nn.Module) -> nn.Module:
-        """The network as this backend runs it (subclasses rewrite it for speed)."""
+        """The network as this backend runs it (subclasses rewrite it for speed). fp16 (CUDA, or CPU to
+        check its numerics) keeps the layers of :func:`~.half.to_fp16` in fp32."""
+        if self.precision == "fp16":
+            from .half import to_fp16
+            return to_fp16(net.to(self.device, memory_format=self.memory_format))
         return net.to(self.device, dtype=self.input_dtype, memory_format=self.memory_format)
 
     def template(self, images: torch.Tensor) -> torch.Tensor:
