@@ -255,7 +255,8 @@ class RayBackend:
 
     def __init__(self, specs: List[WorkerSpec], address: Optional[str] = None) -> None:
         ray = self._ray = _ray()
-        if not ray.is_initialized():
+        self._owns = not ray.is_initialized()  # a Ray this run started is shut down at its end
+        if self._owns:
             if address:
                 ray.init(address=address, log_to_driver=False)
             else:
@@ -301,6 +302,8 @@ class RayBackend:
         for actor in self._actors:
             if actor is not None:
                 self._ray.kill(actor)
+        if self._owns:
+            self._ray.shutdown()
 
 
 # --------------------------------------------------------------------------------------- scheduler
