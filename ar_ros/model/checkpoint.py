@@ -209,11 +209,18 @@ def _fits_half(t: torch.Tensor) -> bool:
 def save_checkpoint(path: str | os.PathLike, net: AlphaRefineNet, meta: Optional[Dict[str, Any]] = None,
                     half: bool = False, extra: Optional[Dict[str, Any]] = None) -> Path:
     """Write ``net`` in our format, atomically (temp file + rename). ``half`` stores fp16 weights."""
-    path = Path(path)
     state = {k: (v.half() if half and _fits_half(v) else v).detach().cpu().clone()
              for k, v in net.state_dict().items()}
-    payload: Dict[str, Any] = {"format": FORMAT, "version": VERSION, "config": net.config.to_dict(),
-                               "state_dict": state, "meta": dict(meta or {})}
+    return write_checkpoint(path, net.config, state, meta, extra)
+
+
+def write_checkpoint(path: str | os.PathLike, config: NetConfig, state: Mapping[str, torch.Tensor],
+                     meta: Optional[Dict[str, Any]] = None, extra: Optional[Dict[str, Any]] = None) -> Path:
+    """Write ``state`` (tensors stored as given: their dtypes are kept) and ``config`` in our format,
+    atomically (temp file + rename)."""
+    path = Path(path)
+    payload: Dict[str, Any] = {"format": FORMAT, "version": VERSION, "config": config.to_dict(),
+                               "state_dict": dict(state), "meta": dict(meta or {})}
     if extra:
         payload.update(extra)
     path.parent.mkdir(parents=True, exist_ok=True)

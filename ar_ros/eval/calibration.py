@@ -1,0 +1,255 @@
+"""How well a box-quality estimate matches the truth, and the calibration map that makes it match better.
+
+From pairs of (predicted IoU, true IoU), for the refined box (``quality``) and the base box
+(``base_quality``):
+
+* **Spearman** rank correlation: does a higher quality mean a better box;
+* **expected calibration error** (ECE, 10 equal-width bins of the prediction): the count-weighted mean of
+  |mean prediction - mean true IoU| per bin, i.e. how far "0.8" is from meaning 0.8;
+* **AUROC** of ``base_quality - quality`` as a detector of "the base box is better than the refined box"
+  (what the engine's keep rule, ``engine.quality.choose``, decides on).
+
+:func:`fit_isotonic` fits the monotone calibration map (pool-adjacent-violators, then sampled at
+``model.quality.CALIBRATION_KNOTS`` knots) that ``QualityHead.set_calibration`` stores with the weights;
+:func:`best_margin` and :func:`lost_threshold` choose the engine's defaults on the same validation data.
+:func:`suite_pairs` collects the pairs on whole sequences (a suite and a base tracker, as ``eval`` runs
+them), :func:`calibration_figure` draws the reliability diagram and the scatter.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterable, List, Sequence, Tuple
+
+import numpy as np
+
+#: What a report prints per set of pairs, in this order.
+FIGURES = ("n", "spearman_quality", "ece_quality", "mae_quality", "spearman_base", "ece_base", "mae_base",
+           "auroc_base_better", "base_better_share")
+
+
+@dataclass
+class QualityPairs:
+    """Predicted and true IoUs of the output box (``quality``) and of the base box (``base``), (N,) each."""
+
+    pred_quality: np.ndarray
+    true_quality: np.ndarray
+    pred_base: np.ndarray
+    true_base: np.ndarray
+
+    @classmethod
+    def concat(cls, parts: Iterable["QualityPairs"]) -> "QualityPairs":
+        parts = list(parts)
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]).astype(np.float64)
+                     for f in ("pred_quality", "true_quality", "pred_base", "true_base")))
+
+    def __len__(self) -> int:
+        return len(self.true_quality)
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Average ranks (ties share the mean of their positions)."""
+    x = np.asarray(x, np.float64)
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x))
+    ranks[order] = np.arange(len(x), dtype=np.float64)
+    uniq, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    if len(uniq) < len(x):
+        sums = np.bincount(inverse, weights=ranks)
+        ranks = (sums / counts)[inverse]
+    return ranks
+
+
+def spearman(pred: Sequence[float], true: Sequence[float]) -> float:
+    """Spearman rank correlation (NaN when either side is constant)."""
+    a, b = _ranks(np.asarray(pred)), _ranks(np.asarray(true))
+    a, b = a - a.mean(), b - b.mean()
+    denom = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / denom) if denom > 0 else float("nan")
+
+
+def ece(pred: Sequence[float], true: Sequence[float], bins: int = 10) -> float:
+    """Expected calibration error of a [0, 1] regression: ``bins`` equal-width bins of ``pred``."""
+    pred, true = np.asarray(pred, np.float64), np.asarray(true, np.float64)
+    idx = np.clip((pred * bins).astype(int), 0, bins - 1)
+    total = 0.0
+    for k in range(bins):
+        sel = idx == k
+        if sel.any():
+            total += sel.sum() * abs(pred[sel].mean() - true[sel].mean())
+    return float(total / max(len(pred), 1))
+
+
+def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float:
+    """Area under the ROC curve of ``scores`` for the positive ``labels`` (Mann-Whitney, ties count half);
+    NaN when a class is empty."""
+    scores, labels = np.asarray(scores, np.float64), np.asarray(labels, bool)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if not n_pos or not n_neg:
+        return float("nan")
+    ranks = _ranks(scores) + 1.0
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def figures(pairs: QualityPairs) -> Dict[str, float]:
+    """The :data:`FIGURES` of one set of pairs."""
+    better = pairs.true_base > pairs.true_quality
+    return {"n": float(len(pairs)),
+            "spearman_quality": spearman(pairs.pred_quality, pairs.true_quality),
+            "ece_quality": ece(pairs.pred_quality, pairs.true_quality),
+            "mae_quality": float(np.abs(pairs.pred_quality - pairs.true_quality).mean()),
+            "spearman_base": spearman(pairs.pred_base, pairs.true_base),
+            "ece_base": ece(pairs.pred_base, pairs.true_base),
+            "mae_base": float(np.abs(pairs.pred_base - pairs.true_base).mean()),
+            "auroc_base_better": auroc(pairs.pred_base - pairs.pred_quality, better),
+            "base_better_share": float(better.mean())}
+
+
+def isotonic(x: Sequence[float], y: Sequence[float]) -> Tuple[np.ndarray, np.ndarray]:
+    """Least-squares non-decreasing fit of ``y`` on ``x`` (pool adjacent violators): the blocks' mean x
+    and fitted value, both sorted."""
+    order = np.argsort(np.asarray(x, np.float64), kind="mergesort")
+    xs, ys = np.asarray(x, np.float64)[order], np.asarray(y, np.float64)[order]
+    values: List[float] = []
+    weights: List[float] = []
+    xsum: List[float] = []
+    for xi, yi in zip(xs, ys):
+        values.append(yi)
+        weights.append(1.0)
+        xsum.append(xi)
+        while len(values) > 1 and values[-2] > values[-1]:
+            w = weights[-2] + weights[-1]
+            values[-2] = (values[-2] * weights[-2] + values[-1] * weights[-1]) / w
+            xsum[-2] += xsum[-1]
+            weights[-2] = w
+            del values[-1], weights[-1], xsum[-1]
+    return np.array(xsum) / np.array(weights), np.array(values)
+
+
+def fit_isotonic(raw: Sequence[float], true: Sequence[float], knots: int) -> Tuple[np.ndarray, np.ndarray]:
+    """A monotone calibration map from raw predictions to the true IoU: ``knots`` increasing points from 0
+    to 1 (at quantiles of ``raw`` in between, so the map is detailed where predictions are) and the
+    non-decreasing values there (the isotonic fit, linearly interpolated between its blocks)."""
+    bx, by = isotonic(raw, true)
+    inner = np.quantile(np.asarray(raw, np.float64), np.linspace(0, 1, knots)[1:-1])
+    xk = np.concatenate(([0.0], np.clip(inner, 1e-4, 1 - 1e-4), [1.0]))
+    for i in range(1, knots):  # strictly increasing (repeated quantiles where predictions pile up)
+        xk[i] = max(xk[i], xk[i - 1] + 1e-6)
+    xk = xk / xk[-1]
+    return xk, np.clip(np.interp(xk, bx, by), 0.0, 1.0)
+
+
+def best_margin(pairs: QualityPairs, candidates: Sequence[float] = tuple(np.round(np.arange(-0.1, 0.31, 0.01), 2))
+                ) -> Tuple[float, Dict[float, float]]:
+    """The keep margin (``engine.quality.choose``) that maximises the mean true IoU of the chosen box, and
+    that mean for every candidate."""
+    means = {}
+    for m in candidates:
+        use_base = pairs.pred_base >= pairs.pred_quality + m
+        means[float(m)] = float(np.where(use_base, pairs.true_base, pairs.true_quality).mean())
+    best = max(means, key=lambda m: (round(means[m], 4), -abs(m)))  # ties: the margin nearest 0
+    return best, means
+
+
+def lost_threshold(pairs: QualityPairs, off_iou: float = 0.1,
+                   candidates: Sequence[float] = tuple(np.round(np.arange(0.05, 0.61, 0.01), 2))) -> Tuple[float, Dict]:
+    """The quality below which a single frame counts towards "lost": maximises balanced accuracy of
+    ``quality < t`` for "the output box is off the target" (true IoU < ``off_iou``). Returns it and the
+    (true positive rate, false positive rate) of every candidate."""
+    off = pairs.true_quality < off_iou
+    rates = {}
+    for t in candidates:
+        flag = pairs.pred_quality < t
+        tpr = float(flag[off].mean()) if off.any() else float("nan")
+        fpr = float(flag[~off].mean()) if (~off).any() else float("nan")
+        rates[float(t)] = (tpr, fpr)
+    best = max(rates, key=lambda t: rates[t][0] - rates[t][1])
+    return best, rates
+
+
+def suite_pairs(net, sequences: Iterable, base: str = "jitter", progress=None) -> QualityPairs:
+    """Pairs on whole sequences, the way the engine refines them: template from frame 0's box, each later
+    frame's base box (``eval.benchmark.base_boxes``: jittered GT, the GT itself, an OpenCV tracker) cropped
+    with the network's crop mode; the output box is the one ``box_mode auto`` makes. Frames without GT or
+    base box are skipped. ``net`` is a network with a quality head."""
+    import torch
+    from ..engine import crop as cropping
+    from ..engine.masks import crop_mask_box, fuse_boxes, resolve_box_mode
+    from .benchmark import base_boxes
+    from ..engine.boxes import iou
+    cfg = net.config
+    table = cropping.normalisation_table()
+    box_mode = resolve_box_mode("auto", cfg.mask_head)
+
+    def tensor(image: np.ndarray, box) -> Tuple[torch.Tensor, cropping.CropWindow]:
+        win = cropping.window_for(box, cfg.search_factor, cfg.input_size, cfg.crop_mode)
+        patch = cropping.crop(image, win)
+        return torch.from_numpy(table[np.arange(3)[:, None, None], patch.transpose(2, 0, 1)]), win
+
+    parts = []
+    for seq in sequences:
+        frames = list(seq)
+        boxes = base_boxes(seq, frames, base, seed=seq.seed)
+        pq, tq, pb, tb = [], [], [], []
+        with torch.inference_mode():
+            kernel = net.template(tensor(frames[0].image, frames[0].box)[0][None])
+            for frame, box in zip(frames[1:], boxes[1:]):
+                if box is None or frame.box[2] <= 0 or frame.box[3] <= 0 or box[2] <= 0 or box[3] <= 0:
+                    continue
+                image, win = tensor(frame.image, box)
+                out = net.search(image[None], kernel, with_mask=box_mode == "fused")
+                crop_box = out["boxes"][0].double().numpy()
+                if box_mode == "fused":
+                    mask_box = crop_mask_box(out["mask"][0, 0].float().numpy())
+                    crop_box = fuse_boxes(crop_box, None if mask_box is None else mask_box + win.mask_offset())
+                pq.append(float(out["quality"][0]))
+                pb.append(float(out["base_quality"][0]))
+                tq.append(iou(tuple(win.box_to_frame(crop_box)), frame.box))
+                tb.append(iou(tuple(box), frame.box))
+        parts.append(QualityPairs(*(np.array(v, np.float64) for v in (pq, tq, pb, tb))))
+        if progress is not None:
+            progress(f"{getattr(seq, 'name', seq.seed)}: {len(tq)} frames")
+    return QualityPairs.concat(parts)
+
+
+def calibration_figure(sets: Dict[str, QualityPairs], path: str | Path, bins: int = 10) -> Path:
+    """Reliability diagram (mean true IoU per bin of predicted IoU, with the diagonal) and a predicted vs
+    true scatter of ``quality`` for every named set, one row per set, into a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    path = Path(path)
+    fig, axes = plt.subplots(len(sets), 2, figsize=(9, 4.2 * len(sets)), squeeze=False)
+    edges = np.linspace(0, 1, bins + 1)
+    for row, (name, pairs) in zip(axes, sets.items()):
+        f = figures(pairs)
+        for pred, true, label, color in ((pairs.pred_quality, pairs.true_quality, "quality (output box)", "C0"),
+                                         (pairs.pred_base, pairs.true_base, "base_quality (base box)", "C1")):
+            idx = np.clip((pred * bins).astype(int), 0, bins - 1)
+            xs = [pred[idx == k].mean() for k in range(bins) if (idx == k).any()]
+            ys = [true[idx == k].mean() for k in range(bins) if (idx == k).any()]
+            row[0].plot(xs, ys, "o-", color=color, label=label)
+        row[0].plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+        row[0].set(xlim=(0, 1), ylim=(0, 1), xlabel="predicted IoU", ylabel="mean true IoU",
+                   title=f"{name}: reliability (ECE {f['ece_quality']:.3f})")
+        row[0].title.set_fontsize(9)
+        row[0].set_xticks(edges, minor=True)
+        row[0].legend(loc="upper left", fontsize=8)
+        row[1].scatter(pairs.pred_quality, pairs.true_quality, s=4, alpha=0.3, color="C0")
+        row[1].plot([0, 1], [0, 1], "k--", lw=1)
+        row[1].set(xlim=(0, 1), ylim=(0, 1), xlabel="quality (predicted IoU)", ylabel="true IoU of the output box",
+                   title=f"{name}: Spearman {f['spearman_quality']:.2f}, n={int(f['n'])}")
+        row[1].title.set_fontsize(9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def format_figures(name: str, f: Dict[str, float]) -> str:
+    """One line of a report."""
+    return (f"{name}: n={int(f['n'])} quality: Spearman {f['spearman_quality']:.3f} ECE {f['ece_quality']:.3f} "
+            f"MAE {f['mae_quality']:.3f} | base_quality: Spearman {f['spearman_base']:.3f} ECE {f['ece_base']:.3f} "
+            f"MAE {f['mae_base']:.3f} | AUROC base better {f['auroc_base_better']:.3f} "
+            f"(base better on {f['base_better_share'] * 100:.0f}%)")
