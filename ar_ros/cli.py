@@ -219,8 +219,11 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from .eval.replay import replay
     from .eval.bags import bag_folder
     from .eval.tasks import is_bag
+    import glob
     from pathlib import Path
-    if len(args.bag) > 1 or not is_bag(Path(args.bag[0])) or args.workers > 1 or args.ray is not None:
+    first = Path(args.bag[0])
+    folder_of_bags = first.is_dir() and not is_bag(first)
+    if len(args.bag) > 1 or glob.has_magic(args.bag[0]) or folder_of_bags or args.workers > 1 or args.ray is not None:
         return _replay_many(args)
     args.bag = args.bag[0]
     bag_folder(args.bag)  # a missing bag or metadata.yaml is said before the model loads
