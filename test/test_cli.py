@@ -93,3 +93,36 @@ def test_train_flags_that_fine_tune_a_refiner_need_init_from(flag, tmp_path, cap
     code, _, err = run(["train", "--out", str(tmp_path / "t"), "--freeze-box", "--init-from", "x.pt"], capsys)
     assert code == 2 and "freeze_box (--freeze-box) keeps backbone" in err
     assert "needs init_backbone (--init-backbone)" in err
+
+
+def test_info_prints_a_short_summary_first_and_the_details_on_request(capsys):
+    code, out, err = run(["info"], capsys)
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert len(lines) <= 8 and [line.split(":")[0] for line in lines[:5]] == [
+        "model", "backbone", "crops", "heads", "from"]
+    assert "MobileNetV2" in lines[1] and "M parameters" in lines[1] and "config:" not in out
+    code, verbose, _ = run(["info", "--verbose"], capsys)
+    assert code == 0 and verbose.startswith(out.split("(details")[0]) and "config:" in verbose
+    assert "'depth': 0" not in verbose  # MobileNetV2 has no depth; 0 was only a placeholder
+    code, as_json, _ = run(["info", "--json"], capsys)
+    assert code == 0 and json.loads(as_json)["config"]["backbone"] == "mobilenet_v2"
+
+
+def test_every_argument_of_replay_and_live_replay_has_help_and_eval_shows_its_suite_default():
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices
+    for command in ("replay", "live-replay"):
+        silent = [a.dest for a in sub[command]._actions if not a.help]
+        assert not silent, (command, silent)
+    suite = next(a for a in sub["eval"]._actions if a.dest == "suite")
+    assert "(default: small)" in suite.help
+
+
+def test_top_level_help_does_not_call_eval_and_train_synthetic_only(capsys):
+    code, out, _ = run(["--help"], capsys)
+    assert code == 0
+    lines = {name: line for line in out.splitlines() for name in ("eval", "train")
+             if line.strip().startswith(name + " ")}
+    assert set(lines) == {"eval", "train"} and "real video" in out and "tracking datasets" in out
+    assert all("on a synthetic suite" not in line and "on synthetic data" not in line for line in lines.values())
+    assert "node" in out and "base-tracker" in out

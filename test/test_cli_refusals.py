@@ -39,11 +39,12 @@ def error_line(err: str) -> str:
      "ar-refine eval: error: --out {tmp}/p.txt is a file; it must be a folder"),
     (["export", "onnx", "{tmp}/p.txt"], "ar-refine export: error: OUT_DIR {tmp}/p.txt is a file; it must be a folder"),
     (["score", "{tmp}", "{tmp}/p.txt"], "ar-refine score: error: {tmp} is a directory; score takes two text files"),
-    (["replay", "{tmp}/empty"], "ar-refine replay: error: {tmp}/empty/metadata.yaml: no such file"),
+    (["replay", "{tmp}/nometa"], "ar-refine replay: error: {tmp}/nometa/metadata.yaml: no such file"),
 ])
 def test_a_wrong_usage_gets_one_line_naming_it_and_exit_2_before_any_work(argv, line, tmp_path, capsys):
     (tmp_path / "p.txt").write_text("1,2,3,4\n")
-    (tmp_path / "empty").mkdir()
+    (tmp_path / "nometa").mkdir()  # a sqlite3 bag that lost its metadata.yaml
+    (tmp_path / "nometa" / "bag_0.db3").write_bytes(b"")
     before = sorted(os.listdir(tmp_path))
     code, out, err = run([a.format(tmp=tmp_path) for a in argv], capsys)
     assert code == 2 and error_line(err).startswith(line.format(tmp=tmp_path)), err
