@@ -26,10 +26,7 @@ def generate_launch_description():
         DeclareLaunchArgument("detections_topic", default_value="/tracker/detections",
                               description="base tracker output (vision_msgs/Detection2DArray)"),
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and outputs"),
-        DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "ar_ros.yaml"),
-                              description="node parameters (YAML); the model arguments below override it"),
         *model_arguments(),
-        DeclareLaunchArgument("use_rviz", default_value="false", description="also start rviz on the outputs"),
         DeclareLaunchArgument("use_sim_time", default_value="false", description="use /clock (a bag played --clock)"),
     ]
     refiner = Node(

@@ -48,14 +48,9 @@ def _node(context, *args, **kwargs):
 
 
 def generate_launch_description():
-    share = get_package_share_directory("ar_ros")
     return LaunchDescription([
         DeclareLaunchArgument("cameras", default_value="front,left", description="comma-separated names"),
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and outputs"),
-        DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "ar_ros.yaml"),
-                              description="node parameters (YAML); the model arguments below override it"),
-        *model_arguments(),
-        DeclareLaunchArgument("use_rviz", default_value="false",
-                              description="also start rviz on the first camera's image and outputs"),
+        *model_arguments(rviz="also start rviz on the first camera's image and outputs"),
         OpaqueFunction(function=_node),
     ])

@@ -27,10 +27,7 @@ def generate_launch_description():
         DeclareLaunchArgument("detections_topic", default_value="/base/detections",
                               description="the bag's base tracker topic (vision_msgs/Detection2DArray)"),
         DeclareLaunchArgument("rate", default_value="1.0", description="ros2 bag play --rate"),
-        DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "ar_ros.yaml"),
-                              description="node parameters (YAML); the model arguments below override it"),
         *model_arguments(),
-        DeclareLaunchArgument("use_rviz", default_value="false", description="also start rviz on the outputs"),
     ]
     play = ExecuteProcess(cmd=["ros2", "bag", "play", bag, "--clock", "--rate", LaunchConfiguration("rate")],
                           output="screen")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ar_ros.ros.launch_args import MODEL_ARGUMENTS
+from ar_ros.ros.launch_args import ARGUMENTS, MODEL_ARGUMENTS
 from ar_ros.ros.params import BY_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,6 +33,7 @@ def declared(path: Path) -> dict:
         default = next((_literal(k.value) for k in call.keywords if k.arg == "default_value"), None)
         args[_literal(call.args[0])] = default
     if _calls(tree, "model_arguments"):
+        args.update({name: None for name in ARGUMENTS})
         args.update({name: str(BY_NAME[name].default) for name in MODEL_ARGUMENTS})
     return args
 
