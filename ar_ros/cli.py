@@ -755,7 +755,21 @@ def _run_ros_program(command: str, rest: List[str]) -> None:
         print(f"{prog}: error: unexpected argument(s) {stray}: ROS arguments follow --ros-args "
               f"(e.g. {prog} --ros-args -p device:=cpu -r image:=/camera/image_raw)", file=sys.stderr)
         sys.exit(2)
+    unknown = _unknown_node_parameters(rest) if command == "node" else []
+    if unknown:  # rclpy would drop an override the node never declares, typo or not
+        print(f"{prog}: error: no such parameter: {', '.join(unknown)} (the parameters: README, "
+              "ar_ros/ros/params.py)", file=sys.stderr)
+        sys.exit(2)
     main_of(argv)
+
+
+def _unknown_node_parameters(ros_args: List[str]) -> List[str]:
+    """Names given with ``-p NAME:=VALUE`` (or ``-p node:NAME:=VALUE``) that the refiner node does not have."""
+    from .ros.params import BY_NAME
+    names = [ros_args[i + 1].split(":=", 1)[0].rsplit(":", 1)[-1] for i, arg in enumerate(ros_args[:-1])
+             if arg in ("-p", "--param") and ":=" in ros_args[i + 1]]
+    # use_sim_time: every node has it; qos_overrides.<topic>...: rclpy's QoS overrides
+    return [n for n in names if n not in BY_NAME and n != "use_sim_time" and not n.startswith("qos_overrides.")]
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -85,3 +85,11 @@ def test_arguments_outside_ros_args_are_refused_not_ignored():
 def test_node_help_says_how_to_pass_ros_arguments():
     proc = subprocess.run([*ar_refine(), "node", "--help"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.startswith("usage: ar-refine node [--ros-args [-p NAME:=VALUE]")
+
+
+def test_a_parameter_the_node_does_not_have_is_refused_not_dropped():
+    proc = subprocess.run([*ar_refine(), "node", "--ros-args", "-p", "max_target:=4", "-p", "use_sim_time:=true"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("ar-refine node: error: no such parameter: max_target (the parameters: README, "
+                                   "ar_ros/ros/params.py)")
