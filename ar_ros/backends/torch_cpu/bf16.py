@@ -6,33 +6,20 @@ import copy
 import torch
 from torch import nn
 
-from .packing import _Float32, _merge_corner_towers, _pack_convolutions
-
-FP32_WEIGHT_LIMIT = 32.0  # bf16 networks keep convolutions with larger (folded) weights in fp32
+from ..fp32_layers import FP32_WEIGHT_LIMIT, cast_keeping_fp32, fp32_convolutions
+from .packing import _merge_corner_towers, _pack_convolutions
 
 
 def _cast_bf16(net: nn.Module, fp32_bias: bool, fp32_weight_limit: float, merge_corner_towers: bool) -> dict:
-    """Cast ``net`` to bf16 in place except its fp32 parts (see :func:`to_bf16`); returns the fp32 biases
-    (by convolution) that the packed convolutions add, empty without ``fp32_bias``. Without fp32 biases,
+    """Cast ``net`` to bf16 in place except its fp32 parts (see :func:`to_bf16`; the rule is
+    :func:`~ar_ros.backends.fp32_layers.fp32_convolutions`, shared with fp16); returns the fp32 biases (by
+    convolution) that the packed convolutions add, empty without ``fp32_bias``. Without fp32 biases,
     convolutions with a bias over the limit run in fp32 as well."""
     head = _merge_corner_towers(net) if merge_corner_towers else getattr(net, "corner_head", None)
-    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
-    biases = {m: m.bias.detach().clone() for m in convs if fp32_bias and m.bias is not None}
-    score_convs = [getattr(head, n) for n in ("conv5_tl", "conv5_br", "score", "fine_out")
-                   if isinstance(getattr(head, n, None), nn.Conv2d)]
-    score_convs += [getattr(head, n).out for n in ("fine_tl", "fine_br") if hasattr(head, n)]
-
-    def wide(m: nn.Conv2d) -> bool:
-        big_bias = not fp32_bias and m.bias is not None and float(m.bias.detach().abs().max()) > fp32_weight_limit
-        return big_bias or float(m.weight.detach().abs().max()) > fp32_weight_limit
-
-    kept = {m: copy.deepcopy(m) for m in convs if m in score_convs or wide(m)}  # fp32 originals, not rounded
-    net.to(torch.bfloat16)
-    for parent in list(net.modules()):
-        for name, child in list(parent._modules.items()):
-            if child in kept:
-                parent._modules[name] = _Float32(kept[child], None if child in score_convs else torch.bfloat16)
-    return {kept.get(m, m): b for m, b in biases.items()}
+    biases = {m: m.bias.detach().clone() for m in net.modules()
+              if fp32_bias and isinstance(m, nn.Conv2d) and m.bias is not None}
+    cast_keeping_fp32(net, torch.bfloat16, fp32_convolutions(net, head, fp32_weight_limit, bias=not fp32_bias))
+    return biases
 
 
 def to_bf16(net: nn.Module, fuse_blocks: bool = True, fp32_bias: bool = True,

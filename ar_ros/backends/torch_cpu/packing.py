@@ -12,6 +12,8 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import nn
 
+from ..fp32_layers import Float32 as _Float32  # the fp32 islands of a reduced-precision network
+
 
 class _PackedConv(nn.Module):
     """A convolution whose weights oneDNN reorders once instead of at every call, an activation fused if asked.
@@ -54,20 +56,6 @@ class _PackedConv(nn.Module):
         unary = None if self.attr == "none" else self.attr
         return torch.ops.mkldnn._convolution_pointwise.binary(x, residual, self.packed, self.bias, *self.geometry,
                                                               "add", None, unary, self.scalars, "")
-
-
-class _Float32(nn.Module):
-    """Runs ``module`` (fp32 weights; a :class:`_PackedConv` once packed) in fp32 on a bf16 input; the output
-    stays fp32, or is cast to ``out_dtype`` for the bf16 layers after it."""
-
-    def __init__(self, module: nn.Module, out_dtype: Optional[torch.dtype] = None) -> None:
-        super().__init__()
-        self.module = module.float()
-        self.out_dtype = out_dtype
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.module(x.float())
-        return y if self.out_dtype is None else y.to(self.out_dtype)
 
 
 class _FusedBasicBlock(nn.Module):
