@@ -14,7 +14,6 @@ import pytest
 from ar_ros.data.base_trackers import jittered_gt
 from ar_ros.data.synthetic import Sequence
 from ar_ros.eval import bags
-from ar_ros.eval.runner import ProcessBackend, worker_specs
 from ar_ros.eval.sample_dataset import frame_path, write_dataset
 from ar_ros.eval.scale import evaluate
 from ar_ros.eval.tasks import DatasetTask, plan_dataset

@@ -93,11 +93,18 @@ def _build_or_reason(spec: WorkerSpec) -> Tuple[Any, str]:
         return None, f"worker on {spec.device} could not build its refiner: {type(err).__name__}: {err}"
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (MB): a worker's, when called in one."""
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
 def run_one(task: Task, refiner, progress: Optional[Callable[[int], None]] = None) -> Tuple[str, Any]:
     """("done", record) or ("failed", reason): a task's own error never stops a worker."""
     try:
         record = task.run(refiner, progress)
         record["box_mode"] = refiner.resolved_box_mode()
+        record["peak_rss_mb"] = peak_rss_mb()
         return "done", record
     except Exception as err:  # noqa: BLE001 - reported per sequence, the others go on
         log.debug("%s failed:\n%s", task.name, traceback.format_exc())

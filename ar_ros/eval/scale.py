@@ -203,8 +203,8 @@ def _run(todo: List[Task], model: Dict[str, Any], outcome: Outcome, folder: Opti
         outcome.worker_seconds += record["seconds"]
         state["done"] += 1
         state["refinements"] += record["refinements"]
-        log.info("worker %d: %s done in %.1f s (%.1f refinements/s)", slot, task.name, record["seconds"],
-                 record["refinements"] / max(record["seconds"], 1e-9))
+        log.info("worker %d: %s done in %.1f s (%.1f refinements/s, worker peak memory %.0f MB)", slot, task.name,
+                 record["seconds"], record["refinements"] / max(record["seconds"], 1e-9), record["peak_rss_mb"])
         postfix()
 
     def failed(task: Task, reason: str) -> None:
@@ -245,7 +245,8 @@ def report_data(settings: Dict[str, Any], model: Dict[str, Any], records: Dict[s
     refinements = sum(records[n]["refinements"] for n in ordered)
     timing = {"wall_s": round(outcome.wall, 3), "worker_s": round(outcome.worker_seconds, 3),
               "speedup": round(outcome.worker_seconds / outcome.wall, 3) if outcome.wall > 0 else None,
-              "skipped": outcome.skipped, "refinements": refinements}
+              "skipped": outcome.skipped, "refinements": refinements,
+              "peak_rss_mb": round(max((records[n].get("peak_rss_mb", 0.0) for n in ordered), default=0.0), 1)}
     return {**settings, "box_mode": box_mode, "keep_iou": model.get("keep_iou"), "summary": summary,
             "sequences": sequences, "failed": dict(sorted(failed.items())), "timing": timing}
 

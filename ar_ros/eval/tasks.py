@@ -30,7 +30,8 @@ class EvalInputError(ArRosError, ValueError):
 
 
 class _Frame:
-    """One dataset frame: ``box`` is its GT row; ``image`` loads (once) when asked for."""
+    """One dataset frame: ``box`` is its GT row (absent, all zero, past a first-row-only GT);
+    ``image`` loads (once) when asked for."""
 
     def __init__(self, frames: "LazyFrames", index: int) -> None:
         self._frames, self.index = frames, index
@@ -41,7 +42,8 @@ class _Frame:
 
     @property
     def box(self) -> Tuple[float, ...]:
-        return tuple(float(v) for v in self._frames.info.gt[self.index])
+        gt = self._frames.info.gt
+        return tuple(float(v) for v in gt[self.index]) if self.index < len(gt) else (0.0,) * 4
 
 
 class LazyFrames:
