@@ -617,9 +617,9 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=_cmd_live_replay)
 
-    p = sub.add_parser("check-bf16", help="may precision 'auto' run these weights in bf16 on this CPU? Measures "
-                                          "bf16 against fp32 (boxes on a synthetic suite, time) and records the "
-                                          "verdict that auto reads; exit 0 accepted, 1 rejected")
+    p = sub.add_parser("check-bf16", help="does precision bf16 pay for these weights on this CPU? Measures bf16 "
+                                          "against fp32 (boxes on a synthetic suite, time); exit 0 accepted, "
+                                          "1 rejected, 2 on a CPU without bf16 units")
     p.add_argument("--checkpoint", default=None, help="model file (default: the shipped model)")
     p.add_argument("--suite", default="small", choices=["tiny", "small", "reference"],
                    help="synthetic suite for the agreement gate (default: small, as for int8)")
