@@ -455,7 +455,7 @@ def _bounded(kind: type, low: float, what: str):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if value < low:
+        if not value >= low:  # NaN included
             raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
         return value
     parse.__name__ = kind.__name__  # argparse's 'invalid <name> value' wording
@@ -545,8 +545,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("demo", help="the main job on a built-in sample: bag -> refiner -> scores, plots, video")
-    p.add_argument("--out", default="out/demo")
-    p.add_argument("--frames", type=int, default=90)
+    p.add_argument("--out", default="out/demo", help="folder for bags, videos, plots and summary.json "
+                                                     "(default: out/demo)")
+    p.add_argument("--frames", type=_positive_int, default=90, help="sample sequence length (default: 90)")
     p.add_argument("--base", default="csrt", choices=["jitter", "csrt", "kcf", "mil"],
                    help="base tracker besides jittered GT")
     common(p)

@@ -32,6 +32,8 @@ def error_line(err: str) -> str:
     (["make-bag", "{tmp}/b", "--dataset", "otb", "--root", "{tmp}", "--sequence", "X", "--frames", "9"],
      "ar-refine make-bag: error: --frames set the synthetic sequence; a --dataset sequence has its own"),
     (["live-replay", "{tmp}", "--rate", "-1"], "ar-refine live-replay: error: argument --rate: expected a number >= 0"),
+    (["live-replay", "{tmp}", "--rate", "nan"], "ar-refine live-replay: error: argument --rate: expected a number >= 0"),
+    (["demo", "--frames", "0"], "ar-refine demo: error: argument --frames: expected a whole number >= 1, got 0"),
     (["eval", "--threads", "-3"], "ar-refine eval: error: argument --threads: expected a whole number >= 0"),
     (["replay", "{tmp}", "--threads", "-3"], "ar-refine replay: error: argument --threads: expected a whole number"),
     (["train", "--threads", "-3"], "ar-refine train: error: argument --threads: expected a whole number >= 0"),
