@@ -56,9 +56,39 @@ def test_head_leaves_boxes_and_masks_bit_identical_and_predicts_ious_in_0_1(conf
     assert plain.quality_head is None
 
 
-def test_shipped_weights_give_the_same_boxes_with_a_head():
-    plain, _ = load_network(SHIPPED)
-    _assert_same_box_and_mask(plain, quality_network(str(SHIPPED)))
+def test_shipped_weights_give_the_same_boxes_with_and_without_a_head():
+    """The shipped default (with its head, or without one) and the same weights built without a head."""
+    from dataclasses import replace
+    from ar_ros.model.checkpoint import build_network
+    state, config, _ = load_checkpoint(SHIPPED)
+    plain = build_network({k: v for k, v in state.items() if not k.startswith("quality_head.")},
+                          replace(config, quality_head=False))
+    headed = load_network(SHIPPED)[0] if config.quality_head else quality_network(str(SHIPPED))
+    _assert_same_box_and_mask(plain, headed)
+
+
+def test_merging_a_head_keeps_every_stored_tensor_and_refuses_a_head_of_other_weights(tmp_path):
+    from ar_ros.model.checkpoint import CheckpointError, merge_quality_head
+    config = NetConfig(depth=18, input_size=64, with_top=False, crop_mode="clean")
+    plain, headed = _pair(config, seed=4)
+    save_checkpoint(tmp_path / "base.pt", plain, half=True, meta={"note": "base"})
+    head_net = quality_network(str(tmp_path / "base.pt"))
+    torch.nn.init.normal_(head_net.quality_head.mlp[2].weight)
+    save_checkpoint(tmp_path / "head.pt", head_net)
+    out = merge_quality_head(tmp_path / "base.pt", tmp_path / "head.pt", tmp_path / "merged.pt", {"q": 1})
+    base_state, _, _ = load_checkpoint(tmp_path / "base.pt")
+    merged, merged_config, meta = load_checkpoint(out)
+    assert merged_config.quality_head and meta == {"note": "base", "q": 1}
+    for key, value in base_state.items():
+        assert merged[key].dtype == value.dtype and torch.equal(merged[key], value), key
+    head_keys = [k for k in merged if k.startswith("quality_head.")]
+    assert head_keys and all(torch.equal(merged[k], head_net.state_dict()[k]) for k in head_keys)
+    _assert_same_box_and_mask(load_network(tmp_path / "base.pt")[0], load_network(out)[0])
+    save_checkpoint(tmp_path / "other.pt", headed)  # a head on other (unrounded fp32) weights
+    with pytest.raises(CheckpointError, match="other weights"):
+        merge_quality_head(tmp_path / "base.pt", tmp_path / "other.pt", tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="no quality head"):
+        merge_quality_head(tmp_path / "base.pt", tmp_path / "base.pt", tmp_path / "bad.pt")
 
 
 def test_config_without_a_head_is_unchanged_and_a_headed_checkpoint_round_trips(tmp_path):

@@ -6,6 +6,8 @@ on validation (fp16 storage, history, recipe, data and licenses kept).
     python tools/ship_model.py runs/mnv2_real/best.pt --dry-run  # compare only
     python tools/ship_model.py runs/default/final.pt --force     # ship without the comparison
     python tools/ship_model.py runs/mnv2_slim/best.pt --box-mode fused  # compare the fused boxes
+    python tools/ship_model.py runs/quality/calibrated.pt --quality-head --figures out/quality.json
+                                # add a (calibrated) quality head to the default, its weights unchanged
 
 Both models are scored on the trainer's validation sets (``ar_ros.train.trainer.validation_sets``:
 synthetic seeds 95000+ and, when the real photos are fetched, composites of held-out photos), never on
@@ -19,7 +21,8 @@ from pathlib import Path
 
 from ar_ros.engine.refiner import DEFAULT_CHECKPOINT
 from ar_ros.data.real_data import RealDataMissing
-from ar_ros.model import load_network, save_checkpoint
+from ar_ros.model import load_checkpoint, load_network, save_checkpoint
+from ar_ros.model.checkpoint import merge_quality_head
 from ar_ros.model.backbone import BACKBONES
 from ar_ros.train.trainer import TrainConfig, evaluate, real_photo_banks, selection_score, validation_sets
 
@@ -58,7 +61,13 @@ def main(argv=None) -> int:
     p.add_argument("--dry-run", action="store_true", help="compare only")
     p.add_argument("--box-mode", default="corner", choices=["corner", "fused"],
                    help="compare the boxes of this box_mode (default: corner)")
+    p.add_argument("--quality-head", action="store_true",
+                   help="add CHECKPOINT's quality head to the default (trained on the default's frozen weights); "
+                        "every other tensor stays as stored")
+    p.add_argument("--figures", help="with --quality-head: the JSON of tools/quality_report.py, kept in the meta")
     args = p.parse_args(argv)
+    if args.quality_head:
+        return ship_quality_head(args.checkpoint, args.figures, args.dry_run)
     net, meta = load_network(args.checkpoint)
     history = meta.get("history", [])
     train_config = meta.get("train_config", {})
@@ -95,6 +104,23 @@ def main(argv=None) -> int:
         "validation_at_shipping": comparison})
     print(f"shipped {args.checkpoint} (epoch {len(history)}, val IoU {history[-1]['val_iou'] if history else 'n/a'}) "
           f"-> {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+def ship_quality_head(checkpoint: str, figures: str = "", dry_run: bool = False) -> int:
+    """Merge ``checkpoint``'s quality head into the shipped default (``merge_quality_head``)."""
+    import json
+    _, _, meta = load_checkpoint(checkpoint)
+    history = meta.get("history", [])
+    info = {"train_config": meta.get("train_config", {}), "epochs": len(history),
+            "last_epoch": history[-1] if history else {}, "target": meta.get("quality_target", ""),
+            "calibration": meta.get("quality_calibration", {}),
+            "figures": json.loads(Path(figures).read_text()) if figures else {}}
+    if dry_run:
+        print(json.dumps(info, indent=2)[:2000])
+        return 0
+    out = merge_quality_head(DEFAULT_CHECKPOINT, checkpoint, DEFAULT_CHECKPOINT, meta={"quality_head": info})
+    print(f"added the quality head of {checkpoint} to {out} ({out.stat().st_size / 1e6:.2f} MB)")
     return 0
 
 

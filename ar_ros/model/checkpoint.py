@@ -16,6 +16,7 @@ import pickle
 import tempfile
 import warnings
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Dict, Mapping, Optional, Tuple
@@ -236,3 +237,26 @@ def write_checkpoint(path: str | os.PathLike, config: NetConfig, state: Mapping[
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def merge_quality_head(base: str | os.PathLike, head: str | os.PathLike, out: str | os.PathLike,
+                       meta: Optional[Dict[str, Any]] = None) -> Path:
+    """Write ``base``'s checkpoint with the quality head of ``head`` (a checkpoint of the same network
+    with a head, e.g. trained by ``train --quality-only`` from ``base``): every tensor of ``base`` is
+    kept as stored (same values, same dtypes: the boxes and masks do not change), the head's tensors are
+    added as they are in ``head``, ``meta`` updates ``base``'s. The head must have been trained on
+    ``base``'s weights (compared in fp32), else :class:`CheckpointError`."""
+    state, config, base_meta = load_checkpoint(base)
+    head_state, head_config, _ = load_checkpoint(head)
+    if not head_config.quality_head:
+        raise CheckpointError(f"{head}: has no quality head")
+    if replace(head_config, quality_head=False) != replace(config, quality_head=False):
+        raise CheckpointError(f"{head}: its network ({head_config}) is not {base}'s ({config})")
+    differ = [k for k, v in state.items() if not k.startswith("quality_head.") and
+              not torch.equal(v.float(), head_state[k].float())]
+    if differ:
+        raise CheckpointError(f"{head}: its head was trained on other weights than {base}'s ({len(differ)} "
+                              f"tensors differ, e.g. {differ[0]})")
+    merged = {k: v for k, v in state.items() if not k.startswith("quality_head.")}
+    merged.update({k: v for k, v in head_state.items() if k.startswith("quality_head.")})
+    return write_checkpoint(out, replace(config, quality_head=True), merged, {**base_meta, **(meta or {})})
