@@ -11,17 +11,21 @@ from typing import Any, Dict, List, Optional
 MASK_HEAD_CHOICES = ("authors", "slim", "slim4")
 
 
-def _info_export(path: str, as_json: bool) -> int:
-    """`info` on a folder from `export onnx`: model config, graphs, int8, TensorRT engines and their keys."""
+def _info_export(path: str, as_json: bool, verbose: bool) -> int:
+    """`info` on a folder from `export onnx`: the model's summary, graphs, int8, TensorRT engines and their keys."""
     from .backends.onnx import INT8_FILES, read_manifest
     from .backends.tensorrt import engine_keys
+    from .model.network import NetConfig
     manifest = read_manifest(path)
     engines = engine_keys(path)
     if as_json:
         print(json.dumps({"export": str(path), **manifest, "tensorrt": engines}))
         return 0
-    print(f"export:     {path} (opset {manifest.get('opset')}, from {manifest.get('source') or 'a network'})")
-    print(f"config:     {manifest['config']}")
+    config = NetConfig.from_dict(manifest["config"])
+    print(f"export:     {path} (opset {manifest.get('opset')})")
+    print("\n".join(_model_summary(config, {"source": manifest.get("source") or "a network"})))
+    if verbose:
+        print(f"config:     {_config_fields(config, manifest['config'])}")
     for name, file in manifest["files"].items():
         print(f"graph:      {name:16s} {file} ({os.path.getsize(os.path.join(path, file)) / 1e6:.1f} MB)")
     int8 = [g for g in INT8_FILES if g + "_int8" in manifest["files"]]
@@ -34,27 +38,32 @@ def _info_export(path: str, as_json: bool) -> int:
     return 0
 
 
-def _model_summary(path: str, config: Any, meta: Dict[str, Any], state: Dict[str, Any]) -> List[str]:
+def _model_summary(config: Any, meta: Dict[str, Any], parameters: Optional[int] = None) -> List[str]:
     """The few lines a user asks of a model: backbone, size, crop, heads, where it came from."""
     from .engine.masks import resolve_box_mode
     heads = [f"corner head at stride {config.corner_stride}", f"{config.mask_head} mask decoder"]
     if getattr(config, "quality_head", False):
         heads.append("quality head")
     history = list(meta.get("history") or [])
-    source = {"authors": "the authors' Alpha-Refine checkpoint", "state_dict": "a bare state_dict"}.get(
-        meta.get("source"), "an ar_ros checkpoint")
+    source = {"authors": "the authors' Alpha-Refine checkpoint", "state_dict": "a bare state_dict",
+              None: "an ar_ros checkpoint"}.get(meta.get("source"), meta.get("source"))
     trained = ""
     if history:
         last = history[-1]
         trained = f", trained {len(history)} epochs (last validation IoU {last.get('val_iou', float('nan')):.3f})"
     elif meta.get("epoch") is not None:
         trained = f", epoch {meta['epoch']}"
-    return [f"model:      {path}",
-            f"backbone:   {config.backbone_title}, {sum(v.numel() for v in state.values()) / 1e6:.2f} M parameters",
+    size = "" if parameters is None else f", {parameters / 1e6:.2f} M parameters"
+    return [f"backbone:   {config.backbone_title}{size}",
             f"crops:      {config.input_size} px, search region {config.search_factor:g}x the box, "
             f"crop mode {config.crop_mode}",
             f"heads:      {', '.join(heads)} (box_mode auto = {resolve_box_mode('auto', config.mask_head)})",
             f"from:       {source}{trained}"]
+
+
+def _config_fields(config: Any, fields: Dict[str, Any]) -> Dict[str, Any]:
+    """``fields`` without depth / with_top for a backbone that has no depth (0 there is only a placeholder)."""
+    return fields if config.depth else {k: v for k, v in fields.items() if k not in ("depth", "with_top")}
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -62,20 +71,18 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from .engine.refiner import DEFAULT_CHECKPOINT
     path = args.checkpoint or DEFAULT_CHECKPOINT
     if os.path.isdir(path):
-        return _info_export(path, args.json)
+        return _info_export(path, args.json, args.verbose)
     state, config, meta = load_checkpoint(path)
     if args.json:
         print(json.dumps({"checkpoint": str(path), "config": config.to_dict(), "meta": meta,
                           "tensors": len(state)}, default=str))
         return 0
-    print("\n".join(_model_summary(path, config, meta, state)))
+    print(f"model:      {path}")
+    print("\n".join(_model_summary(config, meta, sum(v.numel() for v in state.values()))))
     if not args.verbose:
         print("(details: --verbose; everything as JSON: --json)")
         return 0
-    def shown(fields: Dict[str, Any]) -> Dict[str, Any]:
-        # a backbone without a depth (MobileNetV2, EfficientNet) holds depth 0 only as a placeholder
-        return fields if config.depth else {k: v for k, v in fields.items() if k not in ("depth", "with_top")}
-    print(f"config:     {shown(config.to_dict())}")
+    print(f"config:     {_config_fields(config, config.to_dict())}")
     history = list(meta.get("history") or [])
     brief = {k: v for k, v in meta.items() if k not in ("history", "train_config")}
     print(f"meta:       {brief}")
@@ -85,7 +92,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
               f"{last.get('val_iou', float('nan')):.4f} (base {last.get('base_iou', float('nan')):.4f}), "
               f"loss {last.get('total', float('nan')):.2f}")
     if meta.get("train_config"):
-        print(f"recipe:     {shown(dict(meta['train_config']))}")
+        print(f"recipe:     {_config_fields(config, dict(meta['train_config']))}")
     print(f"tensors:    {len(state)}  values: {sum(v.numel() for v in state.values())}")
     return 0
 

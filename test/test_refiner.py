@@ -173,9 +173,11 @@ def test_device_and_precision_errors(small_net):
 
 
 def test_cuda_graphs_refuse_a_network_that_is_not_on_a_gpu(small_net):
-    from ar_ros.backends.cuda_graphs import GraphedSearch
-    with pytest.raises(ValueError, match="CUDA device"):
-        GraphedSearch(small_net)
+    import copy
+    from ar_ros.backends.base import BackendError
+    from ar_ros.backends.cuda_graphs import CudaGraphsBackend
+    with pytest.raises(BackendError, match="CUDA device"):
+        CudaGraphsBackend(copy.deepcopy(small_net), torch.device("cpu"))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
@@ -183,6 +185,7 @@ def test_cuda_graph_replays_equal_eager_passes_for_every_batch_size(small_net, f
     boxes = {"a": (200.0, 150.0, 120.0, 90.0), "b": (20.0, 30.0, 60.0, 50.0), "c": (500.0, 300.0, 80.0, 90.0)}
     eager = Refiner(small_net, device="cuda")
     graphed = Refiner(small_net, device="cuda", cuda_graphs=True)
+    graphed.runner.warm_up([1, 2, 3], with_mask=True)  # every graph before the first frame
     for r in (eager, graphed):
         r.set_targets(frame, boxes)
     for n in (1, 3, 1, 2):  # a shape seen before replays its graph with new inputs
@@ -194,7 +197,10 @@ def test_cuda_graph_replays_equal_eager_passes_for_every_batch_size(small_net, f
                 assert np.allclose(a[tid].raw_box, b[tid].raw_box, atol=1e-3)
                 if mask:
                     assert np.abs(a[tid].mask - b[tid].mask).max() < 1e-4
-    assert graphed.runner.graphed.captured == [(1, False), (1, True), (2, False), (2, True), (3, False), (3, True)]
+    from ar_ros.backends.cuda_graphs import graph_keys
+    assert sorted(graphed.runner.captured, key=repr) == sorted(graph_keys([1, 2, 3], True, graphed.runner.sizes),
+                                                               key=repr)
+    assert graphed.runner.eager_calls == {}  # every call replayed a graph; none was captured during a frame
 
 
 def test_missing_checkpoint_file_is_a_clear_error(tmp_path):

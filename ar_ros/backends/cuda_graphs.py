@@ -121,7 +121,6 @@ class CudaGraphsBackend(TorchBackend):
                  max_graph_batch: int = MAX_GRAPH_BATCH, warmup: int = WARMUP_PASSES) -> None:
         super().__init__(net, pinned(device), precision, channels_last=channels_last, fold_batchnorm=fold_batchnorm,
                          meta=meta, precision_note=precision_note)
-        self.mask_logits = True
         self.sizes = capture_sizes(max_graph_batch)
         self.warmup = int(warmup)
         self._graphs: Dict[Key, _Graph] = {}

@@ -34,6 +34,8 @@ class TorchBackend(SearchBackend):
         self.input_dtype = DTYPES[precision]
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.quality = getattr(net, "quality_head", None) is not None
+        # on a GPU, fused boxes take the decoder's logits (no full-size mask to upsample and copy back)
+        self.mask_logits = device.type == "cuda"
         self.net = self.prepare(net)
 
     def prepare(self, net: nn.Module) -> nn.Module:

@@ -15,6 +15,7 @@ from ..model import AlphaRefineNet
 from ..options import COLORS, DEFAULTS, check
 from . import crop as cropping
 from .batch import CropBatcher
+from .device_crop import DeviceCropper, to_host
 from .boxes import Box, as_box, box_problem, check_box, iou
 from .masks import (FUSE_MASK_WEIGHT, FUSE_MIN_IOU, LOGIT_THRESHOLDS, crop_mask_box, fuse_boxes, logits_mask_box,
                     mask_to_box, resolve_box_mode)
@@ -101,7 +102,9 @@ class Refiner:
         self.fuse_min_iou, self.fuse_weight = FUSE_MIN_IOU, FUSE_MASK_WEIGHT  # box_mode "fused" (tools/ sweep them)
         # crops per forward pass: bounds memory however many targets come in (TensorRT engines have a maximum)
         self.max_batch = min(int(max_batch), self.runner.max_batch)
-        self._crops = CropBatcher(self.runner.input_device, self.runner.input_dtype, self.runner.memory_format)
+        # on a GPU, all crops of a frame cut and normalised there in one gather (engine/device_crop.py)
+        batcher = DeviceCropper if self.runner.input_device.type == "cuda" else CropBatcher
+        self._crops = batcher(self.runner.input_device, self.runner.input_dtype, self.runner.memory_format)
         self._kernels: Dict[Hashable, torch.Tensor] = {}
         self.passes = 0            # forward passes over search crops (one per refine call with targets,
                                    # more when a call has over max_batch of them)
@@ -251,8 +254,8 @@ class Refiner:
                 for s in range(0, len(todo), self.max_batch):  # one pass unless over max_batch targets
                     out = self.runner.search(images[s:s + self.max_batch], kernels[s:s + self.max_batch],
                                              with_mask, logits)
-                    parts.append([out["boxes"].float().cpu().numpy(), out["score"].float().cpu().numpy(),
-                                  out[key][:, 0].float().cpu().numpy() if with_mask else None])
+                    host = to_host(out, ["boxes", "score"] + ([key] if with_mask else []))  # one sync
+                    parts.append([host["boxes"], host["score"], host[key][:, 0] if with_mask else None])
                     self.passes += 1
             crop_boxes, scores = (np.concatenate([p[k] for p in parts]) for k in (0, 1))
             maps = np.concatenate([p[2] for p in parts]) if with_mask else None  # probabilities or logits
