@@ -132,3 +132,12 @@ def test_every_option_of_every_command_says_what_it_is():
     sub = next(a for a in build_parser()._actions if a.dest == "command").choices
     silent = {name: [a.dest for a in p._actions if not a.help] for name, p in sub.items()}
     assert not {k: v for k, v in silent.items() if v}
+
+
+def test_info_on_an_export_folder_summarises_its_model_then_lists_graphs(onnx_dir, capsys):
+    code, out, err = run(["info", onnx_dir], capsys)
+    assert code == 0, err
+    keys = [line.split(":")[0] for line in out.strip().splitlines()]
+    assert keys[:6] == ["export", "backbone", "crops", "heads", "from", "graph"] and "config" not in keys
+    code, out, _ = run(["info", onnx_dir, "--verbose"], capsys)
+    assert code == 0 and "config:" in out
