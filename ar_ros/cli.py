@@ -283,7 +283,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
             print(f"wrote fp16 engines to {out}/ (keyed by GPU and TensorRT version)")
         return 0
     _writable_folder(args.out, "OUT_DIR")
-    from .backends.onnx import FILES, export_onnx, max_box_difference
+    from .backends.onnx import FILES
+    from .backends.onnx_export import export_onnx, max_box_difference
     from .model import load_network
     from .engine.refiner import DEFAULT_CHECKPOINT
     path = args.checkpoint or DEFAULT_CHECKPOINT
@@ -295,7 +296,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if diff >= 0.05:
         raise RuntimeError(f"exported model disagrees with torch by {diff:.3f} px (limit 0.05)")
     if args.int8:
-        from .backends.onnx import calibration_batches, drop_int8, quantize_int8, read_manifest
+        from .backends.onnx import read_manifest
+        from .backends.onnx_export import drop_int8, quantize_int8
+        from .train.int8_frames import calibration_batches
         from .engine.refiner import Refiner
         from .eval.benchmark import AGREEMENT_MIN_IOU, agreement
         from .data.synthetic import suite

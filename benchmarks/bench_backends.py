@@ -4,7 +4,7 @@
 CPU here: torch fp32, torch bf16 where the CPU has bf16 units, ONNX Runtime fp32 and int8; the CPU
 features seen are printed. On a CUDA machine torch fp16 (eager and CUDA graphs), ONNX Runtime's CUDA
 provider (when installed) and TensorRT fp16 engines (when the tensorrt package is) are added, with
-TensorRT's ratio to torch fp16. torch/fp32 runs the CPU graphs (engine/graphs.py, built before timing),
+TensorRT's ratio to torch fp16. torch/fp32 runs the CPU graphs (backends/torch_cpu/graphs.py, built before timing),
 torch/fp32-eager the same network without them. Every refiner runs the default box_mode ("auto":
 "fused" for a model with the slim mask decoder, e.g. the shipped one, "corner" otherwise; printed);
 torch/fp32-fused or torch/fp32-corner is the other mode.
@@ -31,12 +31,13 @@ from pathlib import Path
 import torch
 
 from ar_ros import Refiner
-from ar_ros.backends.onnx import calibration_batches, export_onnx, quantize_int8
+from ar_ros.backends.onnx_export import export_onnx, quantize_int8
+from ar_ros.train.int8_frames import calibration_batches
 from ar_ros.engine.masks import resolve_box_mode
-from ar_ros.engine.precision import bf16_problem, cpu_features
+from ar_ros.backends.torch_cpu.cpu import bf16_problem, cpu_features
 from ar_ros.model import load_network
 from ar_ros.engine.refiner import DEFAULT_CHECKPOINT
-from ar_ros.eval.timing import build_cpu_graphs
+from ar_ros.eval.timing import warm_up_all
 from bench_refiner import frame_and_boxes, interleaved
 
 
@@ -119,7 +120,7 @@ def main() -> None:
             fns[key] = (lambda r=refiner, s=subset, m=mask: r.refine(frame, s, mask=m))
     if not fns:
         raise SystemExit(f"--only {' '.join(args.only)}: no configuration matches")
-    build_cpu_graphs(fns, refiners)  # the CPU graphs are timed, not their building
+    warm_up_all(refiners, (1, 4, 8))  # the CPU graphs are timed, not their building
     results = interleaved(fns, args.repeat, block=4)
     if args.plot:
         plot(results, args.plot, f"{Path(path).name}, {args.threads} threads, torch {torch.__version__}")

@@ -22,10 +22,11 @@ import torch
 
 from ar_ros import Refiner
 from ar_ros.engine import crop as cropping
-from ar_ros.backends.onnx import calibration_batches, export_onnx, quantize_int8
-from ar_ros.engine.precision import bf16_problem, cpu_features
+from ar_ros.backends.onnx_export import export_onnx, quantize_int8
+from ar_ros.train.int8_frames import calibration_batches
+from ar_ros.backends.torch_cpu.cpu import bf16_problem, cpu_features
 from ar_ros.engine.refiner import DEFAULT_CHECKPOINT
-from ar_ros.eval.timing import build_cpu_graphs, interleaved  # noqa: F401  (interleaved: also imported from here by the other benchmarks)
+from ar_ros.eval.timing import interleaved, warm_up_all  # noqa: F401  (interleaved: also imported from here by the other benchmarks)
 from ar_ros.data.synthetic import Sequence
 from ar_ros.model import AUTHORS_CONFIG, AlphaRefineNet, load_network
 
@@ -130,7 +131,7 @@ def main():
             for n in (1, 8):
                 fns[f"baseline/cpu/fp32/box/{n}"] = (lambda k=n: [authors_style(base_net, frame, b, kernel)
                                                                  for b in list(boxes.values())[:k]])
-        build_cpu_graphs(fns, group.values())  # the CPU graphs are timed, not their building
+        warm_up_all(group.values(), (1, 8))  # the CPU graphs are timed, not their building
         for name, (med, p95) in interleaved(fns, args.repeat).items():  # refine() syncs (.cpu() of outputs)
             results[name] = {"median_ms": med, "p95_ms": p95}
     cpu = groups[0]

@@ -66,7 +66,8 @@ def main() -> None:
                                storage=args.storage)
     checkpoint = None
     if args.backend != "torch":
-        from ar_ros.backends.onnx import calibration_batches, export_onnx, quantize_int8
+        from ar_ros.backends.onnx_export import export_onnx, quantize_int8
+        from ar_ros.train.int8_frames import calibration_batches
         from ar_ros.engine.refiner import DEFAULT_CHECKPOINT
         from ar_ros.model import load_network
         checkpoint = str(export_onnx(load_network(DEFAULT_CHECKPOINT)[0], tmp / "onnx"))

@@ -319,7 +319,7 @@ def check_onnxruntime(c: Check, net: AlphaRefineNet, cuda: bool, onnx_dir: Optio
         return
     with tempfile.TemporaryDirectory(prefix="ar_ros_gpu_check_onnx_") as tmp:
         if onnx_dir is None:
-            from ar_ros.backends.onnx import export_onnx
+            from ar_ros.backends.onnx_export import export_onnx
             onnx_dir = export_onnx(load_network(DEFAULT_CHECKPOINT)[0], tmp)
         compare_onnxruntime(c, net, cuda, str(onnx_dir), names)
 

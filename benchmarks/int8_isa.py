@@ -54,8 +54,9 @@ def main() -> None:
         if not shutil.which(tool):
             sys.exit(f"int8_isa: needs '{tool}' on PATH")
     import onnxruntime
-    from ar_ros.backends.onnx import calibration_batches, export_onnx, quantize_int8
-    from ar_ros.engine.precision import cpu_features
+    from ar_ros.backends.onnx_export import export_onnx, quantize_int8
+    from ar_ros.train.int8_frames import calibration_batches
+    from ar_ros.backends.torch_cpu.cpu import cpu_features
     from ar_ros.engine.refiner import DEFAULT_CHECKPOINT
     from ar_ros.model import load_network
     work = Path(tempfile.mkdtemp(prefix="ar_ros_int8_isa_"))

@@ -46,7 +46,7 @@ def small_checkpoint(tmp_path_factory, small_net):
 def onnx_dir(tmp_path_factory, small_net):
     """The small network exported by ``export_onnx`` (a folder for the onnxruntime backends)."""
     pytest.importorskip("onnxruntime")
-    from ar_ros.backends.onnx import export_onnx
+    from ar_ros.backends.onnx_export import export_onnx
     return export_onnx(small_net, tmp_path_factory.mktemp("onnx"))
 
 

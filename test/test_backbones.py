@@ -122,7 +122,7 @@ def test_checkpoint_keeps_the_backbone_and_the_engine_refines_with_it(backbone, 
 @pytest.mark.parametrize("backbone", NEW)
 def test_onnx_export_matches_torch(backbone, tmp_path):
     pytest.importorskip("onnxruntime")
-    from ar_ros.backends.onnx import export_onnx, max_box_difference
+    from ar_ros.backends.onnx_export import export_onnx, max_box_difference
     torch.manual_seed(0)
     net = AlphaRefineNet(_config(backbone)).eval()
     export_onnx(net, tmp_path / "onnx")
@@ -132,7 +132,8 @@ def test_onnx_export_matches_torch(backbone, tmp_path):
 def test_int8_export_keeps_the_depthwise_stem_in_fp32(tmp_path):
     pytest.importorskip("onnxruntime")
     import onnx
-    from ar_ros.backends.onnx import INT8_FILE, calibration_batches, export_onnx, quantize_int8
+    from ar_ros.backends.onnx_export import INT8_FILE, export_onnx, quantize_int8
+    from ar_ros.train.int8_frames import calibration_batches
     torch.manual_seed(0)
     out = export_onnx(AlphaRefineNet(_config("mobilenet_v2", 64)).eval(), tmp_path / "onnx")
     quantize_int8(out, calibration_batches(out, n_batches=2, batch=2), min_iou=0.0)

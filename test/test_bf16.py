@@ -1,25 +1,19 @@
-"""bf16 on CPUs with bf16 units: refused elsewhere, boxes like fp32 where supported, ``auto`` gated per weights."""
+"""bf16 on CPUs with bf16 units: refused elsewhere, boxes like fp32 where supported, never picked by ``auto``."""
 import numpy as np
 import pytest
 import torch
 
 from ar_ros import Refiner
-from ar_ros.engine import precision
-from ar_ros.engine.graphs import graphs_available
+from ar_ros.backends.torch_cpu import bf16 as bf16_module, cpu, packing
+from ar_ros.backends.torch_cpu.graphs import graphs_available
 from ar_ros.eval.precision_check import check_bf16
 from ar_ros.data.synthetic import Sequence
 
-HAS_BF16 = bool(precision.cpu_bf16_units())
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    """Verdicts go to a temporary cache folder, never the user's."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+HAS_BF16 = bool(cpu.cpu_bf16_units())
 
 
 def no_bf16_units(monkeypatch):
-    monkeypatch.setattr(precision, "cpu_bf16_units", lambda: "")
+    monkeypatch.setattr(cpu, "cpu_bf16_units", lambda: "")
 
 
 def test_bf16_is_refused_cleanly_on_a_cpu_without_bf16_units(monkeypatch, small_net):
@@ -29,7 +23,7 @@ def test_bf16_is_refused_cleanly_on_a_cpu_without_bf16_units(monkeypatch, small_
     with pytest.raises(ValueError, match="bf16 units"):
         check_bf16(small_net, [Sequence(7, 3, (160, 120))])
     r = Refiner(small_net, precision="auto")
-    assert r.dtype == torch.float32 and r.precision_note == "fp32: this CPU has no bf16 units"
+    assert r.dtype == torch.float32 and r.precision_note == "fp32: auto on cpu"
 
 
 def test_unknown_precision_names_the_choices(small_net):
@@ -63,33 +57,16 @@ def test_bf16_boxes_agree_with_fp32_on_trained_weights():
     assert max(diffs) < 0.5, diffs
 
 
-def test_auto_takes_bf16_only_with_an_accepting_verdict_for_these_weights(monkeypatch, small_net):
+def test_auto_never_picks_bf16_and_the_gate_writes_nothing(monkeypatch, small_net, tmp_path):
     # pretend bf16 units, so this runs on any CPU (without them bf16 is emulated: slow, still correct)
-    monkeypatch.setattr(precision, "cpu_bf16_units", lambda: "AVX-512 BF16")
+    monkeypatch.setattr(cpu, "cpu_bf16_units", lambda: "AVX-512 BF16")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     seqs = [Sequence(7, 3, (160, 120))]
-    r = Refiner(small_net, precision="auto")
-    assert r.dtype == torch.float32 and "no bf16 verdict is recorded" in r.precision_note
-    # the real gate, run with a time limit nothing meets: rejected, recorded, auto stays fp32
-    verdict = check_bf16(small_net, seqs, max_time_ratio=0.0, repeat=2)
-    assert verdict["bf16"] is False and 0.0 <= verdict["mean_iou"] <= 1.0 and verdict["time_ratio"] > 0
-    r = Refiner(small_net, precision="auto")
-    assert r.dtype == torch.float32 and r.precision_note.startswith("fp32: recorded bf16 verdict")
-    # an accepting verdict for other weights does not apply to these
-    other = type(small_net)(small_net.config).eval()
-    check_bf16(other, seqs, min_iou=0.0, max_time_ratio=float("inf"), repeat=2)
-    assert Refiner(small_net, precision="auto").dtype == torch.float32
-    assert Refiner(other, precision="auto").dtype == torch.bfloat16
-    # explicit precisions ignore verdicts
-    assert Refiner(other, precision="fp32").dtype == torch.float32
-
-
-def test_a_corrupt_verdict_file_means_no_verdict(monkeypatch, small_net):
-    monkeypatch.setattr(precision, "cpu_bf16_units", lambda: "AMX")
-    path = precision.verdicts_path()
-    path.parent.mkdir(parents=True)
-    path.write_text("{not json")
-    r = Refiner(small_net, precision="auto")
-    assert r.dtype == torch.float32 and "no bf16 verdict" in r.precision_note
+    verdict = check_bf16(small_net, seqs, min_iou=0.0, max_time_ratio=float("inf"), repeat=2)
+    assert verdict["bf16"] is True and 0.0 <= verdict["mean_iou"] <= 1.0 and verdict["time_ratio"] > 0
+    assert not (tmp_path / "cache").exists()  # no hidden file decides which code runs
+    assert Refiner(small_net, precision="auto").dtype == torch.float32  # auto: fp32 on CPU, whatever was measured
+    assert Refiner(small_net, precision="bf16").dtype == torch.bfloat16
 
 
 def run_cli(argv, capsys):
@@ -104,17 +81,14 @@ def test_check_bf16_command_refuses_in_one_line_without_bf16_units(monkeypatch, 
     no_bf16_units(monkeypatch)
     code, out, err = run_cli(["check-bf16", "--suite", "tiny"], capsys)
     assert code == 2 and err.count("\n") == 1 and "needs a CPU with bf16 units" in err, err
-    assert not precision.verdicts_path().exists()
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_BF16, reason="this CPU has no bf16 units (AMX / AVX-512 BF16 / Arm BF16)")
-def test_check_bf16_command_records_what_auto_then_uses(capsys):
+def test_check_bf16_command_says_whether_to_set_bf16(capsys):
     code, out, err = run_cli(["check-bf16", "--suite", "tiny"], capsys)
     assert code in (0, 1), err  # accepted or rejected: both are measured verdicts
-    assert ("bf16 accepted" in out) == (code == 0) and str(precision.verdicts_path()) in out
-    r = Refiner(None, precision="auto")
-    assert r.dtype == (torch.bfloat16 if code == 0 else torch.float32), r.precision_note
+    assert ("set precision bf16" in out) == (code == 0), out
 
 
 def bf16_copy(net, **options):
@@ -126,8 +100,7 @@ def bf16_copy(net, **options):
     folded = folded.to(memory_format=torch.channels_last)
     if options.pop("fp32", False):
         return folded
-    options.setdefault("graphs", False)  # the eager network's structure (the graphs wrap it: test below)
-    return precision.to_bf16(folded, **options)
+    return bf16_module.to_bf16(folded, **options)
 
 
 def relative(a, b):
@@ -149,13 +122,13 @@ def test_fused_residual_blocks_equal_the_unfused_bf16_network(backbone, depth):
             m.running_mean.uniform_(-0.2, 0.2)
             m.running_var.uniform_(0.5, 2.0)
     fused, unfused, fp32 = bf16_copy(net), bf16_copy(net, fuse_blocks=False), bf16_copy(net, fp32=True)
-    blocks = (precision._FusedBasicBlock, precision._FusedBottleneck, precision._FusedInvertedResidual)
+    blocks = (packing._FusedBasicBlock, packing._FusedBottleneck, packing._FusedInvertedResidual)
     residual = sum(type(m) in (BasicBlock, Bottleneck) or (type(m) is InvertedResidual and m.use_res_connect)
                    for m in net.modules())
     assert residual > 0 and sum(isinstance(m, blocks) for m in fused.modules()) == residual
     assert not any(isinstance(m, blocks) for m in unfused.modules())
     if backbone == "resnet":  # the stem's ReLU is fused too, and no ReLU module is left in the backbone
-        assert isinstance(fused.feature_extractor.conv1, precision._PackedConv)
+        assert isinstance(fused.feature_extractor.conv1, packing._PackedConv)
         assert not any(isinstance(m, torch.nn.ReLU) for m in fused.feature_extractor.modules())
     images = torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(0)) * 4 - 2
     images = images.contiguous(memory_format=torch.channels_last)
@@ -181,19 +154,19 @@ def test_convolutions_with_large_folded_weights_and_all_biases_stay_fp32(small_n
         net.feature_extractor.layer1[0].bn1.running_var[3] = 1e-6
     folded = bf16_copy(net, fp32=True)
     wide = folded.feature_extractor.layer1[0].conv1
-    assert float(wide.weight.detach().abs().max()) > precision.FP32_WEIGHT_LIMIT
+    assert float(wide.weight.detach().abs().max()) > bf16_module.FP32_WEIGHT_LIMIT
     bf16 = bf16_copy(net)
     kept = bf16.feature_extractor.layer1[0]
-    assert not isinstance(kept, precision._FusedBasicBlock)  # its conv1 runs in fp32, so it is not fused
-    assert isinstance(kept.conv1, precision._Float32) and kept.conv1.out_dtype == torch.bfloat16
+    assert not isinstance(kept, packing._FusedBasicBlock)  # its conv1 runs in fp32, so it is not fused
+    assert isinstance(kept.conv1, packing._Float32) and kept.conv1.out_dtype == torch.bfloat16
     conv = kept.conv1.module
-    assert isinstance(conv, precision._PackedConv) and conv.packed.dtype == torch.float32
+    assert isinstance(conv, packing._PackedConv) and conv.packed.dtype == torch.float32
     assert torch.equal(conv.bias_fp32, wide.bias)  # the fp32 values, not bf16-rounded ones
     head = bf16.corner_head.score  # the two corners' score convolutions (merged towers), in fp32
-    assert isinstance(head, precision._Float32) and head.out_dtype is None and head.module.packed.dtype == torch.float32
+    assert isinstance(head, packing._Float32) and head.out_dtype is None and head.module.packed.dtype == torch.float32
     assert torch.equal(head.module.bias_fp32, torch.cat([folded.corner_head.conv5_tl.bias,
                                                          folded.corner_head.conv5_br.bias]))
-    packed = [m for m in bf16.modules() if isinstance(m, precision._PackedConv) and m.bias is not None]
+    packed = [m for m in bf16.modules() if isinstance(m, packing._PackedConv) and m.bias is not None]
     assert packed and all(m.bias_fp32.dtype == torch.float32 for m in packed)
     images = torch.rand(1, 3, 128, 128).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
@@ -210,10 +183,10 @@ def test_merged_corner_towers_give_the_separate_towers_boxes(small_net):
             m.running_mean.uniform_(-0.2, 0.2)
             m.running_var.uniform_(0.5, 2.0)
     merged, separate = bf16_copy(net), bf16_copy(net, merge_corner_towers=False)
-    assert isinstance(merged.corner_head, precision._MergedCornerHead)
+    assert isinstance(merged.corner_head, packing._MergedCornerHead)
     assert type(separate.corner_head).__name__ == "CornerHead"
     score = merged.corner_head.score  # both corners' score convolutions, in fp32
-    assert isinstance(score, precision._Float32) and score.module.packed.dtype == torch.float32
+    assert isinstance(score, packing._Float32) and score.module.packed.dtype == torch.float32
     images = (torch.rand(3, 3, 128, 128, generator=torch.Generator().manual_seed(2)) * 4 - 2)
     images = images.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
@@ -221,49 +194,37 @@ def test_merged_corner_towers_give_the_separate_towers_boxes(small_net):
         a, b = merged.search(images, kernels), separate.search(images, kernels)
     assert torch.allclose(a["boxes"], b["boxes"], atol=1e-3) and torch.allclose(a["score"], b["score"], atol=1e-5)
     # unfolded BatchNorm (fold_batchnorm=False): the towers are left as they are
-    unfolded = precision.to_bf16(copy.deepcopy(net).to(memory_format=torch.channels_last), graphs=False)
+    unfolded = bf16_module.to_bf16(copy.deepcopy(net).to(memory_format=torch.channels_last))
     assert type(unfolded.corner_head).__name__ == "CornerHead"
 
 
 @pytest.mark.skipif(not HAS_BF16, reason="this CPU has no bf16 units (AMX / AVX-512 BF16 / Arm BF16)")
-def test_graphed_searches_agree_with_the_eager_bf16_network(small_net, monkeypatch):
+def test_graphed_searches_agree_with_the_eager_bf16_network(small_net):
     import copy
+    from ar_ros.backends.torch_cpu.backend import TorchCpuBackend
     net = copy.deepcopy(small_net)
     for m in net.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.2, 0.2)
             m.running_var.uniform_(0.5, 2.0)
-    graphed = bf16_copy(net, graphs=True)
+    backend = TorchCpuBackend(net, "bf16")
     if not graphs_available():
-        assert not isinstance(graphed, precision._GraphedBf16)
+        assert backend.graphs is None
         return
-    assert isinstance(graphed, precision._GraphedBf16)
-    assert not torch.jit.onednn_fusion_enabled()  # switched on to build the graph only: other graphs left alone
-    traced = graphed.traced
-    assert len(traced.graphs) == 1 and None not in traced.graphs.values(), traced.failure  # built at load
-    eager = graphed.eager
+    backend.warm_up([1, 3], with_mask=True)  # bf16 graphs are box-only whatever is asked
+    assert not torch.jit.onednn_fusion_enabled()  # switched on to build the graphs only
+    assert sorted((k[0][0], k[-1]) for k in backend.graphs.graphs) == [(1, False), (3, False)], backend.graphs.failure
     images = (torch.rand(3, 3, 128, 128, generator=torch.Generator().manual_seed(4)) * 4 - 2)
     images = images.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
-        kernels = graphed.template(images)
+        kernels = backend.template(images)
         for n in (1, 3):
-            a, b = graphed.search(images[:n], kernels[:n]), eager.search(images[:n], kernels[:n])
+            a, b = backend.search(images[:n], kernels[:n]), backend.net.search(images[:n], kernels[:n])
             assert set(a) == {"boxes", "score"}
             # same bf16 arithmetic, other kernels and roundings (fused partitions, bf16 biases)
             assert torch.allclose(a["boxes"].float(), b["boxes"].float(), atol=0.5), (a["boxes"], b["boxes"])
             assert torch.allclose(a["score"].float(), b["score"].float(), atol=0.02)
-        assert sum(g is not None for g in graphed.traced.graphs.values()) == 2  # one per batch size
-        masks = graphed.search(images[:2], kernels[:2], with_mask=True)  # masks: the eager network
-        assert masks["mask"].shape == (2, 1, 128, 128)
-        # ... and the boxes the box-only graph's (built for batch 2 now), so asking for a mask does not move them
-        assert len(graphed.traced.graphs) == 3
-        assert torch.equal(masks["boxes"], graphed.search(images[:2], kernels[:2])["boxes"])
-        # a graph that cannot be built: the eager network runs, and why is kept
-        monkeypatch.setattr(torch.jit, "trace", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no trace")))
-        five, five_k = images[:1].repeat(5, 1, 1, 1), kernels[:1].repeat(5, 1, 1)  # a batch size not traced yet
-        out = graphed.search(five, five_k)
-        assert "no trace" in graphed.traced.failure and torch.equal(out["boxes"], eager.search(five, five_k)["boxes"])
-        graphed.traced.max_graphs = len(graphed.traced.graphs)  # full: further shapes run eager, nothing is traced
-        graphed.traced.failure = ""
-        graphed.search(images[:1].repeat(4, 1, 1, 1), kernels[:1].repeat(4, 1, 1))
-        assert graphed.traced.failure == "" and len(graphed.traced.graphs) == graphed.traced.max_graphs
+        masks = backend.search(images[:1], kernels[:1], with_mask=True)  # masks: the eager network ...
+        assert masks["mask"].shape == (1, 1, 128, 128)
+        # ... and the boxes the box-only graph's, so asking for a mask does not move them
+        assert torch.equal(masks["boxes"], backend.search(images[:1], kernels[:1])["boxes"])

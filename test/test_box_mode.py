@@ -93,7 +93,7 @@ def test_fused_refiner_box_is_the_fusion_of_the_networks_two_outputs(short_seq):
     # the same fusion by hand from the network's outputs on the same crop
     win = cropping.window_for(base, fused.search_factor, fused.input_size, fused.crop_mode)
     with torch.inference_mode():
-        out = fused.net.search(fused._batch(f.image, [win], "rgb"), fused._kernels["t"], with_mask=True)
+        out = fused.net.search(fused._crops(f.image, [win], "rgb"), fused._kernels["t"], with_mask=True)
     mask_xyxy = crop_mask_box(out["mask"][0, 0].float().numpy(), fused.mask_threshold)
     assert mask_xyxy is not None  # the shipped model finds the target's mask on this frame
     expect = win.box_to_frame(fuse_boxes(out["boxes"][0].float().numpy(), mask_xyxy))

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ar_ros import Refiner
-from ar_ros.engine import precision
+from ar_ros.backends.torch_cpu import bf16 as bf16_module, cpu, packing
 from ar_ros.model import AlphaRefineNet, NetConfig, load_checkpoint, load_network, save_checkpoint
 from ar_ros.model.heads import soft_argmax
 from test_fuse import _randomise_bn
@@ -105,14 +105,14 @@ def test_a_trained_fine_correction_moves_the_boxes_and_the_engine_refines_with_i
 
 def test_fine_head_exports_to_onnx_and_matches_torch(tmp_path):
     pytest.importorskip("onnxruntime")
-    from ar_ros.backends.onnx import export_onnx, max_box_difference
+    from ar_ros.backends.onnx_export import export_onnx, max_box_difference
     _, fine = _nets()
     export_onnx(fine, tmp_path / "onnx")
     assert max_box_difference(fine, tmp_path / "onnx") < 0.05
 
 
 def test_merged_towers_of_a_fine_head_give_the_separate_towers_boxes():
-    """fp32 packing merges the two towers, stride-8 branches included (engine.precision._MergedCornerHead)."""
+    """fp32 packing merges the two towers, stride-8 branches included (engine.packing._MergedCornerHead)."""
     from ar_ros.model.fuse import fold_batchnorm
     _, fine = _nets()
     with torch.no_grad():
@@ -120,7 +120,7 @@ def test_merged_towers_of_a_fine_head_give_the_separate_towers_boxes():
             torch.nn.init.normal_(getattr(fine.corner_head, name).out.weight, std=0.5)
     net = copy.deepcopy(fine)
     fold_batchnorm(net)
-    merged = precision._MergedCornerHead(net.corner_head)
+    merged = packing._MergedCornerHead(net.corner_head)
     x, t = torch.rand(2, 3, 128, 128), torch.rand(2, 3, 128, 128)
     with torch.inference_mode():
         feats = net.feature_extractor(x, ("layer2", "layer3"))
@@ -130,25 +130,25 @@ def test_merged_towers_of_a_fine_head_give_the_separate_towers_boxes():
         assert torch.allclose(got["score"], want["score"], atol=1e-5)
         with pytest.raises(ValueError, match="stride-8 map"):
             merged(fused)
-    if precision._pointwise_ops():
-        packed = precision.pack_fp32(copy.deepcopy(net).to(memory_format=torch.channels_last))
-        assert isinstance(packed.corner_head, precision._MergedCornerHead)
+    if packing._pointwise_ops():
+        packed = packing.pack_fp32(copy.deepcopy(net).to(memory_format=torch.channels_last))
+        assert isinstance(packed.corner_head, packing._MergedCornerHead)
         to = dict(memory_format=torch.channels_last)
         with torch.inference_mode():
             out = packed.search(x.to(**to), packed.template(t.to(**to)))
         assert torch.allclose(out["boxes"], fine(t, x, with_mask=False)["boxes"], atol=1e-3)
 
 
-@pytest.mark.skipif(not precision.cpu_bf16_units(), reason="this CPU has no bf16 units")
+@pytest.mark.skipif(not cpu.cpu_bf16_units(), reason="this CPU has no bf16 units")
 def test_bf16_merges_the_fine_towers_and_keeps_their_score_convolutions_in_fp32():
     from ar_ros.model.fuse import fold_batchnorm
     _, fine = _nets()
     net = copy.deepcopy(fine)
     fold_batchnorm(net)
-    bf16 = precision.to_bf16(net.to(memory_format=torch.channels_last), graphs=False)
+    bf16 = bf16_module.to_bf16(net.to(memory_format=torch.channels_last))
     head = bf16.corner_head
-    assert isinstance(head, precision._MergedCornerHead)
-    assert all(isinstance(getattr(head, n), precision._Float32) for n in ("score", "fine_out"))
+    assert isinstance(head, packing._MergedCornerHead)
+    assert all(isinstance(getattr(head, n), packing._Float32) for n in ("score", "fine_out"))
     x, t = torch.rand(2, 3, 128, 128), torch.rand(2, 3, 128, 128)
     with torch.inference_mode():
         want = fine(t, x, with_mask=False)["boxes"]

@@ -70,24 +70,24 @@ def test_refiner_folds_a_copy(small_net, frame):
     win_s = cropping.window_for((190.0, 160.0, 130.0, 80.0), refiner.search_factor, refiner.input_size,
                                 refiner.crop_mode)
     with torch.inference_mode():
-        kernel = small_net.template(refiner._batch(frame, [win_t], "rgb"))
-        raw = small_net.search(refiner._batch(frame, [win_s], "rgb"), kernel)["boxes"][0].numpy()
+        kernel = small_net.template(refiner._crops(frame, [win_t], "rgb"))
+        raw = small_net.search(refiner._crops(frame, [win_s], "rgb"), kernel)["boxes"][0].numpy()
     assert np.allclose(got.raw_box, win_s.box_to_frame(raw), atol=0.02)
 
 
 @pytest.mark.parametrize("config", [dict(depth=18), dict(backbone="mobilenet_v2", mask_head="slim", corner_stride=8)],
                          ids=["resnet18", "mobilenet_v2-slim-fine"])
 def test_fp32_packing_runs_every_convolution_in_onednn_with_the_same_boxes(config, frame):
-    """The CPU fp32 path packs the convolutions (engine.precision.pack_fp32): same boxes and masks as the
-    folded network without packing (channels_last=False), to float rounding."""
-    from ar_ros.engine import precision
-    if not precision._pointwise_ops():
+    """The CPU fp32 path packs the convolutions (backends.torch_cpu.packing.pack_fp32): same boxes and masks as
+    the folded network without packing (channels_last=False), to float rounding."""
+    from ar_ros.backends.torch_cpu import packing
+    if not packing._pointwise_ops():
         pytest.skip("this torch has no oneDNN pointwise convolution")
     torch.manual_seed(0)
     net = _randomise_bn(AlphaRefineNet(NetConfig(input_size=128, with_top=False, crop_mode="clean", **config))).eval()
     packed, plain = Refiner(net), Refiner(net, channels_last=False)
     convs = [m for m in packed.net.modules() if isinstance(m, nn.Conv2d)]
-    assert not convs and any(isinstance(m, precision._PackedConv) for m in packed.net.modules())
+    assert not convs and any(isinstance(m, packing._PackedConv) for m in packed.net.modules())
     assert any(isinstance(m, nn.Conv2d) for m in plain.net.modules())
     boxes = {"a": (200.0, 150.0, 120.0, 90.0), "b": (60.0, 40.0, 80.0, 100.0)}
     for r in (packed, plain):
@@ -98,18 +98,17 @@ def test_fp32_packing_runs_every_convolution_in_onednn_with_the_same_boxes(confi
         assert np.abs(got[tid].mask - want[tid].mask).max() < 1e-4
 
 
-
 def test_a_packed_network_is_reused_on_cpu_fp32_and_refused_elsewhere_with_a_clear_error(small_net, frame):
-    from ar_ros.engine import precision
-    if not precision._pointwise_ops():
+    from ar_ros.backends.torch_cpu import cpu, packing
+    if not packing._pointwise_ops():
         pytest.skip("this torch has no oneDNN pointwise convolution")
     first = Refiner(small_net)
-    assert precision.is_prepared(first.net)
+    assert packing.is_prepared(first.net)
     again = Refiner(first.net)  # as it is: the copy shares the packed weights
     box = (200.0, 150.0, 120.0, 90.0)
     for r in (first, again):
         r.set_targets(frame, {"a": box})
     assert again.refine(frame, {"a": box})["a"].raw_box == first.refine(frame, {"a": box})["a"].raw_box
-    if precision.cpu_bf16_units():
+    if cpu.cpu_bf16_units():
         with pytest.raises(ValueError, match="prepared for CPU fp32"):
             Refiner(first.net, precision="bf16")

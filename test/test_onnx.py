@@ -7,8 +7,8 @@ import pytest
 pytest.importorskip("onnxruntime")
 
 from ar_ros import Refiner  # noqa: E402
-from ar_ros.backends.onnx import (BackendError, OnnxRuntimeBackend, export_onnx, max_box_difference,  # noqa: E402
-                                  session_options)
+from ar_ros.backends.onnx import BackendError, OnnxRuntimeBackend, session_options  # noqa: E402
+from ar_ros.backends.onnx_export import export_onnx, max_box_difference  # noqa: E402
 
 
 def test_export_matches_torch_within_0_05_px(onnx_dir, small_net):
@@ -100,7 +100,9 @@ def test_node_runs_with_the_onnxruntime_backend(ros_context, onnx_dir, frame):
 
 
 def test_int8_quantisation_is_gated_on_agreement_with_fp32(tmp_path, small_net, frame):
-    from ar_ros.backends.onnx import INT8_FILE, INT8_FILES, calibration_batches, quantize_int8
+    from ar_ros.backends.onnx import INT8_FILES
+    from ar_ros.backends.onnx_export import INT8_FILE, quantize_int8
+    from ar_ros.train.int8_frames import calibration_batches
     out = export_onnx(small_net, tmp_path / "q")
     calib = calibration_batches(out, n_batches=2, batch=2)
     with pytest.raises(BackendError, match="not kept"):
@@ -115,7 +117,7 @@ def test_int8_quantisation_is_gated_on_agreement_with_fp32(tmp_path, small_net, 
     with pytest.raises(BackendError, match="no int8 graph"):
         OnnxRuntimeBackend(export_onnx(small_net, tmp_path / "plain"), int8=True)
     # the whole-sequence check the CLI runs before keeping the graph; a refiner agrees with itself exactly
-    from ar_ros.backends.onnx import drop_int8
+    from ar_ros.backends.onnx_export import drop_int8
     from ar_ros.eval.benchmark import agreement
     from ar_ros.data.synthetic import suite
     fp32 = Refiner(str(out), backend="onnxruntime")
@@ -130,14 +132,15 @@ def test_int8_quantisation_is_gated_on_agreement_with_fp32(tmp_path, small_net, 
 
 def test_int8_box_mask_graph_is_used_for_masks_only_when_its_masks_agree(tmp_path, small_net, frame, monkeypatch):
     import json
-    from ar_ros.backends import onnx as onnx_backend
+    from ar_ros.backends import onnx as onnx_backend, onnx_export
+    from ar_ros.train.int8_frames import calibration_batches
     out = export_onnx(small_net, tmp_path / "q")
-    calib = onnx_backend.calibration_batches(out, n_batches=2, batch=2)
+    calib = calibration_batches(out, n_batches=2, batch=2)
     box = (200.0, 150.0, 120.0, 90.0)
     for mask_gate, kept in ((0.0, True), (1.01, False)):
-        monkeypatch.setattr(onnx_backend, "MASK_MIN_IOU", mask_gate)
-        onnx_backend.drop_int8(out)
-        onnx_backend.quantize_int8(out, calib, min_iou=0.0)
+        monkeypatch.setattr(onnx_export, "MASK_MIN_IOU", mask_gate)
+        onnx_export.drop_int8(out)
+        onnx_export.quantize_int8(out, calib, min_iou=0.0)
         files = json.loads((out / onnx_backend.MANIFEST).read_text())["files"]
         assert "search_box_int8" in files and ("search_mask_int8" in files) == kept
         assert (out / onnx_backend.INT8_FILES["search_mask"]).exists() == kept
@@ -152,8 +155,8 @@ def test_int8_box_mask_graph_is_used_for_masks_only_when_its_masks_agree(tmp_pat
         res = r.refine(frame, {"a": box}, mask=True)["a"]
         assert np.isfinite(res.raw_box).all() and res.mask.shape == frame.shape[:2]
     # box+mask int8 kept, fused-box int8 not: fused boxes then run the int8 box+mask graph, not fp32 search_fused
-    monkeypatch.setattr(onnx_backend, "MASK_MIN_IOU", 0.0)
-    onnx_backend.quantize_int8(out, calib, min_iou=0.0)
+    monkeypatch.setattr(onnx_export, "MASK_MIN_IOU", 0.0)
+    onnx_export.quantize_int8(out, calib, min_iou=0.0)
     manifest = json.loads((out / onnx_backend.MANIFEST).read_text())
     del manifest["files"]["search_fused_int8"]
     (out / onnx_backend.MANIFEST).write_text(json.dumps(manifest))

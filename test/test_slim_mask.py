@@ -57,7 +57,7 @@ def test_slim_checkpoint_refines_with_masks_and_exports_to_onnx(tmp_path, frame)
     result = refiner.refine(frame, {"a": box}, mask=True)["a"]
     assert np.isfinite(result.raw_box).all() and result.mask.shape == frame.shape[:2]
     pytest.importorskip("onnxruntime")
-    from ar_ros.backends.onnx import export_onnx
+    from ar_ros.backends.onnx_export import export_onnx
     folder = export_onnx(net.float().eval(), tmp_path / "onnx")
     onnx_refiner = Refiner(str(folder), backend="onnxruntime", box_mode="fused")
     onnx_refiner.set_targets(frame, {"a": box})
@@ -110,7 +110,7 @@ def test_slim4_decoder_ends_at_stride_4_starts_from_a_slim_one_and_exports(tmp_p
     refiner.set_targets(frame, {"a": box})
     result = refiner.refine(frame, {"a": box}, mask=True)["a"]
     pytest.importorskip("onnxruntime")
-    from ar_ros.backends.onnx import export_onnx
+    from ar_ros.backends.onnx_export import export_onnx
     onnx_refiner = Refiner(str(export_onnx(slim4, tmp_path / "onnx")), backend="onnxruntime")
     onnx_refiner.set_targets(frame, {"a": box})
     assert np.allclose(onnx_refiner.refine(frame, {"a": box}, mask=True)["a"].raw_box, result.raw_box, atol=0.1)

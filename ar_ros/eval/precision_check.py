@@ -42,7 +42,7 @@ def check_bf16(checkpoint: Union[None, str, os.PathLike, AlphaRefineNet], sequen
     for r in (fp32, bf16):
         r.set_target(first.image, first.box)
     fns = {name: (lambda r=r: r.refine(first.image, {"0": first.box})) for name, r in (("fp32", fp32), ("bf16", bf16))}
-    warm_up_all((fp32, bf16))  # each as it refines: with its CPU graph
+    warm_up_all((fp32, bf16))  # each as it refines: with its CPU graphs
     times = interleaved(fns, repeat)
     ratio = times["bf16"][0] / times["fp32"][0]
     accepted = iou >= min_iou and ratio <= max_time_ratio

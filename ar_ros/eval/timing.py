@@ -8,11 +8,13 @@ from typing import Callable, Dict, Iterable, Mapping, Tuple
 import numpy as np
 
 
-def warm_up_all(refiners: Iterable[object], max_targets: int = 1) -> None:
-    """``warm_up`` every refiner for up to ``max_targets`` targets, so that a benchmark times the graphs its
-    backends build there and not their building."""
+def warm_up_all(refiners: Iterable[object], batch_sizes: Iterable[int] = (1,)) -> None:
+    """Build what each refiner's backend builds per shape (CPU / CUDA graphs) for these batch sizes, box and
+    box + mask, so that a benchmark times the graphs and not their building."""
+    sizes = list(batch_sizes)
     for refiner in refiners:
-        refiner.warm_up(max_targets)  # type: ignore[attr-defined]
+        for with_mask in (False, True):
+            refiner.runner.warm_up(sizes, with_mask)  # type: ignore[attr-defined]
 
 
 def interleaved(fns: Mapping[str, Callable[[], object]], repeat: int, warmup: int = 2,
