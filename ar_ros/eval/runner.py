@@ -12,6 +12,7 @@ without oversubscribing them. With CUDA, worker ``i`` runs on ``cuda:i mod k`` o
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -141,13 +142,27 @@ class InlineBackend:
             self._refiner.close()
 
 
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread: signals are not ours to set
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _worker_main(slot: int, spec: WorkerSpec, tasks, events) -> None:
     """A worker process: build the refiner, then run tasks until ``None`` comes."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver stops the run, then us
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver stops the run, then us (in case it was not inherited)
     refiner, problem = _build_or_reason(spec)
     if refiner is None:
         events.put(("fatal", slot, problem))
         return
+    events.put(("ready", slot, None))
     last = [time.monotonic(), 0]
 
     def frames(n: int) -> None:  # batched: a queue message per frame would cost more than the frame
@@ -180,14 +195,17 @@ class ProcessBackend:
         self._procs: List[Any] = [None] * self.slots
         self._queues: List[Any] = [None] * self.slots
         self._busy: List[bool] = [False] * self.slots
+        self._ready: List[bool] = [False] * self.slots
         for slot in range(self.slots):
             self._start(slot)
 
     def _start(self, slot: int) -> None:
         self._queues[slot] = self._mp.Queue()
+        self._ready[slot] = False
         proc = self._mp.Process(target=_worker_main, args=(slot, self.specs[slot], self._queues[slot], self._events),
                                 name=f"ar-refine-worker-{slot}", daemon=True)
-        proc.start()
+        with _sigint_ignored():  # inherited through exec: a Ctrl-C never hits a worker, even while it starts
+            proc.start()
         self._procs[slot] = proc
         log.info("worker %d: started (pid %d, %s, %d threads)", slot, proc.pid, self.specs[slot].device,
                  self.specs[slot].threads)
@@ -203,14 +221,19 @@ class ProcessBackend:
             kind = ""
         if kind == "fatal":
             raise WorkerError(value)
-        if kind in ("done", "failed"):
+        if kind == "ready":
+            self._ready[slot] = True
+        elif kind in ("done", "failed"):
             self._busy[slot] = False
-        if kind:
+        if kind and kind != "ready":
             yield kind, slot, value
         for slot, proc in enumerate(self._procs):  # a dead worker: its task is the driver's to retry
             if proc is not None and not proc.is_alive():
                 code = proc.exitcode
                 self._procs[slot] = None
+                if not self._ready[slot]:  # it never got to a sequence: the next one would die the same way
+                    raise WorkerError(f"worker {slot} exited with code {code} while starting (its error is "
+                                      "above); nothing was run")
                 if self._busy[slot]:
                     self._busy[slot] = False
                     yield "died", slot, f"worker died (exit code {code})"

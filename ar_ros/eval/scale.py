@@ -11,6 +11,7 @@ reported with its reason while the others go on. At the end the folder gets the 
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -63,8 +64,11 @@ def write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to a temporary file beside ``path`` and rename it into place: a reader (or a rerun
     after a kill) sees the whole file or none."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:  # interrupted between the two: no temporary file stays behind
+        tmp.unlink(missing_ok=True)
 
 
 class OutputFolder:
@@ -97,9 +101,9 @@ class OutputFolder:
 
     def save(self, record: Record) -> None:
         """Results file first, record last: the record marks the sequence finished."""
-        tmp = self.root / "results" / f".{file_stem(record['name'])}.txt.tmp-{os.getpid()}"
-        write_boxes(tmp, np.asarray(record["refined_boxes"], np.float64))
-        os.replace(tmp, self.root / "results" / f"{file_stem(record['name'])}.txt")
+        boxes = io.StringIO()
+        write_boxes(boxes, np.asarray(record["refined_boxes"], np.float64))
+        write_atomic(self.root / "results" / f"{file_stem(record['name'])}.txt", boxes.getvalue())
         write_atomic(self.record_path(record["name"]), json.dumps(record))
 
 
