@@ -103,7 +103,9 @@ def open_backend(source: Source = None, device: str = "auto", precision: str = "
     if backend.startswith("onnxruntime"):
         from .onnx import OnnxRuntimeBackend
         # one thread setting for both libraries: ONNX Runtime takes torch's (torch.set_num_threads)
-        return OnnxRuntimeBackend(source, device=dev.type, int8=backend.endswith("int8"),  # type: ignore[arg-type]
+        # the device as given: auto may fall back to CPU (with a warning), an explicit cuda[:N] may not
+        where = device if device == "auto" else str(dev)
+        return OnnxRuntimeBackend(source, device=where, int8=backend.endswith("int8"),  # type: ignore[arg-type]
                                   threads=torch.get_num_threads())
     if backend == "tensorrt":
         from .tensorrt import TensorRTBackend

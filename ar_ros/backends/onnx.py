@@ -11,8 +11,9 @@ read it).
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
-from typing import Dict, Union
+from typing import Dict, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -61,6 +62,44 @@ def read_manifest(model_dir: Union[str, Path]) -> Dict:
     return data
 
 
+CUDA_PROVIDER = "CUDAExecutionProvider"
+
+
+def select_providers(device: str, available: Sequence[str], gpu_present: bool) -> Tuple[list, torch.device, str]:
+    """(ONNX Runtime providers, the device they run on, a warning or '') for ``device`` (as the user gave it:
+    ``auto``, ``cpu``, ``cuda``, ``cuda:N``) and the providers this onnxruntime has.
+
+    ``auto`` takes the CUDA provider where it is installed and CPU otherwise, with a warning when a GPU is
+    present (PyPI's ``onnxruntime`` is CPU-only: ``onnxruntime-gpu`` has the CUDA provider); an explicit
+    ``cuda`` without the provider is refused, never run on CPU instead."""
+    cpu = ["CPUExecutionProvider"]
+    if device == "cpu":
+        return cpu, torch.device("cpu"), ""
+    if device == "auto":
+        if CUDA_PROVIDER in available:
+            return [(CUDA_PROVIDER, {"device_id": 0})] + cpu, torch.device("cuda", 0), ""
+        note = ("device auto: this onnxruntime has no CUDA provider (PyPI's onnxruntime is CPU-only; install "
+                "onnxruntime-gpu), so the ONNX graphs run on CPU") if gpu_present else ""
+        return cpu, torch.device("cpu"), note
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        raise BackendError(f"backend 'onnxruntime' runs on 'cpu' or 'cuda[:N]', not {device!r}")
+    if CUDA_PROVIDER not in available:
+        raise BackendError(f"device {device!r} needs onnxruntime-gpu: this onnxruntime has only "
+                           f"{', '.join(available)} (PyPI's onnxruntime is CPU-only); or set device 'cpu'")
+    index = dev.index or 0
+    return [(CUDA_PROVIDER, {"device_id": index})] + cpu, torch.device("cuda", index), ""
+
+
+def provider_problem(device: torch.device, session_providers: Sequence[str]) -> str:
+    """Why a session meant for CUDA does not run there ('' when it does): onnxruntime quietly drops a CUDA
+    provider whose libraries (CUDA, cuDNN) do not load and runs on CPU."""
+    if device.type == "cuda" and (not session_providers or session_providers[0] != CUDA_PROVIDER):
+        return (f"onnxruntime's CUDA provider did not load (the session runs {list(session_providers)}): check "
+                "that its CUDA and cuDNN libraries are installed, or set device 'cpu' to run on CPU")
+    return ""
+
+
 class OnnxRuntimeBackend(SearchBackend):
     """Runs the exported graphs with ONNX Runtime (CPU, or CUDA when the provider is installed); takes fp32
     crops on the host in NCHW. ``int8`` runs the int8 graphs of the folder where it has them."""
@@ -79,12 +118,11 @@ class OnnxRuntimeBackend(SearchBackend):
         self.name = "onnxruntime-int8" if int8 else "onnxruntime"
         self.precision = "int8" if int8 else "fp32"
         self.precision_note = f"{self.precision}: the export's {'int8' if int8 else 'fp32'} graphs"
-        self.device = torch.device(device)
-        providers = ["CPUExecutionProvider"]
-        if device.startswith("cuda"):
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise BackendError("device cuda needs onnxruntime-gpu (CUDAExecutionProvider is not available)")
-            providers.insert(0, "CUDAExecutionProvider")
+        providers, self.device, note = select_providers(device, ort.get_available_providers(),
+                                                        torch.cuda.is_available())
+        if note:
+            warnings.warn(note)
+            self.meta["device_note"] = note
         opts = session_options(threads)
         files = dict(manifest.get("files", FILES))
         if int8 and "search_box_int8" not in files:
@@ -100,6 +138,9 @@ class OnnxRuntimeBackend(SearchBackend):
                              for k, f in files.items()}
         except Exception as err:  # onnxruntime raises its own exception types for bad files
             raise BackendError(f"{model_dir}: cannot load ONNX model ({type(err).__name__}: {err})") from None
+        problem = provider_problem(self.device, self.sessions["search_box"].get_providers())
+        if problem:
+            raise BackendError(problem)
         # search(mask_logits=True) can stop before the upsampling; with int8, only where that graph is int8 as
         # well when the box+mask one is (else fused boxes would run fp32 where the box+mask graph runs int8)
         self.mask_logits = "search_fused" in self.sessions and \
