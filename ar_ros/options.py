@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 from .engine.masks import BOX_MODES, DEFAULT_BOX_MODE
+from .engine.quality import LOST_FRAMES, LOST_QUALITY, QUALITY_MARGIN
+from .errors import ArRosError
 
 # the backends' own lists, repeated here only so that this table imports without torch; a test keeps them equal
 BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8", "tensorrt")
@@ -21,7 +23,7 @@ CROP_MODES = ("exact", "clean")
 COLORS = ("rgb", "bgr")
 
 
-class OptionError(ValueError):
+class OptionError(ArRosError, ValueError):
     """An option value that is not acceptable (the message names the option and the problem)."""
 
 
@@ -84,10 +86,18 @@ OPTIONS: Tuple[Spec, ...] = (
          low=0.0, high=1.0, refiner=True),
     Spec("max_scale_change", 3.0, "A refined box whose width or height differs from the base box by more "
          "than this factor is rejected (fallback).", low=1.01, high=100.0, refiner=True),
-    Spec("keep_iou", 0.85, "Do no harm: when the refined box overlaps the base box by more than this IoU, "
-         "the base box is kept (a box that is already right is not moved by the model's error). 0 = off; "
+    Spec("keep_iou", 0.85, "Do no harm, models without a quality head (the authors'): when the refined box "
+         "overlaps the base box by more than this IoU, the base box is kept (a box that is already right is not "
+         "moved by the model's error). 0 = off; "
          "0.85 was chosen for the shipped model on the validation suite (tools/box_mode_sweep.py). Closed "
          "loop evaluation uses 0: there the gate only holds the loop back.", low=0.0, high=1.0, refiner=True),
+    Spec("quality_margin", QUALITY_MARGIN, "Models with a quality head: the base box is kept (reason 'base "
+         "better') when its predicted IoU is at least this much above the refined box's. Replaces keep_iou for "
+         "such models.", low=-1.0, high=1.0, refiner=True),
+    Spec("lost_quality", LOST_QUALITY, "Models with a quality head: a frame whose predicted IoU is below this "
+         "counts towards 'lost'.", low=0.0, high=1.0, refiner=True),
+    Spec("lost_frames", LOST_FRAMES, "Models with a quality head: a target is flagged lost after this many "
+         "such frames in a row (reset by set_target).", low=1, high=1000, refiner=True),
     Spec("box_mode", DEFAULT_BOX_MODE, "corner: the corner head's box (the paper's). fused: also run the "
          "mask branch and move the box towards the mask's box where the two agree (more precise; costs the "
          "mask branch on every box). auto: fused with the slim mask decoder (the shipped model), corner with "

@@ -31,7 +31,7 @@ HERE = Path(__file__).parent
 def multi(ros_context, small_checkpoint):
     node = RefinerNode(context=ros_context, parameter_overrides=[
         Parameter("checkpoint", value=small_checkpoint), Parameter("device", value="cpu"),
-        Parameter("cameras", value=CAMS)])
+        Parameter("cameras", value=CAMS), Parameter("cpu_graphs", value=False)])
     node.trigger_configure()
     node.trigger_activate()
     tester = Node("tester", context=ros_context)
@@ -151,6 +151,7 @@ def test_three_camera_processes_and_a_stalled_one(ros_context, tmp_path, small_c
   ros__parameters:
     checkpoint: "{small_checkpoint}"
     device: cpu
+    cpu_graphs: false
     cameras: [front, left, right]
 """)
     log = open(tmp_path / "node.log", "w+")

@@ -24,7 +24,8 @@ BOX = (200.0, 150.0, 120.0, 90.0)
 
 class Harness:
     def __init__(self, ctx, checkpoint, **overrides):
-        params = [Parameter("checkpoint", value=checkpoint), Parameter("device", value="cpu")]
+        params = [Parameter("checkpoint", value=checkpoint), Parameter("device", value="cpu"),
+                  Parameter("cpu_graphs", value=False)]  # a graph per batch size takes ~1 s at configure
         params += [Parameter(k, value=v) for k, v in overrides.items()]
         self.node = RefinerNode(context=ctx, parameter_overrides=params)
         self.node.trigger_configure()
@@ -246,7 +247,7 @@ def test_compressed_image_transport(ros_context, small_checkpoint, frame):
     from sensor_msgs.msg import CompressedImage
     h = Harness.__new__(Harness)
     params = [Parameter("checkpoint", value=small_checkpoint), Parameter("device", value="cpu"),
-              Parameter("image_transport", value="compressed")]
+              Parameter("image_transport", value="compressed"), Parameter("cpu_graphs", value=False)]
     h.node = RefinerNode(context=ros_context, parameter_overrides=params)
     h.node.trigger_configure()
     h.node.trigger_activate()
@@ -274,3 +275,19 @@ def test_compressed_image_transport(ros_context, small_checkpoint, frame):
         assert len(h.node.camera.cache) == 1  # refused on arrival, not cached
     finally:
         h.close()
+
+
+def test_configure_builds_a_cpu_graph_per_batch_size_up_to_max_targets(ros_context, small_checkpoint):
+    from ar_ros.backends.torch_cpu.graphs import graphs_available
+    node = RefinerNode(context=ros_context, parameter_overrides=[
+        Parameter("checkpoint", value=small_checkpoint), Parameter("device", value="cpu"),
+        Parameter("max_targets", value=2), Parameter("box_mode", value="corner")])
+    try:
+        node.trigger_configure()
+        graphs = node.refiner.graphs
+        if not graphs_available():
+            assert graphs is None
+            return
+        assert sorted(key[0][0] for key in graphs.graphs) == [1, 2], graphs.failure  # before any frame
+    finally:
+        node.destroy_node()

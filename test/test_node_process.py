@@ -30,7 +30,9 @@ def node_executable() -> str:
 
 def start_node(tmp_path, checkpoint, extra_params="", remaps=(), **overrides):
     """The installed node in its own process; ``overrides`` replace the defaults below (YAML values)."""
-    values = {"checkpoint": checkpoint, "device": "cpu", "max_targets": 4, "sync_slop": 0.02, **overrides}
+    # cpu_graphs off: a graph per batch size takes about a second to build at configure (test_graphs tests them)
+    values = {"checkpoint": checkpoint, "device": "cpu", "max_targets": 4, "sync_slop": 0.02, "cpu_graphs": False,
+              **overrides}
     params = tmp_path / "params.yaml"
     params.write_text("/**:\n  ros__parameters:\n" + "".join(f"    {k}: {json.dumps(v)}\n" for k, v in values.items())
                       + extra_params)

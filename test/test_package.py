@@ -17,6 +17,23 @@ def test_config_yaml_mirrors_parameter_defaults():
     assert list(data) == ["/**"]
     params = data["/**"]["ros__parameters"]
     assert params == DEFAULTS
+    from ar_ros.ros.params import yaml_text
+    assert (ROOT / "config" / "ar_ros.yaml").read_text() == yaml_text(), \
+        "regenerate: python -m ar_ros.ros.params > config/ar_ros.yaml"
+
+
+def test_refiner_node_and_table_share_every_default():
+    import inspect
+    from ar_ros import Refiner
+    from ar_ros.options import OPTIONS
+    signature = inspect.signature(Refiner)
+    for spec in OPTIONS:
+        if spec.refiner and spec.name not in ("checkpoint", "crop_mode", "search_factor"):
+            assert signature.parameters[spec.name].default == spec.default, spec.name
+    from ar_ros.backends.factory import BACKENDS, PRECISIONS
+    from ar_ros.engine.crop import CROP_MODES
+    from ar_ros import options
+    assert (options.BACKENDS, options.PRECISIONS, options.CROP_MODES) == (BACKENDS, PRECISIONS, CROP_MODES)
 
 
 def test_every_parameter_has_a_description():

@@ -29,13 +29,14 @@ import cv2
 import numpy as np
 
 from .results import read_boxes
+from ..errors import ArRosError
 
 DATASETS = ("otb", "lasot", "got10k", "trackingnet", "youtube_vos", "coco")
 MIN_COCO_SIZE = 8  # px: smaller instances are too small to learn corners from
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
-class DatasetError(ValueError):
+class DatasetError(ArRosError, ValueError):
     """A dataset folder that does not have the expected layout."""
 
 

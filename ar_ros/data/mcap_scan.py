@@ -17,13 +17,14 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from ..errors import ArRosError
 
 MAGIC = b"\x89MCAP0\r\n"
 OP_SCHEMA, OP_CHANNEL, OP_MESSAGE, OP_CHUNK, OP_DATA_END = 0x03, 0x04, 0x05, 0x06, 0x0F
 _U16, _U32, _U64 = struct.Struct("<H"), struct.Struct("<I"), struct.Struct("<Q")
 
 
-class ScanError(ValueError):
+class ScanError(ArRosError, ValueError):
     """Not an MCAP file, or nothing readable in it."""
 
 

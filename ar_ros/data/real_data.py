@@ -30,6 +30,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
+from ..errors import ArRosError
 
 FETCH_COMMAND = "ar-refine data fetch   (or: make real-data)"
 MANIFEST = "MANIFEST.json"
@@ -59,11 +60,11 @@ _SKIMAGE_PHOTOS = {
 }
 
 
-class RealDataMissing(RuntimeError):
+class RealDataMissing(ArRosError, RuntimeError):
     """The real data (or one file of it) is not in the cache folder; the message names the command to run."""
 
 
-class FetchError(RuntimeError):
+class FetchError(ArRosError, RuntimeError):
     """A package could not be downloaded or unpacked; the message says which step and why."""
 
 

@@ -17,6 +17,7 @@ from . import crop as cropping
 from .batch import CropBatcher
 from .device_crop import DeviceCropper, to_host
 from .boxes import Box, as_box, box_problem, check_box, iou
+from .quality import LostState, choose
 from .masks import (FUSE_MASK_WEIGHT, FUSE_MIN_IOU, LOGIT_THRESHOLDS, crop_mask_box, fuse_boxes, logits_mask_box,
                     mask_to_box, resolve_box_mode)
 
@@ -29,16 +30,23 @@ class Result:
     """One target's refinement on one frame."""
 
     box: Box                                   # refined (or, on fallback, the base) box, x,y,w,h frame px
-    score: float                               # refiner confidence 0..1 (0 on fallback from bad input)
+    score: float                               # with a quality head: the predicted IoU of ``box``'s refined
+                                               # box with the true box; else the corner peaks' sharpness 0..1
+                                               # (0 on fallback from bad input)
     base_box: Box                              # the box that was refined
     fallback: bool = False                     # True when ``box`` is the base box, see ``reason``
     reason: str = ""                           # why the refinement was rejected
-    kept: bool = False                         # True when ``box`` is the base box because the refined box
-                                               # agreed with it (IoU > keep_iou): a good box stays good
+    kept: bool = False                         # True when ``box`` is the base box because it is as good:
+                                               # predicted better (quality head, reason "base better") or
+                                               # agreeing with the refined box (IoU > keep_iou)
     raw_box: Optional[Box] = None              # the network's box before the plausibility gate
     mask: Optional[np.ndarray] = None          # HxW float32 probabilities when asked for
     mask_box: Optional[Box] = None             # tight box of the largest mask region
     polygon: Optional[np.ndarray] = field(default=None, repr=False)  # (4,2) rotated rectangle of that region
+    base_quality: Optional[float] = None       # quality head: predicted IoU of the base box with the true box
+                                               # (``score`` is then the refined box's predicted IoU)
+    lost: bool = False                         # quality head: quality below lost_quality for lost_frames
+                                               # frames in a row (reset by set_target)
 
 
 def passed_through(box: Sequence[float], reason: str) -> Result:
@@ -86,10 +94,12 @@ class Refiner:
                  backend: str = DEFAULTS["backend"], fold_batchnorm: bool = True,
                  cuda_graphs: bool = DEFAULTS["cuda_graphs"], max_batch: int = DEFAULTS["max_batch"],
                  keep_iou: float = DEFAULTS["keep_iou"], box_mode: str = DEFAULTS["box_mode"],
-                 cpu_graphs: bool = DEFAULTS["cpu_graphs"]) -> None:
+                 cpu_graphs: bool = DEFAULTS["cpu_graphs"], quality_margin: float = DEFAULTS["quality_margin"],
+                 lost_quality: float = DEFAULTS["lost_quality"], lost_frames: int = DEFAULTS["lost_frames"]) -> None:
         check(min_score=float(min_score), max_scale_change=float(max_scale_change), keep_iou=float(keep_iou),
               box_mode=box_mode, crop_mode=crop_mode or "", mask_threshold=float(mask_threshold),
-              search_factor=float(search_factor or 0.0), max_batch=int(max_batch))
+              search_factor=float(search_factor or 0.0), max_batch=int(max_batch),
+              quality_margin=float(quality_margin), lost_quality=float(lost_quality), lost_frames=int(lost_frames))
         self.runner = open_backend(checkpoint, device, precision, backend, cuda_graphs=cuda_graphs,
                                    cpu_graphs=cpu_graphs, fold_batchnorm=fold_batchnorm, channels_last=channels_last)
         self.backend, self.config, self.meta = backend, self.runner.config, self.runner.meta
@@ -99,6 +109,8 @@ class Refiner:
         self.input_size = self.config.input_size
         self.min_score, self.max_scale_change = float(min_score), float(max_scale_change)
         self.keep_iou, self.box_mode, self.mask_threshold = float(keep_iou), box_mode, float(mask_threshold)
+        self.quality_margin, self.lost_quality, self.lost_frames = float(quality_margin), float(lost_quality), \
+            int(lost_frames)  # used where the network has a quality head (engine/quality.py)
         self.fuse_min_iou, self.fuse_weight = FUSE_MIN_IOU, FUSE_MASK_WEIGHT  # box_mode "fused" (tools/ sweep them)
         # crops per forward pass: bounds memory however many targets come in (TensorRT engines have a maximum)
         self.max_batch = min(int(max_batch), self.runner.max_batch)
@@ -106,6 +118,7 @@ class Refiner:
         batcher = DeviceCropper if self.runner.input_device.type == "cuda" else CropBatcher
         self._crops = batcher(self.runner.input_device, self.runner.input_dtype, self.runner.memory_format)
         self._kernels: Dict[Hashable, torch.Tensor] = {}
+        self._lost: Dict[Hashable, LostState] = {}  # per target, with a quality head
         self.passes = 0            # forward passes over search crops (one per refine call with targets,
                                    # more when a call has over max_batch of them)
         self.last_batch_size = 0
@@ -164,6 +177,7 @@ class Refiner:
                                  for s in range(0, len(images), self.max_batch)])
         for i, tid in enumerate(boxes):
             self._kernels[tid] = kernels[i:i + 1].clone()
+            self._lost.pop(tid, None)  # a new box: not lost
 
     def warm_up(self, max_targets: int = 1) -> None:
         """Before the first frame: the backend builds what it builds per shape (CPU / CUDA graphs) for 1 ..
@@ -186,7 +200,9 @@ class Refiner:
         (nothing to forget), True otherwise."""
         if target_id is None:
             self._kernels.clear()
+            self._lost.clear()
             return True
+        self._lost.pop(target_id, None)
         return self._kernels.pop(target_id, None) is not None
 
     # ------------------------------------------------------------------ refinement
@@ -254,11 +270,13 @@ class Refiner:
                 for s in range(0, len(todo), self.max_batch):  # one pass unless over max_batch targets
                     out = self.runner.search(images[s:s + self.max_batch], kernels[s:s + self.max_batch],
                                              with_mask, logits)
-                    host = to_host(out, ["boxes", "score"] + ([key] if with_mask else []))  # one sync
-                    parts.append([host["boxes"], host["score"], host[key][:, 0] if with_mask else None])
+                    names = ["boxes", "score"] + ([key] if with_mask else []) + \
+                        (["quality", "base_quality"] if self.runner.quality else [])
+                    parts.append(to_host(out, names))  # one sync
                     self.passes += 1
-            crop_boxes, scores = (np.concatenate([p[k] for p in parts]) for k in (0, 1))
-            maps = np.concatenate([p[2] for p in parts]) if with_mask else None  # probabilities or logits
+            host = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+            crop_boxes, scores = host["boxes"], host["score"]
+            maps = host[key][:, 0] if with_mask else None  # probabilities or logits
             self.last_batch_size = len(todo)
             for i, (j, tid, base, win) in enumerate(todo):
                 height, width = jobs[j][0].shape[:2]
@@ -269,19 +287,34 @@ class Refiner:
                     if mask_box is not None:
                         mask_box = mask_box + win.mask_offset()
                     crop_box = fuse_boxes(crop_box, mask_box, self.fuse_min_iou, self.fuse_weight)
+                quality = (float(host["quality"][i]), float(host["base_quality"][i])) if self.runner.quality \
+                    else None
                 outputs[j][tid] = self._result(base, win, crop_box, float(scores[i]),
-                                               maps[i] if mask else None, height, width)
+                                               maps[i] if mask else None, height, width, quality)
+                if quality is not None:
+                    state = self._lost.setdefault(tid, LostState())
+                    state.lost_quality, state.lost_frames = self.lost_quality, self.lost_frames  # live values
+                    outputs[j][tid].lost = state.update(quality[0])
         return [{tid: res[tid] for tid in job[1]} for res, job in zip(outputs, jobs)]
 
     def _result(self, base: Box, window: cropping.CropWindow, crop_xyxy: np.ndarray, score: float,
-                prob: Optional[np.ndarray], height: int, width: int) -> Result:
+                prob: Optional[np.ndarray], height: int, width: int,
+                quality: Optional[Tuple[float, float]] = None) -> Result:
         refined = tuple(float(v) for v in window.box_to_frame(crop_xyxy))
+        if quality is not None:  # a quality head: the score is the predicted IoU of the refined box
+            score = quality[0]
         reason = self._implausible(base, refined, score, width, height)
-        # do no harm: refining a box that is already right moves it by the model's own error, so when the
-        # two agree closely the base box is kept (keep_iou chosen on the validation suite, README)
-        kept = not reason and 0.0 < self.keep_iou < iou(base, refined)
+        # do no harm: refining a box that is already right moves it by the model's own error. With a quality
+        # head the base box is kept where it is predicted to be better (engine/quality.py); without one, where
+        # the two agree closely (keep_iou, chosen on the validation suite)
+        if quality is not None:
+            kept, why = choose(quality[0], quality[1], self.quality_margin)
+            kept = kept and not reason
+        else:
+            kept, why = not reason and 0.0 < self.keep_iou < iou(base, refined), ""
         res = Result(box=base if reason or kept else refined, score=score, base_box=base, fallback=bool(reason),
-                     reason=reason, raw_box=refined, kept=kept)  # type: ignore[arg-type]
+                     reason=reason or (why if kept else ""), raw_box=refined, kept=kept,
+                     base_quality=None if quality is None else quality[1])  # type: ignore[arg-type]
         if prob is not None:
             res.mask = cropping.paste_mask(prob, window, height, width)
             x1 = max(int(math.floor(window.x0)), 0)

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..io.cdr import COMPRESSED_TYPE, IMAGE_TYPE, raw_image
 from ..progress import progress_bar
+from ..errors import ArRosError
 
 Box = Tuple[float, float, float, float]
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ VISION_MSGS = {
 }
 
 
-class BagError(ValueError):
+class BagError(ArRosError, ValueError):
     """A bag that cannot be read or written; the message names the file and the problem."""
 
 

@@ -7,6 +7,8 @@ from typing import Any, Optional, Tuple
 import cv2
 import numpy as np
 
+from ..errors import ArRosError
+
 # encoding -> (dtype, channels)
 _LAYOUT = {
     "rgb8": (np.uint8, 3), "bgr8": (np.uint8, 3), "rgba8": (np.uint8, 4), "bgra8": (np.uint8, 4),
@@ -30,7 +32,7 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # frame headers (C4 DHT, C8 JPG, CC DAC are not)
 
 
-class ImageError(ValueError):
+class ImageError(ArRosError, ValueError):
     """An image message that cannot be decoded; the message says why."""
 
 

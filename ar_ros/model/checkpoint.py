@@ -24,6 +24,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import torch
 
 from .network import AUTHORS_CONFIG, AlphaRefineNet, NetConfig
+from ..errors import ArRosError
 
 FORMAT = "ar_ros"
 VERSION = 1
@@ -37,7 +38,7 @@ _SAFE_EXTRA = {
 }
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ArRosError, ValueError):
     """A checkpoint file is missing, unreadable, or does not fit the network."""
 
 

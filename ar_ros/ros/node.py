@@ -92,24 +92,18 @@ class RefinerNode(LifecycleNode):
         return SetParametersResult(successful=True)
 
     def _apply_live(self, name: str, value: Any) -> None:
-        refiner = self.refiner
-        if refiner is None:
+        """A live parameter applied to the refiner and the sessions, under the refiner lock (a pass reads them)."""
+        refiner, spec = self.refiner, P.BY_NAME.get(name)
+        if refiner is None or spec is None or spec.read_only:
             return
-        for cam in self.cameras:
-            if name == "max_targets":
-                cam.session.max_targets = int(value)
-            elif name == "target_timeout":
-                cam.session.target_timeout_ns = int(float(value) * 1e9)
-        if name == "min_score":
-            refiner.min_score = float(value)
-        elif name == "max_scale_change":
-            refiner.max_scale_change = float(value)
-        elif name == "keep_iou":
-            refiner.keep_iou = float(value)
-        elif name == "box_mode":
-            refiner.box_mode = str(value)
-        elif name == "mask_threshold":
-            refiner.mask_threshold = float(value)
+        with self.refiner_lock:
+            for cam in self.cameras:
+                if name == "max_targets":
+                    cam.session.max_targets = int(value)
+                elif name == "target_timeout":
+                    cam.session.target_timeout_ns = int(float(value) * 1e9)
+            if spec.refiner:  # the Refiner's attribute of the same name and type
+                setattr(refiner, name, type(spec.default)(value))
 
     # ------------------------------------------------------------------ lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:

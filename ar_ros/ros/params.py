@@ -17,3 +17,39 @@ DEFAULTS: Dict[str, Any] = {p.name: p.default for p in PARAMS if p.default is no
 def validate(name: str, value: Any) -> str:
     """Why ``value`` is not acceptable for parameter ``name``; ``""`` when it is."""
     return problem(name, value) if name in BY_NAME else ""
+
+
+YAML_HEADER = """\
+# ar_ros node parameters, written from the options table (ar_ros/options.py) by
+# `python -m ar_ros.ros.params > config/ar_ros.yaml` (a test keeps the two equal).
+# '/**' applies to any node name and namespace. (ro) = read-only: restart or lifecycle
+# cleanup + configure to change; the others can be changed live with `ros2 param set`.
+/**:
+  ros__parameters:
+"""
+YAML_FOOTER = """\
+    # QoS overrides (standard rclpy parameters; the topic key is the resolved name), e.g. for a
+    # camera that publishes best-effort:
+    # qos_overrides:
+    #   /image:
+    #     subscription:
+    #       reliability: best_effort
+"""
+
+
+def yaml_text() -> str:
+    """``config/ar_ros.yaml``: every parameter with a default, its description as a comment."""
+    import json
+    import textwrap
+    lines = [YAML_HEADER.rstrip("\n")]
+    for spec in PARAMS:
+        if spec.default is None:
+            continue
+        doc = ("(ro) " if spec.read_only else "") + spec.description
+        lines += textwrap.wrap(doc, 96, initial_indent="    # ", subsequent_indent="    # ")
+        lines.append(f"    {spec.name}: {json.dumps(spec.default)}")
+    return "\n".join(lines) + "\n" + YAML_FOOTER
+
+
+if __name__ == "__main__":
+    print(yaml_text(), end="")
