@@ -215,31 +215,37 @@ class ProcessBackend:
         self._queues[slot].put(task)
 
     def events(self, timeout: float) -> Iterator[Event]:
+        # which workers are dead is looked at before the queue is drained: whatever one sent before it
+        # died is then read first, so a sequence it finished is never taken for lost
+        dead = [slot for slot, proc in enumerate(self._procs) if proc is not None and not proc.is_alive()]
+        messages = []
         try:
-            kind, slot, value = self._events.get(timeout=timeout)
+            messages.append(self._events.get(timeout=0.0 if dead else timeout))
+            while True:
+                messages.append(self._events.get_nowait())
         except queue.Empty:
-            kind = ""
-        if kind == "fatal":
-            raise WorkerError(value)
-        if kind == "ready":
-            self._ready[slot] = True
-        elif kind in ("done", "failed"):
-            self._busy[slot] = False
-        if kind and kind != "ready":
+            pass
+        for kind, slot, value in messages:
+            if kind == "fatal":
+                raise WorkerError(value)
+            if kind == "ready":
+                self._ready[slot] = True
+                continue
+            if kind in ("done", "failed"):
+                self._busy[slot] = False
             yield kind, slot, value
-        for slot, proc in enumerate(self._procs):  # a dead worker: its task is the driver's to retry
-            if proc is not None and not proc.is_alive():
-                code = proc.exitcode
-                self._procs[slot] = None
-                if not self._ready[slot]:  # it never got to a sequence: the next one would die the same way
-                    raise WorkerError(f"worker {slot} exited with code {code} while starting (its error is "
-                                      "above); nothing was run")
-                if self._busy[slot]:
-                    self._busy[slot] = False
-                    yield "died", slot, f"worker died (exit code {code})"
-                else:
-                    log.warning("worker %d: died while idle (exit code %s); starting another", slot, code)
-                    self._start(slot)
+        for slot in dead:
+            code = self._procs[slot].exitcode
+            self._procs[slot] = None
+            if not self._ready[slot]:  # it never got to a sequence: the next one would die the same way
+                raise WorkerError(f"worker {slot} exited with code {code} while starting (its error is above); "
+                                  "nothing was run")
+            if self._busy[slot]:
+                self._busy[slot] = False
+                yield "died", slot, f"worker died (exit code {code})"
+            else:
+                log.warning("worker %d: died while idle (exit code %s); starting another", slot, code)
+                self._start(slot)
 
     def restart(self, slot: int) -> None:
         self._start(slot)

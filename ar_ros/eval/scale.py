@@ -211,7 +211,7 @@ def _run(todo: List[Task], model: Dict[str, Any], outcome: Outcome, folder: Opti
                  record["seconds"], record["refinements"] / max(record["seconds"], 1e-9), record["peak_rss_mb"])
         postfix()
 
-    def failed(task: Task, reason: str) -> None:
+    def fail(task: Task, reason: str) -> None:
         outcome.failed[task.name] = reason
         state["done"] += 1
         log.warning("%s failed: %s", task.name, reason)
@@ -222,7 +222,7 @@ def _run(todo: List[Task], model: Dict[str, Any], outcome: Outcome, folder: Opti
         backend = None
         try:
             backend = make_backend(specs, ray, use_ray)
-            run_tasks(todo, backend, Callbacks(done, failed, bar.update, started))
+            run_tasks(todo, backend, Callbacks(done, fail, bar.update, started))
         except KeyboardInterrupt:
             outcome.interrupted = True
         finally:
