@@ -109,7 +109,7 @@ def run_one(task: Task, refiner, progress: Optional[Callable[[int], None]] = Non
         return "done", record
     except Exception as err:  # noqa: BLE001 - reported per sequence, the others go on
         log.debug("%s failed:\n%s", task.name, traceback.format_exc())
-        return "failed", f"{type(err).__name__}: {err}"
+        return "failed", " ".join(f"{type(err).__name__}: {err}".split())  # one line, however the error is laid out
 
 
 # ---------------------------------------------------------------------------------------- backends
