@@ -178,3 +178,11 @@ def test_a_folder_of_bags_one_report_two_workers_equal_one(tmp_path):
     assert sorted(a["sequences"]) == ["run0", "run1", "run2"] and a["summary"]["refined"]["frames"] > 0
     assert _scores(a) == _scores(b)
     assert (tmp_path / "one" / "results" / "run2.txt").read_text().count("\n") == 7
+
+
+def test_the_table_names_the_sequences_that_got_worse():
+    from ar_ros.eval.report import worse_sequences
+    seq = lambda base, refined: {"base": {"auc": base}, "refined": {"auc": refined}}  # noqa: E731
+    line = worse_sequences({"a": seq(0.5, 0.7), "b": seq(0.6, 0.55), "c": seq(0.8, 0.5), "d": {"base": None}})
+    assert line == "got worse (AUC): 2 of 4 sequences: c 80.0 -> 50.0, b 60.0 -> 55.0"
+    assert worse_sequences({"a": seq(0.5, 0.7)}) == "got worse (AUC): none of 1 sequences"
