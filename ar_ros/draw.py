@@ -89,12 +89,14 @@ def _legend(img: np.ndarray, color, thick: int, with_gt: bool, scale: float) -> 
         cv2.putText(img, name, (14 + sample, y + h // 2), _FONT, scale, (255, 255, 255), 1, cv2.LINE_AA)
 
 
-def draw_targets(rgb: np.ndarray, targets: Iterable[Tuple[str, Sequence[float], Sequence[float], float, bool]],
+def draw_targets(rgb: np.ndarray,
+                 targets: Iterable[Tuple[str, Sequence[float], Sequence[float], float, Union[bool, str]]],
                  masks: Optional[Sequence[Optional[np.ndarray]]] = None, mask_threshold: float = 0.5,
                  gt: Optional[Sequence[float]] = None, legend: bool = True) -> np.ndarray:
     """Draw on a copy of an RGB frame: mask tint, base box (thin, dashed), refined box (thick), ``id score``.
 
-    ``targets`` items are (id, base box, refined box, score, fallback); a fallback is labelled as such.
+    ``targets`` items are (id, base box, refined box, score, flag); ``flag`` True labels a fallback, a string
+    is the label's suffix itself (e.g. "LOST" for a target the quality head lost).
     ``gt`` (optional) is drawn thin, solid white. ``legend`` adds a key in the bottom-left corner.
     """
     out = rgb.copy()
@@ -114,7 +116,8 @@ def draw_targets(rgb: np.ndarray, targets: Iterable[Tuple[str, Sequence[float], 
         color = color_for(i)
         _dashed_rect(out, base, color, max(1, thick // 2))
         _rect(out, refined, color, thick)
-        label = f"{tid} {score:.2f}" + (" fallback" if fallback else "")
+        suffix = fallback if isinstance(fallback, str) else ("fallback" if fallback else "")
+        label = f"{tid} {score:.2f}" + (f" {suffix}" if suffix else "")
         x, y = refined[0], refined[1]
         if np.isfinite(x) and np.isfinite(y):
             org = (int(min(max(x, 0), out.shape[1])), int(min(max(y - 4, 16), out.shape[0])))

@@ -65,11 +65,14 @@ def test_bad_tracker_kind_is_refused(ros_context):
 
 
 def test_base_tracker_process_takes_refined_boxes_back_for_the_frame_it_tracked(ros_context, tmp_path):
-    """Closed loop over real rclpy: a base_tracker process with use_feedback, a client playing camera and refiner."""
+    """Closed loop over real rclpy: a base_tracker process with use_feedback (trusted boxes only, from
+    refined/targets), a client playing camera and refiner."""
+    from ar_ros.io.detections import fill_bbox
+    from ar_ros.msg import RefinedTarget, RefinedTargetArray
     import subprocess
     from ar_ros.io.detections import bbox_to_xywh
     from ar_ros.data.opencv_trackers import OpenCVTracker
-    from ros_helpers import detections_msg, installed_executable
+    from ros_helpers import installed_executable
     from test_node_process import read_log, stop
     rng = np.random.default_rng(0)
     background = rng.integers(0, 60, (240, 320, 3), dtype=np.uint8)
@@ -91,7 +94,16 @@ def test_base_tracker_process_takes_refined_boxes_back_for_the_frame_it_tracked(
                                lambda m: got.__setitem__(m.header.stamp.sec, bbox_to_xywh(m.detections[0].bbox))
                                if m.detections else None, 10)
     images = client.create_publisher(Image, "image", 10)
-    refined = client.create_publisher(Detection2DArray, "refined/detections", 10)
+    refined = client.create_publisher(RefinedTargetArray, "refined/targets", 10)
+
+    def targets_msg(box, sec, **flags):
+        msg = RefinedTargetArray()
+        msg.header.stamp.sec = sec
+        item = RefinedTarget(id="a", **flags)
+        fill_bbox(item.refined_box, box)
+        msg.targets.append(item)
+        return msg
+
     set_target = client.create_client(SetTarget, "set_target")
     try:
         assert spin_until(ex, lambda: images.get_subscription_count() >= 1 and refined.get_subscription_count() >= 1
@@ -110,8 +122,10 @@ def test_base_tracker_process_takes_refined_boxes_back_for_the_frame_it_tracked(
         assert spin_until(ex, lambda: 2 in got, 10.0), read_log(log)
         # the "refined" box of frame 1: the tracker's box moved 12 px right; then one for an older frame
         moved = (got[2][0] + 12.0, got[2][1], got[2][2], got[2][3])
-        refined.publish(detections_msg([("a", moved)], 2))
-        refined.publish(detections_msg([("a", (0.0, 0.0, 40.0, 40.0))], 1))  # stale: must be ignored
+        refined.publish(targets_msg((0.0, 0.0, 40.0, 40.0), 2, lost=True))  # untrusted: must be ignored
+        refined.publish(targets_msg((0.0, 0.0, 40.0, 40.0), 2, kept=True))  # untrusted: must be ignored
+        refined.publish(targets_msg(moved, 2))
+        refined.publish(targets_msg((0.0, 0.0, 40.0, 40.0), 1))  # stale: must be ignored
         spin_until(ex, lambda: False, 1.0)  # let both arrive before the next frame
         images.publish(image_msg(frames[2], 3))
         assert spin_until(ex, lambda: 3 in got, 10.0), read_log(log)

@@ -8,6 +8,7 @@ from typing import Callable, Dict, Iterable, List, Optional
 import numpy as np
 
 from ..engine.refiner import Refiner
+from ..engine.quality import trusted
 from ..engine.session import RefineSession
 from ..data.opencv_trackers import OpenCVTracker
 from ..data.base_trackers import OPENCV_TRACKERS, check_loop, jittered_gt, oracle, run_opencv, track_opencv
@@ -62,7 +63,7 @@ def refine_sequence(refiner: Refiner, frames: List, boxes: Iterable[Optional[tup
         if res is not None:
             out[i] = res.box
             fallbacks += int(res.fallback)
-            if feedback is not None and i > 0:
+            if feedback is not None and i > 0 and trusted(res):  # an untrusted box: the tracker keeps its own
                 feedback(i, res.box)
     return out, float(np.median(times)) if times else float("nan"), fallbacks
 

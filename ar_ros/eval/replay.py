@@ -18,6 +18,7 @@ import numpy as np
 
 from ..draw import draw_targets, label_image, open_video
 from ..engine.refiner import Refiner
+from ..engine.quality import trusted
 from ..engine.session import RefineSession
 from ..io.detections import bbox_to_xywh, stamp_to_ns
 from ..io.images import ImageError, compressed_to_rgb, image_to_frame
@@ -226,7 +227,7 @@ def _process(session: RefineSession, img_msg, det_msg, msgtype: str, stamp: int,
         inputs = bank.boxes(rgb, inputs)
     step = session.step(image, inputs, stamp, mask=mask, color=color)
     if bank is not None:
-        bank.feedback(rgb, {tid: res.box for tid, res in step.results.items()})
+        bank.feedback(rgb, {tid: res.box for tid, res in step.results.items() if trusted(res)})
         result.reseeds, result.failed_reseeds = bank.reseeds, bank.failed_reseeds
     index = len(result.stamps)
     result.stamps.append(stamp)

@@ -14,13 +14,14 @@ it is for the last frame the tracker tracked (a late one would move the tracker 
 from __future__ import annotations
 
 import threading
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 from vision_msgs.msg import BoundingBox2D, Detection2D, Detection2DArray, ObjectHypothesisWithPose
 
+from ar_ros.msg import RefinedTargetArray
 from ar_ros.srv import ClearTargets, SetTarget
 
 from ..engine.boxes import check_box
@@ -41,7 +42,14 @@ class BaseTrackerNode(Node):
             description="Closed loop: re-seed each target's tracker with its refined box from feedback_topic",
             read_only=True))
         self.declare_parameter("feedback_topic", "refined/detections", ParameterDescriptor(
-            description="The refiner's output (vision_msgs/Detection2DArray) used when use_feedback is true",
+            description="The refiner's output (vision_msgs/Detection2DArray) used when use_feedback is true "
+                        "and feedback_trusted_only is false", read_only=True))
+        self.declare_parameter("feedback_trusted_only", True, ParameterDescriptor(
+            description="Closed loop: take the refiner's refined/targets (ar_ros/RefinedTargetArray) instead and "
+                        "re-seed only with trusted boxes (not a fallback, not the kept base box, not lost); the "
+                        "tracker keeps its own state otherwise", read_only=True))
+        self.declare_parameter("feedback_targets_topic", "refined/targets", ParameterDescriptor(
+            description="The refiner's refined/targets, used when use_feedback and feedback_trusted_only are true",
             read_only=True))
         kind = self.get_parameter("tracker").value
         if kind not in OPENCV_TRACKERS:
@@ -57,8 +65,12 @@ class BaseTrackerNode(Node):
         self.pub = self.create_publisher(Detection2DArray, "detections", OUTPUT_QOS)
         self.create_subscription(Image, "image", self._on_image, IMAGE_QOS)
         if self.get_parameter("use_feedback").value:
-            self.create_subscription(Detection2DArray, self.get_parameter("feedback_topic").value,
-                                     self._on_feedback, OUTPUT_QOS)
+            if self.get_parameter("feedback_trusted_only").value:
+                self.create_subscription(RefinedTargetArray, self.get_parameter("feedback_targets_topic").value,
+                                         self._on_trusted_feedback, OUTPUT_QOS)
+            else:
+                self.create_subscription(Detection2DArray, self.get_parameter("feedback_topic").value,
+                                         self._on_feedback, OUTPUT_QOS)
         self.create_service(SetTarget, "set_target", self._srv_set_target)
         self.create_service(ClearTargets, "clear_targets", self._srv_clear)
 
@@ -83,19 +95,25 @@ class BaseTrackerNode(Node):
         self.pub.publish(out)
 
     def _on_feedback(self, msg: Detection2DArray) -> None:
+        self._reseed(msg.header, [(det.id, det.bbox) for det in msg.detections])
+
+    def _on_trusted_feedback(self, msg: RefinedTargetArray) -> None:
+        self._reseed(msg.header, [(t.id, t.refined_box) for t in msg.targets if not (t.fallback or t.kept or t.lost)])
+
+    def _reseed(self, header: Any, boxes: List[Tuple[str, BoundingBox2D]]) -> None:
         with self._lock:
-            if self.last_rgb is None or stamp_to_ns(msg.header.stamp) != self.last_stamp:
+            if self.last_rgb is None or stamp_to_ns(header.stamp) != self.last_stamp:
                 self.stale_feedback += 1
                 self.get_logger().warning("refined detections for a frame other than the last one tracked "
                                           "(late or out of order): not fed back", throttle_duration_sec=5.0)
                 return
             height, width = self.last_rgb.shape[:2]
-            for det in msg.detections:
-                tracker = self.trackers.get(det.id)
+            for tid, bbox in boxes:
+                tracker = self.trackers.get(tid)
                 if tracker is None:
                     continue
                 try:
-                    box = check_box(bbox_to_xywh(det.bbox), width, height)
+                    box = check_box(bbox_to_xywh(bbox), width, height)
                 except ValueError:
                     continue  # the refiner flags such boxes itself; the tracker keeps its own
                 self.reseeds += int(tracker.reseed(self.last_rgb, box))

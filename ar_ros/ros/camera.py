@@ -5,6 +5,7 @@ multi-camera node has one per name in ``cameras`` (topics ``<cam>/image``, ``<ca
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -295,11 +296,15 @@ class Camera:
             if node.param("publish_targets") and self.pubs["targets"].get_subscription_count() > 0 else None
         ordered = list(results.items())
         for tid, res in ordered:
-            if res.fallback:
-                self.counters.inc("fallbacks")
+            for flag, counter in ((res.fallback, "fallbacks"), (res.kept, "base_kept"), (res.lost, "lost")):
+                if flag:
+                    self.counters.inc(counter)
             det = Detection2D(header=header, id=tid if not tid.startswith("#") else "")
-            fill_bbox(det.bbox, res.box)
             base_det = dets.get(tid)
+            if (res.fallback or res.kept) and base_det is not None:
+                det.bbox = copy.deepcopy(base_det.bbox)  # the base box as it came, bit for bit (even +inf)
+            else:
+                fill_bbox(det.bbox, res.box)
             hyps = list(base_det.results) if base_det is not None and len(base_det.results) else \
                 [ObjectHypothesisWithPose()]
             for hyp in hyps:
@@ -308,7 +313,8 @@ class Camera:
             out.detections.append(det)
             if targets is not None:
                 item = RefinedTarget(id=det.id, score=float(res.score), fallback=bool(res.fallback),
-                                     reason=res.reason)
+                                     reason=res.reason, kept=bool(res.kept), lost=bool(res.lost),
+                                     base_quality=-1.0 if res.base_quality is None else float(res.base_quality))
                 fill_bbox(item.base_box, res.base_box)
                 fill_bbox(item.refined_box, res.box)
                 targets.targets.append(item)
@@ -327,8 +333,8 @@ class Camera:
                 info.class_map = [VisionClass(class_id=k + 1, class_name=tid) for k, tid in enumerate(ids)]
                 self.pubs["label_info"].publish(info)
         if node.param("publish_overlay") and self.pubs["overlay"].get_subscription_count() > 0:
-            drawn = draw_targets(image.rgb(), [(tid, res.base_box, res.box, res.score, res.fallback)
-                                               for tid, res in ordered],
+            drawn = draw_targets(image.rgb(), [(tid, res.base_box, res.box, res.score,
+                                                "LOST" if res.lost else res.fallback) for tid, res in ordered],
                                  [res.mask for _, res in ordered] if with_mask else None, threshold)
             self.pubs["overlay"].publish(array_to_image(rgb_to_bgr(drawn), "bgr8", Image, header))
         self.meters["output"].add()
@@ -407,7 +413,8 @@ class Camera:
     # ------------------------------------------------------------------ diagnostics and logging
     COUNTERS = ("images_received", "detections_received", "frames_refined", "paired_exact", "paired_waited",
                 "paired_nearest", "unmatched", "no_detections", "skipped_stale", "stale", "unsynced",
-                "bad_images", "bad_detections", "invalid_box", "duplicate_id", "fallbacks", "over_max_targets",
+                "bad_images", "bad_detections", "invalid_box", "duplicate_id", "fallbacks", "base_kept", "lost",
+                "over_max_targets",
                 "batch_full", "errors", "disabled_skips", "qos_incompatible")
 
     def status(self, title: str, extra: Dict[str, str]) -> DiagnosticStatus:
