@@ -49,6 +49,39 @@ def pairwise_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return inter / union.clamp(min=1e-6)
 
 
+def _box_maps(base: torch.Tensor, steps: torch.Tensor, size: float) -> Dict[str, torch.Tensor]:
+    """The constant matrices of :meth:`QualityHead.raw`, for x1,y1,x2,y2 rows times them:
+
+    * ``grid_map`` (4, 2*g*g*2) + ``grid_offset``: the lattice points of the box (first g*g) and of the base
+      box (constant, in the offset) in ``grid_sample``'s coordinates (crop px * 2/size - 1: align_corners
+      False, -1 and 1 are the map's outer edges), ordered (box, row, column, x/y);
+    * ``side_map`` (4, 2): width, height; ``centre_map`` + ``centre_offset``: the centre's offset from the
+      base box's, in base-box widths; ``corner_sign``, ``base_signed``: max(box * s, base * s) * s is the
+      intersection's corners (s = 1, 1, -1, -1 turns the min of the far corners into a max).
+    """
+    g = len(steps)
+    grid_map = torch.zeros(4, 2, g, g, 2, dtype=torch.float64)
+    grid_offset = torch.zeros(2, g, g, 2, dtype=torch.float64)
+    k = 2.0 / size
+    s = steps.double()
+    for i in range(g):          # row: y
+        for j in range(g):      # column: x
+            grid_map[0, 0, i, j, 0], grid_map[2, 0, i, j, 0] = k * (1 - s[j]), k * s[j]
+            grid_map[1, 0, i, j, 1], grid_map[3, 0, i, j, 1] = k * (1 - s[i]), k * s[i]
+            grid_offset[0, i, j] = -1.0
+            b = base.double()
+            grid_offset[1, i, j, 0] = k * (b[0] + (b[2] - b[0]) * s[j]) - 1.0
+            grid_offset[1, i, j, 1] = k * (b[1] + (b[3] - b[1]) * s[i]) - 1.0
+    side = float(base[2] - base[0])
+    side_map = torch.tensor([[-1.0, 0.0], [0.0, -1.0], [1.0, 0.0], [0.0, 1.0]])
+    centre_map = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]]) / (2 * side)
+    sign = torch.tensor([1.0, 1.0, -1.0, -1.0])
+    return {"grid_map": grid_map.reshape(4, -1).float(), "grid_offset": grid_offset.reshape(-1).float(),
+            "side_map": side_map, "centre_map": centre_map,
+            "centre_offset": -(centre_map.T @ base).reshape(1, 2), "corner_sign": sign, "base_signed": base * sign,
+            "base_side": torch.tensor(side), "base_area": torch.tensor(side * float(base[3] - base[1]))}
+
+
 class QualityHead(nn.Module):
     """Predicted IoU of the refined box and of the base box with the true box, both (B,) in [0, 1]."""
 
@@ -59,7 +92,8 @@ class QualityHead(nn.Module):
         self.reduce = nn.Sequential(nn.Conv2d(in_channels, width, kernel_size=1), nn.ReLU(inplace=True))
         n_in = 2 * width * grid * grid + 2 * width + 8
         self.mlp = nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 2))
-        self.register_buffer("base", base_box(input_size, search_factor))
+        base = base_box(input_size, search_factor)
+        self.register_buffer("base", base)
         # lattice offsets inside a box, as fractions of its width / height (cell centres)
         steps = (torch.arange(grid, dtype=torch.float32) + 0.5) / grid
         self.register_buffer("steps", steps)
@@ -67,36 +101,30 @@ class QualityHead(nn.Module):
         knots = torch.linspace(0.0, 1.0, CALIBRATION_KNOTS)
         self.register_buffer("calib_x", knots.repeat(2, 1))
         self.register_buffer("calib_y", knots.repeat(2, 1))
-
-    def _pool(self, feat: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        """(B,C,H,W) features bilinearly sampled at a grid x grid lattice inside each (B,4) crop-px box
-        -> (B, C*grid*grid); zeros outside the crop."""
-        scale = 2.0 / self.input_size  # crop px -> grid_sample's [-1, 1] (align_corners=False: map edges)
-        x = boxes[:, 0:1] + (boxes[:, 2:3] - boxes[:, 0:1]) * self.steps  # (B, g)
-        y = boxes[:, 1:2] + (boxes[:, 3:4] - boxes[:, 1:2]) * self.steps
-        g = self.grid
-        gx = (x * scale - 1.0).unsqueeze(1).expand(-1, g, g)  # (B, g rows, g cols)
-        gy = (y * scale - 1.0).unsqueeze(2).expand(-1, g, g)
-        sampled = F.grid_sample(feat, torch.stack((gx, gy), dim=-1), mode="bilinear", padding_mode="zeros",
-                                align_corners=False)
-        return sampled.flatten(1)
+        # everything the head computes from a box is linear in its corners up to a clamp, a min / max with
+        # the (constant) base box, a log and a ratio: a few fixed matrices (derived, not stored) keep the
+        # exported graph to a few dozen nodes
+        for name, value in _box_maps(base, steps, float(input_size)).items():
+            self.register_buffer(name, value, persistent=False)
 
     def raw(self, fused: torch.Tensor, boxes: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
         """The two logits (B,2) before sigmoid and calibration (what training regresses)."""
         feat = self.reduce(fused)
         boxes = boxes.float()
-        base = self.base.unsqueeze(0).expand(boxes.shape[0], -1)
-        size = float(self.input_size)
-        bw = (self.base[2] - self.base[0])
-        w = (boxes[:, 2] - boxes[:, 0]).clamp(min=1.0)
-        h = (boxes[:, 3] - boxes[:, 1]).clamp(min=1.0)
-        geometry = torch.stack((
-            (boxes[:, 0] + boxes[:, 2] - base[:, 0] - base[:, 2]) / (2 * bw),
-            (boxes[:, 1] + boxes[:, 3] - base[:, 1] - base[:, 3]) / (2 * bw),
-            torch.log(w / bw), torch.log(h / bw),
-            pairwise_iou(boxes, base), score.float(), w / size, h / size), dim=1)
-        x = torch.cat((self._pool(feat, boxes), self._pool(feat, base), feat.mean(dim=(2, 3)),
-                       feat.amax(dim=(2, 3)), geometry), dim=1)
+        c, g = int(feat.shape[1]), self.grid
+        # both lattices (refined box: rows 0..g-1, base box: rows g..2g-1) in grid_sample's [-1, 1]
+        lattice = (boxes @ self.grid_map + self.grid_offset).reshape(-1, 2 * g, g, 2)
+        sampled = F.grid_sample(feat, lattice, mode="bilinear", padding_mode="zeros", align_corners=False)
+        pooled = sampled.reshape(-1, c, 2, g * g).transpose(1, 2).reshape(-1, 2 * c * g * g)
+        sides = boxes @ self.side_map                               # (B,2) width, height
+        wh = sides.clamp(min=1.0)
+        corners = torch.maximum(boxes * self.corner_sign, self.base_signed) * self.corner_sign  # intersection
+        overlap = (corners @ self.side_map).clamp(min=0.0).prod(dim=1)
+        union = sides.clamp(min=0.0).prod(dim=1) + self.base_area - overlap
+        geometry = torch.cat((boxes @ self.centre_map + self.centre_offset, torch.log(wh / self.base_side),
+                              (overlap / union.clamp(min=1e-6)).unsqueeze(1), score.float().unsqueeze(1),
+                              wh / float(self.input_size)), dim=1)
+        x = torch.cat((pooled, feat.mean(dim=(2, 3)), feat.amax(dim=(2, 3)), geometry), dim=1)
         return self.mlp(x)
 
     def calibrate(self, prob: torch.Tensor) -> torch.Tensor:
