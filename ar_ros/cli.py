@@ -478,20 +478,14 @@ _non_negative_float = _bounded(float, 0.0, "a number >= 0")
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
-    """The node's model parameters as options of every command that refines; choices and help come from
-    the node's parameter table (ros/params.py), so the CLI and the node take the same values."""
-    from .ros.params import BY_NAME
+    """The model options of every command that refines: names, defaults, checks and help from the one options
+    table (ar_ros/options.py), so the CLI, the Python API and the node take the same values."""
+    from .options import BY_NAME, add_flags
     p.add_argument("--checkpoint", default=None, help="model file, or a folder from `export onnx` for the "
                                                       "onnxruntime / tensorrt backends (default: the shipped model)")
-    p.add_argument("--device", default="cpu", help=BY_NAME["device"].description + " (default: cpu)")
-    spec = BY_NAME["backend"]
-    p.add_argument("--backend", default=spec.default, choices=spec.choices, help=spec.description)
-    # fp32 by default (the node's default is auto): offline scores do not change with the machine's CPU or GPU
-    spec = BY_NAME["precision"]
-    p.add_argument("--precision", default="fp32", choices=spec.choices, help=spec.description + " (default: fp32)")
+    add_flags(p, ["device", "backend", "precision"])
     p.add_argument("--threads", type=_non_negative_int, default=0, help=BY_NAME["threads"].description)
-    spec = BY_NAME["box_mode"]
-    p.add_argument("--box-mode", default=spec.default, choices=spec.choices, help=spec.description)
+    add_flags(p, ["box_mode"])
     spec = BY_NAME["keep_iou"]
     p.add_argument("--keep-iou", type=float, default=None,
                    help=f"{spec.description} Default: {spec.default:g}, or 0 with --loop closed.")

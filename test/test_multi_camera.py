@@ -100,12 +100,13 @@ def test_total_max_targets_is_shared_round_robin(multi, frame):
 def test_a_camera_whose_frame_fails_costs_the_other_cameras_nothing(multi, frame):
     from rclpy.serialization import serialize_message
     from ar_ros.io.cdr import IMAGE_TYPE, raw_image
-    from ar_ros.ros.camera import CachedImage, Job
+    from ar_ros.ros.camera import CachedImage
+    from ar_ros.ros.pairing import Job
     node, tester, ex, got, pubs = multi
 
     def job(img, sec, boxes):  # straight to the worker, as if the arrival check had let it through
         return Job(CachedImage(raw_image(serialize_message(image_msg(img, sec)), IMAGE_TYPE), 0.0),
-                   detections_msg(boxes, sec))
+                   detections_msg(boxes, sec), 0.0)
 
     def one_pass(front_img, sec):
         with node.cond:  # all three pending together: one shared pass

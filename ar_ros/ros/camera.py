@@ -6,9 +6,8 @@ multi-camera node has one per name in ``cameras`` (topics ``<cam>/image``, ``<ca
 from __future__ import annotations
 
 import copy
-import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -33,13 +32,11 @@ from ..io.images import (ImageError, array_to_image, check_compressed, check_ima
 from .diagnostics import Counters, Meter, fmt
 from .qos import (DETECTIONS_QOS, IMAGE_OUTPUT_QOS, IMAGE_QOS, LATCHED_QOS, OUTPUT_QOS, SERVICE_QOS, publisher_events,
                   subscription_events)
+from .pairing import Event, Job, Outcome, Pairing
 from .stamp_cache import StampCache
 
 if TYPE_CHECKING:  # pragma: no cover
     from .node import RefinerNode
-
-MAX_WAITING = 10  # detection messages held while their image has not arrived
-
 
 @dataclass
 class CachedImage:
@@ -78,24 +75,13 @@ class CachedImage:
         return np.ascontiguousarray(frame[..., ::-1])
 
 
-@dataclass
-class Job:
-    """One synchronised (image, detections) pair waiting for the refiner thread."""
-
-    image: CachedImage
-    detections: Optional[Detection2DArray]
-    received: float = field(default_factory=time.monotonic)
-
-
 class Camera:
     def __init__(self, node: "RefinerNode", name: str = "") -> None:
         self.node, self.name = node, name
         self.prefix = f"{name}/" if name else ""
         self.cache: StampCache[CachedImage] = StampCache(int(node.param("image_cache_size")))
-        self.waiting: List[Tuple[int, Detection2DArray, float]] = []  # (stamp, detections, arrival)
-        self.unpaired: Optional[CachedImage] = None  # track mode: newest frame still waiting for detections
-        self.last_detections = -math.inf  # monotonic time the last detections arrived
-        self.pending: Optional[Job] = None
+        self.pairing: Pairing[CachedImage] = Pairing(self.cache)  # called under the node's lock
+        self.pending: Optional[Job] = None  # the node's: the next job of this camera for its worker
         self.session = None
         self.counters = Counters()
         self.meters = {k: Meter() for k in ("image", "detections", "output", "refine_ms", "age_ms")}
@@ -155,16 +141,9 @@ class Camera:
         stamp = stamp_to_ns(msg.header.stamp)
         entry = CachedImage(msg, time.monotonic(), compressed=self.compressed)
         self.cache.put(stamp, entry)
-        if self.node.param("mode") == "track":
-            with self.node.cond:
-                silent = entry.received - self.last_detections >= float(self.node.param("detections_timeout"))
-                if not silent:
-                    self.unpaired = entry
-            if silent:  # no base tracker, or it went silent (stopped, died): refine from the previous boxes
-                self.counters.inc("no_detections")
-                self.submit(Job(entry, None))
-                return
-        self.pair()
+        with self.node.cond:
+            out = self.pairing.image(stamp, entry, self.node.pairing_settings())
+        self.take(out)
 
     def on_serialised_detections(self, serialised: bytes) -> None:
         try:
@@ -185,92 +164,38 @@ class Camera:
             self.counters.inc("disabled_skips")
             return
         with self.node.cond:
-            self.last_detections = time.monotonic()
-            self.waiting.append((stamp_to_ns(msg.header.stamp), msg, self.last_detections))
-            if len(self.waiting) > MAX_WAITING:  # a base tracker without images must not grow memory
-                self.waiting.pop(0)
-                self.counters.inc("unsynced")
-        self.pair()
+            out = self.pairing.detections(stamp_to_ns(msg.header.stamp), msg, time.monotonic(),
+                                          self.node.pairing_settings())
+        self.take(out)
 
-    def pair(self) -> Optional[float]:
-        """Match waiting detections to images by stamp and submit the newest match; the seconds until the
-        next wait runs out (``None``: nothing waits). The node's worker calls this again by then.
-
-        A detection names its frame by stamp: the exact image, waited for up to ``sync_wait`` when it
-        has not arrived yet, only then the nearest unused image within ``sync_slop``. In track mode the
-        newest frame with no detections goes out with the previous boxes once detections have been
-        silent for ``detections_timeout``.
-        """
-        node = self.node
-        now = time.monotonic()
-        wait = float(node.param("sync_wait"))
-        slop = int(float(node.param("sync_slop")) * 1e9)
-        max_age = int(float(node.param("max_image_age")) * 1e9)
-        track = node.param("mode") == "track"
-        latest = self.cache.latest()  # by arrival: a future-stamped frame does not make the others stale
-        due: List[float] = []
-        jobs: List[Job] = []  # submitted once the lock is released (the worker takes it to start)
-        with node.cond:
-            keep, found = [], None
-            for stamp, msg, arrived in self.waiting:
-                hit, outcome = self.cache.get(stamp), ""
-                if hit is not None:
-                    outcome = "paired_exact" if hit[1].received <= arrived else "paired_waited"
-                    if track and hit[1].paired:  # that frame already went out with the previous boxes
-                        self.counters.inc("unmatched")
-                        self.warn("late", f"dropping detections stamped {stamp / 1e9:.3f}: their frame was "
-                                          "already refined without them (detections_timeout)")
-                        continue
-                elif now - arrived < wait:  # always waited for: stamps may jump, no stamp says "lost"
-                    keep.append((stamp, msg, arrived))
-                    due.append(arrived + wait - now)
-                    continue
-                else:
-                    hit = self.cache.get(stamp, slop, accept=lambda image: not image.paired)
-                    if hit is None and latest is not None and latest[0] - stamp > max_age:
-                        self.counters.inc("stale")
-                        self.warn("stale", f"dropping detections stamped {stamp / 1e9:.3f}: no image with "
-                                           "that stamp and older than max_image_age")
-                        continue
-                    if hit is None:
-                        self.counters.inc("unmatched")
-                        self.warn("unmatched", f"dropping detections stamped {stamp / 1e9:.3f}: no image with "
-                                               "that stamp within sync_wait, none unused within sync_slop")
-                        continue
-                    outcome = "paired_nearest"
-                self.counters.inc(outcome)
-                if found is not None:  # the newest frame wins; an older match is skipped
-                    self.counters.inc("skipped_stale")
-                    if found.image.received > hit[1].received:
-                        continue
-                found = Job(hit[1], msg, arrived)
-            self.waiting = keep
-            if found is not None:
-                if self.unpaired is not None and self.unpaired.received <= found.image.received:
-                    self.unpaired = None
-                jobs.append(found)
-            if track and self.unpaired is not None:
-                silent_until = self.last_detections + float(node.param("detections_timeout"))
-                if now >= silent_until:
-                    self.counters.inc("no_detections")
-                    jobs.append(Job(self.unpaired, None))
-                    self.unpaired = None
-                else:
-                    due.append(silent_until - now)
-            for job in jobs:
-                job.image.paired = True  # under the lock: no other pairing takes it as the nearest
-            if due:
-                node.cond.notify()  # the worker sleeps until the earliest of these
-        for job in jobs:
+    def take(self, out: Outcome) -> None:
+        """Record a pairing outcome's counters and warnings and hand its jobs to the worker (which is woken
+        to wait for the outcome's deadline as well)."""
+        self.record(out.events)
+        for job in out.jobs:
             self.submit(job)
-        return min(due, default=None)
+        if out.due is not None and not out.jobs:
+            with self.node.cond:
+                self.node.cond.notify()  # the worker sleeps until the earliest deadline
+
+    def poll(self, settings: Any) -> Outcome:
+        """The worker's call (under the node's lock): what waited and is due now; events recorded, jobs not
+        submitted (the worker queues them itself)."""
+        out = self.pairing.pair(time.monotonic(), settings)
+        self.record(out.events)
+        return out
+
+    def record(self, events: List[Event]) -> None:
+        for event in events:
+            self.counters.inc(event.counter)
+            if event.warning:
+                self.warn(event.warning, event.text)
 
     def submit(self, job: Job) -> None:
-        """Hand ``job`` to the worker (unless refinement is disabled); its image is then used."""
+        """Hand ``job`` to the worker (unless refinement is disabled)."""
         if not self.node.enabled:
             self.counters.inc("disabled_skips")
             return
-        job.image.paired = True
         self.node.submit(self, job)
 
     def inputs(self, job: Job) -> Tuple[List[Tuple[str, Tuple[float, float, float, float]]], Dict[str, Any]]:

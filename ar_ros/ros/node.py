@@ -24,7 +24,8 @@ from std_srvs.srv import SetBool
 
 from ..io.detections import stamp_to_ns
 from . import params as P
-from .camera import Camera, Job
+from .camera import Camera
+from .pairing import Job, Settings
 from .diagnostics import Meter, fmt
 from .executor import run_node
 from .qos import SERVICE_QOS
@@ -161,8 +162,7 @@ class RefinerNode(LifecycleNode):
         with self.cond:
             for cam in self.cameras:
                 cam.pending = None
-                cam.waiting.clear()
-                cam.unpaired = None
+                cam.pairing.reset()
         try:
             import torch
             if torch.cuda.is_available():
@@ -205,12 +205,26 @@ class RefinerNode(LifecycleNode):
             self.refiner.warm_up(int(self.param("max_targets")))
 
     # ------------------------------------------------------------------ work
+    def pairing_settings(self) -> Settings:
+        """The live parameters pairing reads, read once per pairing call."""
+        return Settings(sync_wait=float(self.param("sync_wait")),
+                        sync_slop_ns=int(float(self.param("sync_slop")) * 1e9),
+                        max_image_age_ns=int(float(self.param("max_image_age")) * 1e9),
+                        track=self.param("mode") == "track",
+                        detections_timeout=float(self.param("detections_timeout")))
+
+    @staticmethod
+    def _enqueue(camera: Camera, job: Job) -> None:
+        """Make ``job`` the camera's next work item, replacing (and counting) an unprocessed older one.
+        The caller holds ``cond``."""
+        if camera.pending is not None:
+            camera.counters.inc("skipped_stale")
+        camera.pending = job
+
     def submit(self, camera: Camera, job: Job) -> None:
-        """Make ``job`` the camera's next work item (replacing, and counting, an unprocessed older one)."""
+        """Queue ``job`` for the worker and hand it over at once if the worker is idle."""
         with self.cond:
-            if camera.pending is not None:
-                camera.counters.inc("skipped_stale")
-            camera.pending = job
+            self._enqueue(camera, job)
             idle = self._worker_idle and threading.current_thread() is not self._worker
             if idle:
                 self._picked_up.clear()
@@ -227,7 +241,15 @@ class RefinerNode(LifecycleNode):
                 while not self._stop.is_set():
                     # detections waiting for their image (and track-mode frames for their detections)
                     # time out here: each camera says when its next wait ends
-                    due = [d for d in (c.pair() for c in self.cameras) if d is not None]
+                    settings, due = self.pairing_settings(), []
+                    for cam in self.cameras:
+                        out = cam.poll(settings)
+                        due += [out.due] if out.due is not None else []
+                        for job in out.jobs:
+                            if self.enabled:
+                                self._enqueue(cam, job)
+                            else:
+                                cam.counters.inc("disabled_skips")
                     if any(c.pending for c in self.cameras):
                         break
                     self.cond.wait(timeout=min([0.5] + [max(d, 0.001) for d in due]))
