@@ -4,7 +4,7 @@ The template graph runs once per target; the search graph takes the cached kerne
 models keep the engine's caching. ``search_box.onnx`` computes boxes and scores only;
 ``search_mask.onnx`` adds the mask branch; ``search_fused.onnx`` is ``search_mask`` stopped before the
 mask's last upsampling (``mask_logits`` at the decoder's last stride, S/2; S/4 for ``slim4``): what
-``box_mode: fused`` needs for its boxes when no mask is asked for, ~0.2 ms less per int8 search here.
+``box_mode: fused`` needs for its boxes when no mask is asked for (docs/performance.md has the saving).
 Exports without it (older ar_ros) run ``search_mask`` for those boxes. Opset 17 (TensorRT 8.6+ and 10
 read it).
 """
@@ -33,10 +33,9 @@ def session_options(threads: int = 0):
     """ONNX Runtime session options: ``threads`` intra-op threads (0 = its default), no spinning after a run.
 
     ONNX Runtime's pool threads keep spinning for a while after each run. A Refiner holds three sessions,
-    and two refiners in one process (fp32 and int8, or torch and ONNX Runtime) then fight over the cores:
-    measured here, one fp32 and one int8 search graph called in turn took 17-18 / 11-14 ms with spinning
-    left on and 10.4-10.6 / 7.1-7.4 ms with it stopped at the end of each run. Alone, a graph runs as fast
-    either way (spinning stays on during a run).
+    and two refiners in one process (fp32 and int8, or torch and ONNX Runtime) then fight over the cores
+    (docs/performance.md has the measurement). Alone, a graph runs as fast either way (spinning stays on
+    during a run).
     """
     import onnxruntime as ort
     opts = ort.SessionOptions()
