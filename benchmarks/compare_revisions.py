@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""Time this tree against an earlier revision of ar_ros with the same benchmark, in one run.
+
+A worktree of REV is made in a temporary folder; the benchmark (default ``bench_backends.py --json``) runs in
+the two trees alternately, ``--rounds`` times each, so that drift on a shared machine hits both alike. Prints
+per configuration the median over rounds of each tree's median, their ratio (this tree / REV) and the
+ratios' spread. Both trees run with this venv's packages; only ``ar_ros`` differs (PYTHONPATH).
+
+    python benchmarks/compare_revisions.py f8dd679 --rounds 5 -- --threads 2 --repeat 30 --only 'torch/*'
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Dict, List
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(tree: Path, script: str, args: List[str]) -> Dict[str, float]:
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    out = subprocess.run([sys.executable, str(tree / "benchmarks" / script), "--json", *args], cwd=tree, env=env,
+                         capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"{tree}: {script} failed (rc {out.returncode}):\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("rev", help="the earlier revision (commit, tag, branch)")
+    ap.add_argument("--rounds", type=int, default=3, help="runs of the benchmark in each tree (default: 3)")
+    ap.add_argument("--script", default="bench_backends.py", help="a benchmark of benchmarks/ with --json")
+    ap.add_argument("args", nargs=argparse.REMAINDER, help="after --: the benchmark's own arguments")
+    opts = ap.parse_args()
+    args = opts.args[1:] if opts.args[:1] == ["--"] else opts.args
+    with tempfile.TemporaryDirectory(prefix="ar_ros_rev_") as tmp:
+        old = Path(tmp) / "tree"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old), opts.rev], check=True,
+                       capture_output=True)
+        try:
+            times: Dict[str, Dict[str, List[float]]] = {"new": {}, "old": {}}
+            for r in range(opts.rounds):
+                order = [("new", ROOT), ("old", old)] if r % 2 == 0 else [("old", old), ("new", ROOT)]
+                for name, tree in order:
+                    for key, ms in run(tree, opts.script, args).items():
+                        times[name].setdefault(key, []).append(ms)
+                print(f"round {r + 1}/{opts.rounds} done", file=sys.stderr)
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)], check=False,
+                           capture_output=True)
+    print(f"{'configuration':44s} {'this ms':>9s} {opts.rev + ' ms':>12s} {'ratio':>7s} {'ratio range':>15s}")
+    for key in sorted(set(times["new"]) & set(times["old"])):
+        new, old_ms = times["new"][key], times["old"][key]
+        ratios = [a / b for a, b in zip(new, old_ms)]
+        print(f"{key:44s} {statistics.median(new):9.2f} {statistics.median(old_ms):12.2f} "
+              f"{statistics.median(ratios):7.2f} {min(ratios):7.2f}-{max(ratios):.2f}")
+    for key in sorted(set(times["new"]) ^ set(times["old"])):
+        print(f"{key:44s} only in {'this tree' if key in times['new'] else opts.rev}")
+
+
+if __name__ == "__main__":
+    main()
