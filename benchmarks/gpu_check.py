@@ -7,8 +7,8 @@ and tensorrt are used when present, and every step that cannot run says why. In 
 
 1. the environment (GPU, torch / CUDA / cuDNN, ONNX Runtime providers);
 2. the suite's CUDA tests (CUDA graphs, device crops, fp16), then parity checks, each a set of figures with
-   a stated tolerance, on ``cuda:N`` (the last GPU): CUDA fp32 vs CPU fp32; fp16 vs fp32 (the shipped model
-   within 0.3 px, the random-weight layout finite); CUDA graphs vs eager in fp32 and fp16, with no call
+   a stated tolerance, on ``cuda:N`` (the last GPU): the device's crops vs OpenCV's; CUDA fp32 vs CPU fp32
+   (same crops); fp16 vs fp32 (the shipped model within 0.3 px, the random-weight layout finite); CUDA graphs vs eager in fp32 and fp16, with no call
    running eagerly after ``warm_up`` and a batch over the largest capture size running eagerly; a batch of
    N targets vs N single calls for N in 1 / 8 / 32 and every precision (fp32, fp16, fp16 + graphs);
    ``refine_many`` over three cameras vs one call per camera; ONNX Runtime on CPU, with its CUDA provider,
@@ -284,13 +284,46 @@ def cuda_device() -> str:
     return f"cuda:{torch.cuda.device_count() - 1}"
 
 
+def device_crops(refiner: Refiner) -> Refiner:
+    """``refiner`` (on CPU) cutting its crops as a CUDA refiner does (engine/device_crop.py), so that a
+    CPU-vs-CUDA comparison sees the network's numerics only; the crops are checked on their own
+    (:func:`check_device_crops`)."""
+    from ar_ros.engine.device_crop import DeviceCropper
+    runner = refiner.runner
+    refiner._crops = DeviceCropper(runner.input_device, runner.input_dtype, runner.memory_format)
+    return refiner
+
+
 # ------------------------------------------------------------------ parity checks
+def check_device_crops(c: Check, cuda: bool) -> None:
+    """The crops a CUDA refiner cuts on the device vs OpenCV's (engine/crop.py) for the scene's windows, in
+    uint8 levels: at most 1 level per pixel, under 0.1 on average (engine/device_crop.py)."""
+    from ar_ros.engine import crop as cropping
+    from ar_ros.engine.device_crop import DeviceCropper
+    table = cropping.normalisation_table()
+    step = table[:, 1] - table[:, 0]
+    cropper = DeviceCropper(torch.device(cuda_device() if cuda else "cpu"))
+    first, later, templates, bases = scene(c.n)
+    for mode, size in (("exact", 256), ("clean", 128)):
+        worst_level, mean_level = 0.0, 0.0
+        for frame, boxes in ((first, templates), (later, bases)):
+            windows = [cropping.window_for(b, 2.0, size, mode) for b in boxes.values()]
+            ref = np.stack([cropping.crop(frame, w) for w in windows]).astype(np.float64)
+            with torch.inference_mode():
+                got = cropper(frame, windows, "rgb").permute(0, 2, 3, 1).float().cpu().numpy()
+            diff = np.abs(np.round((got - table[:, 0]) / step) - ref)
+            worst_level, mean_level = max(worst_level, float(diff.max())), max(mean_level, float(diff.mean()))
+        c.figures(f"device_crops_vs_opencv/{mode}", {"max_levels": worst_level, "mean_levels": mean_level},
+                  {"max_levels": 1.0, "mean_levels": 0.1})
+
+
 def check_cuda_vs_cpu(c: Check, name: str, net: AlphaRefineNet, cuda: bool) -> None:
+    """CUDA fp32 vs CPU fp32, the CPU refiner cutting the device's crops (:func:`device_crops`)."""
     if not cuda:
         c.skip(f"cuda_fp32_vs_cpu_fp32/{name}", c.no_cuda)
         c.skip(f"cuda_fp32_tf32_vs_cpu_fp32/{name}", c.no_cuda)
         return
-    ref = run_scene(Refiner(net, device="cpu", precision="fp32"), c.n)
+    ref = run_scene(device_crops(Refiner(net, device="cpu", precision="fp32")), c.n)
     gpu = Refiner(net, device=cuda_device(), precision="fp32")
     with ieee_fp32():
         c.figures(f"cuda_fp32_vs_cpu_fp32/{name}", differences(ref, run_scene(gpu, c.n)), DEVICE)
@@ -323,9 +356,9 @@ def check_graphs(c: Check, name: str, net: AlphaRefineNet, cuda: bool, counts: L
     for precision in ("fp32", "fp16"):
         eager = Refiner(net, device=device, precision=precision)
         graphed = Refiner(net, device=device, precision=precision, cuda_graphs=True)
-        graphed.runner.warm_up(range(1, top + 1), with_mask=True)  # every mode, so mask=True replays too
         diffs = []
-        with ieee_fp32():
+        with ieee_fp32():  # captured in IEEE fp32 too: a graph keeps the algorithms of its capture
+            graphed.runner.warm_up(range(1, top + 1), with_mask=True)  # every mode, so mask=True replays too
             for i, n in enumerate(sizes + [3]):  # the second 3: a captured shape replayed with other inputs
                 for mask in (False, True):
                     diffs.append(differences(run_scene(eager, n, mask, i), run_scene(graphed, n, mask, i)))
@@ -629,6 +662,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     device = cuda_device() if cuda else "cpu"
     parity_counts = [1, 2] if args.dry_run else [1, 8, 32]
     c.step("pytest_cuda", lambda: run_pytest(c))
+    c.step("device_crops_vs_opencv", lambda: check_device_crops(c, cuda))
     for name, net in nets.items():
         c.step(f"cuda_fp32_vs_cpu_fp32/{name}", lambda: check_cuda_vs_cpu(c, name, net, cuda))
         c.step(f"fp16_vs_fp32/{name}", lambda: check_fp16(c, name, net, cuda))

@@ -1,5 +1,5 @@
 """Crops on the device (engine/device_crop.py) against the OpenCV crops of engine/crop.py, on CPU: the same
-code runs on a GPU. The tolerance is the module docstring's: 1 level per pixel, < 0.05 level on average."""
+code runs on a GPU. The tolerance is the module docstring's: 1 level per pixel, < 0.1 level on average."""
 import numpy as np
 import pytest
 import torch
@@ -9,7 +9,7 @@ from ar_ros.engine import crop as cropping
 from ar_ros.engine.batch import CropBatcher
 from ar_ros.engine.device_crop import DeviceCropper, axis_taps, to_host
 
-MAX_LEVELS, MEAN_LEVELS, SAME_LEVEL = 1, 0.05, 1e-6
+MAX_LEVELS, MEAN_LEVELS, SAME_LEVEL = 1, 0.1, 1e-6
 TABLE = cropping.normalisation_table()
 STEP = TABLE[:, 1] - TABLE[:, 0]  # one level, per channel
 

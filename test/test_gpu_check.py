@@ -42,6 +42,9 @@ def test_dry_run_checks_everything_on_cpu_and_ends_with_one_json_line(tmp_path):
     # what runs on CPU really ran, within the tolerance stated in the results file
     full = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
     parity, tolerances = summary["parity"], full["tolerances"]
+    for mode in ("exact", "clean"):  # the device crops' code, on CPU: within the stated tolerance
+        assert checks[f"device_crops_vs_opencv/{mode}"] == "ok"
+        assert parity[f"device_crops_vs_opencv/{mode}/max_levels"] <= 1
     # fp16 of the shipped model runs on CPU (the GPU's layer choice): within 0.3 px of fp32, all finite
     assert checks["fp16_vs_fp32/shipped"] == "ok"
     assert 0.0 <= parity["fp16_vs_fp32/shipped/box_px"] <= tolerances["fp16_vs_fp32/shipped/box_px"] == 0.3
