@@ -8,9 +8,10 @@ and tensorrt are used when present, and every step that cannot run says why. In 
 1. the environment (GPU, torch / CUDA / cuDNN, ONNX Runtime providers);
 2. the suite's CUDA tests (CUDA graphs, device crops, fp16), then parity checks, each a set of figures with
    a stated tolerance, on ``cuda:N`` (the last GPU): the device's crops vs OpenCV's; CUDA fp32 vs CPU fp32
-   (same crops); fp16 vs fp32 (the shipped model within 0.3 px, the random-weight layout finite); CUDA graphs vs eager in fp32 and fp16, with no call
-   running eagerly after ``warm_up`` and a batch over the largest capture size running eagerly; a batch of
-   N targets vs N single calls for N in 1 / 8 / 32 and every precision (fp32, fp16, fp16 + graphs);
+   (same crops); fp16 vs fp32 (the shipped model within 0.3 px, the random-weight layout finite); CUDA
+   graphs vs eager in fp32 and fp16, with no call running eagerly after ``warm_up`` and a batch over the
+   largest capture size running eagerly; a batch of N targets vs N single calls for N in 1 / 8 / 32 and
+   every precision (fp32, fp16, fp16 + graphs);
    ``refine_many`` over three cameras vs one call per camera; ONNX Runtime on CPU, with its CUDA provider,
    and with the node's defaults (device and precision auto); TensorRT with ``--tensorrt``;
 3. benchmarks: torch fp32, fp16, fp16 + CUDA graphs x 1 / 8 / 32 targets x box / box+mask x the shipped
