@@ -241,7 +241,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                     base_tracker=args.base, loop=args.loop)
     info = {"frames": result.frames, "refined_frames": result.refined_frames, "unpaired": result.unpaired,
             "bad_images": result.bad_images, "bad_messages": result.bad_messages, "fallbacks": result.fallbacks,
-            "fps": round(result.refined_frames / max(result.seconds, 1e-9), 2),
+            "kept": result.kept, "lost": result.lost, "fps": round(result.refined_frames / max(result.seconds, 1e-9), 2),
             "output": str(result.output) if result.output else None}
     if args.base:
         info.update(base=args.base, loop=args.loop, reseeds=result.reseeds, failed_reseeds=result.failed_reseeds)

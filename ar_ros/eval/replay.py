@@ -45,6 +45,8 @@ class ReplayResult:
     bad_images: int = 0
     bad_messages: int = 0  # other messages that could not be decoded (skipped, copied as they were)
     fallbacks: int = 0
+    kept: int = 0     # boxes output as the base box because it was as good (keep_iou or a quality head)
+    lost: int = 0     # boxes of targets a quality head had flagged lost
     reseeds: int = 0  # closed loop: times a base tracker was re-seeded with a refined box
     failed_reseeds: int = 0  # closed loop: refined boxes OpenCV refused to start on (the tracker went on)
     seconds: float = 0.0
@@ -238,6 +240,8 @@ def _process(session: RefineSession, img_msg, det_msg, msgtype: str, stamp: int,
     for tid, res in step.results.items():
         result.refined.setdefault(tid, [np.full(4, np.nan)] * index).append(np.asarray(res.box, np.float64))
         result.fallbacks += int(res.fallback)
+        result.kept += int(res.kept)
+        result.lost += int(res.lost)
     _pad(result)
     return image, color, step
 
