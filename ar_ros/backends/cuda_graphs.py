@@ -33,8 +33,8 @@ from __future__ import annotations
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
-from torch import nn
 
+from ..model import AlphaRefineNet
 from .base import BackendError
 from .torch_eager import TorchBackend
 
@@ -116,7 +116,7 @@ class CudaGraphsBackend(TorchBackend):
     """The torch backend on ``cuda:N`` whose template and search passes replay CUDA graphs captured in
     :meth:`warm_up`; shapes not warmed up run the network eagerly."""
 
-    def __init__(self, net: nn.Module, device: torch.device, precision: str = "fp16", channels_last: bool = True,
+    def __init__(self, net: AlphaRefineNet, device: torch.device, precision: str = "fp16", channels_last: bool = True,
                  fold_batchnorm: bool = True, meta: Optional[Dict[str, Any]] = None, precision_note: str = "",
                  max_graph_batch: int = MAX_GRAPH_BATCH, warmup: int = WARMUP_PASSES) -> None:
         super().__init__(net, pinned(device), precision, channels_last=channels_last, fold_batchnorm=fold_batchnorm,
@@ -124,7 +124,7 @@ class CudaGraphsBackend(TorchBackend):
         self.sizes = capture_sizes(max_graph_batch)
         self.warmup = int(warmup)
         self._graphs: Dict[Key, _Graph] = {}
-        self._pool = None
+        self._pool: Optional[Any] = None
         self.eager_calls: Dict[Key, int] = {}   # calls that found no graph, by (batch size, mode)
 
     @property
@@ -134,7 +134,7 @@ class CudaGraphsBackend(TorchBackend):
 
     # ------------------------------------------------------------------ calls
     def template(self, images: torch.Tensor) -> torch.Tensor:
-        graph = self._graphs.get((bucket(images.shape[0], self.sizes), TEMPLATE))
+        graph = self._graph(images.shape[0], TEMPLATE)
         if graph is None:
             self._eager((images.shape[0], TEMPLATE))
             return self.net.template(images)
@@ -144,12 +144,17 @@ class CudaGraphsBackend(TorchBackend):
     def search(self, images: torch.Tensor, kernels: torch.Tensor, with_mask: bool = False,
                mask_logits: bool = False) -> Dict[str, torch.Tensor]:
         mode = mode_of(with_mask, mask_logits)
-        graph = self._graphs.get((bucket(images.shape[0], self.sizes), mode))
+        graph = self._graph(images.shape[0], mode)
         if graph is None:
             self._eager((images.shape[0], mode))
             return self.net.search(images, kernels, with_mask=mode[0], mask_logits=mode[1])
         with torch.cuda.device(self.device):
             return graph.replay(images, kernels)
+
+    def _graph(self, n: int, mode: Tuple) -> Optional[_Graph]:
+        """The graph that holds ``n`` rows in ``mode``, if one was captured."""
+        size = bucket(n, self.sizes)
+        return None if size is None else self._graphs.get((size, mode))
 
     def _eager(self, key: Key) -> None:
         self.eager_calls[key] = self.eager_calls.get(key, 0) + 1

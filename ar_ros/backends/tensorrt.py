@@ -93,7 +93,8 @@ def profile_shapes(graph: str, config: NetConfig, max_batch: int) -> Dict[str, T
     """(min, opt, max) shape of each input of ``graph`` in the engines' optimisation profile."""
     size, cells, channels = config.input_size, (config.feat_size // 2) ** 2, config.channels["layer3"]
     opt = max(1, max_batch // 2)
-    shapes = {"images": ((1, 3, size, size), (opt, 3, size, size), (max_batch, 3, size, size))}
+    shapes: Dict[str, Tuple[tuple, tuple, tuple]] = {
+        "images": ((1, 3, size, size), (opt, 3, size, size), (max_batch, 3, size, size))}
     if graph != "template":
         shapes["kernels"] = ((1, cells, channels), (opt, cells, channels), (max_batch, cells, channels))
     return shapes

@@ -130,14 +130,13 @@ class DeviceCropper:
         pixels = (on_device if on_device is not None else self.upload(frame)).reshape(height * width, 3)
         taps = self._taps.upload(window_taps(windows, height, width).astype(np.float32))
         rows, cols = taps[:, 0], taps[:, 1]                        # (B, 4, S) each
-        out = None
+        terms = []
         for ry, wy in ((rows[:, 0], rows[:, 2]), (rows[:, 1], rows[:, 3])):
             for cx, wx in ((cols[:, 0], cols[:, 2]), (cols[:, 1], cols[:, 3])):
                 index = ry.int()[:, :, None] * width + cx.int()[:, None, :]  # (B,S,S) int32
                 values = pixels.index_select(0, index.reshape(-1)).reshape(*index.shape, 3).float()
-                term = values * (wy[:, :, None] * wx[:, None, :])[..., None]
-                out = term if out is None else out + term
-        levels = torch.round(out)                                   # OpenCV's uint8 output
+                terms.append(values * (wy[:, :, None] * wx[:, None, :])[..., None])
+        levels = torch.round(terms[0] + terms[1] + terms[2] + terms[3])  # OpenCV's uint8 output
         if color == "bgr":
             levels = levels.flip(-1)
         batch = (levels * self._scale + self._shift).permute(0, 3, 1, 2)  # NHWC memory = channels_last
