@@ -183,8 +183,10 @@ def test_cuda_graphs_refuse_a_network_that_is_not_on_a_gpu(small_net):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_cuda_graph_replays_equal_eager_passes_for_every_batch_size(small_net, frame):
     boxes = {"a": (200.0, 150.0, 120.0, 90.0), "b": (20.0, 30.0, 60.0, 50.0), "c": (500.0, 300.0, 80.0, 90.0)}
-    eager = Refiner(small_net, device="cuda")
-    graphed = Refiner(small_net, device="cuda", cuda_graphs=True)
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False  # IEEE fp32: a graph may hold other cuDNN algorithms than eager
+    eager = Refiner(small_net, device="cuda", precision="fp32")
+    graphed = Refiner(small_net, device="cuda", precision="fp32", cuda_graphs=True)
     graphed.runner.warm_up([1, 2, 3], with_mask=True)  # every graph before the first frame
     for r in (eager, graphed):
         r.set_targets(frame, boxes)
@@ -196,11 +198,12 @@ def test_cuda_graph_replays_equal_eager_passes_for_every_batch_size(small_net, f
             for tid in subset:
                 assert np.allclose(a[tid].raw_box, b[tid].raw_box, atol=1e-3)
                 if mask:
-                    assert np.abs(a[tid].mask - b[tid].mask).max() < 1e-4
+                    assert np.abs(a[tid].mask - b[tid].mask).max() < 1e-3  # masks come back in fp16
     from ar_ros.backends.cuda_graphs import graph_keys
     assert sorted(graphed.runner.captured, key=repr) == sorted(graph_keys([1, 2, 3], True, graphed.runner.sizes),
                                                                key=repr)
     assert graphed.runner.eager_calls == {}  # every call replayed a graph; none was captured during a frame
+    torch.backends.cudnn.allow_tf32 = tf32
 
 
 def test_missing_checkpoint_file_is_a_clear_error(tmp_path):
