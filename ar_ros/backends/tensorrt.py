@@ -163,7 +163,11 @@ def build_engines(onnx_dir: Union[str, Path], max_batch: int = MAX_BATCH, fp16: 
     """Build (or rebuild) the engines of every exported graph for GPU ``device``; returns the engine folder.
     fp16 engines keep :func:`fp32_nodes` in fp32 (layer precisions the builder must obey)."""
     trt = _trt()
-    import onnx
+    try:
+        import onnx
+    except ImportError:
+        raise BackendError("building TensorRT engines needs the onnx package (it finds the layers fp16 engines "
+                           "keep in fp32): pip install onnx") from None
     onnx_dir = Path(onnx_dir)
     manifest = read_manifest(onnx_dir)
     config = NetConfig.from_dict(manifest["config"])
