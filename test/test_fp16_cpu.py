@@ -23,7 +23,7 @@ from ar_ros.model.fuse import fold_batchnorm
 
 BOUND_PX = 0.3   # frame px, the GPU check's fp16-vs-fp32 tolerance (benchmarks/gpu_check.py REDUCED)
 MASK_BOUND = 0.05
-SCENES = 16      # sequences 4242..4257: frame 0 -> template, frame 6 jittered -> search
+SCENES = 12      # sequences 4242..4253: frame 0 -> template, frame 6 jittered -> search
 
 
 @pytest.fixture(scope="module")
