@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from . import efficientnet, mobilenet
+from .fuse import ConvAct, ResidualChain, folded
 from .stages import init_conv_bn
 
 
@@ -50,6 +51,13 @@ class BasicBlock(nn.Module):
         out = self.bn2(self.conv2(out))
         return self.relu(out + identity)
 
+    def fusion(self) -> Optional[ResidualChain]:
+        """conv1 + ReLU, conv2 + the residual + ReLU; None until the BatchNorms are folded."""
+        down = _folded_downsample(self.downsample)
+        if not folded(self.bn1, self.bn2) or down is False:
+            return None
+        return ResidualChain([self.conv1, self.conv2], ["relu", "relu"], down or None)
+
 
 class Bottleneck(nn.Module):
     """1x1 -> 3x3 -> 1x1 bottleneck with stride on the 3x3 (ResNet-50)."""
@@ -74,6 +82,22 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         return self.relu(out + identity)
+
+    def fusion(self) -> Optional[ResidualChain]:
+        """conv1 + ReLU, conv2 + ReLU, conv3 + the residual + ReLU; None until the BatchNorms are folded."""
+        down = _folded_downsample(self.downsample)
+        if not folded(self.bn1, self.bn2, self.bn3) or down is False:
+            return None
+        return ResidualChain([self.conv1, self.conv2, self.conv3], ["relu", "relu", "relu"], down or None)
+
+
+def _folded_downsample(down: Optional[nn.Module]) -> "Union[None, bool, nn.Conv2d]":
+    """The downsample's convolution once its BatchNorm is folded; None without one; False otherwise."""
+    if down is None:
+        return None
+    if isinstance(down, nn.Sequential) and len(down) == 2 and isinstance(down[0], nn.Conv2d) and folded(down[1]):
+        return down[0]
+    return False
 
 
 Block = Union[Type[BasicBlock], Type[Bottleneck]]
@@ -135,6 +159,14 @@ class ResNet(nn.Module):
     def stage_modules(self, last: str) -> List[nn.Module]:
         """The modules that compute every map up to and including ``last`` (to freeze them)."""
         return [self.conv1, self.bn1, *(getattr(self, n) for n in LAYER_ORDER[1:LAYER_ORDER.index(last) + 1])]
+
+    def stem_fusion(self) -> Optional[ConvAct]:
+        """The stem's conv1 + ReLU once its BatchNorm is folded (None before)."""
+        return ConvAct(self.conv1, "relu") if folded(self.bn1) and isinstance(self.relu, nn.ReLU) else None
+
+    def use_fused_stem(self, conv_relu: nn.Module) -> None:
+        """Run ``conv_relu`` (one module computing conv1 and its ReLU) as the stem."""
+        self.conv1, self.relu = conv_relu, nn.Identity()  # type: ignore[assignment]
 
     def forward(self, x: torch.Tensor, outputs: Sequence[str] = ("layer3",)) -> Dict[str, torch.Tensor]:
         """Run up to the deepest requested layer and return the requested maps by name."""

@@ -9,6 +9,9 @@ checkpoints are always saved and exported from the unfolded network.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import List, Optional
+
 import torch
 from torch import nn
 
@@ -60,3 +63,31 @@ def fold_batchnorm(net: nn.Module) -> int:
                 setattr(module, name, nn.Identity())
                 folded += 1
     return folded
+
+
+def folded(*modules: Optional[nn.Module]) -> bool:
+    """Whether these BatchNorm slots were folded away (None or Identity)."""
+    return all(m is None or isinstance(m, nn.Identity) for m in modules)
+
+
+@dataclass
+class ResidualChain:
+    """How a residual block computes, said by the block itself (its ``fusion()``), for a fuser that runs it as
+    fewer, fused operations: the layers of ``body`` as they are, then ``convs`` one after another, each
+    followed by its activation in ``acts`` ("relu", "relu6" or "none"), except that the last convolution's
+    output is first added to the block's input (passed through ``downsample`` when there is one) and then
+    activated. A block answers only once its BatchNorms are folded, so every convolution carries its bias."""
+
+    convs: List[nn.Conv2d]
+    acts: List[str]
+    downsample: Optional[nn.Conv2d] = None
+    body: nn.Sequential = field(default_factory=nn.Sequential)
+
+
+@dataclass
+class ConvAct:
+    """A convolution followed by an activation ("relu", "relu6"), said by the module that holds them (e.g.
+    the ResNet stem's ``stem_fusion()``), for a fuser that runs the two as one call."""
+
+    conv: nn.Conv2d
+    act: str

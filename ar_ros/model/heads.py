@@ -1,7 +1,7 @@
 """Corner head (two conv towers + soft-argmax) and the U-Net style mask head."""
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -106,6 +106,22 @@ class CornerHead(nn.Module):
             setattr(self, f"conv5_{corner}", nn.Conv2d(widths[4], 1, kernel_size=1))
             if fine_channels:
                 setattr(self, f"fine_{corner}", FineCorner(fine_channels, widths[4]))
+
+    def towers(self) -> Tuple[List[nn.Module], List[nn.Module]]:
+        """The top-left and bottom-right towers' layers in order (four conv-BN-ReLU blocks, then the 1x1
+        score convolution): what a fuser that runs the two towers as one reads, instead of names."""
+        return ([getattr(self, f"conv{i}_tl") for i in range(1, 6)], [getattr(self, f"conv{i}_br") for i in range(1, 6)])
+
+    def fine_branches(self) -> Optional[Tuple["FineCorner", "FineCorner"]]:
+        """The two stride-8 branches (top-left, bottom-right), or None for a stride-16 head."""
+        return (self.fine_tl, self.fine_br) if self.fine_channels else None  # type: ignore[return-value]
+
+    def score_convs(self) -> List[nn.Conv2d]:
+        """The convolutions whose outputs are the score maps the soft-argmax takes its expectation over (kept
+        in fp32 by the reduced precisions: their rounding moves boxes)."""
+        (*_, tl), (*_, br) = self.towers()
+        fine = self.fine_branches()
+        return [tl, br] + ([fine[0].out, fine[1].out] if fine else [])  # type: ignore[list-item]
 
     def _tower(self, x: torch.Tensor, corner: str, fine: Optional[torch.Tensor]) -> torch.Tensor:
         for i in range(1, 5):

@@ -6,11 +6,12 @@ stride-32 blocks and the 1280-channel head of the ImageNet file are never needed
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
 
+from .fuse import ResidualChain, folded
 from .stages import init_conv_bn, stage_outputs
 
 #: (expansion t, output channels c, repeats n, first stride s) per stage, MobileNetV2 1.0, to stride 16.
@@ -36,6 +37,14 @@ class InvertedResidual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.conv(x) if self.use_res_connect else self.conv(x)
+
+    def fusion(self) -> Optional[ResidualChain]:
+        """With a residual: the layers up to the projection, then the projection + the residual (no
+        activation); None without a residual or until the BatchNorms are folded."""
+        layers = list(self.conv)
+        if not self.use_res_connect or not isinstance(layers[-2], nn.Conv2d) or not folded(layers[-1]):
+            return None
+        return ResidualChain([layers[-2]], ["none"], None, nn.Sequential(*layers[:-2]))
 
 
 class MobileNetV2(nn.Module):
