@@ -119,7 +119,8 @@ class InlineBackend:
     slots = 1
 
     def __init__(self, spec: WorkerSpec) -> None:
-        self.spec, self._refiner, self._task = spec, None, None
+        self.spec, self._refiner = spec, None
+        self._task: Optional[Task] = None
         self.on_frames: Callable[[int], None] = lambda n: None  # the scheduler's frame counter
 
     def submit(self, slot: int, task: Task) -> None:
@@ -188,7 +189,7 @@ class ProcessBackend:
 
     def __init__(self, specs: List[WorkerSpec], context: str = "spawn") -> None:
         import multiprocessing
-        self._mp = multiprocessing.get_context(context)
+        self._mp: Any = multiprocessing.get_context(context)
         self.specs = specs
         self.slots = len(specs)
         self._events = self._mp.Queue()
@@ -207,7 +208,7 @@ class ProcessBackend:
         with _sigint_ignored():  # inherited through exec: a Ctrl-C never hits a worker, even while it starts
             proc.start()
         self._procs[slot] = proc
-        log.info("worker %d: started (pid %d, %s, %d threads)", slot, proc.pid, self.specs[slot].device,
+        log.info("worker %d: started (pid %d, %s, threads %d)", slot, proc.pid, self.specs[slot].device,
                  self.specs[slot].threads)
 
     def submit(self, slot: int, task: Task) -> None:

@@ -11,7 +11,6 @@ reported with its reason while the others go on. At the end the folder gets the 
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -21,7 +20,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -60,12 +59,15 @@ def file_stem(name: str) -> str:
     return name.replace(os.sep, "__").replace("/", "__")
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path`` and rename it into place: a reader (or a rerun
-    after a kill) sees the whole file or none."""
+def write_atomic(path: Path, content: Union[str, Callable[[Path], Any]]) -> None:
+    """Write ``content`` (text, or a function that writes the file it is given) to a temporary file beside
+    ``path`` and rename it into place: a reader (or a rerun after a kill) sees the whole file or none."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(text)
+        if isinstance(content, str):
+            tmp.write_text(content)
+        else:
+            content(tmp)
         os.replace(tmp, path)
     finally:  # interrupted between the two: no temporary file stays behind
         tmp.unlink(missing_ok=True)
@@ -101,9 +103,8 @@ class OutputFolder:
 
     def save(self, record: Record) -> None:
         """Results file first, record last: the record marks the sequence finished."""
-        boxes = io.StringIO()
-        write_boxes(boxes, np.asarray(record["refined_boxes"], np.float64))
-        write_atomic(self.root / "results" / f"{file_stem(record['name'])}.txt", boxes.getvalue())
+        write_atomic(self.root / "results" / f"{file_stem(record['name'])}.txt",
+                     lambda tmp: write_boxes(tmp, np.asarray(record["refined_boxes"], np.float64)))
         write_atomic(self.record_path(record["name"]), json.dumps(record))
 
 
@@ -263,7 +264,7 @@ def write_report(root: Path, data: Dict[str, Any], records: Dict[str, Record]) -
     scored = [records[n] for n in sorted(records) if records[n].get("gt") is not None]
     if scored:
         gt = np.concatenate([np.asarray(r["gt"], np.float64)[1:] for r in scored])
-        curves = {which: (np.concatenate([np.asarray(r[f"{which}_boxes"], np.float64)[1:] for r in scored]), gt)
+        curves: Dict[str, Sequence[np.ndarray]] = {which: (np.concatenate([np.asarray(r[f"{which}_boxes"], np.float64)[1:] for r in scored]), gt)
                   for which in ("base", "refined")}
         label = data.get("dataset") or "bags"
         files.append(report.plot_curves(root / "success.png", curves,

@@ -19,6 +19,7 @@ from ..data.base_trackers import BASES, OPENCV_TRACKERS, check_loop
 from ..data.datasets import SequenceInfo, open_dataset
 from ..data.results import read_boxes
 from ..errors import ArRosError
+from . import bags
 from .metrics import score
 
 Progress = Callable[[int], None]  # frames just processed
@@ -113,7 +114,7 @@ class DatasetTask(Task):
     def run(self, refiner, progress: Optional[Progress] = None) -> Record:
         from .benchmark import base_boxes, closed_loop_sequence, refine_sequence
         t0 = time.perf_counter()
-        frames = LazyFrames(self.info, progress)
+        frames: Any = LazyFrames(self.info, progress)  # list-like: what benchmark's loops take
         full_gt = len(self.info.gt) == len(self.info)
         reseeds = failed_reseeds = 0
         if self.loop == "closed":
@@ -122,8 +123,8 @@ class DatasetTask(Task):
             if self.base_rows is not None:
                 boxes = [None if np.isnan(r).any() else tuple(r) for r in self.base_rows]
             else:
-                boxes = base_boxes(frames, frames, self.base, seed=sequence_seed(self.name))  # type: ignore[arg-type]
-            refined, ms, fallbacks = refine_sequence(refiner, frames, boxes)  # type: ignore[arg-type]
+                boxes = base_boxes(frames, frames, self.base, seed=sequence_seed(self.name))
+            refined, ms, fallbacks = refine_sequence(refiner, frames, boxes)
         base = _rows(boxes)
         refined[0] = base[0]  # row 0 is the init box, as trackers publish their results
         gt = self.info.gt.astype(np.float64) if full_gt else None
@@ -140,13 +141,16 @@ class BagTask(Task):
     path: str = ""
     base: Optional[str] = None
     loop: str = "open"
-    topics: Dict[str, Optional[str]] = field(default_factory=dict)  # replay()'s image/detections/gt topics
+    image_topic: Optional[str] = None  # None: the bag's first image topic
+    detections_topic: str = bags.BASE_TOPIC
+    gt_topic: str = bags.GT_TOPIC
 
     def run(self, refiner, progress: Optional[Progress] = None) -> Record:
         from .replay import replay
         t0 = time.perf_counter()
         refiner.clear()  # a session takes the refiner's targets as its own
-        result = replay(self.path, refiner, progress=False, base_tracker=self.base, loop=self.loop, **self.topics)
+        result = replay(self.path, refiner, progress=False, base_tracker=self.base, loop=self.loop,
+                        image_topic=self.image_topic, detections_topic=self.detections_topic, gt_topic=self.gt_topic)
         if progress is not None:
             progress(result.frames)
         base, refined = result.boxes("base"), result.boxes("refined")
@@ -210,11 +214,10 @@ def _result_rows(folder: Path, info: SequenceInfo) -> Tuple[Optional[np.ndarray]
     return rows, ""
 
 
-def plan_bags(inputs: Sequence[str], base: Optional[str] = None, loop: str = "open", **topics: Optional[str]
-              ) -> List[Task]:
-    """Tasks for bags given as bag folders or files, folders of bags, or glob patterns; ``topics``:
-    :func:`.replay.replay`'s ``image_topic``, ``detections_topic``, ``gt_topic``."""
-    from . import bags
+def plan_bags(inputs: Sequence[str], base: Optional[str] = None, loop: str = "open", image_topic: Optional[str] = None,
+              detections_topic: str = bags.BASE_TOPIC, gt_topic: str = bags.GT_TOPIC) -> List[Task]:
+    """Tasks for bags given as bag folders or files, folders of bags, or glob patterns (topics as
+    :func:`.replay.replay` takes them)."""
     paths = expand_bags(inputs)
     tasks: List[Task] = []
     names: Dict[str, Path] = {}
@@ -233,7 +236,8 @@ def plan_bags(inputs: Sequence[str], base: Optional[str] = None, loop: str = "op
                 reader.close()
         except Exception:  # noqa: BLE001 - any reader failure is the task's to report
             pass
-        tasks.append(BagTask(name, frames, path=str(path), base=base, loop=loop, topics=dict(topics)))
+        tasks.append(BagTask(name, frames, path=str(path), base=base, loop=loop, image_topic=image_topic,
+                             detections_topic=detections_topic, gt_topic=gt_topic))
     return tasks
 
 
