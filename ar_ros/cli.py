@@ -364,12 +364,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             "keep_iou": refiner.keep_iou, "summary": {k: v.to_dict() for k, v in totals.items()},
             "sequences": {r.name: {"base": r.base.to_dict(), "refined": r.refined.to_dict(),
                                    "refine_ms": r.refine_ms, "fallbacks": r.fallbacks, "reseeds": r.reseeds,
-                                   "failed_reseeds": r.failed_reseeds}
-                          for r in results}}
+                                   "failed_reseeds": r.failed_reseeds, "kept": r.kept, "lost": r.lost}
+                          for r in results},
+            "kept": sum(r.kept for r in results), "lost": sum(r.lost for r in results)}
     if args.json:
         print(json.dumps(data))
     else:
         print(report.table(totals))
+        print(f"base boxes kept: {data['kept']}, frames with the target flagged lost: {data['lost']}")
         if args.loop == "closed":
             print(f"re-seeds: {sum(r.reseeds for r in results)}, refused by OpenCV (tracker went on): "
                   f"{sum(r.failed_reseeds for r in results)}")

@@ -27,6 +27,8 @@ class SequenceResult:
     refine_ms: float
     fallbacks: int
     reseeds: int = 0  # closed loop: frames on which the base tracker was re-seeded with the refined box
+    kept: int = 0     # frames whose output was the base box, as good as the refinement (keep_iou, quality head)
+    lost: int = 0     # frames on which a quality head had flagged the target lost
     failed_reseeds: int = 0  # closed loop: refined boxes OpenCV refused to start on (the tracker went on)
 
 
@@ -41,8 +43,18 @@ def base_boxes(seq: Sequence, frames: List, base: str, seed: int) -> List[Option
     raise ValueError(f"unknown base tracker {base!r}")
 
 
+@dataclass
+class Decisions:
+    """What the refiner decided on a run's frames (from frame 1 on): boxes output as the base box because
+    it was as good (``kept``), and boxes of targets a quality head had flagged lost."""
+
+    kept: int = 0
+    lost: int = 0
+
+
 def refine_sequence(refiner: Refiner, frames: List, boxes: Iterable[Optional[tuple]],
-                    feedback: Optional[Callable[[int, tuple], None]] = None) -> tuple:
+                    feedback: Optional[Callable[[int, tuple], None]] = None,
+                    decisions: Optional[Decisions] = None) -> tuple:
     """Refine a single-target sequence: template from frame 0's box, then every frame's base box.
 
     ``boxes`` is consumed one frame at a time, after ``feedback(frame index, refined box)`` was called
@@ -63,12 +75,15 @@ def refine_sequence(refiner: Refiner, frames: List, boxes: Iterable[Optional[tup
         if res is not None:
             out[i] = res.box
             fallbacks += int(res.fallback)
+            if decisions is not None and i > 0:
+                decisions.kept += int(res.kept)
+                decisions.lost += int(res.lost)
             if feedback is not None and i > 0 and trusted(res):  # an untrusted box: the tracker keeps its own
                 feedback(i, res.box)
     return out, float(np.median(times)) if times else float("nan"), fallbacks
 
 
-def closed_loop_sequence(refiner: Refiner, frames: List, kind: str) -> tuple:
+def closed_loop_sequence(refiner: Refiner, frames: List, kind: str, decisions: Optional[Decisions] = None) -> tuple:
     """The paper's loop: an OpenCV tracker from frame 0's box, re-seeded with the refined box every frame.
 
     Returns (base boxes, refined boxes, median refine ms, fallbacks, re-seeds, failed re-seeds).
@@ -82,7 +97,7 @@ def closed_loop_sequence(refiner: Refiner, frames: List, kind: str) -> tuple:
             yield box
 
     refined, ms, fallbacks = refine_sequence(refiner, frames, base_stream(),
-                                             lambda i, box: tracker.reseed(frames[i].image, box))
+                                             lambda i, box: tracker.reseed(frames[i].image, box), decisions)
     return boxes, refined, ms, fallbacks, tracker.reseeds, tracker.failed_reseeds
 
 
@@ -95,16 +110,17 @@ def run_suite(refiner: Refiner, sequences: Iterable[Sequence], base: str = "jitt
         frames = list(seq)
         gt = np.array([f.box for f in frames], np.float64)
         reseeds = failed = 0
+        decisions = Decisions()
         if loop == "closed":
-            boxes, refined, ms, fallbacks, reseeds, failed = closed_loop_sequence(refiner, frames, base)
+            boxes, refined, ms, fallbacks, reseeds, failed = closed_loop_sequence(refiner, frames, base, decisions)
         else:
             boxes = base_boxes(seq, frames, base, seed=seq.seed)
-            refined, ms, fallbacks = refine_sequence(refiner, frames, boxes)
+            refined, ms, fallbacks = refine_sequence(refiner, frames, boxes, decisions=decisions)
         base_arr = np.array([b if b is not None else (np.nan,) * 4 for b in boxes], np.float64)
         # frame 0 is the init box in both: score from frame 1 as OPE toolkits do for the refined part
         name = getattr(seq, "name", f"seq{seq.seed}")  # real sequences are named, synthetic ones by seed
         r = SequenceResult(name, score(base_arr[1:], gt[1:]), score(refined[1:], gt[1:]),
-                           base_arr, refined, gt, ms, fallbacks, reseeds, failed)
+                           base_arr, refined, gt, ms, fallbacks, reseeds, failed, decisions.kept, decisions.lost)
         results.append(r)
         if progress is not None:
             progress(f"{r.name}: base AUC {r.base.auc * 100:.1f} -> refined {r.refined.auc * 100:.1f}")

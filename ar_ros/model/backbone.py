@@ -54,7 +54,7 @@ class BasicBlock(nn.Module):
     def fusion(self) -> Optional[ResidualChain]:
         """conv1 + ReLU, conv2 + the residual + ReLU; None until the BatchNorms are folded."""
         down = _folded_downsample(self.downsample)
-        if not folded(self.bn1, self.bn2) or down is False:
+        if not folded(self.bn1, self.bn2) or down is False or type(self.relu) is not nn.ReLU:
             return None
         return ResidualChain([self.conv1, self.conv2], ["relu", "relu"], down or None)
 
@@ -86,7 +86,7 @@ class Bottleneck(nn.Module):
     def fusion(self) -> Optional[ResidualChain]:
         """conv1 + ReLU, conv2 + ReLU, conv3 + the residual + ReLU; None until the BatchNorms are folded."""
         down = _folded_downsample(self.downsample)
-        if not folded(self.bn1, self.bn2, self.bn3) or down is False:
+        if not folded(self.bn1, self.bn2, self.bn3) or down is False or type(self.relu) is not nn.ReLU:
             return None
         return ResidualChain([self.conv1, self.conv2, self.conv3], ["relu", "relu", "relu"], down or None)
 
@@ -162,7 +162,7 @@ class ResNet(nn.Module):
 
     def stem_fusion(self) -> Optional[ConvAct]:
         """The stem's conv1 + ReLU once its BatchNorm is folded (None before)."""
-        return ConvAct(self.conv1, "relu") if folded(self.bn1) and isinstance(self.relu, nn.ReLU) else None
+        return ConvAct(self.conv1, "relu") if folded(self.bn1) and type(self.relu) is nn.ReLU else None
 
     def use_fused_stem(self, conv_relu: nn.Module) -> None:
         """Run ``conv_relu`` (one module computing conv1 and its ReLU) as the stem."""

@@ -10,7 +10,7 @@ checkpoints are always saved and exported from the unfolded network.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Optional, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -91,3 +91,19 @@ class ConvAct:
 
     conv: nn.Conv2d
     act: str
+
+
+@runtime_checkable
+class FusableBlock(Protocol):
+    """A block that says how it computes (:class:`ResidualChain`), or None while it cannot be fused."""
+
+    def fusion(self) -> Optional[ResidualChain]: ...
+
+
+@runtime_checkable
+class FusableStem(Protocol):
+    """A backbone whose stem (a convolution + activation) can be run as one module it is given."""
+
+    def stem_fusion(self) -> Optional[ConvAct]: ...
+
+    def use_fused_stem(self, conv_act: nn.Module) -> None: ...
