@@ -7,7 +7,7 @@ convention. ROS BoundingBox2D uses the centre; conversions to it live with the R
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence, Tuple
+from typing import Iterable, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -23,7 +23,7 @@ def as_box(box: Iterable[float]) -> Box:
         raise ValueError(f"box must be 4 numbers (x, y, w, h), got {box!r}") from None
     if len(values) != 4:
         raise ValueError(f"box must be 4 numbers (x, y, w, h), got {len(values)}")
-    return values  # type: ignore[return-value]
+    return values
 
 
 def box_problem(box: Sequence[float], width: int, height: int) -> str:
@@ -54,7 +54,7 @@ def xywh_to_xyxy(box: Sequence[float]) -> Box:
     return (x, y, x + w, y + h)
 
 
-def xyxy_to_xywh(box: Sequence[float]) -> Box:
+def xyxy_to_xywh(box: Union[Sequence[float], np.ndarray]) -> Box:
     x1, y1, x2, y2 = box
     return (x1, y1, x2 - x1, y2 - y1)
 

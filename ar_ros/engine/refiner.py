@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Dict, Hashable, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Hashable, Iterable, List, Mapping, Optional, Sequence, Tuple, Union, cast
 
 import numpy as np
 import torch
@@ -282,6 +282,7 @@ class Refiner:
                 height, width = jobs[j][0].shape[:2]
                 crop_box = crop_boxes[i]
                 if fused:
+                    assert maps is not None  # fused implies with_mask
                     mask_box = logits_mask_box(maps[i], self.input_size, self.mask_threshold) if logits else \
                         crop_mask_box(maps[i], self.mask_threshold)
                     if mask_box is not None:
@@ -290,7 +291,8 @@ class Refiner:
                 quality = (float(host["quality"][i]), float(host["base_quality"][i])) if self.runner.quality \
                     else None
                 outputs[j][tid] = self._result(base, win, crop_box, float(scores[i]),
-                                               maps[i] if mask else None, height, width, quality)
+                                               maps[i] if mask and maps is not None else None,  # mask: with_mask
+                                               height, width, quality)
                 if quality is not None:
                     state = self._lost.setdefault(tid, LostState())
                     state.lost_quality, state.lost_frames = self.lost_quality, self.lost_frames  # live values
@@ -300,7 +302,7 @@ class Refiner:
     def _result(self, base: Box, window: cropping.CropWindow, crop_xyxy: np.ndarray, score: float,
                 prob: Optional[np.ndarray], height: int, width: int,
                 quality: Optional[Tuple[float, float]] = None) -> Result:
-        refined = tuple(float(v) for v in window.box_to_frame(crop_xyxy))
+        refined = cast(Box, tuple(float(v) for v in window.box_to_frame(crop_xyxy)))  # (4,) -> 4 floats
         if quality is not None:  # a quality head: the score is the predicted IoU of the refined box
             score = quality[0]
         reason = self._implausible(base, refined, score, width, height)
@@ -314,7 +316,7 @@ class Refiner:
             kept, why = not reason and 0.0 < self.keep_iou < iou(base, refined), ""
         res = Result(box=base if reason or kept else refined, score=score, base_box=base, fallback=bool(reason),
                      reason=reason or (why if kept else ""), raw_box=refined, kept=kept,
-                     base_quality=None if quality is None else quality[1])  # type: ignore[arg-type]
+                     base_quality=None if quality is None else quality[1])
         if prob is not None:
             res.mask = cropping.paste_mask(prob, window, height, width)
             x1 = max(int(math.floor(window.x0)), 0)

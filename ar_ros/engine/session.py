@@ -14,7 +14,7 @@ Not thread-safe: callers that share a session between threads hold their own loc
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Hashable, List, Mapping, Optional, Sequence, Tuple, cast
 
 import numpy as np
 
@@ -58,6 +58,10 @@ class RefineSession:
 
     def _key(self, tid: str) -> Hashable:
         return tid if self.namespace is None else (self.namespace, tid)
+
+    def _tid(self, key: Hashable) -> str:
+        """The target id of a refiner key made by :meth:`_key`."""
+        return cast(str, key) if self.namespace is None else cast(Tuple[str, str], key)[1]
 
     def _known(self) -> List[str]:
         """Ids of this session that have a template (anonymous ones included)."""
@@ -123,7 +127,7 @@ class RefineSession:
         """Second half of :meth:`step`: file the refiner's results (keyed as in ``step.bases``)."""
         refined = {}
         for key in step.bases:
-            tid = key if self.namespace is None else key[1]
+            tid = self._tid(key)
             refined[tid] = results[key]
             if tid.startswith(ANONYMOUS_PREFIX):
                 self.refiner.clear(key)
