@@ -18,10 +18,13 @@ where a layer's numbers are ill-conditioned for it, and only there.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Set
+from typing import List, Optional, Set, TypeVar
 
 import torch
 from torch import nn
+
+#: A network changed in place and returned: the caller gets back the type it passed.
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 #: Convolutions whose largest folded |weight| (and, where the precision rounds biases, |bias|) exceeds
 #: this run in fp32.
@@ -85,7 +88,7 @@ class Float32(nn.Module):
         return y if self.out_dtype is None else y.to(self.out_dtype)
 
 
-def cast_keeping_fp32(net: nn.Module, dtype: torch.dtype, keep: Set[nn.Conv2d]) -> nn.Module:
+def cast_keeping_fp32(net: ModuleT, dtype: torch.dtype, keep: Set[nn.Conv2d]) -> ModuleT:
     """Cast ``net`` to ``dtype`` in place, each convolution of ``keep`` wrapped in :class:`Float32` (its
     fp32 weights as they were, not rounded; score convolutions of the corner head return fp32)."""
     scores = set(score_convolutions(getattr(net, "corner_head", None)))
@@ -101,6 +104,6 @@ def cast_keeping_fp32(net: nn.Module, dtype: torch.dtype, keep: Set[nn.Conv2d]) 
     with torch.no_grad():
         for m, (w, b) in weights.items():
             m.weight.data = w
-            if b is not None:
+            if b is not None and m.bias is not None:  # b is m's own bias, cloned above
                 m.bias.data = b
     return net

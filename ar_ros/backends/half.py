@@ -15,12 +15,11 @@ previous choice) misses that bound.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from .fp32_layers import FP32_WEIGHT_LIMIT, cast_keeping_fp32, fp32_convolutions
+from .fp32_layers import FP32_WEIGHT_LIMIT, ModuleT, cast_keeping_fp32, fp32_convolutions
 
 
-def to_fp16(net: nn.Module, weight_limit: float = FP32_WEIGHT_LIMIT, stem: bool = True) -> nn.Module:
+def to_fp16(net: ModuleT, weight_limit: float = FP32_WEIGHT_LIMIT, stem: bool = True) -> ModuleT:
     """Cast ``net`` (folded, on its device) to fp16 in place, keeping the fp32 layers; returns it.
 
     ``weight_limit=math.inf, stem=False`` keeps only the score convolutions in fp32 (for comparison).
@@ -29,7 +28,7 @@ def to_fp16(net: nn.Module, weight_limit: float = FP32_WEIGHT_LIMIT, stem: bool 
     return cast_keeping_fp32(net, torch.float16, keep)
 
 
-def all_fp16(net: nn.Module) -> nn.Module:
+def all_fp16(net: ModuleT) -> ModuleT:
     """Every layer in fp16 (the soft-argmax still takes its map in fp32): what :func:`to_fp16` replaces,
     kept for comparison in tests and the GPU check."""
     return net.half()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -36,7 +36,8 @@ def export_onnx(net: AlphaRefineNet, out_dir: Union[str, Path], source: str = ""
     """Write the four graphs (:data:`FILES`) and a manifest into ``out_dir``; returns the directory."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    net = net.float().eval().to("cpu", memory_format=torch.contiguous_format)
+    # ignore: torch's stubs leave memory_format out of Module.to's overloads
+    net = net.float().eval().to("cpu", memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     size = net.config.input_size
     images = torch.zeros(2, 3, size, size)
     with torch.no_grad():
@@ -44,13 +45,15 @@ def export_onnx(net: AlphaRefineNet, out_dir: Union[str, Path], source: str = ""
     batch = {0: "batch"}
     searches = {"search_box": SearchTensors(net, False), "search_mask": SearchTensors(net, True),
                 "search_fused": SearchTensors(net, True, mask_logits=True)}
-    jobs = [(_Template(net), (images,), FILES["template"], ["images"], ["kernels"])]
+    # (module, its inputs, file name, input names, output names)
+    jobs: List[Tuple[nn.Module, Tuple[torch.Tensor, ...], str, List[str], List[str]]] = [
+        (_Template(net), (images,), FILES["template"], ["images"], ["kernels"])]
     jobs += [(module, (images, kernels), FILES[graph], ["images", "kernels"], list(module.output_names))
              for graph, module in searches.items()]
     import inspect
     import warnings
     # the TorchScript exporter: torch >= 2.9 defaults to the dynamo one; torch < 2.5 (JetPack 6) has no switch
-    legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+    legacy: Dict[str, Any] = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
     for module, args, name, inputs, outputs in jobs:
         module.eval()  # the exporter restores the wrapper's mode afterwards; it must be eval
         with warnings.catch_warnings():
@@ -71,7 +74,7 @@ def max_box_difference(net: AlphaRefineNet, model_dir: Union[str, Path], batch: 
     size = net.config.input_size
     images = torch.randn(batch, 3, size, size, generator=gen)
     backend = OnnxRuntimeBackend(model_dir)
-    net = net.float().eval().to("cpu", memory_format=torch.contiguous_format)
+    net = net.float().eval().to("cpu", memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     with torch.no_grad():
         ref = net.search(images, net.template(images))["boxes"]
     ort_boxes = backend.search(images, backend.template(images))["boxes"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 from typing import Any, Dict, Optional
 
 import torch
-from torch import nn
 
+from ..model import AlphaRefineNet
 from ..model.fuse import fold_batchnorm as fold_batchnorm_layers
 from .base import SearchBackend
 
@@ -21,7 +21,7 @@ class TorchBackend(SearchBackend):
 
     name = "torch"
 
-    def __init__(self, net: nn.Module, device: torch.device, precision: str = "fp32", channels_last: bool = True,
+    def __init__(self, net: AlphaRefineNet, device: torch.device, precision: str = "fp32", channels_last: bool = True,
                  fold_batchnorm: bool = True, meta: Optional[Dict[str, Any]] = None, precision_note: str = "") -> None:
         net.eval()
         if fold_batchnorm:
@@ -38,13 +38,14 @@ class TorchBackend(SearchBackend):
         self.mask_logits = device.type == "cuda"
         self.net = self.prepare(net)
 
-    def prepare(self, net: nn.Module) -> nn.Module:
+    def prepare(self, net: AlphaRefineNet) -> AlphaRefineNet:
         """The network as this backend runs it (subclasses rewrite it for speed). fp16 (CUDA, or CPU to
         check its numerics) keeps the layers of :func:`~.half.to_fp16` in fp32."""
         if self.precision == "fp16":
             from .half import to_fp16
-            return to_fp16(net.to(self.device, memory_format=self.memory_format))
-        return net.to(self.device, dtype=self.input_dtype, memory_format=self.memory_format)
+            # ignore (both lines): torch's stubs leave memory_format out of Module.to's overloads
+            return to_fp16(net.to(self.device, memory_format=self.memory_format))  # type: ignore[call-overload]
+        return net.to(self.device, dtype=self.input_dtype, memory_format=self.memory_format)  # type: ignore[call-overload]
 
     def template(self, images: torch.Tensor) -> torch.Tensor:
         return self.net.template(images)

@@ -6,8 +6,8 @@ import warnings
 from typing import Any, Dict, Optional, Sequence
 
 import torch
-from torch import nn
 
+from ...model import AlphaRefineNet
 from ..torch_eager import TorchBackend
 from .bf16 import to_bf16, to_bf16_plain
 from .graphs import SearchGraphs, graphs_available
@@ -21,15 +21,15 @@ class TorchCpuBackend(TorchBackend):
     packed network. bf16 graphs compute boxes only: a bf16 search with a mask takes the mask from the
     packed network and the boxes from the graph, so asking for masks does not move the boxes."""
 
-    def __init__(self, net: nn.Module, precision: str = "fp32", graphs: bool = True,
+    def __init__(self, net: AlphaRefineNet, precision: str = "fp32", graphs: bool = True,
                  meta: Optional[Dict[str, Any]] = None, precision_note: str = "") -> None:
         self.graphs: Optional[SearchGraphs] = None
         self.use_graphs = graphs and graphs_available() and not is_prepared(net)
         super().__init__(net, torch.device("cpu"), precision, channels_last=True, fold_batchnorm=True, meta=meta,
                          precision_note=precision_note)
 
-    def prepare(self, net: nn.Module) -> nn.Module:
-        net = net.to(memory_format=self.memory_format)
+    def prepare(self, net: AlphaRefineNet) -> AlphaRefineNet:
+        net = net.to(memory_format=self.memory_format)  # type: ignore[call-overload]  # not in torch's stubs
         if self.precision == "bf16":
             plain = to_bf16_plain(net) if self.use_graphs else None
             net = to_bf16(net)

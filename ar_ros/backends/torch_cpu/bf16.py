@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import copy
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ..fp32_layers import FP32_WEIGHT_LIMIT, cast_keeping_fp32, fp32_convolutions
 from .packing import _merge_corner_towers, _pack_convolutions
+
+if TYPE_CHECKING:
+    from ...model import AlphaRefineNet
 
 
 def _cast_bf16(net: nn.Module, fp32_bias: bool, fp32_weight_limit: float, merge_corner_towers: bool) -> dict:
@@ -22,8 +26,8 @@ def _cast_bf16(net: nn.Module, fp32_bias: bool, fp32_weight_limit: float, merge_
     return biases
 
 
-def to_bf16(net: nn.Module, fuse_blocks: bool = True, fp32_bias: bool = True,
-            fp32_weight_limit: float = FP32_WEIGHT_LIMIT, merge_corner_towers: bool = True) -> nn.Module:
+def to_bf16(net: AlphaRefineNet, fuse_blocks: bool = True, fp32_bias: bool = True,
+            fp32_weight_limit: float = FP32_WEIGHT_LIMIT, merge_corner_towers: bool = True) -> AlphaRefineNet:
     """Cast a (folded, channels_last, CPU) network to bf16 for inference, in place, convolutions packed.
 
     Kept in fp32, where bf16 moves boxes:
@@ -44,7 +48,7 @@ def to_bf16(net: nn.Module, fuse_blocks: bool = True, fp32_bias: bool = True,
     return net
 
 
-def to_bf16_plain(net: nn.Module, fp32_weight_limit: float = FP32_WEIGHT_LIMIT) -> nn.Module:
+def to_bf16_plain(net: AlphaRefineNet, fp32_weight_limit: float = FP32_WEIGHT_LIMIT) -> AlphaRefineNet:
     """A bf16 copy of a folded fp32 network with ordinary convolutions (what the graph fuser understands:
     aten convolutions take bf16 biases only), the same layers kept in fp32 as :func:`to_bf16`'s."""
     plain = copy.deepcopy(net)

@@ -7,12 +7,16 @@ else in ar_ros.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, Optional, Tuple, cast
 
 import torch
 from torch import nn
 
 from ..fp32_layers import Float32 as _Float32  # the fp32 islands of a reduced-precision network
+
+if TYPE_CHECKING:
+    from ...model import AlphaRefineNet
+    from ...model.heads import CornerHead, FineCorner
 
 
 class _PackedConv(nn.Module):
@@ -102,7 +106,7 @@ class _MergedCornerHead(nn.Module):
     stride-8 head's two :class:`~ar_ros.model.heads.FineCorner` branches are merged the same way (one
     upsampling of both towers' maps, one call per layer)."""
 
-    def __init__(self, head: nn.Module) -> None:
+    def __init__(self, head: CornerHead) -> None:
         super().__init__()
         self.stride = head.stride
         self.fine_channels = head.fine_channels
@@ -116,7 +120,7 @@ class _MergedCornerHead(nn.Module):
                 self.score = conv
         self.towers = nn.Sequential(*layers)
         if self.fine_channels:
-            tl, br = head.fine_tl, head.fine_br
+            tl, br = cast("FineCorner", head.fine_tl), cast("FineCorner", head.fine_br)  # set by name
             conv, rest = self._merge(tl.skip, br.skip, False)
             self._check(rest, [])
             self.fine_skip = conv
@@ -129,16 +133,22 @@ class _MergedCornerHead(nn.Module):
     def _merge(tl: nn.Module, br: nn.Module, grouped: bool) -> tuple:
         """One convolution computing both corners' (``grouped``: each on its own half of the input), and
         what followed the tl convolution in its ``nn.Sequential``."""
-        (a, *rest_a), (b, *rest_b) = (list(tl) if isinstance(tl, nn.Sequential) else [tl],
-                                      list(br) if isinstance(br, nn.Sequential) else [br])
+        (first_a, *rest_a), (first_b, *rest_b) = (list(tl) if isinstance(tl, nn.Sequential) else [tl],
+                                                  list(br) if isinstance(br, nn.Sequential) else [br])
         if [type(m) for m in rest_a] != [type(m) for m in rest_b]:
             raise ValueError("the two corner towers differ")
+        # each tower starts with a convolution (anything else fails on its attributes, as the caller expects)
+        a, b = cast(nn.Conv2d, first_a), cast(nn.Conv2d, first_b)
         groups = 2 if grouped else 1
-        conv = nn.Conv2d(a.in_channels * groups, 2 * a.out_channels, a.kernel_size, a.stride, a.padding,
-                         a.dilation, groups=groups, bias=a.bias is not None).to(a.weight.dtype)
+        # ignore: torch's stubs declare a convolution's geometry as tuple[int, ...], Conv2d's arguments as pairs
+        conv = nn.Conv2d(a.in_channels * groups, 2 * a.out_channels, a.kernel_size, a.stride,  # type: ignore[arg-type]
+                         a.padding, a.dilation, groups=groups,  # type: ignore[arg-type]
+                         bias=a.bias is not None).to(a.weight.dtype)
         with torch.no_grad():
             conv.weight.copy_(torch.cat([a.weight, b.weight]))
             if a.bias is not None:
+                if conv.bias is None or b.bias is None:  # conv has one (bias=True above); b may not
+                    raise TypeError("one corner tower's convolution has a bias, the other's not")
                 conv.bias.copy_(torch.cat([a.bias, b.bias]))
         return conv, rest_a
 
@@ -196,14 +206,16 @@ def _fuse_blocks(net: nn.Module, shapes: dict, biases: dict) -> int:
         if down is None:
             return True, None
         if isinstance(down, nn.Sequential) and len(down) == 2 and _identity(down[1]) and can(down[0]):
-            return True, packed(down[0])
+            return True, packed(cast(nn.Conv2d, down[0]))  # can(): a measured Conv2d
         return False, None
 
     fused = 0
     for parent in list(net.modules()):
         if isinstance(parent, ResNet) and _identity(parent.bn1) and type(parent.relu) is nn.ReLU \
                 and can(parent.conv1):
-            parent.conv1, parent.relu = packed(parent.conv1, "relu"), nn.Identity()  # relu: the stem's only
+            # relu: the stem's only (setattr: the attributes' declared types are the unfused ones)
+            setattr(parent, "conv1", packed(parent.conv1, "relu"))
+            setattr(parent, "relu", nn.Identity())
             fused += 1
         for name, block in list(parent._modules.items()):
             new: Optional[nn.Module] = None
@@ -222,7 +234,7 @@ def _fuse_blocks(net: nn.Module, shapes: dict, biases: dict) -> int:
                     and _identity(block.conv[-1]) and can(block.conv[-2]):
                 body = nn.Sequential(*list(block.conv)[:-2])
                 _pack_sequential(body, shapes, biases)
-                new = _FusedInvertedResidual(body, packed(block.conv[-2]))
+                new = _FusedInvertedResidual(body, packed(cast(nn.Conv2d, block.conv[-2])))  # can(): a Conv2d
             if new is not None:
                 parent._modules[name] = new
                 fused += 1
@@ -247,14 +259,15 @@ def _pack_sequential(parent: nn.Module, shapes: dict, biases: dict) -> int:
             skip = 1 if after and isinstance(after[0], nn.Identity) else 0
             if len(after) > skip and _act_name(after[skip]):
                 act_at, act = names[i + 1 + skip], _act_name(after[skip])
-        holder._modules[key] = _PackedConv(conv, shapes[conv], act, biases.get(conv))
+        # shapes holds only the Conv2d layers seen in the dry pass
+        holder._modules[key] = _PackedConv(cast(nn.Conv2d, conv), shapes[conv], act, biases.get(conv))
         if act_at is not None:
             parent._modules[act_at] = nn.Identity()
         packed += 1
     return packed
 
 
-def _pack_convolutions(net: nn.Module, fuse_blocks: bool = True, biases: Optional[dict] = None,
+def _pack_convolutions(net: AlphaRefineNet, fuse_blocks: bool = True, biases: Optional[dict] = None,
                        dtype: torch.dtype = torch.bfloat16) -> int:
     """Replace the ``Conv2d`` layers by :class:`_PackedConv` (bf16 ones, and fp32 ones inside
     :class:`_Float32`), fusing the activation that follows one in an ``nn.Sequential`` and, with
@@ -288,7 +301,7 @@ def is_prepared(net: nn.Module) -> bool:
     return any(isinstance(m, (_PackedConv, _MergedCornerHead)) for m in net.modules())
 
 
-def pack_fp32(net: nn.Module) -> nn.Module:
+def pack_fp32(net: AlphaRefineNet) -> AlphaRefineNet:
     """The fp32 CPU path: every convolution of a folded, channels_last fp32 network as a oneDNN-packed one
     (:class:`_PackedConv`), with the activation after it and the residual adds of the ResNet / MobileNetV2
     blocks inside the call, as bf16 does (in place; unchanged where this torch lacks those operators).
