@@ -166,7 +166,8 @@ class RefinerNode(LifecycleNode):
         try:
             import torch
             if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+                with self.refiner_lock:  # never while a pass (or a CUDA graph capture in warm-up) runs
+                    torch.cuda.empty_cache()
         except ImportError:  # pragma: no cover
             pass
         return super().on_deactivate(state)
