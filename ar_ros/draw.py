@@ -152,7 +152,7 @@ def video_codec() -> str:
         saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
         os.dup2(null, 2)
         try:
-            probe = cv2.VideoWriter(os.path.join(tmp, "probe.mp4"), cv2.VideoWriter_fourcc(*"avc1"), 10, (64, 48))
+            probe = cv2.VideoWriter(os.path.join(tmp, "probe.mp4"), _fourcc("avc1"), 10, (64, 48))
             ok = probe.isOpened()
             probe.release()
         finally:
@@ -167,9 +167,15 @@ def video_codec() -> str:
     return "mp4v"
 
 
+def _fourcc(code: str) -> int:
+    """OpenCV's four-character code of a codec, in the spelling OpenCV 4 and 5 both have (the stubs
+    shipped with OpenCV 5 list only ``cv2.VideoWriter.fourcc``)."""
+    return cv2.VideoWriter_fourcc(*code)  # type: ignore[attr-defined]
+
+
 def open_video(path: Union[str, Path], fps: float, size: Tuple[int, int]) -> cv2.VideoWriter:
     """An .mp4 writer for BGR frames of ``size`` (width, height), in the best codec this OpenCV has."""
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*video_codec()), fps, size)
+    writer = cv2.VideoWriter(str(path), _fourcc(video_codec()), fps, size)
     if not writer.isOpened():
         raise OSError(f"{path}: OpenCV cannot open a video writer ({video_codec()})")
     return writer

@@ -3,7 +3,7 @@ oracle: a box that is already right, which refinement must not spoil), and real 
 from __future__ import annotations
 
 import math
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, cast
 
 import numpy as np
 
@@ -34,13 +34,13 @@ def jittered_gt(gt: Sequence[Box], seed: int, scale: float = 0.25, center: float
     out: List[Optional[Box]] = []
     for i, box in enumerate(gt):
         present = box is not None and box[2] > 0 and box[3] > 0
-        out.append(None if not present else tuple(box) if i == 0 else jitter(box, rng, scale, center))
+        out.append(None if not present else cast(Box, tuple(box)) if i == 0 else jitter(box, rng, scale, center))
     return out
 
 
 def oracle(gt: Sequence[Box]) -> List[Optional[Box]]:
     """The ground truth itself as the base box; absent GT (empty box) stays absent (None)."""
-    return [tuple(box) if box is not None and box[2] > 0 and box[3] > 0 else None for box in gt]
+    return [cast(Box, tuple(box)) if box is not None and box[2] > 0 and box[3] > 0 else None for box in gt]
 
 
 def check_loop(base: str, loop: str) -> None:

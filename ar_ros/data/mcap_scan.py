@@ -187,6 +187,7 @@ class ScanReader:
         wanted = {c.id for c in connections} or {c.id for c in self.connections}
         for path in self.paths:
             for conn, t, data in self._scan(path, first=False):
+                assert data is not None  # first=False: every message carries its bytes
                 if conn.id in wanted:
                     yield conn, t, data
 

@@ -1,7 +1,7 @@
 """OpenCV single-object trackers (CSRT, KCF, MIL) behind one small interface, used as base trackers."""
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple, cast
 
 import cv2
 import numpy as np
@@ -10,7 +10,7 @@ Box = Tuple[float, float, float, float]
 OPENCV_TRACKERS = ("csrt", "kcf", "mil")
 
 
-def create_opencv_tracker(kind: str):
+def create_opencv_tracker(kind: str) -> Any:
     """A fresh OpenCV tracker (CSRT and KCF need opencv-contrib)."""
     kind = kind.lower()
     names = {"csrt": "TrackerCSRT_create", "kcf": "TrackerKCF_create", "mil": "TrackerMIL_create"}
@@ -48,7 +48,7 @@ class OpenCVTracker:
 
     def __init__(self, kind: str = "csrt") -> None:
         self.kind = kind
-        self._tracker = None
+        self._tracker: Any = None  # an OpenCV tracker (cv2 has no type hints); None before init()
         self.last: Optional[Box] = None
         self.reseeds = 0  # times reseed() re-initialised the tracker
         self.failed_reseeds = 0  # boxes OpenCV refused to start on (the tracker went on unchanged)
@@ -61,7 +61,7 @@ class OpenCVTracker:
         x1, width = _inside(x, w, rgb.shape[1])
         y1, height = _inside(y, h, rgb.shape[0])
         self._tracker.init(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), (x1, y1, width, height))
-        self.last = tuple(float(v) for v in box)  # type: ignore[assignment]
+        self.last = (x, y, w, h)
 
     def reseed(self, rgb: np.ndarray, box: Box) -> bool:
         """The closed loop: the next :meth:`update` starts from ``box`` on ``rgb`` (e.g. the refined box).
@@ -90,6 +90,6 @@ class OpenCVTracker:
             raise RuntimeError("call init() first")
         ok, box = self._tracker.update(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
         if ok and box[2] > 0 and box[3] > 0:
-            self.last = tuple(float(v) for v in box)  # type: ignore[assignment]
+            self.last = cast(Box, tuple(float(v) for v in box))  # OpenCV's (x, y, w, h)
             return self.last
         return None

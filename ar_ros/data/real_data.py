@@ -259,6 +259,7 @@ def _members(archive: Path):
     """Yield (member path, readable file) of a .deb (data part, streamed) or a wheel/zip."""
     if archive.suffix == ".deb":
         proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(archive)], stdout=subprocess.PIPE)
+        assert proc.stdout is not None  # stdout=PIPE
         try:
             with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
                 for info in tar:
@@ -323,8 +324,10 @@ def _extract(src: Source, archive: Path, root: Path, say: Callable[[str], None])
 
 
 def _complete(entry: Optional[Dict], root: Path) -> bool:
-    return bool(entry) and all((root / rel).is_file() and (root / rel).stat().st_size == info["bytes"]
-                               for rel, info in entry["files"].items())
+    if not entry:
+        return False
+    return all((root / rel).is_file() and (root / rel).stat().st_size == info["bytes"]
+               for rel, info in entry["files"].items())
 
 
 def _write_readme(root: Path, manifest: Dict) -> None:
@@ -372,7 +375,7 @@ def fetch(dest: Optional[os.PathLike] = None, progress: bool = True, opencv_deb:
             say(f"{head}: unpacking {archive.name} ({archive.stat().st_size / 1e6:.1f} MB)")
             entry = _extract(src, archive, root, say)
         manifest["sources"][src.name] = entry
-        uses = {}
+        uses: Dict[str, int] = {}
         for info in entry["files"].values():
             uses[info["use"]] = uses.get(info["use"], 0) + 1
         say(f"{head}: {', '.join(f'{n} {u}' for u, n in sorted(uses.items()))} file(s)")

@@ -26,7 +26,7 @@ errors of equal size the mean box is off by about disagreement / 2 per side.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -193,7 +193,7 @@ def link(per_frame: Sequence[FrameBlobs], cfg: GTConfig) -> List[Track]:
                 continue
             tr.boxes[t], tr.reasons[t], tr.disagreement[t], tr.last = fb.boxes[j], fb.reason[j], \
                 fb.disagreement[j], t
-        still = []
+        still: List[Track] = []
         for tr in active:
             (done if id(tr) in ended or t - tr.last > cfg.max_gap else still).append(tr)
         active = still
@@ -218,14 +218,15 @@ def _size_check(tr: Track, cfg: GTConfig) -> None:
 def sequences_from_tracks(tracks: List[Track], cfg: GTConfig) -> Tuple[List[Dict], np.ndarray]:
     """Tracks with >= ``min_frames`` trusted frames, as {start, boxes (x,y,w,h or None per frame)}, and
     the two methods' per-side disagreement (px, trusted frames x 4 sides)."""
-    out, pooled = [], []
+    out: List[Dict[str, Any]] = []
+    pooled: List[np.ndarray] = []
     for tr in tracks:
         _size_check(tr, cfg)
         trusted = sorted(t for t, r in tr.reasons.items() if r == "")
         if len(trusted) < cfg.min_frames:
             continue
         t0, t1 = trusted[0], trusted[-1]
-        boxes = []
+        boxes: List[Optional[List[float]]] = []
         for t in range(t0, t1 + 1):
             if tr.reasons.get(t) == "":
                 x1, y1, x2, y2 = (float(v) for v in tr.boxes[t])
@@ -268,7 +269,7 @@ def generate(frames: Callable[[], Iterable[np.ndarray]], cfg: GTConfig = GTConfi
             per_frame.append(classify(_blobs(ma, cfg.min_area), _blobs(mb, cfg.min_area), width, height, cfg))
             bar.update()
     seqs, dis = sequences_from_tracks(link(per_frame, cfg), cfg)
-    stats = {"sequences": len(seqs), "trusted_frames": int(sum(s["trusted"] for s in seqs)),
+    stats: Dict[str, Any] = {"sequences": len(seqs), "trusted_frames": int(sum(s["trusted"] for s in seqs)),
              "absent_frames": int(sum(len(s["boxes"]) - s["trusted"] for s in seqs))}
     if seqs:
         stats["disagreement_px"] = _spread(dis)

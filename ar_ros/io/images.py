@@ -147,7 +147,7 @@ def parse_compressed_format(fmt: str) -> Tuple[str, str]:
 def compressed_size(data: Any) -> Tuple[int, int]:
     """(width, height) of PNG or JPEG data, read from its header (PNG IHDR, JPEG frame header) without
     decoding; ``ImageError`` for other data or a header that cannot be read."""
-    view = memoryview(_as_bytes_array(data))  # indexing gives ints
+    view = _as_bytes_array(data).data  # a memoryview of the array; indexing gives ints
     if bytes(view[:8]) == _PNG_SIGNATURE:
         if len(view) < 24 or bytes(view[12:16]) != b"IHDR":
             raise ImageError(f"PNG without its IHDR header ({len(view)} bytes): corrupt or truncated")
@@ -196,7 +196,7 @@ def compressed_to_rgb(msg: Any) -> np.ndarray:
         raise ImageError(f"cannot decode compressed image ({buf.size} bytes, format '{msg.format}'): "
                          "corrupt or truncated")
     if img.dtype == np.uint16:
-        img = (img >> 8).astype(np.uint8)
+        img = np.right_shift(img, 8).astype(np.uint8)  # img >> 8 (the stubs' >> excludes float dtypes)
     if img.ndim == 2:
         return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
     if img.shape[2] == 4:
