@@ -122,7 +122,7 @@ def test_fused_residual_blocks_equal_the_unfused_bf16_network(backbone, depth):
             m.running_mean.uniform_(-0.2, 0.2)
             m.running_var.uniform_(0.5, 2.0)
     fused, unfused, fp32 = bf16_copy(net), bf16_copy(net, fuse_blocks=False), bf16_copy(net, fp32=True)
-    blocks = (packing._FusedBasicBlock, packing._FusedBottleneck, packing._FusedInvertedResidual)
+    blocks = (packing._FusedResidual,)
     residual = sum(type(m) in (BasicBlock, Bottleneck) or (type(m) is InvertedResidual and m.use_res_connect)
                    for m in net.modules())
     assert residual > 0 and sum(isinstance(m, blocks) for m in fused.modules()) == residual
@@ -157,7 +157,7 @@ def test_convolutions_with_large_folded_weights_and_all_biases_stay_fp32(small_n
     assert float(wide.weight.detach().abs().max()) > bf16_module.FP32_WEIGHT_LIMIT
     bf16 = bf16_copy(net)
     kept = bf16.feature_extractor.layer1[0]
-    assert not isinstance(kept, packing._FusedBasicBlock)  # its conv1 runs in fp32, so it is not fused
+    assert not isinstance(kept, packing._FusedResidual)  # its conv1 runs in fp32, so it is not fused
     assert isinstance(kept.conv1, packing._Float32) and kept.conv1.out_dtype == torch.bfloat16
     conv = kept.conv1.module
     assert isinstance(conv, packing._PackedConv) and conv.packed.dtype == torch.float32

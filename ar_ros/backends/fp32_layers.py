@@ -3,7 +3,7 @@
 One rule for every reduced precision (fp16 on CUDA or CPU, bf16 on CPU): a half-width float moves boxes
 where a layer's numbers are ill-conditioned for it, and only there.
 
-- The corner heads' score convolutions (``conv5_*``, the merged ``score``, the fine branches' ``out``):
+- The corner heads' score convolutions (what the head lists in ``score_convs()``):
   their output is the map the soft-argmax takes an expectation over; its rounding moves corners directly
   (one 1x1 convolution to one channel: no measurable time in fp32).
 - Convolutions with *wide* folded weights or biases: folding a BatchNorm with a near-zero variance
@@ -18,7 +18,7 @@ where a layer's numbers are ill-conditioned for it, and only there.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Set, TypeVar
+from typing import List, Optional, Protocol, Set, TypeVar, cast
 
 import torch
 from torch import nn
@@ -31,14 +31,16 @@ ModuleT = TypeVar("ModuleT", bound=nn.Module)
 FP32_WEIGHT_LIMIT = 32.0
 
 
+class ScoredHead(Protocol):
+    """A corner head that says which of its convolutions make the score maps (``CornerHead``, the merged CPU
+    head)."""
+
+    def score_convs(self) -> List[nn.Conv2d]: ...
+
+
 def score_convolutions(head: Optional[nn.Module]) -> List[nn.Conv2d]:
     """The convolutions of a corner head whose outputs are score maps (the soft-argmax's input)."""
-    if head is None:
-        return []
-    convs = [getattr(head, n) for n in ("conv5_tl", "conv5_br", "score", "fine_out")
-             if isinstance(getattr(head, n, None), nn.Conv2d)]
-    convs += [getattr(head, n).out for n in ("fine_tl", "fine_br") if hasattr(head, n)]
-    return convs
+    return list(cast(ScoredHead, head).score_convs()) if head is not None else []
 
 
 def is_wide(conv: nn.Conv2d, limit: float = FP32_WEIGHT_LIMIT, bias: bool = True) -> bool:

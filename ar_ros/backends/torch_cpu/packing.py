@@ -7,7 +7,7 @@ else in ar_ros.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Dict, Optional, Tuple, cast
+from typing import TYPE_CHECKING, Dict, List, Optional, cast
 
 import torch
 from torch import nn
@@ -16,7 +16,7 @@ from ..fp32_layers import Float32 as _Float32  # the fp32 islands of a reduced-p
 
 if TYPE_CHECKING:
     from ...model import AlphaRefineNet
-    from ...model.heads import CornerHead, FineCorner
+    from ...model.heads import CornerHead
 
 
 class _PackedConv(nn.Module):
@@ -62,40 +62,22 @@ class _PackedConv(nn.Module):
                                                               "add", None, unary, self.scalars, "")
 
 
-class _FusedBasicBlock(nn.Module):
-    """ResNet BasicBlock: conv1 with its ReLU, conv2 with the residual add and the ReLU after it."""
+class _FusedResidual(nn.Module):
+    """A residual block as the block describes itself (``model.fuse.ResidualChain``), run as packed
+    convolutions: its body as it is, each convolution with its activation inside the call, the last one
+    with the residual add (and the activation after it) inside the call as well."""
 
-    def __init__(self, conv1: _PackedConv, conv2: _PackedConv, downsample: Optional[nn.Module]) -> None:
+    def __init__(self, body: nn.Sequential, convs: List[_PackedConv], downsample: Optional[_PackedConv]) -> None:
         super().__init__()
-        self.conv1, self.conv2, self.downsample = conv1, conv2, downsample
+        self.body, self.convs, self.downsample = body, nn.ModuleList(convs), downsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        return self.conv2.add(self.conv1(x), identity)
-
-
-class _FusedBottleneck(nn.Module):
-    """ResNet Bottleneck: conv1 and conv2 with their ReLUs, conv3 with the residual add and the ReLU."""
-
-    def __init__(self, conv1: _PackedConv, conv2: _PackedConv, conv3: _PackedConv,
-                 downsample: Optional[nn.Module]) -> None:
-        super().__init__()
-        self.conv1, self.conv2, self.conv3, self.downsample = conv1, conv2, conv3, downsample
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        return self.conv3.add(self.conv2(self.conv1(x)), identity)
-
-
-class _FusedInvertedResidual(nn.Module):
-    """MobileNetV2 block with a residual: the layers before the projection, then the projection + add."""
-
-    def __init__(self, body: nn.Sequential, project: _PackedConv) -> None:
-        super().__init__()
-        self.body, self.project = body, project
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.project.add(self.body(x), x)
+        out = self.body(x)
+        *chain, last = self.convs
+        for conv in chain:
+            out = conv(out)
+        return cast(_PackedConv, last).add(out, identity)
 
 
 class _MergedCornerHead(nn.Module):
@@ -111,16 +93,18 @@ class _MergedCornerHead(nn.Module):
         self.stride = head.stride
         self.fine_channels = head.fine_channels
         layers: list = []
-        for i in range(1, 6):
-            conv, rest = self._merge(getattr(head, f"conv{i}_tl"), getattr(head, f"conv{i}_br"), i > 1)
-            if i < 5:
+        towers_tl, towers_br = head.towers()
+        for i, (layer_tl, layer_br) in enumerate(zip(towers_tl, towers_br)):
+            conv, rest = self._merge(layer_tl, layer_br, i > 0)
+            if i < len(towers_tl) - 1:
                 self._check(rest, [nn.ReLU])
                 layers += [conv, nn.ReLU(inplace=True)]
             else:
                 self.score = conv
         self.towers = nn.Sequential(*layers)
-        if self.fine_channels:
-            tl, br = cast("FineCorner", head.fine_tl), cast("FineCorner", head.fine_br)  # set by name
+        branches = head.fine_branches()
+        if branches is not None:
+            tl, br = branches
             conv, rest = self._merge(tl.skip, br.skip, False)
             self._check(rest, [])
             self.fine_skip = conv
@@ -151,6 +135,10 @@ class _MergedCornerHead(nn.Module):
                     raise TypeError("one corner tower's convolution has a bias, the other's not")
                 conv.bias.copy_(torch.cat([a.bias, b.bias]))
         return conv, rest_a
+
+    def score_convs(self) -> List[nn.Conv2d]:
+        """The convolutions whose outputs are score maps (as ``CornerHead.score_convs``)."""
+        return [self.score] + ([self.fine_out] if self.fine_channels else [])
 
     @staticmethod
     def _check(rest: list, want: list) -> None:
@@ -190,54 +178,33 @@ def _identity(module: Optional[nn.Module]) -> bool:
 
 
 def _fuse_blocks(net: nn.Module, shapes: dict, biases: dict) -> int:
-    """Replace the ResNet stem and blocks and the MobileNetV2 residual blocks whose BatchNorms are folded
-    by fused versions (activations and residual adds inside the convolutions); returns how many."""
-    from ...model.backbone import BasicBlock, Bottleneck, ResNet
-    from ...model.mobilenet import InvertedResidual
+    """Replace every block that says how it fuses (``model.fuse.FusableBlock`` / ``FusableStem``: the ResNet
+    stem and blocks, the MobileNetV2 residual blocks, once their BatchNorms are folded) by packed
+    convolutions with their activations and residual adds inside the calls; returns how many."""
+    from ...model.fuse import FusableBlock, FusableStem
 
-    def can(*convs: nn.Module) -> bool:  # bf16 convolutions (no _Float32) seen in the dry pass
-        return all(isinstance(conv, nn.Conv2d) and conv in shapes for conv in convs)
+    def can(*convs: Optional[nn.Module]) -> bool:  # convolutions run packed (no Float32) seen in the dry pass
+        return all(conv is None or (isinstance(conv, nn.Conv2d) and conv in shapes) for conv in convs)
 
     def packed(conv: nn.Conv2d, act: str = "none") -> _PackedConv:
         return _PackedConv(conv, shapes[conv], act, biases.get(conv))
 
-    def downsample_of(block: nn.Module) -> Tuple[bool, Optional[nn.Module]]:
-        down = block.downsample
-        if down is None:
-            return True, None
-        if isinstance(down, nn.Sequential) and len(down) == 2 and _identity(down[1]) and can(down[0]):
-            return True, packed(cast(nn.Conv2d, down[0]))  # can(): a measured Conv2d
-        return False, None
-
     fused = 0
     for parent in list(net.modules()):
-        if isinstance(parent, ResNet) and _identity(parent.bn1) and type(parent.relu) is nn.ReLU \
-                and can(parent.conv1):
-            # relu: the stem's only (setattr: the attributes' declared types are the unfused ones)
-            setattr(parent, "conv1", packed(parent.conv1, "relu"))
-            setattr(parent, "relu", nn.Identity())
+        owner = cast(FusableStem, parent) if isinstance(parent, FusableStem) else None
+        stem = owner.stem_fusion() if owner is not None else None
+        if owner is not None and stem is not None and can(stem.conv):
+            owner.use_fused_stem(packed(stem.conv, stem.act))
             fused += 1
-        for name, block in list(parent._modules.items()):
-            new: Optional[nn.Module] = None
-            if type(block) is BasicBlock and _identity(block.bn1) and _identity(block.bn2) \
-                    and type(block.relu) is nn.ReLU and can(block.conv1, block.conv2):
-                ok, down = downsample_of(block)
-                if ok:
-                    new = _FusedBasicBlock(packed(block.conv1, "relu"), packed(block.conv2, "relu"), down)
-            elif type(block) is Bottleneck and all(_identity(getattr(block, f"bn{i}")) for i in (1, 2, 3)) \
-                    and type(block.relu) is nn.ReLU and can(block.conv1, block.conv2, block.conv3):
-                ok, down = downsample_of(block)
-                if ok:
-                    new = _FusedBottleneck(packed(block.conv1, "relu"), packed(block.conv2, "relu"),
-                                           packed(block.conv3, "relu"), down)
-            elif type(block) is InvertedResidual and block.use_res_connect and len(block.conv) >= 2 \
-                    and _identity(block.conv[-1]) and can(block.conv[-2]):
-                body = nn.Sequential(*list(block.conv)[:-2])
-                _pack_sequential(body, shapes, biases)
-                new = _FusedInvertedResidual(body, packed(cast(nn.Conv2d, block.conv[-2])))  # can(): a Conv2d
-            if new is not None:
-                parent._modules[name] = new
-                fused += 1
+        for name, block in list(parent.named_children()):
+            chain = block.fusion() if isinstance(block, FusableBlock) else None
+            if chain is None or not can(*chain.convs, chain.downsample):
+                continue
+            _pack_sequential(chain.body, shapes, biases)
+            down = None if chain.downsample is None else packed(chain.downsample)
+            setattr(parent, name, _FusedResidual(chain.body, [packed(c, a) for c, a in zip(chain.convs, chain.acts)],
+                                                 down))
+            fused += 1
     return fused
 
 
