@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type, Union
+from typing import Callable, Dict, List, Literal, Mapping, Optional, Sequence, Tuple, Type, Union
 
 import torch
 from torch import nn
@@ -91,7 +91,7 @@ class Bottleneck(nn.Module):
         return ResidualChain([self.conv1, self.conv2, self.conv3], ["relu", "relu", "relu"], down or None)
 
 
-def _folded_downsample(down: Optional[nn.Module]) -> "Union[None, bool, nn.Conv2d]":
+def _folded_downsample(down: Optional[nn.Module]) -> "Union[None, Literal[False], nn.Conv2d]":
     """The downsample's convolution once its BatchNorm is folded; None without one; False otherwise."""
     if down is None:
         return None

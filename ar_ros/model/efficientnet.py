@@ -9,7 +9,7 @@ the ImageNet features by at most one input pixel; fine-tuning absorbs it, and th
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -33,6 +33,8 @@ class MBConvBlock(nn.Module):
         super().__init__()
         hidden = inp * expand_ratio
         self.id_skip = stride == 1 and inp == oup
+        self._expand_conv: Optional[nn.Module]  # both set, or both None (no expansion)
+        self._bn0: Optional[nn.Module]
         if expand_ratio != 1:
             self._expand_conv = nn.Conv2d(inp, hidden, 1, bias=False)
             self._bn0 = nn.BatchNorm2d(hidden, eps=BN_EPS)
@@ -45,7 +47,7 @@ class MBConvBlock(nn.Module):
         self.relu = nn.ReLU6(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = x if self._expand_conv is None else self.relu(self._bn0(self._expand_conv(x)))
+        out = x if self._expand_conv is None or self._bn0 is None else self.relu(self._bn0(self._expand_conv(x)))
         out = self.relu(self._bn1(self._depthwise_conv(out)))
         out = self._bn2(self._project_conv(out))
         return x + out if self.id_skip else out

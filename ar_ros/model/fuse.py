@@ -57,9 +57,9 @@ def fold_batchnorm(net: nn.Module) -> int:
         for name, child in list(module.named_children()):
             if not (isinstance(child, nn.BatchNorm2d) and (name.startswith("bn") or name in pairs)):
                 continue
-            conv = getattr(module, pairs.get(name, "conv" + name[2:]), None)
-            if isinstance(conv, nn.Conv2d):
-                fold_conv_bn(conv, child)
+            paired = getattr(module, pairs.get(name, "conv" + name[2:]), None)
+            if isinstance(paired, nn.Conv2d):
+                fold_conv_bn(paired, child)
                 setattr(module, name, nn.Identity())
                 folded += 1
     return folded

@@ -1,7 +1,7 @@
 """Corner head (two conv towers + soft-argmax) and the U-Net style mask head."""
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +62,7 @@ class FineCorner(nn.Module):
         self.mix = nn.Sequential(*conv_bn_relu(width, width, 3))
         self.out = nn.Conv2d(width, 1, kernel_size=1)
         nn.init.zeros_(self.out.weight)
+        assert self.out.bias is not None  # Conv2d's default bias=True
         nn.init.zeros_(self.out.bias)
 
     def forward(self, tower: torch.Tensor, coarse: torch.Tensor, fine: torch.Tensor) -> torch.Tensor:
@@ -114,14 +115,17 @@ class CornerHead(nn.Module):
 
     def fine_branches(self) -> Optional[Tuple["FineCorner", "FineCorner"]]:
         """The two stride-8 branches (top-left, bottom-right), or None for a stride-16 head."""
-        return (self.fine_tl, self.fine_br) if self.fine_channels else None  # type: ignore[return-value]
+        if not self.fine_channels:
+            return None
+        return cast(FineCorner, self.fine_tl), cast(FineCorner, self.fine_br)  # set by name in __init__
 
     def score_convs(self) -> List[nn.Conv2d]:
         """The convolutions whose outputs are the score maps the soft-argmax takes its expectation over (kept
         in fp32 by the reduced precisions: their rounding moves boxes)."""
         (*_, tl), (*_, br) = self.towers()
         fine = self.fine_branches()
-        return [tl, br] + ([fine[0].out, fine[1].out] if fine else [])  # type: ignore[list-item]
+        # the towers end with their score convolutions (towers())
+        return [cast(nn.Conv2d, tl), cast(nn.Conv2d, br)] + ([fine[0].out, fine[1].out] if fine else [])
 
     def _tower(self, x: torch.Tensor, corner: str, fine: Optional[torch.Tensor]) -> torch.Tensor:
         for i in range(1, 5):

@@ -65,7 +65,7 @@ class MobileNetV2(nn.Module):
 
     def stage_modules(self, last: str) -> List[nn.Module]:
         """The modules that compute every map up to and including ``last`` (to freeze them)."""
-        return list(self.features[:STAGE_ENDS[last] + 1])
+        return list(self.features)[:STAGE_ENDS[last] + 1]
 
     def forward(self, x: torch.Tensor, outputs: Sequence[str] = ("layer3",)) -> Dict[str, torch.Tensor]:
         """Run up to the deepest requested map and return the requested maps by name."""

@@ -1,7 +1,7 @@
 """What the backbones share: weight initialisation, and returning named maps from a chain of blocks."""
 from __future__ import annotations
 
-from typing import Dict, Mapping, Sequence
+from typing import Dict, Mapping, Sequence, Union
 
 import torch
 from torch import nn
@@ -17,7 +17,7 @@ def init_conv_bn(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def stage_outputs(blocks: Sequence[nn.Module], x: torch.Tensor, outputs: Sequence[str],
+def stage_outputs(blocks: Union[nn.Sequential, nn.ModuleList], x: torch.Tensor, outputs: Sequence[str],
                   stage_ends: Mapping[str, int]) -> Dict[str, torch.Tensor]:
     """Run ``blocks`` up to the deepest requested map; the map named ``n`` is block ``stage_ends[n]``'s output."""
     unknown = set(outputs) - set(stage_ends)
