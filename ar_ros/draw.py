@@ -25,9 +25,10 @@ def color_for(index: int) -> Tuple[int, int, int]:
 
 GT_COLOR = (255, 255, 255)
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
+BoxLike = Union[Sequence[float], np.ndarray]  # x, y, w, h as numbers or a (4,) array
 
 
-def _corners(img: np.ndarray, box: Sequence[float]) -> Optional[Tuple[int, int, int, int]]:
+def _corners(img: np.ndarray, box: BoxLike) -> Optional[Tuple[int, int, int, int]]:
     x, y, w, h = box
     if not all(np.isfinite([x, y, w, h])):
         return None
@@ -38,7 +39,7 @@ def _corners(img: np.ndarray, box: Sequence[float]) -> Optional[Tuple[int, int, 
     return x1, y1, x2, y2
 
 
-def _rect(img: np.ndarray, box: Sequence[float], color, thickness: int) -> None:
+def _rect(img: np.ndarray, box: BoxLike, color, thickness: int) -> None:
     corners = _corners(img, box)
     if corners is not None:
         x1, y1, x2, y2 = corners
@@ -92,7 +93,7 @@ def _legend(img: np.ndarray, color, thick: int, with_gt: bool, scale: float) -> 
 def draw_targets(rgb: np.ndarray,
                  targets: Iterable[Tuple[str, Sequence[float], Sequence[float], float, Union[bool, str]]],
                  masks: Optional[Sequence[Optional[np.ndarray]]] = None, mask_threshold: float = 0.5,
-                 gt: Optional[Sequence[float]] = None, legend: bool = True) -> np.ndarray:
+                 gt: Optional[BoxLike] = None, legend: bool = True) -> np.ndarray:
     """Draw on a copy of an RGB frame: mask tint, base box (thin, dashed), refined box (thick), ``id score``.
 
     ``targets`` items are (id, base box, refined box, score, flag); ``flag`` True labels a fallback, a string

@@ -101,7 +101,7 @@ class Frame:
 
     image: np.ndarray
     box: Box
-    mask: np.ndarray
+    mask: Optional[np.ndarray]  # None where a real sequence has no mask
 
 
 class Sequence:

@@ -177,10 +177,9 @@ def write_sequence(path: Union[str, Path], frames: Iterable[np.ndarray], base: S
             ns = start_ns + i * period
             msg = compressed_image(store, ns, rgb) if compressed else image(store, ns, rgb)
             writer.write(img_conn, ns, store.serialize_cdr(msg, img_conn.msgtype))
-            if gt_conn is not None:  # before the base detections, so a streaming reader has it at pairing time
-                g = gt[i]
-                present = g is not None and g[2] > 0 and g[3] > 0
-                items = [(target_id, g, 1.0)] if present else []
+            if gt_conn is not None and gt is not None:  # before the base detections: a streaming reader has
+                g = gt[i]                                  # it at pairing time (gt_conn exists exactly with gt)
+                items = [(target_id, g, 1.0)] if g is not None and g[2] > 0 and g[3] > 0 else []
                 writer.write(gt_conn, ns, store.serialize_cdr(detections(store, ns, items), DETECTIONS_TYPE))
             b = base[i] if i < len(base) else None
             items = [] if b is None else [(target_id, b, 1.0)]

@@ -53,7 +53,7 @@ class Decisions:
 
 
 def refine_sequence(refiner: Refiner, frames: List, boxes: Iterable[Optional[tuple]],
-                    feedback: Optional[Callable[[int, tuple], None]] = None,
+                    feedback: Optional[Callable[[int, tuple], object]] = None,  # its return value is unused
                     decisions: Optional[Decisions] = None) -> tuple:
     """Refine a single-target sequence: template from frame 0's box, then every frame's base box.
 

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, cast
 
 import cv2
 import numpy as np
 
 from ..data import real_data, real_gt
-from ..data.synthetic import Frame
+from ..data.synthetic import Box, Frame
 
 GT_FILE = Path(__file__).with_name("pets09_s2l1_gt.json")
 SEED_BASE = 200_000  # jitter seeds of the real sequences: apart from every synthetic suite's seeds
@@ -56,7 +56,7 @@ class RealSequence:
     def __init__(self, name: str, seed: int, video: Path, start: int, boxes: List[Optional[List[float]]],
                  size) -> None:
         self.name, self.seed, self.video, self.start = name, int(seed), Path(video), int(start)
-        self.boxes = [tuple(float(v) for v in b) if b is not None else ABSENT for b in boxes]
+        self.boxes: List[Box] = [cast(Box, tuple(float(v) for v in b)) if b is not None else ABSENT for b in boxes]
         self.length = len(self.boxes)
         self.width, self.height = int(size[0]), int(size[1])
 
