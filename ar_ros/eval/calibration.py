@@ -153,9 +153,10 @@ def best_margin(pairs: QualityPairs, candidates: Sequence[float] = tuple(np.roun
 
 def lost_threshold(pairs: QualityPairs, off_iou: float = 0.1,
                    candidates: Sequence[float] = tuple(np.round(np.arange(0.05, 0.61, 0.01), 2))) -> Tuple[float, Dict]:
-    """The quality below which a single frame counts towards "lost": maximises balanced accuracy of
-    ``quality < t`` for "the output box is off the target" (true IoU < ``off_iou``). Returns it and the
-    (true positive rate, false positive rate) of every candidate."""
+    """The quality below which a single frame counts towards "lost": the lowest threshold whose balanced
+    accuracy (true minus false positive rate) of ``quality < t`` for "the output box is off the target"
+    (true IoU < ``off_iou``) is within 0.01 of the best (the lowest: an output that is merely poor is not
+    lost). Returns it and the (true positive rate, false positive rate) of every candidate."""
     off = pairs.true_quality < off_iou
     rates = {}
     for t in candidates:
@@ -163,8 +164,8 @@ def lost_threshold(pairs: QualityPairs, off_iou: float = 0.1,
         tpr = float(flag[off].mean()) if off.any() else float("nan")
         fpr = float(flag[~off].mean()) if (~off).any() else float("nan")
         rates[float(t)] = (tpr, fpr)
-    best = max(rates, key=lambda t: rates[t][0] - rates[t][1])
-    return best, rates
+    top = max(tpr - fpr for tpr, fpr in rates.values())
+    return min(t for t, (tpr, fpr) in rates.items() if tpr - fpr >= top - 0.01), rates
 
 
 def suite_pairs(net, sequences: Iterable, base: str = "jitter", progress=None) -> QualityPairs:
