@@ -16,6 +16,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Dict, List, Optional, Tuple
 
+import numpy as np
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 from sensor_msgs.msg import Image
@@ -56,7 +57,7 @@ class BaseTrackerNode(Node):
             raise ValueError(f"tracker must be one of {OPENCV_TRACKERS}, got {kind!r}")
         self.kind = kind
         self.trackers: Dict[str, OpenCVTracker] = {}
-        self.last_rgb = None
+        self.last_rgb: Optional[np.ndarray] = None
         self.last_stamp: Optional[int] = None  # ns, of the frame last_rgb is
         self.reseeds = 0          # trackers re-seeded from feedback
         self.stale_feedback = 0   # feedback messages not for the last tracked frame (ignored)
@@ -86,7 +87,9 @@ class BaseTrackerNode(Node):
             for tid, tracker in self.trackers.items():
                 box = tracker.update(rgb)
                 det = Detection2D(header=msg.header, id=tid)
-                fill_bbox(det.bbox, box if box is not None else tracker.last)
+                shown = box if box is not None else tracker.last
+                assert shown is not None  # every tracker here was initialised: it has a last box
+                fill_bbox(det.bbox, shown)
                 hyp = ObjectHypothesisWithPose()
                 hyp.hypothesis.class_id = self.get_parameter("class_id").value
                 hyp.hypothesis.score = 1.0 if box is not None else 0.0

@@ -36,6 +36,7 @@ from .pairing import Event, Job, Outcome, Pairing
 from .stamp_cache import StampCache
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..engine.session import RefineSession
     from .node import RefinerNode
 
 @dataclass
@@ -82,7 +83,7 @@ class Camera:
         self.cache: StampCache[CachedImage] = StampCache(int(node.param("image_cache_size")))
         self.pairing: Pairing[CachedImage] = Pairing(self.cache)  # called under the node's lock
         self.pending: Optional[Job] = None  # the node's: the next job of this camera for its worker
-        self.session = None
+        self.session: Optional[RefineSession] = None  # the node's: set on configure, None when unconfigured
         self.counters = Counters()
         self.meters = {k: Meter() for k in ("image", "detections", "output", "refine_ms", "age_ms")}
         self.pubs: Dict[str, Any] = {}
@@ -200,7 +201,8 @@ class Camera:
 
     def inputs(self, job: Job) -> Tuple[List[Tuple[str, Tuple[float, float, float, float]]], Dict[str, Any]]:
         """(id, box) inputs of a job and the base Detection2D per output key (anonymous = ``#i``)."""
-        inputs, dets = [], {}
+        inputs: List[Tuple[str, Tuple[float, float, float, float]]] = []
+        dets: Dict[str, Any] = {}
         for i, det in enumerate(job.detections.detections if job.detections is not None else []):
             inputs.append((det.id, bbox_to_xywh(det.bbox)))
             dets.setdefault(det.id or f"#{i}", det)
@@ -214,7 +216,9 @@ class Camera:
                 refine_ms: float, with_mask: bool) -> None:
         node = self.node
         header = image.header()
-        height, width = image.frame().shape[:2]
+        frame = image.frame()
+        assert frame is not None  # published after its pass: decoded
+        height, width = frame.shape[:2]
         out = Detection2DArray(header=header)
         # refined/targets is built only for subscribers (diagnostic tools); most deployments have none
         targets = RefinedTargetArray(header=header, refine_ms=refine_ms) \
@@ -258,7 +262,9 @@ class Camera:
                 info.class_map = [VisionClass(class_id=k + 1, class_name=tid) for k, tid in enumerate(ids)]
                 self.pubs["label_info"].publish(info)
         if node.param("publish_overlay") and self.pubs["overlay"].get_subscription_count() > 0:
-            drawn = draw_targets(image.rgb(), [(tid, res.base_box, res.box, res.score,
+            rgb = image.rgb()
+            assert rgb is not None  # decoded (frame() above)
+            drawn = draw_targets(rgb, [(tid, res.base_box, res.box, res.score,
                                                 "LOST" if res.lost else res.fallback) for tid, res in ordered],
                                  [res.mask for _, res in ordered] if with_mask else None, threshold)
             self.pubs["overlay"].publish(array_to_image(rgb_to_bgr(drawn), "bgr8", Image, header))
@@ -274,7 +280,7 @@ class Camera:
     def srv_set_target(self, req: SetTarget.Request, res: SetTarget.Response) -> SetTarget.Response:
         res.success = False
         node = self.node
-        if node.refiner is None or not node.active:
+        if node.refiner is None or self.session is None or not node.active:  # session: set with the refiner
             res.message = "node is not active"
             return res
         n = len(req.boxes)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
@@ -29,6 +29,11 @@ from .pairing import Job, Settings
 from .diagnostics import Meter, fmt
 from .executor import run_node
 from .qos import SERVICE_QOS
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rclpy.publisher import Publisher
+
+    from ..engine.refiner import Refiner  # imported on configure (torch), not at node import
 
 
 class RefinerNode(LifecycleNode):
@@ -47,7 +52,7 @@ class RefinerNode(LifecycleNode):
         if problem:
             raise ValueError(problem)
         self.add_on_set_parameters_callback(self._on_set_parameters)
-        self.refiner = None
+        self.refiner: Optional[Refiner] = None  # loaded on configure, dropped on cleanup
         self.device_label = ""
         self.active = False
         self.enabled = True
@@ -67,7 +72,7 @@ class RefinerNode(LifecycleNode):
         self.pass_meter = Meter()       # ms per forward pass (all cameras)
         self._rr = 0                    # round-robin start when a pass is over max_targets
         self._endpoints = False
-        self._diag_pub = None
+        self._diag_pub: Optional[Publisher] = None  # created on the first configure, with its timer
         self._last_warn: Dict[str, float] = {}
 
     @property
@@ -99,6 +104,7 @@ class RefinerNode(LifecycleNode):
             return
         with self.refiner_lock:
             for cam in self.cameras:
+                assert cam.session is not None  # configured with the refiner
                 if name == "max_targets":
                     cam.session.max_targets = int(value)
                 elif name == "target_timeout":
@@ -203,6 +209,7 @@ class RefinerNode(LifecycleNode):
         """The refiner's warm-up (with CPU graphs: one graph per batch size up to max_targets, built now) so
         that no frame pays for it."""
         with self.refiner_lock:
+            assert self.refiner is not None  # on_configure calls this once the refiner is loaded
             self.refiner.warm_up(int(self.param("max_targets")))
 
     # ------------------------------------------------------------------ work
@@ -338,6 +345,7 @@ class RefinerNode(LifecycleNode):
 
     def _refine_alone(self, cam: Camera, step, item, with_mask: bool) -> Dict:
         """One camera's part of a pass; when it fails, its base boxes are kept, flagged, and it is counted."""
+        assert self.refiner is not None  # _pass checked it
         try:
             return self.refiner.refine_many([item], mask=with_mask)[0]
         except Exception as err:
@@ -384,6 +392,7 @@ class RefinerNode(LifecycleNode):
             statuses.append(batch)
         msg = DiagnosticArray(status=statuses)
         msg.header.stamp = self.get_clock().now().to_msg()
+        assert self._diag_pub is not None  # created before the timer that calls this
         try:
             self._diag_pub.publish(msg)
         except Exception:  # noqa: BLE001  rclpy's RCLError moved between distros
@@ -417,10 +426,11 @@ def _descriptor(spec: P.Spec) -> ParameterDescriptor:
     desc = ParameterDescriptor(description=spec.description, read_only=spec.read_only)
     if spec.choices:
         desc.additional_constraints = "one of: " + ", ".join(repr(c) for c in spec.choices)
-    if spec.low is not None and isinstance(spec.default, float):
-        desc.floating_point_range = [FloatingPointRange(from_value=float(spec.low), to_value=float(spec.high))]
-    elif spec.low is not None and isinstance(spec.default, int) and not isinstance(spec.default, bool):
-        desc.integer_range = [IntegerRange(from_value=int(spec.low), to_value=int(spec.high), step=1)]
+    if spec.low is not None and spec.high is not None:  # the table gives both bounds or neither
+        if isinstance(spec.default, float):
+            desc.floating_point_range = [FloatingPointRange(from_value=float(spec.low), to_value=float(spec.high))]
+        elif isinstance(spec.default, int) and not isinstance(spec.default, bool):
+            desc.integer_range = [IntegerRange(from_value=int(spec.low), to_value=int(spec.high), step=1)]
     return desc
 
 
