@@ -17,7 +17,7 @@ from torch import nn
 
 from . import efficientnet, mobilenet
 from .fuse import ConvAct, ResidualChain, folded
-from .stages import init_conv_bn
+from .stages import Backbone, init_conv_bn
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -117,7 +117,7 @@ def resnet_channels(depth: int) -> Dict[str, int]:
     return {"conv1": 64, "layer1": 64 * e, "layer2": 128 * e, "layer3": 256 * e}
 
 
-class ResNet(nn.Module):
+class ResNet(Backbone):
     """ResNet trunk returning intermediate feature maps by name.
 
     ``conv1`` is taken after conv1+bn1+relu and *before* the max-pool (stride 2), as the
@@ -197,7 +197,7 @@ class BackboneSpec:
     """
 
     title: str
-    build: Callable[[int, bool], nn.Module]    # (depth, with_top) -> module
+    build: Callable[[int, bool], Backbone]     # (depth, with_top) -> module
     channels: Callable[[int], Dict[str, int]]  # depth -> widths of conv1, layer1, layer2, layer3
     imagenet_weights: Optional[Tuple[str, str, str]] = None
     uses_depth: bool = False
@@ -206,11 +206,11 @@ class BackboneSpec:
     int8_fp32_convs: int = 0
 
 
-def _mobilenet_v2(depth: int, with_top: bool) -> nn.Module:
+def _mobilenet_v2(depth: int, with_top: bool) -> Backbone:
     return mobilenet.MobileNetV2()
 
 
-def _efficientnet_lite0(depth: int, with_top: bool) -> nn.Module:
+def _efficientnet_lite0(depth: int, with_top: bool) -> Backbone:
     return efficientnet.EfficientNetLite0()
 
 

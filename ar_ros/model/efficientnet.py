@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from .stages import init_conv_bn, stage_outputs
+from .stages import Backbone, init_conv_bn, stage_outputs
 
 #: (expansion, kernel, first stride, output channels, repeats) per stage, EfficientNet-lite0, to stride 16.
 SETTINGS = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3), (6, 5, 1, 112, 3))
@@ -53,7 +53,7 @@ class MBConvBlock(nn.Module):
         return x + out if self.id_skip else out
 
 
-class EfficientNetLite0(nn.Module):
+class EfficientNetLite0(Backbone):
     """Stem + ``_blocks`` 0..10; returns the maps at stride 2, 4, 8, 16 under the ResNet names."""
 
     conv_bn_pairs = (("_conv_stem", "_bn0"),)

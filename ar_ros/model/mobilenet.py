@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .fuse import ResidualChain, folded
-from .stages import init_conv_bn, stage_outputs
+from .stages import Backbone, init_conv_bn, stage_outputs
 
 #: (expansion t, output channels c, repeats n, first stride s) per stage, MobileNetV2 1.0, to stride 16.
 SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1))
@@ -47,7 +47,7 @@ class InvertedResidual(nn.Module):
         return ResidualChain([layers[-2]], ["none"], None, nn.Sequential(*layers[:-2]))
 
 
-class MobileNetV2(nn.Module):
+class MobileNetV2(Backbone):
     """``features`` blocks 0..13; returns the maps at stride 2, 4, 8, 16 under the ResNet names."""
 
     def __init__(self) -> None:

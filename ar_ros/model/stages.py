@@ -1,10 +1,23 @@
-"""What the backbones share: weight initialisation, and returning named maps from a chain of blocks."""
+"""What the backbones share: their interface, weight initialisation, and returning named maps from a chain
+of blocks."""
 from __future__ import annotations
 
-from typing import Dict, Mapping, Sequence, Union
+from typing import Dict, List, Mapping, Sequence, Union
 
 import torch
 from torch import nn
+
+
+class Backbone(nn.Module):
+    """What every backbone provides, so the neck and heads adapt to it: ``forward(x, outputs)`` returns the
+    maps ``conv1`` / ``layer1`` / ``layer2`` / ``layer3`` (strides 2, 4, 8, 16) asked for, by name;
+    ``channels`` holds their widths; :meth:`stage_modules` names the modules up to a map (to freeze them)."""
+
+    channels: Dict[str, int]
+
+    def stage_modules(self, last: str) -> List[nn.Module]:
+        """The modules that compute every map up to and including ``last``."""
+        raise NotImplementedError
 
 
 def init_conv_bn(module: nn.Module) -> None:
