@@ -3,18 +3,21 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable, Dict, Iterable, Mapping, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Iterable, Mapping, Tuple
 
 import numpy as np
 
+if TYPE_CHECKING:  # pragma: no cover
+    from ..engine.refiner import Refiner
 
-def warm_up_all(refiners: Iterable[object], batch_sizes: Iterable[int] = (1,)) -> None:
+
+def warm_up_all(refiners: Iterable[Refiner], batch_sizes: Iterable[int] = (1,)) -> None:
     """Build what each refiner's backend builds per shape (CPU / CUDA graphs) for these batch sizes, box and
     box + mask, so that a benchmark times the graphs and not their building."""
     sizes = list(batch_sizes)
     for refiner in refiners:
         for with_mask in (False, True):
-            refiner.runner.warm_up(sizes, with_mask)  # type: ignore[attr-defined]
+            refiner.runner.warm_up(sizes, with_mask)
 
 
 def interleaved(fns: Mapping[str, Callable[[], object]], repeat: int, warmup: int = 2,
