@@ -23,9 +23,8 @@ import warnings
 from typing import Dict, Optional, Tuple
 
 import torch
-from torch import nn
 
-from ...model.network import SearchTensors
+from ...model.network import AlphaRefineNet, SearchTensors
 
 MAX_GRAPHS = 16   # shapes (batch sizes x kinds) with a graph; further shapes run eager
 GRAPH_MEMORY = 256 * 2 ** 20  # bytes of weights all graphs may hold (each frozen graph keeps its own copy)
@@ -36,7 +35,7 @@ def graphs_available() -> bool:
     return hasattr(torch.jit, "enable_onednn_fusion") and torch.backends.mkldnn.is_available()
 
 
-def trace_search(net: nn.Module, images: torch.Tensor, kernels: torch.Tensor,
+def trace_search(net: AlphaRefineNet, images: torch.Tensor, kernels: torch.Tensor,
                  with_mask: bool = False) -> Tuple[torch.jit.ScriptModule, Tuple[str, ...]]:
     """Trace, freeze and compile ``net``'s search for this shape; returns the graph and its output names."""
     was_on = torch.jit.onednn_fusion_enabled()
@@ -59,8 +58,8 @@ class SearchGraphs:
     """Graphs of ``plain``'s search by input shape and kind (see the module docstring). ``plain`` is the
     network with ordinary convolutions (what the graph fuser understands)."""
 
-    def __init__(self, plain: nn.Module, max_graphs: int = MAX_GRAPHS) -> None:
-        self.plain: Optional[nn.Module] = plain
+    def __init__(self, plain: AlphaRefineNet, max_graphs: int = MAX_GRAPHS) -> None:
+        self.plain: Optional[AlphaRefineNet] = plain
         weights = sum(t.numel() * t.element_size() for t in plain.state_dict().values())
         self.max_graphs = max(1, min(int(max_graphs), GRAPH_MEMORY // max(weights, 1)))
         self.graphs: Dict[Tuple, Tuple[torch.jit.ScriptModule, Tuple[str, ...]]] = {}
