@@ -108,7 +108,7 @@ def test_keep_iou_keeps_a_base_box_the_refined_box_agrees_with(short_seq):
     from ar_ros.engine.boxes import iou
     _, frames = short_seq
     f = frames[3]
-    plain = Refiner()
+    plain = Refiner(keep_iou=0.0)
     plain.set_target(frames[0].image, frames[0].box, "t")
     raw = plain.refine(f.image, {"t": f.box})["t"]  # the ground truth as base: the model moves it a little
     agreement = iou(raw.box, f.box)

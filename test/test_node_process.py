@@ -73,7 +73,9 @@ def get_params(ex, node, service, names):
     cli = node.create_client(GetParameters, service)
     assert cli.wait_for_service(timeout_sec=20.0)
     fut = cli.call_async(GetParameters.Request(names=names))
-    ex.spin_until_future_complete(fut, timeout_sec=10.0)
+    # the node answers once it spins, after configure (model load and warm-up: seconds on a loaded machine)
+    ex.spin_until_future_complete(fut, timeout_sec=60.0)
+    assert fut.done(), "no answer from the node's parameter service within 60 s"
     return fut.result().values
 
 
