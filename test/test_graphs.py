@@ -88,6 +88,14 @@ def test_warm_up_builds_a_graph_per_batch_size_and_refines_as_eager(small_net, f
         for tid in boxes:
             assert out[tid].box == pytest.approx(ref[tid].box, abs=1e-3)
             assert out[tid].score == pytest.approx(ref[tid].score, abs=1e-4)
+    three = {**boxes, "c": (400.0, 300.0, 90.0, 70.0)}  # three targets: the graph of 4, padded with a zero crop
+    for r in (graphed, eager):
+        r.set_targets(frame, {"c": three["c"]})
+    graphed.warm_up(max_targets=3)
+    assert sorted(key[0][0] for key in graphed.graphs.graphs) == [1, 2, 4]
+    out, ref = graphed.refine(frame, three), eager.refine(frame, three)
+    for tid in three:
+        assert out[tid].box == pytest.approx(ref[tid].box, abs=1e-3)
     masked = graphed.refine(frame, boxes, mask=True)  # fused already ran the mask: the same graph
     assert masked["a"].mask is not None and masked["a"].box == out["a"].box
     assert not torch.jit.onednn_fusion_enabled()

@@ -10,15 +10,15 @@ import torch
 from ...model import AlphaRefineNet
 from ..torch_eager import TorchBackend
 from .bf16 import to_bf16, to_bf16_plain
-from .graphs import SearchGraphs, graphs_available
+from .graphs import SearchGraphs, graph_sizes, graphs_available
 from .packing import is_prepared, pack_fp32
 
 
 class TorchCpuBackend(TorchBackend):
     """torch on CPU, channels_last, BatchNorm folded: fp32 with every convolution packed for oneDNN
-    (:mod:`.packing`), or bf16 (:mod:`.bf16`). With ``graphs``, :meth:`warm_up` builds a oneDNN Graph
-    graph per batch size (:mod:`.graphs`), which then runs that shape's searches; other shapes run the
-    packed network. bf16 graphs compute boxes only: a bf16 search with a mask takes the mask from the
+    (:mod:`.packing`), or bf16 (:mod:`.bf16`). With ``graphs``, :meth:`warm_up` builds oneDNN Graph graphs
+    for batch sizes 1, 2, 4, 8, ... up to what can occur (:mod:`.graphs`); a batch runs the smallest graph
+    that holds it, padded; larger batches run the packed network. bf16 graphs compute boxes only: a bf16 search with a mask takes the mask from the
     packed network and the boxes from the graph, so asking for masks does not move the boxes."""
 
     def __init__(self, net: AlphaRefineNet, precision: str = "fp32", graphs: bool = True,
@@ -59,13 +59,14 @@ class TorchCpuBackend(TorchBackend):
         return eager
 
     def warm_up(self, batch_sizes: Sequence[int], with_mask: bool) -> None:
-        """Build the graphs of these batch sizes (box + mask ones with ``with_mask`` in fp32), at most as
-        many as fit (:class:`~.graphs.SearchGraphs`; the plain network is let go once they are full)."""
+        """Build the graphs that hold these batch sizes (1, 2, 4, 8, ...: a batch of 3 runs the graph of 4; box +
+        mask ones with ``with_mask`` in fp32), at most as many as fit (:class:`~.graphs.SearchGraphs`; the
+        plain network is let go once they are full)."""
         if self.graphs is None:
             return
         size = self.config.input_size
         with torch.inference_mode():
-            for n in sorted(set(int(b) for b in batch_sizes)):
+            for n in graph_sizes(int(b) for b in batch_sizes):
                 images = torch.zeros(n, 3, size, size, dtype=self.input_dtype).to(memory_format=self.memory_format)
                 if not self.graphs.build(images, self.net.template(images), with_mask and self.precision == "fp32"):
                     break

@@ -20,13 +20,14 @@ TorchScript is deprecated in torch 2.13; where it goes, tracing fails and the ea
 from __future__ import annotations
 
 import warnings
-from typing import Dict, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 
 from ...model.network import AlphaRefineNet, SearchTensors
 
 MAX_GRAPHS = 16   # shapes (batch sizes x kinds) with a graph; further shapes run eager
+GRAPH_SIZES = (1, 2, 4, 8, 16, 32)  # batch sizes that get a graph; a batch runs the smallest one that holds it
 GRAPH_MEMORY = 256 * 2 ** 20  # bytes of weights all graphs may hold (each frozen graph keeps its own copy)
 
 
@@ -66,8 +67,10 @@ class SearchGraphs:
         self.failure = ""  # why the last graph could not be built or run ('' = none failed)
 
     @staticmethod
-    def key(images: torch.Tensor, kernels: torch.Tensor, with_mask: bool) -> Tuple:
-        return tuple(images.shape), tuple(kernels.shape), images.dtype, kernels.dtype, bool(with_mask)
+    def key(images: torch.Tensor, kernels: torch.Tensor, with_mask: bool, batch: Optional[int] = None) -> Tuple:
+        """A graph's key: the input shapes (with the batch size ``batch`` when given), dtypes and kind."""
+        n = images.shape[0] if batch is None else batch
+        return (n, *images.shape[1:]), (n, *kernels.shape[1:]), images.dtype, kernels.dtype, bool(with_mask)
 
     def build(self, images: torch.Tensor, kernels: torch.Tensor, with_mask: bool = False) -> bool:
         """Build this shape's graph now (a no-op where it exists); False when there is no room left or
@@ -91,16 +94,28 @@ class SearchGraphs:
 
     def search(self, images: torch.Tensor, kernels: torch.Tensor,
                with_mask: bool = False) -> Optional[Dict[str, torch.Tensor]]:
-        """This shape's graph's outputs, or None where it has none (the eager network runs)."""
-        key = self.key(images, kernels, with_mask)
-        entry = self.graphs.get(key)
-        if entry is None:
+        """The outputs of the smallest graph that holds this batch (padded with zero crops up to its size and
+        cut back: the rows are independent), or None where there is none (the eager network runs)."""
+        n = images.shape[0]
+        size = next((b for b in sorted({k[0][0] for k in self.graphs}) if b >= n
+                     and self.key(images, kernels, with_mask, b) in self.graphs), None)
+        if size is None:
             return None
-        graph, names = entry
+        key = self.key(images, kernels, with_mask, size)
+        graph, names = self.graphs[key]
+        if size > n:
+            images = torch.cat([images, images.new_zeros((size - n, *images.shape[1:]))])
+            kernels = torch.cat([kernels, kernels.new_zeros((size - n, *kernels.shape[1:]))])
+            images = images.contiguous(memory_format=torch.channels_last)
         try:
             outputs = graph(images, kernels)
         except RuntimeError as err:  # e.g. an input this graph was not compiled for: eager from now on
             self.failure = f"{type(err).__name__}: {err}"
             del self.graphs[key]
             return None
-        return dict(zip(names, outputs))
+        return {name: out[:n] for name, out in zip(names, outputs)}
+
+
+def graph_sizes(batch_sizes: Iterable[int]) -> List[int]:
+    """The graph sizes (:data:`GRAPH_SIZES`) that hold these batch sizes; beyond the largest, eager."""
+    return sorted({next((g for g in GRAPH_SIZES if g >= n), 0) for n in batch_sizes} - {0})
