@@ -37,9 +37,10 @@ def main() -> None:
     ap.add_argument("rev", help="the earlier revision (commit, tag, branch)")
     ap.add_argument("--rounds", type=int, default=3, help="runs of the benchmark in each tree (default: 3)")
     ap.add_argument("--script", default="bench_backends.py", help="a benchmark of benchmarks/ with --json")
-    ap.add_argument("args", nargs=argparse.REMAINDER, help="after --: the benchmark's own arguments")
-    opts = ap.parse_args()
-    args = opts.args[1:] if opts.args[:1] == ["--"] else opts.args
+    ap.epilog = "after --: the benchmark's own arguments"
+    argv = sys.argv[1:]
+    cut = argv.index("--") if "--" in argv else len(argv)
+    opts, args = ap.parse_args(argv[:cut]), argv[cut + 1:]
     with tempfile.TemporaryDirectory(prefix="ar_ros_rev_") as tmp:
         old = Path(tmp) / "tree"
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old), opts.rev], check=True,
