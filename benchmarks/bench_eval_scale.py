@@ -19,7 +19,7 @@ own time on its sequences (start-up and the report left out), the figure to hold
 ratios are of medians. Peak memory is each run's largest worker peak RSS (for ``workers 1``, the
 process's own).
 
-    python benchmarks/bench_eval_scale.py [--sequences 20] [--frames 30] [--rounds 3] [--no-ray] [--json]
+    python benchmarks/bench_eval_scale.py [--sequences 20] [--frames 30] [--rounds 3] [--threads 0] [--no-ray]
 """
 from __future__ import annotations
 
@@ -34,12 +34,12 @@ from pathlib import Path
 from typing import Dict, List
 
 
-def plain(tasks) -> float:
+def plain(tasks, threads: int) -> float:
     """Refinements per second of one refiner refining every sequence in this process."""
     from ar_ros.eval.benchmark import refine_sequence
     from ar_ros.eval.runner import WorkerSpec, build_refiner, usable_cores
     from ar_ros.eval.tasks import LazyFrames
-    refiner = build_refiner(WorkerSpec({}, "cpu", usable_cores()))
+    refiner = build_refiner(WorkerSpec({}, "cpu", threads or usable_cores()))
     t0 = time.perf_counter()
     n = 0
     for task in tasks:
@@ -49,11 +49,11 @@ def plain(tasks) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def scaled(tasks, out: Path, workers: int, use_ray: bool = False) -> Dict[str, float]:
+def scaled(tasks, out: Path, workers: int, threads: int, use_ray: bool = False) -> Dict[str, float]:
     from ar_ros.eval.scale import evaluate
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
-    outcome = evaluate(tasks, {}, {"dataset": "bench"}, out=out, workers=workers, use_ray=use_ray,
+    outcome = evaluate(tasks, {}, {"dataset": "bench"}, out=out, workers=workers, threads=threads, use_ray=use_ray,
                        progress=False, log_workers=False)
     wall = time.perf_counter() - t0
     if outcome.failed:
@@ -69,6 +69,8 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=30, help="shortest sequence; lengths go up to twice this")
     ap.add_argument("--size", type=int, nargs=2, default=(320, 240), metavar=("W", "H"))
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="threads per worker (and for plain); 0: the cores "
+                                                           "split among the workers, as the CLI does")
     ap.add_argument("--no-ray", action="store_true", help="skip the Ray rows")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -83,11 +85,11 @@ def main() -> None:
         assert not failed, failed
         runs: Dict[str, List[Dict[str, float]]] = {k: [] for k in ("plain", "workers 1", "workers 2", "ray 2")}
         for _ in range(args.rounds):
-            runs["plain"].append({"rate": plain(tasks)})
-            runs["workers 1"].append(scaled(tasks, work / "out", 1))
-            runs["workers 2"].append(scaled(tasks, work / "out", 2))
+            runs["plain"].append({"rate": plain(tasks, args.threads)})
+            runs["workers 1"].append(scaled(tasks, work / "out", 1, args.threads))
+            runs["workers 2"].append(scaled(tasks, work / "out", 2, args.threads))
             if not args.no_ray:
-                runs["ray 2"].append(scaled(tasks, work / "out", 2, use_ray=True))
+                runs["ray 2"].append(scaled(tasks, work / "out", 2, args.threads, use_ray=True))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     med = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items() if rs}
