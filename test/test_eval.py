@@ -180,3 +180,13 @@ def test_cli_replay_and_eval_json(tmp_path, tiny_seq):
     assert set(data["summary"]) == {"base", "refined"} and len(data["sequences"]) == 2
     for name in ("eval_tiny_jitter.json", "auc_tiny_jitter.png", "success_tiny_jitter.png", "contact_tiny_jitter.png"):
         assert (tmp_path / "ev" / name).exists(), name
+
+
+def test_suite_counts_kept_base_boxes_and_lost_frames_in_their_own_fields():
+    from ar_ros import Refiner
+    from ar_ros.data.synthetic import Sequence
+    from ar_ros.eval.benchmark import run_suite
+    keep_all = Refiner(None, keep_iou=1e-9)  # the shipped model; any overlap keeps the base box
+    (r,) = run_suite(keep_all, [Sequence(3, 6, (160, 120))], base="oracle")
+    assert r.fallbacks == 0 and r.kept == 5  # every frame after the first: kept, counted as kept
+    assert r.lost == 0 and r.failed_reseeds == 0 and r.reseeds == 0

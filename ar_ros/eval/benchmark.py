@@ -120,7 +120,8 @@ def run_suite(refiner: Refiner, sequences: Iterable[Sequence], base: str = "jitt
         # frame 0 is the init box in both: score from frame 1 as OPE toolkits do for the refined part
         name = getattr(seq, "name", f"seq{seq.seed}")  # real sequences are named, synthetic ones by seed
         r = SequenceResult(name, score(base_arr[1:], gt[1:]), score(refined[1:], gt[1:]),
-                           base_arr, refined, gt, ms, fallbacks, reseeds, failed, decisions.kept, decisions.lost)
+                           base_arr, refined, gt, ms, fallbacks, reseeds=reseeds, failed_reseeds=failed,
+                           kept=decisions.kept, lost=decisions.lost)
         results.append(r)
         if progress is not None:
             progress(f"{r.name}: base AUC {r.base.auc * 100:.1f} -> refined {r.refined.auc * 100:.1f}")
