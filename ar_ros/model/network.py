@@ -149,7 +149,7 @@ class SearchTensors(nn.Module):
     base_quality])`` (:attr:`output_names`; the quality pair where the network has a quality head): what
     tracers take (the ONNX exporter, TorchScript for the CPU graphs)."""
 
-    def __init__(self, net: nn.Module, with_mask: bool, mask_logits: bool = False) -> None:
+    def __init__(self, net: AlphaRefineNet, with_mask: bool, mask_logits: bool = False) -> None:
         super().__init__()
         self.net, self.with_mask, self.mask_logits = net, with_mask, mask_logits
         names = ["boxes", "score"] + (["mask_logits" if mask_logits else "mask"] if with_mask else [])

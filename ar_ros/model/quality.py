@@ -85,6 +85,21 @@ def _box_maps(base: torch.Tensor, steps: torch.Tensor, size: float) -> Dict[str,
 class QualityHead(nn.Module):
     """Predicted IoU of the refined box and of the base box with the true box, both (B,) in [0, 1]."""
 
+    # buffers (register_buffer in __init__; declared here for type checkers)
+    base: torch.Tensor
+    steps: torch.Tensor
+    calib_x: torch.Tensor
+    calib_y: torch.Tensor
+    grid_map: torch.Tensor      # the rest: _box_maps, not stored in the state_dict
+    grid_offset: torch.Tensor
+    side_map: torch.Tensor
+    centre_map: torch.Tensor
+    centre_offset: torch.Tensor
+    corner_sign: torch.Tensor
+    base_signed: torch.Tensor
+    base_side: torch.Tensor
+    base_area: torch.Tensor
+
     def __init__(self, in_channels: int = 64, input_size: int = 128, search_factor: float = 2.0,
                  width: int = 32, grid: int = 3, hidden: int = 128) -> None:
         super().__init__()
