@@ -57,6 +57,7 @@ def quality_targets(net: AlphaRefineNet, batch: Dict[str, torch.Tensor]) -> Tupl
     """Run the frozen network on ``batch``; returns the quality head's inputs (what ``head.raw`` takes),
     the targets (B,2): IoU of the output box and of the base box with the true box, and the search output."""
     head = net.quality_head
+    assert head is not None  # quality_network() gives the network its head
     captured: List[tuple] = []
     hook = head.register_forward_pre_hook(lambda _module, args: captured.append(args))
     box_mode = resolve_box_mode("auto", net.config.mask_head)
@@ -73,7 +74,9 @@ def quality_targets(net: AlphaRefineNet, batch: Dict[str, torch.Tensor]) -> Tupl
 
 def quality_loss(net: AlphaRefineNet, inputs: tuple, targets: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """BCE of the head's raw logits against the IoU targets (both outputs), and the predictions (B,2)."""
-    logits = net.quality_head.raw(*inputs)
+    head = net.quality_head
+    assert head is not None  # quality_network() gives the network its head
+    logits = head.raw(*inputs)
     return F.binary_cross_entropy_with_logits(logits, targets), torch.sigmoid(logits.detach())
 
 
@@ -118,6 +121,7 @@ def train_quality(cfg, progress: bool = True) -> Path:
     net = quality_network(str(last) if last.exists() else cfg.init_from)
     net.requires_grad_(False)
     head = net.quality_head
+    assert head is not None  # quality_network() gives the network its head
     head.requires_grad_(True)
     opt = torch.optim.Adam(head.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step, gamma=cfg.lr_gamma)

@@ -133,7 +133,8 @@ class PairSampler:
         truth = s_win.box_to_crop(b.box).astype(np.float32)  # unclipped: the true box, also off the crop
         target = np.clip(truth, 0, size)
         has_mask = b.mask is not None
-        mask = cropping.crop(b.mask.astype(np.float32), s_win) if has_mask else np.zeros((size, size), np.float32)
+        mask = cropping.crop(b.mask.astype(np.float32), s_win) if b.mask is not None else \
+            np.zeros((size, size), np.float32)
         return {"template": self._normalise(cropping.crop(a.image, t_win), rng),
                 "search": self._normalise(cropping.crop(b.image, s_win), rng),
                 "target": torch.from_numpy(target), "truth": torch.from_numpy(truth), "mask": torch.from_numpy(mask)[None],

@@ -10,7 +10,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Dict, List
+from typing import Any, Dict, List, Tuple, cast
 
 import numpy as np
 import torch
@@ -57,6 +57,11 @@ class TrainConfig:
     quality_only: bool = False     # with init_from: keep every weight of that network and train a quality head
                                    # alone (train/quality.py; network shape options are the checkpoint's)
     far_prob: float = 0.0          # share of training pairs whose base box is off the target (lost / distractor)
+
+    @property
+    def frame_wh(self) -> Tuple[int, int]:
+        """``frame_size`` (a list in the JSON config) as the (width, height) pair the pair sources take."""
+        return cast(Tuple[int, int], tuple(self.frame_size))
 
     def __post_init__(self) -> None:
         """Options that only make sense together (the CLI's flag in brackets; ar-refine prints the error)."""
@@ -108,10 +113,10 @@ def training_source(cfg: TrainConfig, banks: tuple = ()):
     sources = []
     for item in cfg.data:
         if item == "synthetic":
-            sources.append(synthetic_pairs(size=tuple(cfg.frame_size)))
+            sources.append(synthetic_pairs(size=cfg.frame_wh))
             continue
         if item == "real":
-            sources.append(composite_pairs(banks[0], TRAIN_SEEDS, size=tuple(cfg.frame_size)))
+            sources.append(composite_pairs(banks[0], TRAIN_SEEDS, size=cfg.frame_wh))
             continue
         kind, sep, root = item.partition(":")
         if not sep:
@@ -177,9 +182,9 @@ def validation_sets(cfg: TrainConfig, banks: tuple = ()) -> Dict[str, list]:
     the held-out composites with a nearly right base box (``_small``: a good box must stay good)."""
     from .composite import composite_pairs
     paper = SamplerConfig(input_size=cfg.input_size)
-    sources = {"": synthetic_pairs(seed_range=VAL_SEEDS, size=tuple(cfg.frame_size))}
+    sources = {"": synthetic_pairs(seed_range=VAL_SEEDS, size=cfg.frame_wh)}
     if banks:
-        sources["_real"] = sources["_small"] = composite_pairs(banks[1], VAL_SEEDS, size=tuple(cfg.frame_size))
+        sources["_real"] = sources["_small"] = composite_pairs(banks[1], VAL_SEEDS, size=cfg.frame_wh)
     return {suffix: fixed_batches(PairSampler(source, replace(paper, small_jitter_prob=float(suffix == "_small"))),
                                   12345 + i, cfg.val_batches, cfg.batch_size)
             for i, (suffix, source) in enumerate(sources.items())}
@@ -220,9 +225,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         module.requires_grad_(False)
     backbone = [p for p in net.feature_extractor.parameters() if p.requires_grad]
     ids = {id(p) for p in net.feature_extractor.parameters()}
-    opt = torch.optim.Adam([{"params": backbone, "lr": cfg.lr * cfg.backbone_lr_scale},
-                            {"params": [p for p in net.parameters() if id(p) not in ids and p.requires_grad]}],
-                           lr=cfg.lr)
+    groups: List[Dict[str, Any]] = [
+        {"params": backbone, "lr": cfg.lr * cfg.backbone_lr_scale},
+        {"params": [p for p in net.parameters() if id(p) not in ids and p.requires_grad]}]
+    opt = torch.optim.Adam(groups, lr=cfg.lr)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
     start_epoch, history = 0, []
     last = out / "last.pt"
@@ -250,7 +256,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                 module.eval()
             bar = progress_bar(cfg.iters_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", unit="it",
                                enabled=progress and rank == 0, leave=False)
-            t0, sums = time.time(), {}
+            t0 = time.time()
+            sums: Dict[str, float] = {}
             for it in range(cfg.iters_per_epoch):
                 batch = sampler.batch(rng, cfg.batch_size)
                 loss, parts = refine_loss(model(batch["template"], batch["search"], with_mask=True), batch,
@@ -273,6 +280,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                 record["val_score"] = selection_score(record, score_prefix)
                 history.append(record)
                 print(json.dumps(record), flush=True)
+                assert log is not None  # rank 0 opened it
                 log.write(json.dumps(record) + "\n")
                 log.flush()
                 save_checkpoint(last, net, meta={"history": history, "train_config": asdict(cfg)},
