@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -34,6 +34,7 @@ def run(out_dir: str = "out/demo", checkpoint: Optional[str] = None, frames: int
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
+    model: Dict[str, Any]  # Refiner keyword arguments of several types
     model = {"checkpoint": checkpoint, "device": device, "backend": backend, "precision": precision,
              "box_mode": box_mode, "keep_iou": default_keep_iou("open") if keep_iou is None else keep_iou}
     refiner = Refiner(**model)
@@ -52,7 +53,7 @@ def run(out_dir: str = "out/demo", checkpoint: Optional[str] = None, frames: int
                             overwrite=True)
     # (result name, sample bag, tracker run on the bag, loop); closed: the paper's loop, the tracker is
     # re-seeded with each refined box (its recorded open-loop boxes cannot take the box back)
-    runs = [(name, name, None, "open") for name in bases]
+    runs: List[Tuple[str, str, Optional[str], str]] = [(name, name, None, "open") for name in bases]
     if base != "jitter":
         runs.append((f"{base}_closed", base, base, "closed"))
     for name, sample, tracker, loop in runs:

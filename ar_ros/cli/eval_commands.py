@@ -5,9 +5,12 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Dict
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from .common import EXIT_SKIPPED, _model_kwargs, _refiner, _set_threads, _writable_folder
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..engine.boxes import Box
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
@@ -45,7 +48,7 @@ def _cmd_make_bag(args: argparse.Namespace) -> int:
         (seq,) = open_dataset(args.dataset, args.root, [args.sequence])
         gt = [tuple(r) for r in seq.gt] if len(seq.gt) == len(seq) else None
         if args.predictions:
-            base = [tuple(r) for r in read_boxes(args.predictions)]
+            base: List[Optional[Box]] = [tuple(r) for r in read_boxes(args.predictions)]
             if len(base) != len(seq):
                 raise ValueError(f"{args.predictions}: {len(base)} rows for {len(seq)} frames")
         elif args.base == "jitter":
@@ -138,6 +141,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                     detections_topic=args.detections_topic, gt_topic=args.gt_topic, mask=args.mask,
                     video=args.video, progress=not args.no_progress, overwrite=args.force, storage=args.storage,
                     base_tracker=args.base, loop=args.loop)
+    info: Dict[str, Any]  # JSON values of several types
     info = {"frames": result.frames, "refined_frames": result.refined_frames, "unpaired": result.unpaired,
             "bad_images": result.bad_images, "bad_messages": result.bad_messages, "fallbacks": result.fallbacks,
             "kept": result.kept, "lost": result.lost,

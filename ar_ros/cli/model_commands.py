@@ -4,12 +4,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Union
 
 from .common import _set_threads, _writable_folder
 
+if TYPE_CHECKING:  # pragma: no cover
+    from pathlib import Path
 
-def _info_export(path: str, as_json: bool, verbose: bool) -> int:
+
+def _info_export(path: Union[str, Path], as_json: bool, verbose: bool) -> int:
     """`info` on a folder from `export onnx`: the model's summary, graphs, int8, TensorRT engines and their keys."""
     from ..backends.onnx import INT8_FILES, read_manifest
     from ..backends.tensorrt import engine_keys

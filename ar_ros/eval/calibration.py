@@ -19,9 +19,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Sequence, Tuple
+from typing import Dict, Iterable, List, Sequence, Tuple, Union
 
 import numpy as np
+
+Values = Union[Sequence[float], np.ndarray]  # numbers, as a sequence or an array
 
 #: What a report prints per set of pairs, in this order.
 FIGURES = ("n", "spearman_quality", "ece_quality", "mae_quality", "spearman_base", "ece_base", "mae_base",
@@ -60,7 +62,7 @@ def _ranks(x: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def spearman(pred: Sequence[float], true: Sequence[float]) -> float:
+def spearman(pred: Values, true: Values) -> float:
     """Spearman rank correlation (NaN when either side is constant)."""
     a, b = _ranks(np.asarray(pred)), _ranks(np.asarray(true))
     a, b = a - a.mean(), b - b.mean()
@@ -68,7 +70,7 @@ def spearman(pred: Sequence[float], true: Sequence[float]) -> float:
     return float((a * b).sum() / denom) if denom > 0 else float("nan")
 
 
-def ece(pred: Sequence[float], true: Sequence[float], bins: int = 10) -> float:
+def ece(pred: Values, true: Values, bins: int = 10) -> float:
     """Expected calibration error of a [0, 1] regression: ``bins`` equal-width bins of ``pred``."""
     pred, true = np.asarray(pred, np.float64), np.asarray(true, np.float64)
     idx = np.clip((pred * bins).astype(int), 0, bins - 1)
@@ -80,7 +82,7 @@ def ece(pred: Sequence[float], true: Sequence[float], bins: int = 10) -> float:
     return float(total / max(len(pred), 1))
 
 
-def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float:
+def auroc(scores: Values, labels: Union[Sequence[bool], np.ndarray]) -> float:
     """Area under the ROC curve of ``scores`` for the positive ``labels`` (Mann-Whitney, ties count half);
     NaN when a class is empty."""
     scores, labels = np.asarray(scores, np.float64), np.asarray(labels, bool)
@@ -105,7 +107,7 @@ def figures(pairs: QualityPairs) -> Dict[str, float]:
             "base_better_share": float(better.mean())}
 
 
-def isotonic(x: Sequence[float], y: Sequence[float]) -> Tuple[np.ndarray, np.ndarray]:
+def isotonic(x: Values, y: Values) -> Tuple[np.ndarray, np.ndarray]:
     """Least-squares non-decreasing fit of ``y`` on ``x`` (pool adjacent violators): the blocks' mean x
     and fitted value, both sorted."""
     order = np.argsort(np.asarray(x, np.float64), kind="mergesort")
@@ -126,7 +128,7 @@ def isotonic(x: Sequence[float], y: Sequence[float]) -> Tuple[np.ndarray, np.nda
     return np.array(xsum) / np.array(weights), np.array(values)
 
 
-def fit_isotonic(raw: Sequence[float], true: Sequence[float], knots: int) -> Tuple[np.ndarray, np.ndarray]:
+def fit_isotonic(raw: Values, true: Values, knots: int) -> Tuple[np.ndarray, np.ndarray]:
     """A monotone calibration map from raw predictions to the true IoU: ``knots`` increasing points from 0
     to 1 (at quantiles of ``raw`` in between, so the map is detailed where predictions are) and the
     non-decreasing values there (the isotonic fit, linearly interpolated between its blocks)."""
