@@ -15,8 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
-                                SetParametersResult)
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.exceptions import ParameterUninitializedException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
@@ -45,7 +44,7 @@ class RefinerNode(LifecycleNode):
         self._stop = threading.Event()
         for spec in P.PARAMS:
             default = Parameter.Type.STRING_ARRAY if spec.default is None else spec.default
-            self.declare_parameter(spec.name, default, _descriptor(spec))
+            self.declare_parameter(spec.name, default, P.descriptor(spec))
         # values given at start (-p, params file) skip the set-parameters callback: same checks here
         problem = next(filter(None, (P.validate(s.name, self.get_parameter(s.name).value)
                                      for s in P.PARAMS if s.default is not None)), "")
@@ -420,18 +419,6 @@ def _batch_full(base):
 def _passed_through(base, reason: str):
     from ..engine.refiner import passed_through  # torch is imported on configure, not at node import
     return passed_through(base, reason)
-
-
-def _descriptor(spec: P.Spec) -> ParameterDescriptor:
-    desc = ParameterDescriptor(description=spec.description, read_only=spec.read_only)
-    if spec.choices:
-        desc.additional_constraints = "one of: " + ", ".join(repr(c) for c in spec.choices)
-    if spec.low is not None and spec.high is not None:  # the table gives both bounds or neither
-        if isinstance(spec.default, float):
-            desc.floating_point_range = [FloatingPointRange(from_value=float(spec.low), to_value=float(spec.high))]
-        elif isinstance(spec.default, int) and not isinstance(spec.default, bool):
-            desc.integer_range = [IntegerRange(from_value=int(spec.low), to_value=int(spec.high), step=1)]
-    return desc
 
 
 def main(args: Optional[List[str]] = None) -> None:

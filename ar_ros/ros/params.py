@@ -5,9 +5,12 @@ lifecycle cleanup + configure (or a restart) to change; the others apply to the 
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Tuple
 
 from ..options import NODE_PARAMS, Spec, problem
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rcl_interfaces.msg import ParameterDescriptor
 
 PARAMS: Tuple[Spec, ...] = NODE_PARAMS
 BY_NAME: Dict[str, Spec] = {p.name: p for p in PARAMS}
@@ -17,6 +20,20 @@ DEFAULTS: Dict[str, Any] = {p.name: p.default for p in PARAMS if p.default is no
 def validate(name: str, value: Any) -> str:
     """Why ``value`` is not acceptable for parameter ``name``; ``""`` when it is."""
     return problem(name, value) if name in BY_NAME else ""
+
+
+def descriptor(spec: Spec) -> "ParameterDescriptor":
+    """The rclpy descriptor of a parameter: its doc, read-only flag, choices and range."""
+    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+    desc = ParameterDescriptor(description=spec.description, read_only=spec.read_only)
+    if spec.choices:
+        desc.additional_constraints = "one of: " + ", ".join(repr(c) for c in spec.choices)
+    if spec.low is not None and spec.high is not None:  # the table gives both bounds or neither
+        if isinstance(spec.default, float):
+            desc.floating_point_range = [FloatingPointRange(from_value=float(spec.low), to_value=float(spec.high))]
+        elif isinstance(spec.default, int) and not isinstance(spec.default, bool):
+            desc.integer_range = [IntegerRange(from_value=int(spec.low), to_value=int(spec.high), step=1)]
+    return desc
 
 
 YAML_HEADER = """\
