@@ -22,7 +22,6 @@ from .masks import (FUSE_MASK_WEIGHT, FUSE_MIN_IOU, LOGIT_THRESHOLDS, crop_mask_
                     mask_to_box, resolve_box_mode)
 
 __all__ = ["DEFAULT_CHECKPOINT", "Refiner", "Result", "check_frame", "passed_through"]
-Job = Union[Tuple[np.ndarray, Mapping[Hashable, Iterable[float]]], Tuple[np.ndarray, Mapping[Hashable, Iterable[float]], str]]
 
 
 @dataclass
