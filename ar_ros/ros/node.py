@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
@@ -21,11 +21,11 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.parameter import Parameter
 from std_srvs.srv import SetBool
 
-from ..io.detections import stamp_to_ns
 from . import params as P
+from .batch_pass import BatchPass
 from .camera import Camera
 from .pairing import Job, Settings
-from .diagnostics import Meter, fmt
+from .diagnostics import fmt
 from .executor import run_node
 from .qos import SERVICE_QOS
 
@@ -67,9 +67,7 @@ class RefinerNode(LifecycleNode):
         if problem:
             raise ValueError(problem)
         self.cameras: List[Camera] = [Camera(self, n) for n in names] or [Camera(self, "")]
-        self.batch_meter = Meter()      # size of each forward pass
-        self.pass_meter = Meter()       # ms per forward pass (all cameras)
-        self._rr = 0                    # round-robin start when a pass is over max_targets
+        self.batch = BatchPass(self._failed)  # one forward pass over all cameras, and its meters
         self._endpoints = False
         self._diag_pub: Optional[Publisher] = None  # created on the first configure, with its timer
         self._last_warn: Dict[str, float] = {}
@@ -282,91 +280,11 @@ class RefinerNode(LifecycleNode):
         names = f" [{', '.join(c.name for c in cameras)}]" if any(c.name for c in cameras) else ""
         self.get_logger().error(f"refinement failed{names}: {type(err).__name__}: {err}", throttle_duration_sec=5.0)
 
-    def _process(self, jobs: List) -> None:
-        """Plan every camera's frame, refine all targets in one pass, publish per camera. A camera whose
-        frame or plan fails costs only that camera its frame."""
-        from ..engine.refiner import check_frame  # torch is imported on configure, not at node import
+    def _process(self, jobs: List[Tuple[Camera, Job]]) -> None:
+        """One batched pass over the cameras' frames (see :mod:`.batch_pass`), while configured and active."""
         if self.refiner is None or not self.active:
             return
-        ready = []
-        for cam, job in jobs:
-            frame = job.image.frame()
-            try:
-                if frame is None:
-                    raise ValueError(job.image.error)
-                check_frame(frame)  # checked on arrival from the header; this is the decoded frame
-            except ValueError as err:
-                cam.counters.inc("bad_images")
-                cam.warn("bad_image", f"skipping frame: {err}")
-                continue
-            ready.append((cam, job, frame))
-        if not ready:
-            return
-        with_mask = any(cam.wants_mask() for cam, _, _ in ready)
-        t0 = time.perf_counter()
-        with self.refiner_lock:
-            plans = []
-            for cam, job, frame in ready:
-                try:
-                    inputs, dets = cam.inputs(job)
-                    step = cam.session.plan(frame, inputs, _stamp(job), color=job.image.color)
-                except Exception as err:
-                    self._failed([cam], err)
-                    continue
-                plans.append((cam, job, frame, dets, step))
-            allowed = self._cap_batch([p[4] for p in plans])
-            batch = [(frame, {k: step.bases[k] for k in keep}, job.image.color)
-                     for (cam, job, frame, dets, step), keep in zip(plans, allowed)]
-            try:
-                outputs = self.refiner.refine_many(batch, mask=with_mask)
-            except Exception:
-                if len(batch) < 2:
-                    raise
-                # the joint pass failed: each camera alone, so a failing one costs only its own frame
-                outputs = [self._refine_alone(plan[0], plan[4], item, with_mask) for plan, item in zip(plans, batch)]
-            for (cam, job, frame, dets, step), keep, out in zip(plans, allowed, outputs):
-                for key, base in step.bases.items():
-                    if key not in out:  # over the pass's max_targets: this frame keeps the base box
-                        out[key] = _batch_full(base)
-                        cam.counters.inc("batch_full")
-                cam.session.finish(step, out)
-        pass_ms = (time.perf_counter() - t0) * 1e3
-        self.pass_meter.add(pass_ms)
-        self.batch_meter.add(float(sum(len(k) for k in allowed)))
-        for cam, job, frame, dets, step in plans:
-            for tid, kind, text in step.skipped:
-                cam.counters.inc(kind)
-                cam.warn(kind, text)
-            if any(t.startswith("#") for t in step.results):
-                cam.warn("no_id", "detections without an id: each is refined against a template from its own "
-                                  "frame (set Detection2D.id to track across frames)")
-            cam.publish(job.image, step.results, dets, pass_ms, with_mask and cam.wants_mask())
-
-    def _refine_alone(self, cam: Camera, step, item, with_mask: bool) -> Dict:
-        """One camera's part of a pass; when it fails, its base boxes are kept, flagged, and it is counted."""
-        assert self.refiner is not None  # _pass checked it
-        try:
-            return self.refiner.refine_many([item], mask=with_mask)[0]
-        except Exception as err:
-            self._failed([cam], err)
-            return {key: _passed_through(base, f"refinement failed: {err}") for key, base in step.bases.items()}
-
-    def _cap_batch(self, steps: List) -> List[List]:
-        """Keys to refine per camera, at most ``max_targets`` in total, taken round-robin across cameras."""
-        limit = int(self.param("max_targets"))
-        queues = [list(s.bases) for s in steps]
-        if sum(len(q) for q in queues) <= limit:
-            return queues
-        chosen: List[List] = [[] for _ in steps]
-        order = [(self._rr + i) % len(steps) for i in range(len(steps))]
-        self._rr = (self._rr + 1) % max(len(steps), 1)
-        taken = 0
-        while taken < limit and any(queues):
-            for i in order:
-                if queues[i] and taken < limit:
-                    chosen[i].append(queues[i].pop(0))
-                    taken += 1
-        return chosen
+        self.batch.run(self.refiner, self.refiner_lock, jobs, int(self.param("max_targets")))
 
     # ------------------------------------------------------------------ services and diagnostics
     def _srv_enable(self, req: SetBool.Request, res: SetBool.Response) -> SetBool.Response:
@@ -376,9 +294,9 @@ class RefinerNode(LifecycleNode):
 
     def _publish_diagnostics(self) -> None:
         shared = {"device": self.device_label, "enabled": str(self.enabled),
-                  "batch_size_p50": fmt(self.batch_meter.percentiles()[0]),
-                  "pass_ms_p50": fmt(self.pass_meter.percentiles()[0]),
-                  "pass_ms_p95": fmt(self.pass_meter.percentiles()[1]),
+                  "batch_size_p50": fmt(self.batch.batch_meter.percentiles()[0]),
+                  "pass_ms_p50": fmt(self.batch.pass_meter.percentiles()[0]),
+                  "pass_ms_p95": fmt(self.batch.pass_meter.percentiles()[1]),
                   "passes": str(self.refiner.passes if self.refiner is not None else 0)}
         base = f"ar_ros: {self.get_name()}"
         if len(self.cameras) == 1 and not self.camera.name:
@@ -406,19 +324,6 @@ class RefinerNode(LifecycleNode):
         if now - self._last_warn.get(key, -1e9) >= period:
             self._last_warn[key] = now
             self.get_logger().warning(text)
-
-
-def _stamp(job: Job) -> int:
-    return stamp_to_ns(job.image.msg.header.stamp)
-
-
-def _batch_full(base):
-    return _passed_through(base, "more targets than max_targets across cameras in this pass; base box kept")
-
-
-def _passed_through(base, reason: str):
-    from ..engine.refiner import passed_through  # torch is imported on configure, not at node import
-    return passed_through(base, reason)
 
 
 def main(args: Optional[List[str]] = None) -> None:
