@@ -37,7 +37,7 @@ from typing import Dict, List
 def plain(tasks, threads: int) -> float:
     """Refinements per second of one refiner refining every sequence in this process."""
     from ar_ros.eval.benchmark import refine_sequence
-    from ar_ros.eval.runner import WorkerSpec, build_refiner, usable_cores
+    from ar_ros.eval.worker import WorkerSpec, build_refiner, usable_cores
     from ar_ros.eval.tasks import LazyFrames
     refiner = build_refiner(WorkerSpec({}, "cpu", threads or usable_cores()))
     t0 = time.perf_counter()
@@ -74,7 +74,7 @@ def main() -> None:
     ap.add_argument("--no-ray", action="store_true", help="skip the Ray rows")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    from ar_ros.eval.runner import usable_cores
+    from ar_ros.eval.worker import usable_cores
     from ar_ros.eval.sample_dataset import write_dataset
     from ar_ros.eval.tasks import plan_dataset
     work = Path(tempfile.mkdtemp(prefix="bench_eval_scale_"))

@@ -28,8 +28,9 @@ from ..data.results import write_boxes
 from ..progress import progress_bar
 from . import report
 from .metrics import Scores, average
-from .runner import Callbacks, make_backend, run_tasks, worker_specs
+from .runner import Callbacks, make_backend, run_tasks
 from .tasks import EvalInputError, Record, Task
+from .worker import worker_specs
 
 log = logging.getLogger(__name__)
 SETTINGS_FILE = "run.json"  # what the folder's records were made with; a rerun must match it
