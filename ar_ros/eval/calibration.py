@@ -42,7 +42,7 @@ class QualityPairs:
     @classmethod
     def concat(cls, parts: Iterable["QualityPairs"]) -> "QualityPairs":
         parts = list(parts)
-        return cls(*(np.concatenate([getattr(p, f) for p in parts]).astype(np.float64)
+        return cls(*(np.concatenate([getattr(p, f) for p in parts] or [np.zeros(0)]).astype(np.float64)
                      for f in ("pred_quality", "true_quality", "pred_base", "true_base")))
 
     def __len__(self) -> int:
@@ -171,48 +171,23 @@ def lost_threshold(pairs: QualityPairs, off_iou: float = 0.1,
 
 
 def suite_pairs(net, sequences: Iterable, base: str = "jitter", progress=None) -> QualityPairs:
-    """Pairs on whole sequences, the way the engine refines them: template from frame 0's box, each later
-    frame's base box (``eval.benchmark.base_boxes``: jittered GT, the GT itself, an OpenCV tracker) cropped
-    with the network's crop mode; the output box is the one ``box_mode auto`` makes. Frames without GT or
-    base box are skipped. ``net`` is a network with a quality head."""
-    import torch
-    from ..engine import crop as cropping
-    from ..engine.masks import crop_mask_box, fuse_boxes, resolve_box_mode
-    from .benchmark import base_boxes
-    from ..engine.boxes import iou
-    cfg = net.config
-    table = cropping.normalisation_table()
-    box_mode = resolve_box_mode("auto", cfg.mask_head)
-
-    def tensor(image: np.ndarray, box) -> Tuple[torch.Tensor, cropping.CropWindow]:
-        win = cropping.window_for(box, cfg.search_factor, cfg.input_size, cfg.crop_mode)
-        patch = cropping.crop(image, win)
-        return torch.from_numpy(table[np.arange(3)[:, None, None], patch.transpose(2, 0, 1)]), win
-
-    parts = []
-    for seq in sequences:
-        frames = list(seq)
-        boxes = base_boxes(seq, frames, base, seed=seq.seed)
-        pq, tq, pb, tb = [], [], [], []
-        with torch.inference_mode():
-            kernel = net.template(tensor(frames[0].image, frames[0].box)[0][None])
-            for frame, box in zip(frames[1:], boxes[1:]):
-                if box is None or frame.box[2] <= 0 or frame.box[3] <= 0 or box[2] <= 0 or box[3] <= 0:
-                    continue
-                image, win = tensor(frame.image, box)
-                out = net.search(image[None], kernel, with_mask=box_mode == "fused")
-                crop_box = out["boxes"][0].double().numpy()
-                if box_mode == "fused":
-                    mask_box = crop_mask_box(out["mask"][0, 0].float().numpy())
-                    crop_box = fuse_boxes(crop_box, None if mask_box is None else mask_box + win.mask_offset())
-                pq.append(float(out["quality"][0]))
-                pb.append(float(out["base_quality"][0]))
-                tq.append(iou(tuple(win.box_to_frame(crop_box)), frame.box))
-                tb.append(iou(tuple(box), frame.box))
-        parts.append(QualityPairs(*(np.array(v, np.float64) for v in (pq, tq, pb, tb))))
-        if progress is not None:
-            progress(f"{getattr(seq, 'name', seq.seed)}: {len(tq)} frames")
-    return QualityPairs.concat(parts)
+    """Pairs on whole sequences, the way the engine refines them: ``eval.benchmark.run_suite`` (template
+    from frame 0's box, each later frame's base box: jittered GT, the GT itself, an OpenCV tracker) with a
+    refiner on ``net`` as it is (eager, fp32, on the network's device, ``box_mode auto``), and the pairs it
+    collects (``eval.benchmark.quality_pairs``). Frames without GT or a refinable base box are skipped.
+    ``net`` is a network with a quality head."""
+    from ..engine.refiner import Refiner
+    from .benchmark import run_suite
+    if not net.config.quality_head:
+        raise ValueError("suite_pairs needs a network with a quality head")
+    device = str(next(net.parameters()).device)
+    refiner = Refiner(net, device=device, precision="fp32", box_mode="auto", fold_batchnorm=False,
+                      channels_last=False, cpu_graphs=False)
+    try:
+        results = run_suite(refiner, sequences, base, progress=progress)
+    finally:
+        refiner.close()
+    return QualityPairs.concat(r.quality for r in results if r.quality is not None)
 
 
 def calibration_figure(sets: Dict[str, QualityPairs], path: str | Path, bins: int = 10) -> Path:
