@@ -117,15 +117,16 @@ def test_calibration_map_is_applied_piecewise_linearly_and_checked():
     torch.manual_seed(0)
     head = QualityHead(in_channels=8, input_size=64).eval()
     fused, boxes, score = torch.randn(5, 8, 4, 4), torch.tensor([[10.0, 12.0, 40.0, 50.0]] * 5), torch.rand(5)
+    corner_prob = torch.softmax(torch.randn(5, 2, 16), dim=-1).reshape(5, 2, 4, 4)
     with torch.no_grad():
-        raw = torch.sigmoid(head.raw(fused, boxes, score))
-        identity = head(fused, boxes, score)
+        raw = torch.sigmoid(head.raw(fused, boxes, score, corner_prob))
+        identity = head(fused, boxes, score, corner_prob)
     assert torch.allclose(identity["quality"], raw[:, 0], atol=1e-6)
     knots = np.linspace(0, 1, CALIBRATION_KNOTS)
     values = np.stack((knots ** 2, np.sqrt(knots)))
     head.set_calibration(np.stack((knots, knots)), values)
     with torch.no_grad():
-        out = head(fused, boxes, score)
+        out = head(fused, boxes, score, corner_prob)
     want_q = np.interp(raw[:, 0].numpy(), knots, values[0])
     want_b = np.interp(raw[:, 1].numpy(), knots, values[1])
     assert np.allclose(out["quality"].numpy(), want_q, atol=1e-5)
@@ -178,8 +179,11 @@ def test_quality_only_training_changes_the_head_alone(tmp_path):
     save_checkpoint(tmp_path / "start.pt", source)
     cfg = TrainConfig(out_dir=str(tmp_path / "run"), epochs=1, iters_per_epoch=2, batch_size=4, val_batches=1,
                       frame_size=[160, 120], init_from=str(tmp_path / "start.pt"), quality_only=True,
-                      small_jitter_prob=0.3, far_prob=0.3)
+                      small_jitter_prob=0.3, far_prob=0.3, quality_pairs=6)
     state, config, meta = load_checkpoint(train(cfg, progress=False))
+    # the network ran once over the pairs; what the head saw is kept for a resumed run: 6 of 2 batches of 4
+    cached = torch.load(tmp_path / "run" / "pairs" / "part0000.pt", weights_only=True)
+    assert [len(column) for column in cached] == [8] * len(cached) and cached[-1].shape == (8, 2)
     assert config.quality_head and config.input_size == 64
     want = source.state_dict()
     for key, value in want.items():

@@ -52,3 +52,20 @@ def test_without_a_head_keep_iou_decides_and_no_quality_is_reported(frame):
     res = r.set_target(frame, BOX, "a")
     assert res.base_quality is None and res.lost is False
     assert res.kept and res.box == BOX and res.reason == ""
+
+
+def test_cpu_graphs_and_fp16_carry_the_head(frame):
+    """The tuned CPU path (packed layers, oneDNN graphs) and fp16 give the eager head's numbers."""
+    net = quality_net(0.6, 0.9)
+    torch.manual_seed(3)
+    torch.nn.init.normal_(net.quality_head.mlp[-1].weight, std=0.05)  # the output depends on the input
+    eager = Refiner(net, cpu_graphs=False, fold_batchnorm=False).set_target(frame, BOX, "a")
+    graphed = Refiner(net)
+    graphed.warm_up(1)
+    fast = graphed.set_target(frame, BOX, "a")
+    assert graphed.graphs is not None
+    half = Refiner(net, precision="fp16").set_target(frame, BOX, "a")
+    for got, tol in ((fast, 1e-4), (half, 2e-2)):
+        assert got.score == pytest.approx(eager.score, abs=tol)
+        assert got.base_quality == pytest.approx(eager.base_quality, abs=tol)
+    assert abs(eager.score - 0.6) > 1e-3  # the head's input reached its output

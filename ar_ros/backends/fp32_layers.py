@@ -92,7 +92,8 @@ class Float32(nn.Module):
 
 def cast_keeping_fp32(net: ModuleT, dtype: torch.dtype, keep: Set[nn.Conv2d]) -> ModuleT:
     """Cast ``net`` to ``dtype`` in place, each convolution of ``keep`` wrapped in :class:`Float32` (its
-    fp32 weights as they were, not rounded; score convolutions of the corner head return fp32)."""
+    fp32 weights as they were, not rounded; score convolutions of the corner head return fp32) and the
+    quality head, where there is one, left in fp32."""
     scores = set(score_convolutions(getattr(net, "corner_head", None)))
     originals = {m: m.float() for m in keep}  # the modules themselves: .to(dtype) below skips them once wrapped
     for parent in list(net.modules()):
@@ -108,4 +109,7 @@ def cast_keeping_fp32(net: ModuleT, dtype: torch.dtype, keep: Set[nn.Conv2d]) ->
             m.weight.data = w
             if b is not None and m.bias is not None:  # b is m's own bias, cloned above
                 m.bias.data = b
+    quality = getattr(net, "quality_head", None)
+    if quality is not None:  # a few small layers on box coordinates and probabilities: fp32 costs nothing
+        quality.float()
     return net

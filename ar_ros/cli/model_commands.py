@@ -154,7 +154,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
                       backbone_lr_scale=args.backbone_lr_scale, small_jitter_prob=args.small_jitter,
                       init_from=args.init_from or "", init_backbone=args.init_backbone, freeze=args.freeze,
                       corner_stride=args.corner_stride, mask_head=args.mask_head, freeze_box=args.freeze_box,
-                      quality_only=args.quality_only, far_prob=args.far_prob)
+                      quality_only=args.quality_only, far_prob=args.far_prob,
+                      quality_pairs=args.quality_pairs)
     path = train(cfg, progress=not args.no_progress)
     print(f"final checkpoint: {path}")
     return 0

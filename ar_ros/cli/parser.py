@@ -205,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quality-only", action="store_true",
                    help="with --init-from: keep every weight of that model (the authors' checkpoint, or ours) and train "
                         "a quality head on it (predicted IoU of the refined and of the base box; docs/models.md)")
+    p.add_argument("--quality-pairs", type=_positive_int, default=20000,
+                   help="--quality-only: training pairs the model runs on once; the head then trains --epochs "
+                        "passes over them (default: 20000)")
     p.add_argument("--small-jitter", type=float, default=0.0,
                    help="share of pairs whose base box is nearly right, so good boxes stay good (default: 0)")
     p.add_argument("--far-prob", type=float, default=0.0,

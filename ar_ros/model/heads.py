@@ -77,16 +77,25 @@ class FineCorner(nn.Module):
         return upsample2(coarse, fine) + out(x)
 
 
+def map_grid(stride: float, fine: bool) -> Tuple[float, float]:
+    """``(step, offset)``: crop px of corner-map cell j is ``j * step + offset`` (the stride-16 map: the
+    authors' cell corners; the stride-8 map: a cell j of the 2x-upsampled map sits at coarse cell
+    (j + 0.5) / 2 - 0.5, i.e. at j x s/2 - s/4)."""
+    return (stride / 2, -stride / 4) if fine else (stride, 0.0)
+
+
 def corner_boxes(score_tl: torch.Tensor, score_br: torch.Tensor, stride: float, fine: bool) -> Dict[str, torch.Tensor]:
     """``boxes`` (B,4) x1,y1,x2,y2 in crop pixels and ``score`` (B,) peak sharpness from the two corner
-    score maps; ``fine``: the maps are the stride-8 ones (2x the coarse map's resolution)."""
-    # a cell j of the 2x-upsampled map sits at coarse cell (j + 0.5) / 2 - 0.5, i.e. at j x s/2 - s/4
-    step, offset = (stride / 2, -stride / 4) if fine else (stride, 0.0)
+    score maps; ``fine``: the maps are the stride-8 ones (2x the coarse map's resolution). Also
+    ``corner_prob`` (B,2,H,W): the two softmax maps the corners are the expectations of (what the quality
+    head reads; ``AlphaRefineNet.search`` does not return it)."""
+    step, offset = map_grid(stride, fine)
     x1, y1, prob_tl = soft_argmax(score_tl, step, offset)
     x2, y2, prob_br = soft_argmax(score_br, step, offset)
     radius = 2 if fine else 1  # about the same window in crop px (40 vs 48 px)
     score = torch.sqrt(peak_mass(prob_tl, radius) * peak_mass(prob_br, radius))
-    return {"boxes": torch.stack((x1, y1, x2, y2), dim=1), "score": score}
+    return {"boxes": torch.stack((x1, y1, x2, y2), dim=1), "score": score,
+            "corner_prob": torch.stack((prob_tl, prob_br), dim=1)}
 
 
 class CornerHead(nn.Module):

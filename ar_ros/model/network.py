@@ -108,7 +108,8 @@ class AlphaRefineNet(nn.Module):
             nn.Sequential(*conv_bn_relu(ch[name], width)) if width else nn.Identity()
             for name, width in zip(("conv1", "layer1", "layer2"), MASK_HEADS[config.mask_head][0])])
         # a separate branch after the box: the box and mask outputs are the same with or without it
-        self.quality_head = QualityHead(64, config.input_size, config.search_factor) if config.quality_head else None
+        self.quality_head = QualityHead(64, config.input_size, config.search_factor, corner_stride=config.corner_stride,
+                                        stride=STRIDE) if config.quality_head else None
 
     def template(self, images: torch.Tensor) -> torch.Tensor:
         """Template crops (B,3,S,S) -> correlation kernels (B, cells, C). Compute once per target."""
@@ -130,8 +131,9 @@ class AlphaRefineNet(nn.Module):
         feats = self.feature_extractor(images, names)
         fused = self.neck(kernels, feats["layer3"])
         out = self.corner_head(fused, feats["layer2"] if fine else None)
+        corner_prob = out.pop("corner_prob")
         if self.quality_head is not None:
-            out.update(self.quality_head(fused, out["boxes"], out["score"]))
+            out.update(self.quality_head(fused, out["boxes"], out["score"], corner_prob))
         if with_mask:
             adj = [m(feats[n]) for m, n in zip(self.feat_adjust, ("conv1", "layer1", "layer2"))]
             key = "mask_logits" if mask_logits else "mask"

@@ -9,7 +9,11 @@ box and mask outputs do not change with or without it:
   each box): the refined (corner) box, and the base (input) box, which sits at a fixed place in every
   search crop (centred, ``input_size / search_factor`` wide: see :func:`base_box`);
 * the features' global mean and max (is the template anywhere in the crop at all: the "lost" cue);
-* the geometry: the refined box relative to the base box, their IoU, and the corner peak sharpness.
+* the geometry: the refined box relative to the base box, their IoU, and the corner peak sharpness;
+* the two corner probability maps the refined corners are the expectations of (``corner_prob``): per
+  corner its spread (how sure the network is of its own corner), its offset from the base box's corner
+  in units of that spread, the probability mass near the base box's corner (how plausible the network
+  finds the base box: the cue that a right base box should be kept) and its peak.
 
 A two-layer MLP maps these to two logits: ``quality`` (the IoU of the refined box with the true box) and
 ``base_quality`` (the IoU of the base box with the true box); sigmoid, then a monotone piecewise-linear
@@ -25,6 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .heads import map_grid
+
+CORNER_FEATURES = 9      # per corner map: QualityHead.corner_features
 CALIBRATION_KNOTS = 21   # points of the piecewise-linear calibration map (fixed: a fixed state_dict shape)
 OUTPUTS = ("quality", "base_quality")
 
@@ -82,6 +89,24 @@ def _box_maps(base: torch.Tensor, steps: torch.Tensor, size: float) -> Dict[str,
             "base_side": torch.tensor(side), "base_area": torch.tensor(side * float(base[3] - base[1]))}
 
 
+def _corner_maps(base: torch.Tensor, cells: int, step: float, offset: float) -> Dict[str, torch.Tensor]:
+    """The constants of :meth:`QualityHead.corner_features` for ``cells`` x ``cells`` corner maps whose cell j
+    sits at ``j * step + offset`` crop px: ``corner_moments`` (2, cells*cells, 6), per corner (top-left at
+    the base box's x1,y1, bottom-right at x2,y2) and cell: dx, dy, dx^2, dy^2 from the base corner in
+    base-box widths and two Gaussian windows (sigma half a cell and one cell, peak 1) about the base corner;
+    ``corner_cell``: a quarter cell in base-box widths (keeps the offset-in-spreads finite)."""
+    side = float(base[2] - base[0])
+    pos = torch.arange(cells, dtype=torch.float64) * step + offset
+    ys, xs = pos.repeat_interleave(cells), pos.repeat(cells)
+    rows = []
+    for bx, by in ((float(base[0]), float(base[1])), (float(base[2]), float(base[3]))):
+        dx, dy = (xs - bx) / side, (ys - by) / side
+        d2 = (xs - bx) ** 2 + (ys - by) ** 2
+        windows = [torch.exp(-d2 / (2.0 * sigma ** 2)) for sigma in (step / 2.0, step)]
+        rows.append(torch.stack([dx, dy, dx * dx, dy * dy] + windows, dim=1))
+    return {"corner_moments": torch.stack(rows).float(), "corner_cell": torch.tensor(step / (4.0 * side))}
+
+
 class QualityHead(nn.Module):
     """Predicted IoU of the refined box and of the base box with the true box, both (B,) in [0, 1]."""
 
@@ -99,13 +124,16 @@ class QualityHead(nn.Module):
     base_signed: torch.Tensor
     base_side: torch.Tensor
     base_area: torch.Tensor
+    corner_moments: torch.Tensor
+    corner_cell: torch.Tensor
 
     def __init__(self, in_channels: int = 64, input_size: int = 128, search_factor: float = 2.0,
-                 width: int = 32, grid: int = 3, hidden: int = 128) -> None:
+                 width: int = 32, grid: int = 3, hidden: int = 128, corner_stride: int = 16,
+                 stride: int = 16) -> None:
         super().__init__()
         self.input_size, self.grid = int(input_size), int(grid)
         self.reduce = nn.Sequential(nn.Conv2d(in_channels, width, kernel_size=1), nn.ReLU(inplace=True))
-        n_in = 2 * width * grid * grid + 2 * width + 8
+        n_in = 2 * width * grid * grid + 2 * width + 8 + 2 * CORNER_FEATURES
         self.mlp = nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 2))
         base = base_box(input_size, search_factor)
         self.register_buffer("base", base)
@@ -121,10 +149,29 @@ class QualityHead(nn.Module):
         # exported graph to a few dozen nodes
         for name, value in _box_maps(base, steps, float(input_size)).items():
             self.register_buffer(name, value, persistent=False)
+        fine = corner_stride != stride
+        cells = input_size // (stride // 2 if fine else stride)
+        for name, value in _corner_maps(base, cells, *map_grid(float(stride), fine)).items():
+            self.register_buffer(name, value, persistent=False)
 
-    def raw(self, fused: torch.Tensor, boxes: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+    def corner_features(self, corner_prob: torch.Tensor) -> torch.Tensor:
+        """(B,2,H,W) corner probability maps -> (B, 2 * CORNER_FEATURES): per corner (top-left, then
+        bottom-right) the mean offset from the base box's corner (x, y), the spread (x, y), the offset in
+        spreads (x, y), both in base-box widths, the log of the mass near the base corner (two widths) and
+        the log of the peak probability."""
+        prob = corner_prob.float().flatten(2).unsqueeze(2)                  # (B,2,1,HW)
+        moments = (prob @ self.corner_moments).squeeze(2)                   # (B,2,6)
+        mean = moments[..., 0:2]
+        spread = torch.sqrt((moments[..., 2:4] - mean * mean).clamp(min=0.0) + 1e-6)
+        near = torch.log(moments[..., 4:6] + 1e-4)
+        peak = torch.log(prob.amax(dim=-1) + 1e-4)                          # (B,2,1)
+        feats = torch.cat((mean, spread, mean / (spread + self.corner_cell), near, peak), dim=2)
+        return feats.flatten(1)
+
+    def raw(self, fused: torch.Tensor, boxes: torch.Tensor, score: torch.Tensor,
+            corner_prob: torch.Tensor) -> torch.Tensor:
         """The two logits (B,2) before sigmoid and calibration (what training regresses)."""
-        feat = self.reduce(fused)
+        feat = self.reduce(fused.to(self.base.dtype))  # the head runs in its own precision (fp32 in every backend)
         boxes = boxes.float()
         c, g = int(feat.shape[1]), self.grid
         # both lattices (refined box: rows 0..g-1, base box: rows g..2g-1) in grid_sample's [-1, 1]
@@ -139,7 +186,8 @@ class QualityHead(nn.Module):
         geometry = torch.cat((boxes @ self.centre_map + self.centre_offset, torch.log(wh / self.base_side),
                               (overlap / union.clamp(min=1e-6)).unsqueeze(1), score.float().unsqueeze(1),
                               wh / float(self.input_size)), dim=1)
-        x = torch.cat((pooled, feat.mean(dim=(2, 3)), feat.amax(dim=(2, 3)), geometry), dim=1)
+        x = torch.cat((pooled, feat.mean(dim=(2, 3)), feat.amax(dim=(2, 3)), geometry,
+                       self.corner_features(corner_prob)), dim=1)
         return self.mlp(x)
 
     def calibrate(self, prob: torch.Tensor) -> torch.Tensor:
@@ -150,9 +198,10 @@ class QualityHead(nn.Module):
         ramps = torch.minimum(torch.maximum(prob.unsqueeze(-1), x0), x1) - x0  # (B, 2, K-1)
         return ((ramps * slope).sum(dim=-1) + self.calib_y[:, 0]).clamp(0.0, 1.0)
 
-    def forward(self, fused: torch.Tensor, boxes: torch.Tensor, score: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def forward(self, fused: torch.Tensor, boxes: torch.Tensor, score: torch.Tensor,
+                corner_prob: torch.Tensor) -> Dict[str, torch.Tensor]:
         """``quality`` and ``base_quality``, (B,) each, calibrated, in [0, 1]."""
-        out = self.calibrate(torch.sigmoid(self.raw(fused, boxes, score)))
+        out = self.calibrate(torch.sigmoid(self.raw(fused, boxes, score, corner_prob).float()))
         return {"quality": out[:, 0], "base_quality": out[:, 1]}
 
     def set_calibration(self, knots: Sequence[Sequence[float]], values: Sequence[Sequence[float]]) -> None:

@@ -1,7 +1,8 @@
 """Training the quality head alone (``TrainConfig.quality_only``): every box and mask weight stays as loaded.
 
 The network of ``init_from`` gets a :class:`~ar_ros.model.quality.QualityHead` (or keeps its own, to go
-on training it) and only the head learns, on the same pair sampler as the refiner, with a base-box jitter
+on training it) and only the head learns. The frozen network runs once over a fixed set of pairs from the
+refiner's pair sampler (:func:`cached_pairs`) and the head trains on what it saw, with a base-box jitter
 that covers right boxes (``small_jitter_prob``), the paper's coarse boxes and boxes off the target
 (``far_prob``: the target at the crop's edge or outside it, a distractor under the box). Targets are the
 IoUs with the true box of the box the network outputs (the box its default ``box_mode`` makes: corner, or
@@ -95,22 +96,53 @@ def quality_validation(cfg, banks: tuple, sampler_cfg: SamplerConfig, seed: int 
             for i, (suffix, source) in enumerate(sources.items())}
 
 
-def quality_evaluate(net: AlphaRefineNet, batches: list, suffix: str = "") -> Dict[str, float]:
-    """Validation loss and mean absolute error of both outputs."""
-    losses, errors = [], []
-    with torch.no_grad():
-        for b in batches:
-            inputs, targets, _ = quality_targets(net, b)
-            loss, pred = quality_loss(net, inputs, targets)
-            losses.append(float(loss))
-            errors.append((pred - targets).abs())
-    err = torch.cat(errors)
-    return {"val_loss" + suffix: float(np.mean(losses)), "val_mae_quality" + suffix: float(err[:, 0].mean()),
-            "val_mae_base" + suffix: float(err[:, 1].mean())}
+def _head_inputs(net: AlphaRefineNet, batch: Dict[str, torch.Tensor]) -> List[torch.Tensor]:
+    """The head's inputs and targets for one batch, as tensors to keep: the fused map in fp16 (the largest,
+    and the head's 1x1 convolution does not need more), then boxes, score, corner maps, targets."""
+    inputs, targets, _ = quality_targets(net, batch)
+    return [inputs[0].half()] + [t.float() for t in inputs[1:]] + [targets]
+
+
+def cached_pairs(net: AlphaRefineNet, sampler: PairSampler, folder: Path, n_pairs: int, batch_size: int,
+                 seed: int, progress: bool = True, part: int = 64) -> List[torch.Tensor]:
+    """Run the frozen network once on ``n_pairs`` training pairs and keep what the head sees (and its
+    targets): the head then trains for many epochs at the cost of its own few layers. Written to ``folder``
+    in parts of ``part`` batches (batch i drawn with seed (seed, i): a stopped run resumes where it was)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    n_batches = -(-n_pairs // batch_size)
+    n_parts = -(-n_batches // part)
+    bar = progress_bar(n_batches, "network on training pairs", unit="batch", enabled=progress, leave=False)
+    parts = []
+    for k in range(n_parts):
+        path = folder / f"part{k:04d}.pt"
+        batches = range(k * part, min(n_batches, (k + 1) * part))
+        if path.exists():
+            parts.append(torch.load(path, weights_only=True))
+            bar.update(len(batches))
+            continue
+        rows = []
+        for i in batches:
+            rows.append(_head_inputs(net, sampler.batch(np.random.default_rng([seed, i]), batch_size)))
+            bar.update(1)
+        parts.append([torch.cat(column) for column in zip(*rows)])
+        torch.save(parts[-1], path.with_suffix(".tmp"))
+        path.with_suffix(".tmp").replace(path)
+    bar.close()
+    return [torch.cat(column)[:n_pairs] for column in zip(*parts)]
+
+
+def head_loss(net: AlphaRefineNet, rows: List[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """BCE of the head on cached rows (:func:`cached_pairs`), and the predictions (B,2)."""
+    *inputs, targets = rows
+    return quality_loss(net, (inputs[0].float(), *inputs[1:]), targets)
 
 
 def train_quality(cfg, progress: bool = True) -> Path:
-    """Train (or resume) the quality head of ``cfg.init_from``'s network; returns ``<out_dir>/final.pt``."""
+    """Train (or resume) the quality head of ``cfg.init_from``'s network; returns ``<out_dir>/final.pt``.
+
+    The network runs once on ``cfg.quality_pairs`` training pairs (:func:`cached_pairs`, kept under
+    ``<out_dir>/pairs``); each epoch is then one pass of the head over them in batches of
+    ``cfg.batch_size``, in a new order."""
     from .trainer import data_description, real_photo_banks, training_source
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -136,35 +168,37 @@ def train_quality(cfg, progress: bool = True) -> Path:
     sampler_cfg = SamplerConfig(input_size=net.config.input_size, search_factor=net.config.search_factor,
                                 small_jitter_prob=cfg.small_jitter_prob, far_prob=cfg.far_prob)
     sampler = PairSampler(training_source(cfg, banks), sampler_cfg)
-    val = quality_validation(cfg, banks, sampler_cfg)
+    net.eval()  # frozen BatchNorm statistics; the head has none
+    pairs = cached_pairs(net, sampler, out / "pairs", cfg.quality_pairs, cfg.batch_size, cfg.seed, progress)
+    val = {suffix: [torch.cat(c) for c in zip(*(_head_inputs(net, b) for b in batches))]
+           for suffix, batches in quality_validation(cfg, banks, sampler_cfg).items()}
     best = min((h["val_score"] for h in history), default=float("inf"))
     meta = {"train_config": asdict(cfg), "data": data_description(cfg),
             "quality_target": "IoU with the true box of the box box_mode 'auto' outputs, and of the base box"}
+    n = len(pairs[0])
     with open(out / "train_log.jsonl", "a") as log:
         for epoch in range(start_epoch, cfg.epochs):
-            rng = np.random.default_rng([cfg.seed, epoch])
-            net.eval()  # frozen BatchNorm statistics; the head has none
-            bar = progress_bar(cfg.iters_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", unit="it",
-                               enabled=progress, leave=False)
-            t0, total = time.time(), 0.0
-            for _ in range(cfg.iters_per_epoch):
-                inputs, targets, _ = quality_targets(net, sampler.batch(rng, cfg.batch_size))
-                loss, _ = quality_loss(net, inputs, targets)
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+            t0, total, steps = time.time(), 0.0, 0
+            for i in range(0, n, cfg.batch_size):
+                loss, _ = head_loss(net, [column[order[i:i + cfg.batch_size]] for column in pairs])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                total += float(loss.detach())
-                bar.update(1)
-                bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
-            bar.close()
+                total, steps = total + float(loss.detach()), steps + 1
             sched.step()
             record = {"epoch": epoch + 1, "seconds": round(time.time() - t0, 1), "lr": opt.param_groups[0]["lr"],
-                      "loss": total / cfg.iters_per_epoch}
-            for suffix, batches in val.items():
-                record.update(quality_evaluate(net, batches, suffix))
+                      "loss": total / steps}
+            with torch.no_grad():
+                for suffix, rows in val.items():
+                    loss, pred = head_loss(net, rows)
+                    err = (pred - rows[-1]).abs()
+                    record.update({"val_loss" + suffix: float(loss), "val_mae_quality" + suffix: float(err[:, 0].mean()),
+                                   "val_mae_base" + suffix: float(err[:, 1].mean())})
             record["val_score"] = float(np.mean([v for k, v in record.items() if k.startswith("val_loss")]))
             history.append(record)
-            print(json.dumps(record), flush=True)
+            if progress:
+                print(json.dumps(record), flush=True)
             log.write(json.dumps(record) + "\n")
             log.flush()
             save_checkpoint(last, net, meta={**meta, "history": history},

@@ -57,6 +57,8 @@ class TrainConfig:
     quality_only: bool = False     # with init_from: keep every weight of that network and train a quality head
                                    # alone (train/quality.py; network shape options are the checkpoint's)
     far_prob: float = 0.0          # share of training pairs whose base box is off the target (lost / distractor)
+    quality_pairs: int = 20000     # quality_only: training pairs the frozen network runs on once (an epoch is
+                                   # one pass of the head over them; iters_per_epoch is not used)
 
     @property
     def frame_wh(self) -> Tuple[int, int]:
