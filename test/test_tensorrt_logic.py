@@ -7,7 +7,7 @@ import torch
 
 from ar_ros.backends.base import BackendError, SearchBackend
 from ar_ros.backends.tensorrt import (TensorRTBackend, concrete_shape, engine_keys, fp32_nodes, input_shape_problem,
-                                      keeps_fp32, machine_key, profile_shapes, stale_reason, torch_dtype)
+                                      io_names_fit, keeps_fp32, machine_key, profile_shapes, stale_reason, torch_dtype)
 from ar_ros.engine.refiner import DEFAULT_CHECKPOINT
 from ar_ros.model import load_network
 
@@ -87,3 +87,12 @@ def test_the_backend_is_a_search_backend_and_says_what_it_needs(shipped_search_g
     if not torch.cuda.is_available():
         with pytest.raises(BackendError, match="tensorrt|CUDA"):
             TensorRTBackend(shipped_search_graph[2])
+
+
+def test_engines_of_a_network_with_a_quality_head_register_and_others_do_not():
+    box = {"images", "kernels", "boxes", "score"}
+    assert io_names_fit("search_box", box) and io_names_fit("search_box", box | {"quality", "base_quality"})
+    assert not io_names_fit("search_box", box | {"quality"})
+    assert not io_names_fit("search_box", box | {"mask"})
+    assert io_names_fit("template", {"images", "kernels"})
+    assert not io_names_fit("template", {"images", "kernels", "quality", "base_quality"})

@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Dict, Iterable, List, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Sequence, Set, Tuple, Union
 
 import torch
 
@@ -57,6 +57,13 @@ def _trt():
 
 
 # ------------------------------------------------------------------ plain Python (tested on CPU)
+def io_names_fit(graph: str, names: Set[str]) -> bool:
+    """Whether an engine's tensor names are those of ``graph`` (:data:`IO_NAMES`), a search graph's with
+    the quality head's two outputs or without them."""
+    want = IO_NAMES[graph]
+    return names == want or (graph != "template" and names == want | {"quality", "base_quality"})
+
+
 def gpu_identity(device: Union[int, torch.device]) -> Dict[str, str]:
     """Name and compute capability of one GPU (``cuda:N``; a bare ``cuda`` is the current device)."""
     index = device if isinstance(device, int) else device.index
@@ -233,8 +240,9 @@ def adopt_engines(onnx_dir: Union[str, Path], device: Union[int, torch.device] =
             raise BackendError(f"{engine_file} does not load with TensorRT {trt.__version__} on this GPU; "
                                "rebuild it here")
         names = {engine.get_tensor_name(i) for i in range(engine.num_io_tensors)}
-        if names != IO_NAMES[graph]:
-            raise BackendError(f"{engine_file} has tensors {sorted(names)}, expected {sorted(IO_NAMES[graph])}: "
+        if not io_names_fit(graph, names):
+            raise BackendError(f"{engine_file} has tensors {sorted(names)}, expected {sorted(IO_NAMES[graph])}"
+                               f"{' (and the quality pair)' if graph != 'template' else ''}: "
                                f"was it built from {manifest['files'][graph]}?")
         (out / f"{graph}.json").write_text(json.dumps(
             machine_key(trt.__version__, onnx_dir / manifest["files"][graph], gpu_identity(device)), indent=2))
@@ -282,7 +290,11 @@ class TensorRTBackend(SearchBackend):
         # the Refiner splits larger batches into passes of this size
         self.max_batch = min(self._profile(engine, "images")[1][0] for engine, _ in self.contexts.values())
         self.mask_logits = "search_fused" in self.contexts
-        self.quality = False
+        # the engines are built from the exported graphs, which carry the quality head's outputs where the
+        # network has one
+        box_engine = self.contexts["search_box"][0]
+        outputs = [box_engine.get_tensor_name(i) for i in range(box_engine.num_io_tensors)]
+        self.quality = "quality" in outputs and "base_quality" in outputs
 
     @staticmethod
     def _profile(engine, name: str) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
