@@ -64,6 +64,7 @@ class SearchGraphs:
         weights = sum(t.numel() * t.element_size() for t in plain.state_dict().values())
         self.max_graphs = max(1, min(int(max_graphs), GRAPH_MEMORY // max(weights, 1)))
         self.graphs: Dict[Tuple, Tuple[torch.jit.ScriptModule, Tuple[str, ...]]] = {}
+        self.sizes: List[int] = []  # batch sizes with a graph, ascending (kept with ``graphs``, read per search)
         self.failure = ""  # why the last graph could not be built or run ('' = none failed)
 
     @staticmethod
@@ -86,7 +87,12 @@ class SearchGraphs:
         except Exception as err:  # noqa: BLE001 - tracing can fail in many ways; any of them means: run eager
             self.failure = f"{type(err).__name__}: {err}"
             return False
+        self._index()
         return True
+
+    def _index(self) -> None:
+        """:attr:`sizes` from the graphs held, sorted here once rather than on every search."""
+        self.sizes = sorted({k[0][0] for k in self.graphs})
 
     def release(self) -> None:
         """Build nothing more: the plain network's weights are let go (the graphs keep their own)."""
@@ -97,8 +103,8 @@ class SearchGraphs:
         """The outputs of the smallest graph that holds this batch (padded with zero crops up to its size and
         cut back: the rows are independent), or None where there is none (the eager network runs)."""
         n = images.shape[0]
-        size = next((b for b in sorted({k[0][0] for k in self.graphs}) if b >= n
-                     and self.key(images, kernels, with_mask, b) in self.graphs), None)
+        size = next((b for b in self.sizes if b >= n and self.key(images, kernels, with_mask, b) in self.graphs),
+                    None)
         if size is None:
             return None
         key = self.key(images, kernels, with_mask, size)
@@ -112,6 +118,7 @@ class SearchGraphs:
         except RuntimeError as err:  # e.g. an input this graph was not compiled for: eager from now on
             self.failure = f"{type(err).__name__}: {err}"
             del self.graphs[key]
+            self._index()
             return None
         return {name: out[:n] for name, out in zip(names, outputs)}
 
