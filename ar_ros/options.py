@@ -12,14 +12,12 @@ import re
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple
 
+from .backends.names import BACKENDS, PRECISIONS
+from .engine.crop import CROP_MODES
 from .engine.masks import BOX_MODES, DEFAULT_BOX_MODE
 from .engine.quality import LOST_FRAMES, LOST_QUALITY, QUALITY_MARGIN
 from .errors import ArRosError
 
-# the backends' own lists, repeated here only so that this table imports without torch; a test keeps them equal
-BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8", "tensorrt")
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-CROP_MODES = ("exact", "clean")
 COLORS = ("rgb", "bgr")
 
 

@@ -33,7 +33,9 @@ def test_refiner_node_and_table_share_every_default():
     from ar_ros.backends.factory import BACKENDS, PRECISIONS
     from ar_ros.engine.crop import CROP_MODES
     from ar_ros import options
+    # one source each: the table offers the implementing code's own lists
     assert (options.BACKENDS, options.PRECISIONS, options.CROP_MODES) == (BACKENDS, PRECISIONS, CROP_MODES)
+    assert options.BACKENDS is BACKENDS and options.PRECISIONS is PRECISIONS and options.CROP_MODES is CROP_MODES
 
 
 def test_every_parameter_has_a_description():

@@ -2,7 +2,7 @@
 and the one place that says why a combination is refused.
 
 A new backend is one module in this package with a :class:`~.base.SearchBackend` subclass, plus one branch
-in :func:`open_backend` (and its name in :data:`BACKENDS`).
+in :func:`open_backend` (and its name in :data:`.names.BACKENDS`).
 """
 from __future__ import annotations
 
@@ -15,13 +15,11 @@ import torch
 
 from ..model import AlphaRefineNet, CheckpointError, load_network
 from .base import BackendRefused, SearchBackend
+from .names import BACKENDS, EXPORTED, PRECISIONS
 from .torch_cpu.cpu import bf16_problem
 from .torch_cpu.packing import is_prepared
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "weights" / "ar_ros_default.pt"
-BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8", "tensorrt")
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-EXPORTED = ("onnxruntime", "onnxruntime-int8", "tensorrt")  # backends that run an export folder
 
 Source = Union[None, str, os.PathLike, AlphaRefineNet]
 
