@@ -30,7 +30,7 @@ class SamplerConfig:
     gray_prob: float = 0.05
     brightness: float = 0.2        # factor ~ U(1 - b, 1 + b)
     small_jitter_prob: float = 0.0  # share of pairs whose base box is nearly right ("do no harm")
-    small_jitter: float = 0.03     # scale and centre jitter of those pairs
+    small_jitter: float = 0.03     # largest scale and centre jitter of those pairs (each draws its own, uniformly)
     far_prob: float = 0.0          # share of pairs whose base box is off the target ("lost": see far_box)
     far_distance: Tuple[float, float] = (0.75, 3.0)  # how far, in units of sqrt(w h) of the target
 
@@ -128,7 +128,9 @@ class PairSampler:
         if cfg.far_prob > 0 and not small and rng.random() < cfg.far_prob / (1.0 - cfg.small_jitter_prob):
             base = far_box(b.box, rng, cfg.far_distance, (b.image.shape[1], b.image.shape[0]), cfg.scale_jitter)
         else:
-            base = jitter(b.box, rng, *((cfg.small_jitter,) * 2 if small else (cfg.scale_jitter, cfg.center_jitter)))
+            # nearly right: a jitter of up to small_jitter, so these range from the exact box to a few % off
+            tight = cfg.small_jitter * float(rng.random()) if small else 0.0
+            base = jitter(b.box, rng, *((tight, tight) if small else (cfg.scale_jitter, cfg.center_jitter)))
         s_win = cropping.window_for(base, cfg.search_factor, size, "clean")
         truth = s_win.box_to_crop(b.box).astype(np.float32)  # unclipped: the true box, also off the crop
         target = np.clip(truth, 0, size)
