@@ -82,8 +82,10 @@ def run(multi: bool, rate: float, seconds: float, tmp: Path) -> dict:
                                  lambda m, c=cam: got[c].setdefault(m.header.stamp.sec * 10**9 + m.header.stamp.nanosec,
                                                                     time.perf_counter()), 50)
     try:
+        # each node builds its CPU graphs (1..max_targets) before it subscribes: four nodes on a shared
+        # 2-core machine take minutes
         ok = spin_until(ex, lambda: all(p.get_subscription_count() for pair in pubs.values() for p in pair)
-                        and all(node.count_publishers(f"/{c}/refined/detections") for c in CAMS), 60.0)
+                        and all(node.count_publishers(f"/{c}/refined/detections") for c in CAMS), 300.0)
         if not ok:
             raise RuntimeError("nodes did not come up")
         rng = np.random.default_rng(0)

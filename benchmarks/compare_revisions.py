@@ -4,9 +4,15 @@
 A worktree of REV is made in a temporary folder; the benchmark (default ``bench_backends.py --json``) runs in
 the two trees alternately, ``--rounds`` times each, so that drift on a shared machine hits both alike. Prints
 per configuration the median over rounds of each tree's median, their ratio (this tree / REV) and the
-ratios' spread. Both trees run with this venv's packages; only ``ar_ros`` differs (PYTHONPATH).
+ratios' spread. Both trees run with this venv's packages; only ``ar_ros`` differs: the tree goes first on
+PYTHONPATH, so a benchmark that starts the installed node (``bench_multi_camera.py``, after ``source
+tools/setup_env.sh``) runs each tree's node code, with the colcon install's generated messages (the
+package's ``extend_path`` finds them; REV's messages must have the fields its node fills). A benchmark whose
+JSON is nested (lists of runs with a ``mode``, per-camera dicts) is compared leaf by leaf, e.g.
+``one multi-camera node/refined_fps_total``; figures are in the benchmark's own units.
 
     python benchmarks/compare_revisions.py f8dd679 --rounds 5 -- --threads 2 --repeat 30 --only 'torch/*'
+    python benchmarks/compare_revisions.py f8dd679 --rounds 1 --script bench_multi_camera.py -- --rate 5 --seconds 15
 """
 from __future__ import annotations
 
@@ -18,18 +24,33 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Dict, List
+from typing import Any, Dict, List
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def flatten(value: Any, prefix: str = "") -> Dict[str, float]:
+    """The numbers of a benchmark's JSON by path ("mode/key/..."; list items by their ``mode`` or index)."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return {}
+    if isinstance(value, (int, float)):
+        return {prefix: float(value)}
+    items = value.items() if isinstance(value, dict) else \
+        ((v.get("mode", i) if isinstance(v, dict) else i, v) for i, v in enumerate(value))
+    out: Dict[str, float] = {}
+    for key, item in items:
+        out.update(flatten(item, f"{prefix}/{key}" if prefix else str(key)))
+    return out
+
+
 def run(tree: Path, script: str, args: List[str]) -> Dict[str, float]:
-    env = dict(os.environ, PYTHONPATH=str(tree))
+    # the tree first: its ar_ros wins; the rest kept (the colcon install's messages, vision_msgs)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(tree), os.environ.get("PYTHONPATH")) if p))
     out = subprocess.run([sys.executable, str(tree / "benchmarks" / script), "--json", *args], cwd=tree, env=env,
                          capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise SystemExit(f"{tree}: {script} failed (rc {out.returncode}):\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return flatten(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
 def main() -> None:
@@ -56,7 +77,7 @@ def main() -> None:
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)], check=False,
                            capture_output=True)
-    print(f"{'configuration':44s} {'this ms':>9s} {opts.rev + ' ms':>12s} {'ratio':>7s} {'ratio range':>15s}")
+    print(f"{'configuration':44s} {'this':>9s} {opts.rev:>12s} {'ratio':>7s} {'ratio range':>15s}")
     for key in sorted(set(times["new"]) & set(times["old"])):
         new, old_ms = times["new"][key], times["old"][key]
         ratios = [a / b for a, b in zip(new, old_ms)]
