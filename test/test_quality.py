@@ -182,6 +182,25 @@ def test_nearly_right_base_boxes_range_from_the_exact_box_to_a_few_percent_off()
     assert float((iou < 0.97).float().mean()) > 0.1             # others a few percent off
 
 
+def test_tracker_pairs_take_the_trackers_box_as_the_base_box():
+    from ar_ros.data.base_trackers import run_opencv
+    from ar_ros.data.synthetic import cached_sequence
+    from ar_ros.train.sampler import PairSampler, SamplerConfig, tracker_pairs
+    source = tracker_pairs("kcf", seed_range=(100, 101), n_sequences=1, length=12, size=(160, 120), max_gap=3)
+    _, search = source(np.random.default_rng(0))
+    seq = cached_sequence(100, 12, 160, 120)
+    boxes = run_opencv((seq[t].image for t in range(12)), seq[0].box, "kcf")
+    frame = next(t for t in range(12) if np.array_equal(seq[t].image, search.image))
+    assert search.box == seq[frame].box and search.base == tuple(boxes[frame])
+    # the sampler crops about the tracker's box, whatever its jitter settings say
+    sampler = PairSampler(lambda rng: source(np.random.default_rng(0)), SamplerConfig(input_size=64,
+                                                                                       small_jitter_prob=1.0))
+    item = sampler.sample(np.random.default_rng(5))
+    from ar_ros.engine.crop import window_for
+    want = window_for(search.base, 2.0, 64, "clean").box_to_crop(search.base)
+    assert np.allclose(item["base"].numpy(), want, atol=1e-4)
+
+
 def test_quality_only_training_changes_the_head_alone(tmp_path):
     from ar_ros.train.trainer import TrainConfig, train
     torch.manual_seed(2)

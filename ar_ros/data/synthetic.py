@@ -102,6 +102,7 @@ class Frame:
     image: np.ndarray
     box: Box
     mask: Optional[np.ndarray]  # None where a real sequence has no mask
+    base: Optional[Box] = None  # a base tracker's box on this frame, where a training pair source gives one
 
 
 class Sequence:

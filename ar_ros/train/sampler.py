@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..engine import crop as cropping
-from ..data.base_trackers import jitter
+from ..data.base_trackers import jitter, run_opencv
 from ..data.synthetic import Frame, Sequence, TRAIN_SEEDS, cached_sequence
 
 # A frame source: (rng) -> (template Frame, search Frame). Folder readers provide the same shape.
@@ -54,6 +54,32 @@ def sequence_pairs(make: Callable[[int], Sequence], seed_range: Tuple[int, int],
             if a.box[2] >= 4 and a.box[3] >= 4 and b.box[2] >= 4 and b.box[3] >= 4:
                 return a, b
         raise RuntimeError("could not find a visible target pair in 100 draws")
+    return draw
+
+
+def tracker_pairs(kind: str = "csrt", seed_range: Tuple[int, int] = TRAIN_SEEDS, n_sequences: int = 64,
+                  length: int = 150, size: Tuple[int, int] = (320, 240), max_gap: int = 50) -> PairSource:
+    """Pairs of synthetic frames whose search frame carries OpenCV ``kind``'s box as its base box
+    (``Frame.base``; the tracker started on the sequence's first frame, open loop): base boxes as a real
+    tracker makes them, sitting on a look-alike or drifting off in ways random jitter does not. The
+    tracker runs once per sequence (``n_sequences`` seeds evenly spread over ``seed_range``), when first
+    drawn."""
+    step = max(1, (seed_range[1] - seed_range[0]) // n_sequences)
+    seeds = [seed_range[0] + i * step for i in range(n_sequences)]
+    tracked: Dict[int, list] = {}
+
+    def draw(rng: np.random.Generator) -> Tuple[Frame, Frame]:
+        for _ in range(100):
+            seed = seeds[int(rng.integers(len(seeds)))]
+            seq = cached_sequence(seed, length, size[0], size[1])
+            if seed not in tracked:
+                tracked[seed] = run_opencv((seq[t].image for t in range(length)), seq[0].box, kind)
+            t2 = int(rng.integers(1, length))
+            t1 = int(np.clip(t2 + rng.integers(-max_gap, max_gap + 1), 0, length - 1))
+            a, b, base = seq[t1], seq[t2], tracked[seed][t2]
+            if base is not None and min(a.box[2], a.box[3], b.box[2], b.box[3], base[2], base[3]) >= 4:
+                return a, Frame(b.image, b.box, b.mask, tuple(base))  # type: ignore[arg-type]
+        raise RuntimeError("could not find a visible target pair with a tracker box in 100 draws")
     return draw
 
 
@@ -125,7 +151,9 @@ class PairSampler:
         a, b = self.source(rng)
         t_win = cropping.window_for(a.box, cfg.search_factor, size, "clean")
         small = cfg.small_jitter_prob > 0 and rng.random() < cfg.small_jitter_prob
-        if cfg.far_prob > 0 and not small and rng.random() < cfg.far_prob / (1.0 - cfg.small_jitter_prob):
+        if b.base is not None:  # a tracker's box (tracker_pairs), as it is
+            base = b.base
+        elif cfg.far_prob > 0 and not small and rng.random() < cfg.far_prob / (1.0 - cfg.small_jitter_prob):
             base = far_box(b.box, rng, cfg.far_distance, (b.image.shape[1], b.image.shape[0]), cfg.scale_jitter)
         else:
             # nearly right: a jitter of up to small_jitter, so these range from the exact box to a few % off

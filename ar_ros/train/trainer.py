@@ -16,12 +16,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..data.opencv_trackers import OPENCV_TRACKERS
 from ..data.synthetic import TRAIN_SEEDS
 from ..model import AlphaRefineNet, NetConfig, load_checkpoint, save_checkpoint
 from ..model.backbone import imagenet_weights_path, load_imagenet_weights
 from ..progress import progress_bar
 from .losses import box_iou_xyxy, refine_loss
-from .sampler import PairSampler, SamplerConfig, dataset_pairs, fixed_batches, mixed_pairs, synthetic_pairs
+from .sampler import (PairSampler, SamplerConfig, dataset_pairs, fixed_batches, mixed_pairs, synthetic_pairs,
+                      tracker_pairs)
 
 VAL_SEEDS = (95_000, 99_000)  # held out from training seeds and from the reference suites
 
@@ -82,6 +84,8 @@ class TrainConfig:
 def data_description(cfg: TrainConfig) -> str:
     """The training data in words, for checkpoints and the model card."""
     words = {"synthetic": "synthetic (ar_ros.data.synthetic)",
+             **{k: f"synthetic with OpenCV {k.upper()}'s boxes as base boxes (ar_ros.train.sampler.tracker_pairs)"
+                for k in OPENCV_TRACKERS},
              "real": "real-photo composites (ar_ros.train.composite over ar_ros.data.real_data photos)"}
     return " + ".join(words.get(item, item) for item in cfg.data)
 
@@ -120,9 +124,13 @@ def training_source(cfg: TrainConfig, banks: tuple = ()):
         if item == "real":
             sources.append(composite_pairs(banks[0], TRAIN_SEEDS, size=cfg.frame_wh))
             continue
+        if item in OPENCV_TRACKERS:
+            sources.append(tracker_pairs(item, size=cfg.frame_wh))
+            continue
         kind, sep, root = item.partition(":")
         if not sep:
-            raise ValueError(f"data entries are 'synthetic', 'real' or '<dataset>:<folder>', got {item!r}")
+            raise ValueError(f"data entries are 'synthetic', 'real', an OpenCV tracker ({', '.join(OPENCV_TRACKERS)}) "
+                             f"or '<dataset>:<folder>', got {item!r}")
         sources.append(dataset_pairs(open_dataset(kind, root)))
     if not sources:
         raise ValueError("no training data given")
