@@ -12,11 +12,13 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def warm_up_all(refiners: Iterable[Refiner], batch_sizes: Iterable[int] = (1,)) -> None:
-    """Build what each refiner's backend builds per shape (CPU / CUDA graphs) for these batch sizes, box and
-    box + mask, so that a benchmark times the graphs and not their building."""
+    """Build what each refiner's backend builds per shape (CPU / CUDA graphs) for these batch sizes, for the
+    searches its box mode runs (box + mask only in ``fused`` mode, which runs the mask branch for boxes too;
+    box and box + mask otherwise), so that a benchmark times the graphs and not their building. A box-only
+    graph of a fused refiner would never run and only costs build time and memory (its own weights)."""
     sizes = list(batch_sizes)
     for refiner in refiners:
-        for with_mask in (False, True):
+        for with_mask in (True,) if refiner.resolved_box_mode() == "fused" else (False, True):
             refiner.runner.warm_up(sizes, with_mask)
 
 
