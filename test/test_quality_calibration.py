@@ -84,3 +84,13 @@ def test_suite_pairs_and_the_calibration_png_on_a_tiny_suite(tmp_path):
     assert pairs.true_base.mean() > 0.3  # jittered GT overlaps the target
     png = calibration_figure({"tiny": pairs, "again": pairs}, tmp_path / "cal.png")
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_harmless_margin_is_the_smallest_that_costs_the_coarse_bases_nothing():
+    from ar_ros.eval.calibration import harmless_margin
+    # predicted base better by 0.04 where it is wrong (true base 0.2 vs refined 0.8), by 0.01 where right
+    coarse = QualityPairs(np.array([0.5, 0.5]), np.array([0.8, 0.8]), np.array([0.54, 0.51]), np.array([0.2, 0.9]))
+    assert harmless_margin([coarse]) == pytest.approx(0.05)  # from 0.05 on, the wrong keep is gone
+    assert harmless_margin([coarse], harm=0.5) == 0.0           # a big enough allowance: keep from 0
+    never = QualityPairs(np.array([0.1]), np.array([0.9]), np.array([0.9]), np.array([0.0]))
+    assert harmless_margin([never], candidates=(0.0, 0.1)) == 0.1  # none safe: the largest

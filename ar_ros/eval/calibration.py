@@ -153,6 +153,19 @@ def best_margin(pairs: QualityPairs, candidates: Sequence[float] = tuple(np.roun
     return best, means
 
 
+def harmless_margin(coarse: Sequence[QualityPairs], harm: float = 0.001,
+                    candidates: Sequence[float] = tuple(np.round(np.arange(0.0, 0.31, 0.01), 2))) -> float:
+    """The smallest keep margin at which keeping base boxes costs none of the ``coarse`` sets (base boxes
+    that are mostly wrong: a jittered or tracked box) more than ``harm`` mean true IoU against never
+    keeping: a base box is kept only where that is safe, and then as often as that allows (a right base
+    box gains most from a small margin). The largest candidate when none is that safe."""
+    for m in candidates:
+        if all(np.where(p.pred_base >= p.pred_quality + m, p.true_base, p.true_quality).mean()
+               >= p.true_quality.mean() - harm for p in coarse):
+            return float(m)
+    return float(candidates[-1])
+
+
 def lost_threshold(pairs: QualityPairs, off_iou: float = 0.1,
                    candidates: Sequence[float] = tuple(np.round(np.arange(0.05, 0.61, 0.01), 2))) -> Tuple[float, Dict]:
     """The quality below which a single frame counts towards "lost": the lowest threshold whose balanced
