@@ -129,6 +129,7 @@ OPTIONS: Tuple[Spec, ...] = (
 
 BY_NAME: Dict[str, Spec] = {p.name: p for p in OPTIONS}
 NODE_PARAMS: Tuple[Spec, ...] = tuple(p for p in OPTIONS if p.node)
+QUALITY_FLAGS = ("quality_margin", "lost_quality", "lost_frames")  # what a quality head's decisions take
 DEFAULTS: Dict[str, Any] = {p.name: p.default for p in OPTIONS if p.default is not None}
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")

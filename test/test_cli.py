@@ -160,7 +160,12 @@ def test_eval_calibration_needs_a_quality_head_and_draws_its_plot(tmp_path, caps
     net.load_state_dict(shipped.state_dict(), strict=False)
     path = save_checkpoint(tmp_path / "q.pt", net)
     code, out, err = run(["eval", "--suite", "tiny", "--checkpoint", str(path), "--device", "cpu", "--json",
-                          "--calibration", str(tmp_path / "c.png")], capsys)
+                          "--calibration", str(tmp_path / "c.png"), "--quality-margin", "1"], capsys)
     assert code == 0, err
-    figures = json.loads(out)["calibration"]
+    data = json.loads(out)
+    figures = data["calibration"]
     assert figures["n"] > 0 and 0.0 <= figures["ece_quality"] <= 1.0 and (tmp_path / "c.png").stat().st_size > 0
+    # the margin reached the refiner: base better by a whole IoU never happens, so no box was kept
+    assert data["quality_margin"] == 1.0 and data["kept"] == 0
+    code, _, err = run(["eval", "--suite", "tiny", "--quality-margin", "2"], capsys)
+    assert code == 2 and "quality_margin" in err

