@@ -89,6 +89,13 @@ def _box_maps(base: torch.Tensor, steps: torch.Tensor, size: float) -> Dict[str,
             "base_side": torch.tensor(side), "base_area": torch.tensor(side * float(base[3] - base[1]))}
 
 
+def _affine(x: torch.Tensor, matrix: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """``x @ matrix + offset`` for (B,4) box rows, as a broadcast product and a sum: oneDNN Graph (the CPU
+    graphs, torch 2.13) fails to compile a matmul followed by the add of a constant (vector::_M_range_check),
+    which left a network with a quality head without its CPU graphs."""
+    return (x.unsqueeze(-1) * matrix).sum(dim=-2) + offset
+
+
 def _corner_maps(base: torch.Tensor, cells: int, step: float, offset: float) -> Dict[str, torch.Tensor]:
     """The constants of :meth:`QualityHead.corner_features` for ``cells`` x ``cells`` corner maps whose cell j
     sits at ``j * step + offset`` crop px: ``corner_moments`` (2, cells*cells, 6), per corner (top-left at
@@ -175,7 +182,7 @@ class QualityHead(nn.Module):
         boxes = boxes.float()
         c, g = int(feat.shape[1]), self.grid
         # both lattices (refined box: rows 0..g-1, base box: rows g..2g-1) in grid_sample's [-1, 1]
-        lattice = (boxes @ self.grid_map + self.grid_offset).reshape(-1, 2 * g, g, 2)
+        lattice = _affine(boxes, self.grid_map, self.grid_offset).reshape(-1, 2 * g, g, 2)
         sampled = F.grid_sample(feat, lattice, mode="bilinear", padding_mode="zeros", align_corners=False)
         pooled = sampled.reshape(-1, c, 2, g * g).transpose(1, 2).reshape(-1, 2 * c * g * g)
         sides = boxes @ self.side_map                               # (B,2) width, height
@@ -183,7 +190,7 @@ class QualityHead(nn.Module):
         corners = torch.maximum(boxes * self.corner_sign, self.base_signed) * self.corner_sign  # intersection
         overlap = (corners @ self.side_map).clamp(min=0.0).prod(dim=1)
         union = sides.clamp(min=0.0).prod(dim=1) + self.base_area - overlap
-        geometry = torch.cat((boxes @ self.centre_map + self.centre_offset, torch.log(wh / self.base_side),
+        geometry = torch.cat((_affine(boxes, self.centre_map, self.centre_offset), torch.log(wh / self.base_side),
                               (overlap / union.clamp(min=1e-6)).unsqueeze(1), score.float().unsqueeze(1),
                               wh / float(self.input_size)), dim=1)
         x = torch.cat((pooled, feat.mean(dim=(2, 3)), feat.amax(dim=(2, 3)), geometry,
