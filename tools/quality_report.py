@@ -9,9 +9,10 @@ fitted on the VALIDATION pairs only (synthetic validation seeds + composites of 
 training mix of base boxes: nearly right, the paper's jitter, off the target; one seed of pairs), stored in
 the head and written to ``OUT``; the lost threshold is chosen on the same pairs, the keep margin on the
 validation suite's coarse bases (``--suite validation --base jitter --base csrt``: the smallest margin that
-costs them no IoU, ``eval.calibration.harmless_margin``), and both printed. The figures are then measured on *other* validation pairs (another seed) and on the
-suites asked for (``--suite validation``: the synthetic validation suite; ``--suite real``: PETS09, needs
-``ar-refine data fetch``), with each ``--base`` tracker (jitter, oracle, csrt ...).
+costs them no IoU, ``eval.calibration.harmless_margin``), and both printed. The figures are then measured
+on *other* validation pairs (another seed) and on the suites asked for (``--suite validation``: the
+synthetic validation suite; ``--suite real``: PETS09, needs ``ar-refine data fetch``), with each ``--base``
+tracker (jitter, oracle, csrt ...).
 """
 import argparse
 import json
@@ -22,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ar_ros.eval.calibration import (QualityPairs, best_margin, calibration_figure, figures, fit_isotonic,
-                                     format_figures, harmless_margin, lost_threshold, suite_pairs)
+from ar_ros.eval.calibration import (QualityPairs, best_margin, calibration_figure, chosen_iou, figures,
+                                     fit_isotonic, format_figures, harmless_margin, lost_threshold, suite_pairs)
 from ar_ros.model import load_checkpoint
 from ar_ros.model.checkpoint import write_checkpoint
 from ar_ros.model.quality import CALIBRATION_KNOTS
@@ -116,9 +117,8 @@ def main(argv=None) -> int:
     if args.fit and coarse:  # the keep margin: chosen on the validation suite's coarse bases (harmless_margin)
         margin = harmless_margin(coarse)
         for name, pairs in sets.items():
-            _, means = best_margin(pairs, candidates=(margin, 1.0))
-            print(f"{name}: mean IoU of the chosen box at margin {margin:.2f}: {means[margin]:.4f} "
-                  f"(refined box always: {means[1.0]:.4f})")
+            print(f"{name}: mean IoU of the chosen box at margin {margin:.2f}: {chosen_iou(pairs, margin):.4f} "
+                  f"(refined box always: {pairs.true_quality.mean():.4f})")
         out_meta["quality_calibration"]["margin"] = margin
         report["fit"]["margin"] = margin
         write_checkpoint(args.fit, net.config, {**state, **head}, out_meta)

@@ -141,14 +141,18 @@ def fit_isotonic(raw: Values, true: Values, knots: int) -> Tuple[np.ndarray, np.
     return xk, np.clip(np.interp(xk, bx, by), 0.0, 1.0)
 
 
+def chosen_iou(pairs: QualityPairs, margin: float) -> float:
+    """Mean true IoU of the box ``engine.quality.choose`` outputs with this keep margin: the base box where
+    its predicted IoU is at least ``margin`` above the refined box's, else the refined box."""
+    use_base = pairs.pred_base >= pairs.pred_quality + margin
+    return float(np.where(use_base, pairs.true_base, pairs.true_quality).mean())
+
+
 def best_margin(pairs: QualityPairs, candidates: Sequence[float] = tuple(np.round(np.arange(-0.1, 0.31, 0.01), 2))
                 ) -> Tuple[float, Dict[float, float]]:
     """The keep margin (``engine.quality.choose``) that maximises the mean true IoU of the chosen box, and
     that mean for every candidate."""
-    means = {}
-    for m in candidates:
-        use_base = pairs.pred_base >= pairs.pred_quality + m
-        means[float(m)] = float(np.where(use_base, pairs.true_base, pairs.true_quality).mean())
+    means = {float(m): chosen_iou(pairs, m) for m in candidates}
     best = max(means, key=lambda m: (round(means[m], 4), -abs(m)))  # ties: the margin nearest 0
     return best, means
 
@@ -160,8 +164,7 @@ def harmless_margin(coarse: Sequence[QualityPairs], harm: float = 0.001,
     keeping: a base box is kept only where that is safe, and then as often as that allows (a right base
     box gains most from a small margin). The largest candidate when none is that safe."""
     for m in candidates:
-        if all(np.where(p.pred_base >= p.pred_quality + m, p.true_base, p.true_quality).mean()
-               >= p.true_quality.mean() - harm for p in coarse):
+        if all(chosen_iou(p, m) >= p.true_quality.mean() - harm for p in coarse):
             return float(m)
     return float(candidates[-1])
 
