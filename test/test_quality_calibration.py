@@ -94,3 +94,26 @@ def test_harmless_margin_is_the_smallest_that_costs_the_coarse_bases_nothing():
     assert harmless_margin([coarse], harm=0.5) == 0.0           # a big enough allowance: keep from 0
     never = QualityPairs(np.array([0.1]), np.array([0.9]), np.array([0.9]), np.array([0.0]))
     assert harmless_margin([never], candidates=(0.0, 0.1)) == 0.1  # none safe: the largest
+
+
+def test_keep_rules_on_hand_made_pairs():
+    from ar_ros.eval.calibration import chosen_iou, keeps_base, rule_table
+    # pair 0: boxes agree, base better, head agrees; pair 1: boxes agree, refined better, head says so;
+    # pair 2: boxes apart, head wrongly prefers the base box by 0.03
+    pairs = QualityPairs(np.array([0.8, 0.9, 0.6]), np.array([0.85, 0.9, 0.7]), np.array([0.9, 0.8, 0.63]),
+                         np.array([0.95, 0.85, 0.3]), np.array([0.9, 0.9, 0.4]))
+    assert keeps_base(pairs, keep_iou=0.85).tolist() == [True, True, False]
+    assert keeps_base(pairs, keep_iou=0.85, veto=0.0).tolist() == [True, False, False]
+    assert keeps_base(pairs, margin=0.02).tolist() == [True, False, True]
+    assert keeps_base(pairs, margin=0.05, keep_iou=0.85, veto=0.0).tolist() == [True, False, False]
+    assert chosen_iou(pairs) == pytest.approx((0.85 + 0.9 + 0.7) / 3)
+    assert chosen_iou(pairs, keep_iou=0.85, veto=0.0) == pytest.approx((0.95 + 0.9 + 0.7) / 3)
+    table = rule_table({"hand-made": pairs, "no agreement": _pairs([0.5], [0.5], [0.5], [0.5])})
+    assert "[0] hand-made" in table and "no agreement" not in table
+    row = next(line for line in table.splitlines() if line.startswith("keep_iou 0.85, head veto +0.00"))
+    assert row.split()[-3:] == ["0.8500", "+0.0167", "+0.0167"]  # vs keep_iou 0.85 alone: 0.8333
+    with pytest.raises(ValueError, match="agreement"):
+        keeps_base(_pairs([0.5], [0.5], [0.5], [0.5]), keep_iou=0.85)
+    joined = QualityPairs.concat([pairs, pairs])
+    assert joined.agreement is not None and len(joined.agreement) == 6
+    assert QualityPairs.concat([pairs, _pairs([0.5], [0.5], [0.5], [0.5])]).agreement is None

@@ -12,7 +12,8 @@ validation suite's coarse bases (``--suite validation --base jitter --base csrt`
 costs them no IoU, ``eval.calibration.harmless_margin``), and both printed. The figures are then measured
 on *other* validation pairs (another seed) and on the suites asked for (``--suite validation``: the
 synthetic validation suite; ``--suite real``: PETS09, needs ``ar-refine data fetch``), with each ``--base``
-tracker (jitter, oracle, csrt ...).
+tracker (jitter, oracle, csrt ...). ``--rules`` prints, per suite, the mean true IoU of the box each keep rule
+outputs (``eval.calibration.rule_table``: the head's margin, ``keep_iou``, ``keep_iou`` with the head as a veto).
 """
 import argparse
 import json
@@ -24,7 +25,8 @@ import numpy as np
 import torch
 
 from ar_ros.eval.calibration import (QualityPairs, best_margin, calibration_figure, chosen_iou, figures,
-                                     fit_isotonic, format_figures, harmless_margin, lost_threshold, suite_pairs)
+                                     fit_isotonic, format_figures, harmless_margin, lost_threshold, rule_table,
+                                     suite_pairs)
 from ar_ros.model import load_checkpoint
 from ar_ros.model.checkpoint import write_checkpoint
 from ar_ros.model.quality import CALIBRATION_KNOTS
@@ -65,6 +67,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="figures as JSON")
     p.add_argument("--cache", default="runs/quality", help="folder of the photo cut-outs (GrabCut cache)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rules", action="store_true",
+                   help="compare keep rules (head margin, keep_iou, keep_iou with the head as a veto) on the suites")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     state, _, meta = load_checkpoint(args.checkpoint)
@@ -127,6 +131,8 @@ def main(argv=None) -> int:
         f = figures(pairs)
         report["sets"][name] = f
         print(format_figures(name, f), flush=True)
+    if args.rules:
+        print(rule_table(sets), flush=True)
     if args.png:
         print(f"wrote {calibration_figure(sets, args.png)}")
     if args.json:

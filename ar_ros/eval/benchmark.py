@@ -36,8 +36,9 @@ class SequenceResult:
 
 
 def quality_pairs(decisions: Decisions, gt: np.ndarray) -> Optional[QualityPairs]:
-    """The quality head's predictions on a run against the true IoUs of its boxes (None without a head)."""
-    rows = [(q, iou(raw, gt[i]), bq, iou(base, gt[i])) for i, q, bq, raw, base in decisions.quality
+    """The quality head's predictions on a run against the true IoUs of its boxes, with the refined box's
+    IoU with the base box (None without a head)."""
+    rows = [(q, iou(raw, gt[i]), bq, iou(base, gt[i]), iou(raw, base)) for i, q, bq, raw, base in decisions.quality
             if gt[i][2] > 0 and gt[i][3] > 0]
     if not rows:
         return None

@@ -11,7 +11,8 @@ From pairs of (predicted IoU, true IoU), for the refined box (``quality``) and t
 
 :func:`fit_isotonic` fits the monotone calibration map (pool-adjacent-violators, then sampled at
 ``model.quality.CALIBRATION_KNOTS`` knots) that ``QualityHead.set_calibration`` stores with the weights;
-:func:`best_margin` and :func:`lost_threshold` choose the engine's defaults on the same validation data.
+:func:`best_margin` and :func:`lost_threshold` choose the engine's defaults on the same validation data;
+:func:`rule_table` compares keep rules (the head's margin, ``keep_iou``, ``keep_iou`` with the head as a veto).
 :func:`suite_pairs` collects the pairs on whole sequences (a suite and a base tracker, as ``eval`` runs
 them), :func:`calibration_figure` draws the reliability diagram and the scatter.
 """
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -32,18 +33,24 @@ FIGURES = ("n", "spearman_quality", "ece_quality", "mae_quality", "spearman_base
 
 @dataclass
 class QualityPairs:
-    """Predicted and true IoUs of the output box (``quality``) and of the base box (``base``), (N,) each."""
+    """Predicted and true IoUs of the output box (``quality``) and of the base box (``base``), (N,) each;
+    ``agreement`` where known (runs on sequences): the IoU of the refined box with the base box, what the
+    engine's ``keep_iou`` rule tests."""
 
     pred_quality: np.ndarray
     true_quality: np.ndarray
     pred_base: np.ndarray
     true_base: np.ndarray
+    agreement: Optional[np.ndarray] = None
 
     @classmethod
     def concat(cls, parts: Iterable["QualityPairs"]) -> "QualityPairs":
         parts = list(parts)
-        return cls(*(np.concatenate([getattr(p, f) for p in parts] or [np.zeros(0)]).astype(np.float64)
-                     for f in ("pred_quality", "true_quality", "pred_base", "true_base")))
+        joined = [np.concatenate([getattr(p, f) for p in parts] or [np.zeros(0)]).astype(np.float64)
+                  for f in ("pred_quality", "true_quality", "pred_base", "true_base")]
+        agree = [p.agreement for p in parts]
+        both = bool(parts) and all(a is not None for a in agree)
+        return cls(*joined, np.concatenate(agree).astype(np.float64) if both else None)  # type: ignore[arg-type]
 
     def __len__(self) -> int:
         return len(self.true_quality)
@@ -141,11 +148,57 @@ def fit_isotonic(raw: Values, true: Values, knots: int) -> Tuple[np.ndarray, np.
     return xk, np.clip(np.interp(xk, bx, by), 0.0, 1.0)
 
 
-def chosen_iou(pairs: QualityPairs, margin: float) -> float:
-    """Mean true IoU of the box ``engine.quality.choose`` outputs with this keep margin: the base box where
-    its predicted IoU is at least ``margin`` above the refined box's, else the refined box."""
-    use_base = pairs.pred_base >= pairs.pred_quality + margin
+def keeps_base(pairs: QualityPairs, margin: Optional[float] = None, keep_iou: float = 0.0,
+               veto: Optional[float] = None) -> np.ndarray:
+    """Where a keep rule outputs the base box, (N,) bools. ``margin``: the head's rule
+    (``engine.quality.choose``: base_quality >= quality + margin); ``keep_iou`` > 0: the rule for models
+    without a head (the refined box overlaps the base box by more than ``keep_iou``: needs
+    :attr:`QualityPairs.agreement`), with ``veto`` the head may overrule it (kept there only where
+    base_quality >= quality + veto). Both given: either keeps."""
+    keep = np.zeros(len(pairs), bool)
+    if margin is not None:
+        keep |= pairs.pred_base >= pairs.pred_quality + margin
+    if keep_iou > 0.0:
+        if pairs.agreement is None:
+            raise ValueError("keep_iou needs pairs with their agreement (pairs from whole sequences)")
+        close = pairs.agreement > keep_iou
+        if veto is not None:
+            close &= pairs.pred_base >= pairs.pred_quality + veto
+        keep |= close
+    return keep
+
+
+def chosen_iou(pairs: QualityPairs, margin: Optional[float] = None, keep_iou: float = 0.0,
+               veto: Optional[float] = None) -> float:
+    """Mean true IoU of the box a keep rule (:func:`keeps_base`) outputs: the base box where it keeps it,
+    else the refined box (no rule: the refined box always)."""
+    use_base = keeps_base(pairs, margin, keep_iou, veto)
     return float(np.where(use_base, pairs.true_base, pairs.true_quality).mean())
+
+
+#: The keep rules :func:`rule_table` compares: (name, keyword arguments of :func:`keeps_base`)
+RULES = (("refined box always", {}), ("keep_iou 0.85", {"keep_iou": 0.85}),
+         *((f"head, margin {m:.2f}", {"margin": m}) for m in (0.0, 0.02, 0.04, 0.06, 0.1)),
+         *((f"keep_iou {k:.2f}, head veto {v:+.2f}", {"keep_iou": k, "veto": v})
+           for k in (0.8, 0.85, 0.9) for v in (-0.1, -0.05, 0.0)),
+         *((f"head 0.04 or keep_iou {k:.2f} with veto 0", {"margin": 0.04, "keep_iou": k, "veto": 0.0})
+           for k in (0.85, 0.9)))
+
+
+def rule_table(sets: Dict[str, QualityPairs], rules: Sequence[Tuple[str, Dict]] = RULES) -> str:
+    """Mean true IoU of the chosen box under each keep rule (rows) on each set of pairs with its agreement
+    (columns), and per rule the least and the summed difference to ``keep_iou 0.85`` over the sets."""
+    names = [n for n, p in sets.items() if p.agreement is not None]
+    if not names:
+        return "(no set of pairs with agreement: rules need pairs from whole sequences)"
+    ref = np.array([chosen_iou(sets[n], keep_iou=0.85) for n in names])
+    lines = ["mean true IoU of the chosen box; columns: " + "; ".join(f"[{i}] {n}" for i, n in enumerate(names)),
+             f"{'rule':42s}" + "".join(f"{f'[{i}]':>8s}" for i in range(len(names))) + "  min/sum vs keep_iou 0.85"]
+    for label, kw in rules:
+        v = np.array([chosen_iou(sets[n], **kw) for n in names])
+        delta = v - ref
+        lines.append(f"{label:42s}" + "".join(f"{x:8.4f}" for x in v) + f"  {delta.min():+.4f} {delta.sum():+.4f}")
+    return "\n".join(lines)
 
 
 def best_margin(pairs: QualityPairs, candidates: Sequence[float] = tuple(np.round(np.arange(-0.1, 0.31, 0.01), 2))
