@@ -50,7 +50,8 @@ class QualityPairs:
                   for f in ("pred_quality", "true_quality", "pred_base", "true_base")]
         agree = [p.agreement for p in parts]
         both = bool(parts) and all(a is not None for a in agree)
-        return cls(*joined, np.concatenate(agree).astype(np.float64) if both else None)  # type: ignore[arg-type]
+        return cls(joined[0], joined[1], joined[2], joined[3],
+                   np.concatenate([a for a in agree if a is not None]).astype(np.float64) if both else None)
 
     def __len__(self) -> int:
         return len(self.true_quality)
