@@ -135,6 +135,8 @@ def test_calibration_map_is_applied_piecewise_linearly_and_checked():
         head.set_calibration(np.stack((knots, knots)), values[:, ::-1].copy())
     with pytest.raises(ValueError, match="knots and values"):
         head.set_calibration(knots[None], values[:1])
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        head.set_calibration(np.stack((knots, knots)), values * 1.5)
 
 
 def test_search_tensors_carry_the_quality_outputs_and_export_to_onnx(tmp_path):

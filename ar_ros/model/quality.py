@@ -2,28 +2,31 @@
 
 The idea is IoU-Net's / ATOM's: the features that localise a target also tell how well a given box covers
 it. The head is a separate, small branch on what :meth:`AlphaRefineNet.search` already computes, so the
-box and mask outputs do not change with or without it:
+box and mask outputs do not change with or without it. Its inputs:
 
-* the fused correlation features (the neck's output, stride 16, 64 channels), narrowed by a 1x1 conv;
-* pooled at two boxes by bilinear sampling (``grid_sample``, a ``grid x grid`` lattice of points inside
-  each box): the refined (corner) box, and the base (input) box, which sits at a fixed place in every
-  search crop (centred, ``input_size / search_factor`` wide: see :func:`base_box`);
-* the features' global mean and max (is the template anywhere in the crop at all: the "lost" cue);
-* the geometry: the refined box relative to the base box, their IoU, and the corner peak sharpness;
-* the two corner probability maps the refined corners are the expectations of (``corner_prob``): per
-  corner its spread (how sure the network is of its own corner), its offset from the base box's corner
-  in units of that spread, the probability mass near the base box's corner (how plausible the network
-  finds the base box: the cue that a right base box should be kept) and its peak.
+* the fused correlation features (the neck's output, stride 16, 64 channels), narrowed by a 1x1 conv and
+  sampled by ``grid_sample`` at a ``grid x grid`` lattice of points inside the refined (corner) box and
+  inside the base (input) box, which sits at a fixed place in every search crop (centred,
+  ``input_size / search_factor`` wide: see :func:`base_box`);
+* the refined box's corners relative to the base box's, in base-box widths, and the corner peak sharpness;
+* the two corner probability maps the refined corners are the expectations of (``corner_prob``), reduced
+  to moments: per corner the mean offset from the base box's corner and its square (how sure the network is
+  of its own corner), and the log of the probability mass near the base box's corner (how plausible the
+  network finds the base box: the cue that a right base box should be kept).
 
 A two-layer MLP maps these to two logits: ``quality`` (the IoU of the refined box with the true box) and
 ``base_quality`` (the IoU of the base box with the true box); sigmoid, then a monotone piecewise-linear
 calibration map per output (identity until :meth:`QualityHead.set_calibration` stores one fitted on
-validation data), so every backend that runs the graph gets calibrated numbers. Everything is plain
-conv / matmul / grid_sample / min / max: exportable to ONNX (opset 16+).
+validation data), so every backend that runs the graph gets calibrated numbers.
+
+Every step that depends only on the box or the maps is one ``linear`` with constant weights (the lattice,
+the box's corners, the map moments), because the head's cost is its number of operators, not its arithmetic
+(each is a dispatch in the CPU graph; MODEL_CARD.md): about 20, all plain conv / linear / grid_sample / log /
+clamp, exportable to ONNX (opset 16+).
 """
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Dict, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +34,7 @@ from torch import nn
 
 from .heads import map_grid
 
-CORNER_FEATURES = 9      # per corner map: QualityHead.corner_features
+CORNER_MOMENTS = 6       # per corner map: mean offset from the base corner (x, y), its square (x, y), 2 windows
 CALIBRATION_KNOTS = 21   # points of the piecewise-linear calibration map (fixed: a fixed state_dict shape)
 OUTPUTS = ("quality", "base_quality")
 
@@ -56,62 +59,47 @@ def pairwise_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return inter / union.clamp(min=1e-6)
 
 
-def _box_maps(base: torch.Tensor, steps: torch.Tensor, size: float) -> Dict[str, torch.Tensor]:
-    """The constant matrices of :meth:`QualityHead.raw`, for x1,y1,x2,y2 rows times them:
-
-    * ``grid_map`` (4, 2*g*g*2) + ``grid_offset``: the lattice points of the box (first g*g) and of the base
-      box (constant, in the offset) in ``grid_sample``'s coordinates (crop px * 2/size - 1: align_corners
-      False, -1 and 1 are the map's outer edges), ordered (box, row, column, x/y);
-    * ``side_map`` (4, 2): width, height; ``centre_map`` + ``centre_offset``: the centre's offset from the
-      base box's, in base-box widths; ``corner_sign``, ``base_signed``: max(box * s, base * s) * s is the
-      intersection's corners (s = 1, 1, -1, -1 turns the min of the far corners into a max).
-    """
+def _lattice(base: torch.Tensor, steps: torch.Tensor, size: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``linear`` weight (2*g*g*2, 4) and bias that map a box's x1, y1, x2, y2 (crop px) to the ``grid_sample``
+    coordinates (crop px * 2/size - 1: align_corners False, -1 and 1 are the map's outer edges) of the
+    ``g x g`` lattice points inside it (first g*g) and inside the base box (constant: in the bias), ordered
+    (box, row, column, x/y)."""
     g = len(steps)
-    grid_map = torch.zeros(4, 2, g, g, 2, dtype=torch.float64)
-    grid_offset = torch.zeros(2, g, g, 2, dtype=torch.float64)
-    k = 2.0 / size
-    s = steps.double()
+    weight = torch.zeros(2, g, g, 2, 4, dtype=torch.float64)
+    bias = torch.zeros(2, g, g, 2, dtype=torch.float64)
+    k, s, b = 2.0 / size, steps.double(), base.double()
     for i in range(g):          # row: y
         for j in range(g):      # column: x
-            grid_map[0, 0, i, j, 0], grid_map[2, 0, i, j, 0] = k * (1 - s[j]), k * s[j]
-            grid_map[1, 0, i, j, 1], grid_map[3, 0, i, j, 1] = k * (1 - s[i]), k * s[i]
-            grid_offset[0, i, j] = -1.0
-            b = base.double()
-            grid_offset[1, i, j, 0] = k * (b[0] + (b[2] - b[0]) * s[j]) - 1.0
-            grid_offset[1, i, j, 1] = k * (b[1] + (b[3] - b[1]) * s[i]) - 1.0
-    side = float(base[2] - base[0])
-    side_map = torch.tensor([[-1.0, 0.0], [0.0, -1.0], [1.0, 0.0], [0.0, 1.0]])
-    centre_map = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]]) / (2 * side)
-    sign = torch.tensor([1.0, 1.0, -1.0, -1.0])
-    return {"grid_map": grid_map.reshape(4, -1).float(), "grid_offset": grid_offset.reshape(-1).float(),
-            "side_map": side_map, "centre_map": centre_map,
-            "centre_offset": -(centre_map.T @ base).reshape(1, 2), "corner_sign": sign, "base_signed": base * sign,
-            "base_side": torch.tensor(side), "base_area": torch.tensor(side * float(base[3] - base[1]))}
+            weight[0, i, j, 0, 0], weight[0, i, j, 0, 2] = k * (1 - s[j]), k * s[j]
+            weight[0, i, j, 1, 1], weight[0, i, j, 1, 3] = k * (1 - s[i]), k * s[i]
+            bias[0, i, j] = -1.0
+            bias[1, i, j, 0] = k * (b[0] + (b[2] - b[0]) * s[j]) - 1.0
+            bias[1, i, j, 1] = k * (b[1] + (b[3] - b[1]) * s[i]) - 1.0
+    return weight.reshape(-1, 4).float(), bias.reshape(-1).float()
 
 
-def _affine(x: torch.Tensor, matrix: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
-    """``x @ matrix + offset`` for (B,4) box rows, as a broadcast product and a sum: oneDNN Graph (the CPU
-    graphs, torch 2.13) fails to compile a matmul followed by the add of a constant (vector::_M_range_check),
-    which left a network with a quality head without its CPU graphs."""
-    return (x.unsqueeze(-1) * matrix).sum(dim=-2) + offset
-
-
-def _corner_maps(base: torch.Tensor, cells: int, step: float, offset: float) -> Dict[str, torch.Tensor]:
-    """The constants of :meth:`QualityHead.corner_features` for ``cells`` x ``cells`` corner maps whose cell j
-    sits at ``j * step + offset`` crop px: ``corner_moments`` (2, cells*cells, 6), per corner (top-left at
-    the base box's x1,y1, bottom-right at x2,y2) and cell: dx, dy, dx^2, dy^2 from the base corner in
-    base-box widths and two Gaussian windows (sigma half a cell and one cell, peak 1) about the base corner;
-    ``corner_cell``: a quarter cell in base-box widths (keeps the offset-in-spreads finite)."""
+def _moments(base: torch.Tensor, cells: int, step: float, offset: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``linear`` weights over the two flattened ``cells`` x ``cells`` corner maps (cell j at ``j * step +
+    offset`` crop px): per corner (top-left about the base box's x1, y1, bottom-right about x2, y2) the
+    expected dx, dy, dx^2, dy^2 from the base corner in base-box widths, (4 * 2, 2 * cells^2), and the
+    probability in two Gaussian windows (sigma half a cell and one cell, peak 1) about it, (2 * 2, ...)."""
     side = float(base[2] - base[0])
     pos = torch.arange(cells, dtype=torch.float64) * step + offset
     ys, xs = pos.repeat_interleave(cells), pos.repeat(cells)
-    rows = []
-    for bx, by in ((float(base[0]), float(base[1])), (float(base[2]), float(base[3]))):
+    n = cells * cells
+    moments, windows = torch.zeros(8, 2 * n, dtype=torch.float64), torch.zeros(4, 2 * n, dtype=torch.float64)
+    for c, (bx, by) in enumerate(((float(base[0]), float(base[1])), (float(base[2]), float(base[3])))):
         dx, dy = (xs - bx) / side, (ys - by) / side
         d2 = (xs - bx) ** 2 + (ys - by) ** 2
-        windows = [torch.exp(-d2 / (2.0 * sigma ** 2)) for sigma in (step / 2.0, step)]
-        rows.append(torch.stack([dx, dy, dx * dx, dy * dy] + windows, dim=1))
-    return {"corner_moments": torch.stack(rows).float(), "corner_cell": torch.tensor(step / (4.0 * side))}
+        moments[4 * c:4 * c + 4, c * n:(c + 1) * n] = torch.stack([dx, dy, dx * dx, dy * dy])
+        windows[2 * c:2 * c + 2, c * n:(c + 1) * n] = torch.stack(
+            [torch.exp(-d2 / (2.0 * sigma ** 2)) for sigma in (step / 2.0, step)])
+    return moments.float(), windows.float()
+
+
+def _as(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` in ``dtype``; no operator where it already is (a traced graph then has no cast)."""
+    return x if x.dtype == dtype else x.to(dtype)
 
 
 class QualityHead(nn.Module):
@@ -122,25 +110,18 @@ class QualityHead(nn.Module):
     steps: torch.Tensor
     calib_x: torch.Tensor
     calib_y: torch.Tensor
-    grid_map: torch.Tensor      # the rest: _box_maps, not stored in the state_dict
-    grid_offset: torch.Tensor
-    side_map: torch.Tensor
-    centre_map: torch.Tensor
-    centre_offset: torch.Tensor
-    corner_sign: torch.Tensor
-    base_signed: torch.Tensor
-    base_side: torch.Tensor
-    base_area: torch.Tensor
-    corner_moments: torch.Tensor
-    corner_cell: torch.Tensor
+    box_weight: torch.Tensor    # the rest: derived constants, not stored in the state_dict
+    box_bias: torch.Tensor
+    map_weight: torch.Tensor
+    map_bias: torch.Tensor
 
     def __init__(self, in_channels: int = 64, input_size: int = 128, search_factor: float = 2.0,
-                 width: int = 32, grid: int = 3, hidden: int = 128, corner_stride: int = 16,
+                 width: int = 16, grid: int = 3, hidden: int = 32, corner_stride: int = 16,
                  stride: int = 16) -> None:
         super().__init__()
         self.input_size, self.grid = int(input_size), int(grid)
         self.reduce = nn.Sequential(nn.Conv2d(in_channels, width, kernel_size=1), nn.ReLU(inplace=True))
-        n_in = 2 * width * grid * grid + 2 * width + 8 + 2 * CORNER_FEATURES
+        n_in = 2 * width * grid * grid + 4 + 1 + 2 * CORNER_MOMENTS
         self.mlp = nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 2))
         base = base_box(input_size, search_factor)
         self.register_buffer("base", base)
@@ -151,69 +132,57 @@ class QualityHead(nn.Module):
         knots = torch.linspace(0.0, 1.0, CALIBRATION_KNOTS)
         self.register_buffer("calib_x", knots.repeat(2, 1))
         self.register_buffer("calib_y", knots.repeat(2, 1))
-        # everything the head computes from a box is linear in its corners up to a clamp, a min / max with
-        # the (constant) base box, a log and a ratio: a few fixed matrices (derived, not stored) keep the
-        # exported graph to a few dozen nodes
-        for name, value in _box_maps(base, steps, float(input_size)).items():
-            self.register_buffer(name, value, persistent=False)
+        # what the head computes from the box and from the corner maps is linear in them: one constant
+        # ``linear`` each (derived, not stored). Box rows: both lattices, then the box's corners relative to
+        # the base box's in base-box widths; map rows: the moments, then the windows (+1e-4 for their log)
+        lattice_w, lattice_b = _lattice(base, steps, float(input_size))
+        side = float(base[2] - base[0])
         fine = corner_stride != stride
-        cells = input_size // (stride // 2 if fine else stride)
-        for name, value in _corner_maps(base, cells, *map_grid(float(stride), fine)).items():
+        moments, windows = _moments(base, input_size // (stride // 2 if fine else stride),
+                                    *map_grid(float(stride), fine))
+        for name, value in (("box_weight", torch.cat((lattice_w, torch.eye(4) / side))),
+                            ("box_bias", torch.cat((lattice_b, -base / side))),
+                            ("map_weight", torch.cat((moments, windows))),
+                            ("map_bias", torch.tensor([0.0] * len(moments) + [1e-4] * len(windows)))):
             self.register_buffer(name, value, persistent=False)
-
-    def corner_features(self, corner_prob: torch.Tensor) -> torch.Tensor:
-        """(B,2,H,W) corner probability maps -> (B, 2 * CORNER_FEATURES): per corner (top-left, then
-        bottom-right) the mean offset from the base box's corner (x, y), the spread (x, y), the offset in
-        spreads (x, y), both in base-box widths, the log of the mass near the base corner (two widths) and
-        the log of the peak probability."""
-        prob = corner_prob.float().flatten(2).unsqueeze(2)                  # (B,2,1,HW)
-        moments = (prob @ self.corner_moments).squeeze(2)                   # (B,2,6)
-        mean = moments[..., 0:2]
-        spread = torch.sqrt((moments[..., 2:4] - mean * mean).clamp(min=0.0) + 1e-6)
-        near = torch.log(moments[..., 4:6] + 1e-4)
-        peak = torch.log(prob.amax(dim=-1) + 1e-4)                          # (B,2,1)
-        feats = torch.cat((mean, spread, mean / (spread + self.corner_cell), near, peak), dim=2)
-        return feats.flatten(1)
 
     def raw(self, fused: torch.Tensor, boxes: torch.Tensor, score: torch.Tensor,
             corner_prob: torch.Tensor) -> torch.Tensor:
         """The two logits (B,2) before sigmoid and calibration (what training regresses)."""
-        feat = self.reduce(fused.to(self.base.dtype))  # the head runs in its own precision (fp32 in every backend)
-        boxes = boxes.float()
-        c, g = int(feat.shape[1]), self.grid
+        dtype = self.base.dtype  # the head runs in its own precision (fp32 in every backend)
+        feat = self.reduce(_as(fused, dtype))
+        boxes = _as(boxes, dtype)
+        g = self.grid
+        n = 4 * g * g
+        box_rows = F.linear(boxes, self.box_weight, self.box_bias)           # (B, 4 g^2 + 4)
         # both lattices (refined box: rows 0..g-1, base box: rows g..2g-1) in grid_sample's [-1, 1]
-        lattice = _affine(boxes, self.grid_map, self.grid_offset).reshape(-1, 2 * g, g, 2)
-        sampled = F.grid_sample(feat, lattice, mode="bilinear", padding_mode="zeros", align_corners=False)
-        pooled = sampled.reshape(-1, c, 2, g * g).transpose(1, 2).reshape(-1, 2 * c * g * g)
-        sides = boxes @ self.side_map                               # (B,2) width, height
-        wh = sides.clamp(min=1.0)
-        corners = torch.maximum(boxes * self.corner_sign, self.base_signed) * self.corner_sign  # intersection
-        overlap = (corners @ self.side_map).clamp(min=0.0).prod(dim=1)
-        union = sides.clamp(min=0.0).prod(dim=1) + self.base_area - overlap
-        geometry = torch.cat((_affine(boxes, self.centre_map, self.centre_offset), torch.log(wh / self.base_side),
-                              (overlap / union.clamp(min=1e-6)).unsqueeze(1), score.float().unsqueeze(1),
-                              wh / float(self.input_size)), dim=1)
-        x = torch.cat((pooled, feat.mean(dim=(2, 3)), feat.amax(dim=(2, 3)), geometry,
-                       self.corner_features(corner_prob)), dim=1)
+        lattice = box_rows[:, :n].reshape(-1, 2 * g, g, 2)
+        pooled = F.grid_sample(feat, lattice, mode="bilinear", padding_mode="zeros", align_corners=False)
+        map_rows = F.linear(_as(corner_prob, dtype).flatten(1), self.map_weight, self.map_bias)  # (B, 12)
+        k = 4 * 2
+        x = torch.cat((pooled.flatten(1), box_rows[:, n:], _as(score, dtype).unsqueeze(1), map_rows[:, :k],
+                       torch.log(map_rows[:, k:])), dim=1)
         return self.mlp(x)
 
     def calibrate(self, prob: torch.Tensor) -> torch.Tensor:
-        """(B,2) raw probabilities -> calibrated, through each output's piecewise-linear map (a sum of
-        clamped ramps: no search, so it exports as plain min / max / matmul)."""
+        """(B,2) raw probabilities -> calibrated, through each output's piecewise-linear map: a sum of
+        clamped ramps, whose constants a frozen graph or an ONNX export folds (no search)."""
         x0, x1 = self.calib_x[:, :-1], self.calib_x[:, 1:]            # (2, K-1)
         slope = (self.calib_y[:, 1:] - self.calib_y[:, :-1]) / (x1 - x0).clamp(min=1e-6)
-        ramps = torch.minimum(torch.maximum(prob.unsqueeze(-1), x0), x1) - x0  # (B, 2, K-1)
-        return ((ramps * slope).sum(dim=-1) + self.calib_y[:, 0]).clamp(0.0, 1.0)
+        offset = self.calib_y[:, 0] - (x0 * slope).sum(dim=-1)
+        # minimum / maximum, not a clamp with tensor bounds: oneDNN Graph takes only scalar clamp bounds
+        return (torch.minimum(torch.maximum(prob.unsqueeze(-1), x0), x1) * slope).sum(dim=-1) + offset
 
     def forward(self, fused: torch.Tensor, boxes: torch.Tensor, score: torch.Tensor,
                 corner_prob: torch.Tensor) -> Dict[str, torch.Tensor]:
         """``quality`` and ``base_quality``, (B,) each, calibrated, in [0, 1]."""
-        out = self.calibrate(torch.sigmoid(self.raw(fused, boxes, score, corner_prob).float()))
-        return {"quality": out[:, 0], "base_quality": out[:, 1]}
+        quality, base_quality = self.calibrate(torch.sigmoid(self.raw(fused, boxes, score, corner_prob))).unbind(1)
+        return {"quality": quality, "base_quality": base_quality}
 
     def set_calibration(self, knots: Sequence[Sequence[float]], values: Sequence[Sequence[float]]) -> None:
         """Store the calibration maps: per output (``quality``, ``base_quality``), ``CALIBRATION_KNOTS``
-        increasing raw-probability knots from 0 to 1 and the non-decreasing calibrated values there."""
+        increasing raw-probability knots from 0 to 1 and the non-decreasing calibrated values there, in
+        [0, 1] (so the output needs no clamp)."""
         x = torch.as_tensor(knots, dtype=torch.float32)
         y = torch.as_tensor(values, dtype=torch.float32)
         if x.shape != self.calib_x.shape or y.shape != self.calib_y.shape:
@@ -221,6 +190,8 @@ class QualityHead(nn.Module):
                              f"{tuple(x.shape)} and {tuple(y.shape)}")
         if bool((x[:, 1:] <= x[:, :-1]).any()) or bool((y[:, 1:] < y[:, :-1]).any()):
             raise ValueError("calibration knots must increase and values must not decrease")
+        if bool((y < 0.0).any()) or bool((y > 1.0).any()):
+            raise ValueError("calibrated values must lie in [0, 1] (they are IoUs)")
         with torch.no_grad():
             self.calib_x.copy_(x)
             self.calib_y.copy_(y)
