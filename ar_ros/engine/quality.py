@@ -13,11 +13,11 @@ Three decisions follow from them, here in one place and without torch:
 
 The defaults were chosen on validation data only, with ``tools/quality_report.py CHECKPOINT --fit OUT --suite
 validation --base jitter --base oracle --base csrt``, for the quality head trained on the shipped MobileNetV2
-network (``runs/q3``, MODEL_CARD.md): :data:`QUALITY_MARGIN` is the smallest margin at which keeping base
+network (``runs/q5``, MODEL_CARD.md): :data:`QUALITY_MARGIN` is the smallest margin at which keeping base
 boxes costs the validation suite's coarse bases (jittered GT, CSRT) no mean IoU (at most 0.001:
 ``eval.calibration.harmless_margin``; a smaller one keeps tracker boxes that are wrong); :data:`LOST_QUALITY`
 is the lowest threshold with the best balanced accuracy, on 1280 validation pairs, for "the output box is off
-the target" (true IoU < 0.1: 95% of those frames flagged, 1.6% of the others); :data:`LOST_FRAMES` asks for a
+the target" (true IoU < 0.1: 96% of those frames flagged, 2.1% of the others); :data:`LOST_FRAMES` asks for a
 few frames in a row, so that one bad frame (an occlusion, a blur) does not raise the flag. Another
 checkpoint's head may want others: they are node, Refiner and ``eval`` parameters.
 """
@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Tuple
 
-QUALITY_MARGIN = 0.04   # base kept when base_quality >= quality + this
+QUALITY_MARGIN = 0.03   # base kept when base_quality >= quality + this
 LOST_QUALITY = 0.31     # a frame counts towards "lost" when quality < this
 LOST_FRAMES = 3         # ... for this many frames in a row
 BASE_BETTER = "base better"

@@ -121,7 +121,7 @@ class QualityHead(nn.Module):
         super().__init__()
         self.input_size, self.grid = int(input_size), int(grid)
         self.reduce = nn.Sequential(nn.Conv2d(in_channels, width, kernel_size=1), nn.ReLU(inplace=True))
-        n_in = 2 * width * grid * grid + 4 + 1 + 2 * CORNER_MOMENTS
+        n_in = 2 * width * grid * grid + 4 + 4 + 2 + 1 + 2 * CORNER_MOMENTS
         self.mlp = nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 2))
         base = base_box(input_size, search_factor)
         self.register_buffer("base", base)
@@ -133,15 +133,21 @@ class QualityHead(nn.Module):
         self.register_buffer("calib_x", knots.repeat(2, 1))
         self.register_buffer("calib_y", knots.repeat(2, 1))
         # what the head computes from the box and from the corner maps is linear in them: one constant
-        # ``linear`` each (derived, not stored). Box rows: both lattices, then the box's corners relative to
-        # the base box's in base-box widths; map rows: the moments, then the windows (+1e-4 for their log)
+        # ``linear`` each (derived, not stored). Box rows: both lattices; the box's corners relative to the
+        # base box's in base-box widths (x1, y1, x2, y2), the same with the far corner's sign flipped (their
+        # positive part: how far the box lies inside the base box on each side, the overlap's cue), its
+        # width and height in base-box widths (for their log); map rows: the moments, then the windows
+        # (+1e-4 for their log)
         lattice_w, lattice_b = _lattice(base, steps, float(input_size))
         side = float(base[2] - base[0])
+        flip = torch.tensor([1.0, 1.0, -1.0, -1.0])
+        size_w = torch.tensor([[-1.0, 0.0, 1.0, 0.0], [0.0, -1.0, 0.0, 1.0]]) / side
         fine = corner_stride != stride
         moments, windows = _moments(base, input_size // (stride // 2 if fine else stride),
                                     *map_grid(float(stride), fine))
-        for name, value in (("box_weight", torch.cat((lattice_w, torch.eye(4) / side))),
-                            ("box_bias", torch.cat((lattice_b, -base / side))),
+        for name, value in (("box_weight", torch.cat((lattice_w, torch.eye(4) / side, torch.diag(flip) / side,
+                                                       size_w))),
+                            ("box_bias", torch.cat((lattice_b, -base / side, -base * flip / side, torch.zeros(2)))),
                             ("map_weight", torch.cat((moments, windows))),
                             ("map_bias", torch.tensor([0.0] * len(moments) + [1e-4] * len(windows)))):
             self.register_buffer(name, value, persistent=False)
@@ -154,14 +160,15 @@ class QualityHead(nn.Module):
         boxes = _as(boxes, dtype)
         g = self.grid
         n = 4 * g * g
-        box_rows = F.linear(boxes, self.box_weight, self.box_bias)           # (B, 4 g^2 + 4)
+        box_rows = F.linear(boxes, self.box_weight, self.box_bias)           # (B, 4 g^2 + 10)
         # both lattices (refined box: rows 0..g-1, base box: rows g..2g-1) in grid_sample's [-1, 1]
         lattice = box_rows[:, :n].reshape(-1, 2 * g, g, 2)
         pooled = F.grid_sample(feat, lattice, mode="bilinear", padding_mode="zeros", align_corners=False)
         map_rows = F.linear(_as(corner_prob, dtype).flatten(1), self.map_weight, self.map_bias)  # (B, 12)
         k = 4 * 2
-        x = torch.cat((pooled.flatten(1), box_rows[:, n:], _as(score, dtype).unsqueeze(1), map_rows[:, :k],
-                       torch.log(map_rows[:, k:])), dim=1)
+        x = torch.cat((pooled.flatten(1), box_rows[:, n:n + 4], torch.relu(box_rows[:, n + 4:n + 8]),
+                       torch.log(box_rows[:, n + 8:].clamp(min=1e-2)), _as(score, dtype).unsqueeze(1),
+                       map_rows[:, :k], torch.log(map_rows[:, k:])), dim=1)
         return self.mlp(x)
 
     def calibrate(self, prob: torch.Tensor) -> torch.Tensor:
