@@ -114,6 +114,8 @@ class QualityHead(nn.Module):
     box_bias: torch.Tensor
     map_weight: torch.Tensor
     map_bias: torch.Tensor
+    calib_spread: torch.Tensor
+    calib_gather: torch.Tensor
 
     def __init__(self, in_channels: int = 64, input_size: int = 128, search_factor: float = 2.0,
                  width: int = 16, grid: int = 3, hidden: int = 32, corner_stride: int = 16,
@@ -132,6 +134,10 @@ class QualityHead(nn.Module):
         knots = torch.linspace(0.0, 1.0, CALIBRATION_KNOTS)
         self.register_buffer("calib_x", knots.repeat(2, 1))
         self.register_buffer("calib_y", knots.repeat(2, 1))
+        # each output's probability copied to its K ramps, and each output's K ramps summed (derived)
+        eye = torch.eye(2)
+        self.register_buffer("calib_spread", eye.repeat_interleave(CALIBRATION_KNOTS, dim=0), persistent=False)
+        self.register_buffer("calib_gather", eye.repeat_interleave(CALIBRATION_KNOTS, dim=1), persistent=False)
         # what the head computes from the box and from the corner maps is linear in them: one constant
         # ``linear`` each (derived, not stored). Box rows: both lattices; the box's corners relative to the
         # base box's in base-box widths (x1, y1, x2, y2), the same with the far corner's sign flipped (their
@@ -172,13 +178,15 @@ class QualityHead(nn.Module):
         return self.mlp(x)
 
     def calibrate(self, prob: torch.Tensor) -> torch.Tensor:
-        """(B,2) raw probabilities -> calibrated, through each output's piecewise-linear map: a sum of
-        clamped ramps, whose constants a frozen graph or an ONNX export folds (no search)."""
-        x0, x1 = self.calib_x[:, :-1], self.calib_x[:, 1:]            # (2, K-1)
-        slope = (self.calib_y[:, 1:] - self.calib_y[:, :-1]) / (x1 - x0).clamp(min=1e-6)
-        offset = self.calib_y[:, 0] - (x0 * slope).sum(dim=-1)
-        # minimum / maximum, not a clamp with tensor bounds: oneDNN Graph takes only scalar clamp bounds
-        return (torch.minimum(torch.maximum(prob.unsqueeze(-1), x0), x1) * slope).sum(dim=-1) + offset
+        """(B,2) raw probabilities -> calibrated, through each output's piecewise-linear map, written as
+        ``y_0 + sum_k c_k relu(p - x_k)`` (``c_k``: the change of slope at knot k; flat outside the knots):
+        linear, relu, linear, whose weights come from the knots (a frozen graph or an ONNX export folds
+        them: no search, three operators)."""
+        x, y = self.calib_x, self.calib_y                                # (2, K)
+        slope = (y[:, 1:] - y[:, :-1]) / (x[:, 1:] - x[:, :-1]).clamp(min=1e-6)
+        kinks = torch.cat((slope[:, :1], slope[:, 1:] - slope[:, :-1], -slope[:, -1:]), dim=1)  # (2, K)
+        ramps = torch.relu(F.linear(prob, self.calib_spread, -x.reshape(-1)))                  # (B, 2K)
+        return F.linear(ramps, self.calib_gather * kinks.reshape(1, -1), y[:, 0])
 
     def forward(self, fused: torch.Tensor, boxes: torch.Tensor, score: torch.Tensor,
                 corner_prob: torch.Tensor) -> Dict[str, torch.Tensor]:
