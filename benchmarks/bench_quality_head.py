@@ -2,17 +2,22 @@
 """What the quality head adds to a search pass: the same network with and without it, in one run.
 
     python benchmarks/bench_quality_head.py [--checkpoint C] [--batch 1 4] [--reps 200] [--threads 1]
+    python benchmarks/bench_quality_head.py --graphs --threads 2 --reps 500
 
 Both networks hold the same weights (BatchNorm folded, eval mode, fp32 eager torch on the CPU, or the GPU
 with ``--device cuda``); the two are timed in alternation, call by call, so that a busy machine slows both
 alike. Prints the median milliseconds per ``search`` (box only, and box + the mask logits that
-``box_mode: fused`` uses) and the ratio with / without the head.
+``box_mode: fused`` uses) and the ratio with / without the head. ``--graphs``: instead, the CPU backend the
+engine runs at fp32 (packed convolutions, oneDNN graphs built for each batch: ``open_backend``), box and
+box + mask (``box_mode: fused``), in the same alternation: the ratio with less noise than two separate runs
+of ``bench_backends.py --vs``. The head is as built (untrained): its cost does not depend on its weights.
 """
 import argparse
 import statistics
 import sys
 import time
 from dataclasses import replace
+from typing import Dict, List
 
 import torch
 
@@ -28,6 +33,34 @@ def timed(fn, sync) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
+def time_backends(plain: AlphaRefineNet, headed: AlphaRefineNet, args) -> int:
+    """``--graphs``: both networks through the CPU fp32 backend, graphs built, timed in alternation."""
+    from ar_ros.backends.factory import open_backend
+    backends = {name: open_backend(net, device="cpu", precision="fp32")
+                for name, net in (("without head", plain), ("with head", headed))}
+    print(f"CPU backend fp32 with oneDNN graphs, {args.threads} thread(s), {args.reps} calls each")
+    size = plain.config.input_size
+    for batch in args.batch:
+        images = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            for kind, with_mask in (("box", False), ("box + mask", True)):
+                for backend in backends.values():
+                    backend.warm_up([batch], with_mask)
+                kernels = {name: b.template(images) for name, b in backends.items()}
+                times: Dict[str, List[float]] = {name: [] for name in backends}
+                for i in range(10 + args.reps):  # the first 10: warm-up
+                    for name, backend in backends.items():
+                        t = timed(lambda: backend.search(images, kernels[name], with_mask=with_mask), lambda: None)
+                        if i >= 10:
+                            times[name].append(t)
+                med = {name: statistics.median(v) for name, v in times.items()}
+                print(f"batch {batch}, {kind:10}: without head {med['without head']:7.3f} ms, with head "
+                      f"{med['with head']:7.3f} ms, ratio {med['with head'] / med['without head']:.3f}")
+    for backend in backends.values():
+        backend.close()
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
@@ -35,6 +68,7 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=200)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--graphs", action="store_true", help="time the CPU backend (packed, oneDNN graphs) instead")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -42,6 +76,8 @@ def main(argv=None) -> int:
     plain, _ = load_network(args.checkpoint)
     headed = AlphaRefineNet(replace(plain.config, quality_head=True)).eval()
     headed.load_state_dict(plain.state_dict(), strict=False)  # same box and mask weights; the head as built
+    if args.graphs:
+        return time_backends(plain, headed, args)
     nets = {}
     for name, net in (("without head", plain), ("with head", headed)):
         fold_batchnorm(net)
