@@ -8,7 +8,8 @@ box and mask outputs do not change with or without it. Its inputs:
   sampled by ``grid_sample`` at a ``grid x grid`` lattice of points inside the refined (corner) box and
   inside the base (input) box, which sits at a fixed place in every search crop (centred,
   ``input_size / search_factor`` wide: see :func:`base_box`);
-* the refined box's corners relative to the base box's, in base-box widths, and the corner peak sharpness;
+* the refined box against the base box: its corners relative to the base box's in base-box widths, how far
+  it lies inside the base box on each side, the log of its size; and the corner peak sharpness;
 * the two corner probability maps the refined corners are the expectations of (``corner_prob``), reduced
   to moments: per corner the mean offset from the base box's corner and its square (how sure the network is
   of its own corner), and the log of the probability mass near the base box's corner (how plausible the
@@ -21,8 +22,8 @@ validation data), so every backend that runs the graph gets calibrated numbers.
 
 Every step that depends only on the box or the maps is one ``linear`` with constant weights (the lattice,
 the box's corners, the map moments), because the head's cost is its number of operators, not its arithmetic
-(each is a dispatch in the CPU graph; MODEL_CARD.md): about 20, all plain conv / linear / grid_sample / log /
-clamp, exportable to ONNX (opset 16+).
+(each is a dispatch in the CPU graph; MODEL_CARD.md); the calibration map is linear, relu, linear too. About
+30 operators, all plain conv / linear / grid_sample / relu / log / clamp: exportable to ONNX (opset 16+).
 """
 from __future__ import annotations
 
@@ -34,7 +35,6 @@ from torch import nn
 
 from .heads import map_grid
 
-CORNER_MOMENTS = 6       # per corner map: mean offset from the base corner (x, y), its square (x, y), 2 windows
 CALIBRATION_KNOTS = 21   # points of the piecewise-linear calibration map (fixed: a fixed state_dict shape)
 OUTPUTS = ("quality", "base_quality")
 
@@ -123,8 +123,6 @@ class QualityHead(nn.Module):
         super().__init__()
         self.input_size, self.grid = int(input_size), int(grid)
         self.reduce = nn.Sequential(nn.Conv2d(in_channels, width, kernel_size=1), nn.ReLU(inplace=True))
-        n_in = 2 * width * grid * grid + 4 + 4 + 2 + 1 + 2 * CORNER_MOMENTS
-        self.mlp = nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 2))
         base = base_box(input_size, search_factor)
         self.register_buffer("base", base)
         # lattice offsets inside a box, as fractions of its width / height (cell centres)
@@ -157,6 +155,10 @@ class QualityHead(nn.Module):
                             ("map_weight", torch.cat((moments, windows))),
                             ("map_bias", torch.tensor([0.0] * len(moments) + [1e-4] * len(windows)))):
             self.register_buffer(name, value, persistent=False)
+        self.lattice_rows, self.moment_rows = len(lattice_b), len(moments)  # where raw() splits the rows
+        # the MLP's input: the pooled lattices, the box rows after the lattice, the score, the map rows
+        n_in = 2 * width * grid * grid + len(self.box_bias) - self.lattice_rows + 1 + len(self.map_bias)
+        self.mlp = nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 2))
 
     def raw(self, fused: torch.Tensor, boxes: torch.Tensor, score: torch.Tensor,
             corner_prob: torch.Tensor) -> torch.Tensor:
@@ -164,14 +166,13 @@ class QualityHead(nn.Module):
         dtype = self.base.dtype  # the head runs in its own precision (fp32 in every backend)
         feat = self.reduce(_as(fused, dtype))
         boxes = _as(boxes, dtype)
-        g = self.grid
-        n = 4 * g * g
+        g, n, k = self.grid, self.lattice_rows, self.moment_rows
         box_rows = F.linear(boxes, self.box_weight, self.box_bias)           # (B, 4 g^2 + 10)
         # both lattices (refined box: rows 0..g-1, base box: rows g..2g-1) in grid_sample's [-1, 1]
         lattice = box_rows[:, :n].reshape(-1, 2 * g, g, 2)
         pooled = F.grid_sample(feat, lattice, mode="bilinear", padding_mode="zeros", align_corners=False)
         map_rows = F.linear(_as(corner_prob, dtype).flatten(1), self.map_weight, self.map_bias)  # (B, 12)
-        k = 4 * 2
+        # box rows after the lattice: corners (4), insets (4, their positive part), size (2, its log)
         x = torch.cat((pooled.flatten(1), box_rows[:, n:n + 4], torch.relu(box_rows[:, n + 4:n + 8]),
                        torch.log(box_rows[:, n + 8:].clamp(min=1e-2)), _as(score, dtype).unsqueeze(1),
                        map_rows[:, :k], torch.log(map_rows[:, k:])), dim=1)
