@@ -24,6 +24,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..options import DEFAULTS
+
 Values = Union[Sequence[float], np.ndarray]  # numbers, as a sequence or an array
 
 #: What a report prints per set of pairs, in this order.
@@ -177,8 +179,10 @@ def chosen_iou(pairs: QualityPairs, margin: Optional[float] = None, keep_iou: fl
     return float(np.where(use_base, pairs.true_base, pairs.true_quality).mean())
 
 
+KEEP_IOU = float(DEFAULTS["keep_iou"])  # the rule of models without a head, as the node runs it: the reference
+
 #: The keep rules :func:`rule_table` compares: (name, keyword arguments of :func:`keeps_base`)
-RULES = (("refined box always", {}), ("keep_iou 0.85", {"keep_iou": 0.85}),
+RULES = (("refined box always", {}), (f"keep_iou {KEEP_IOU:.2f}", {"keep_iou": KEEP_IOU}),
          *((f"head, margin {m:.2f}", {"margin": m}) for m in (0.0, 0.02, 0.04, 0.06, 0.1)),
          *((f"keep_iou {k:.2f}, head veto {v:+.2f}", {"keep_iou": k, "veto": v})
            for k in (0.8, 0.85, 0.9) for v in (-0.1, -0.05, 0.0)),
@@ -188,13 +192,15 @@ RULES = (("refined box always", {}), ("keep_iou 0.85", {"keep_iou": 0.85}),
 
 def rule_table(sets: Dict[str, QualityPairs], rules: Sequence[Tuple[str, Dict]] = RULES) -> str:
     """Mean true IoU of the chosen box under each keep rule (rows) on each set of pairs with its agreement
-    (columns), and per rule the least and the summed difference to ``keep_iou 0.85`` over the sets."""
+    (columns), and per rule the least and the summed difference to the default ``keep_iou`` (:data:`KEEP_IOU`)
+    over the sets."""
     names = [n for n, p in sets.items() if p.agreement is not None]
     if not names:
         return "(no set of pairs with agreement: rules need pairs from whole sequences)"
-    ref = np.array([chosen_iou(sets[n], keep_iou=0.85) for n in names])
+    ref = np.array([chosen_iou(sets[n], keep_iou=KEEP_IOU) for n in names])
+    header = f"{'rule':42s}" + "".join(f"{f'[{i}]':>8s}" for i in range(len(names)))
     lines = ["mean true IoU of the chosen box; columns: " + "; ".join(f"[{i}] {n}" for i, n in enumerate(names)),
-             f"{'rule':42s}" + "".join(f"{f'[{i}]':>8s}" for i in range(len(names))) + "  min/sum vs keep_iou 0.85"]
+             header + f"  min/sum vs keep_iou {KEEP_IOU:.2f}"]
     for label, kw in rules:
         v = np.array([chosen_iou(sets[n], **kw) for n in names])
         delta = v - ref
