@@ -241,12 +241,16 @@ def test_a_camera_sending_tiny_or_huge_frames_costs_the_other_camera_nothing(ros
             pubs["rear"][1].publish(detections_msg([("r", BOX)], sec))
             spin_until(c.ex, lambda: False, 0.1)
         spin_until(c.ex, lambda: len({m.header.stamp.sec for m in got["rear"]}) > frames, 10.0)
-        front = c.wait_diag(lambda d: int(d.get("bad_images", 0)) >= frames, "/front")
+        # images ride a depth-1 queue: a frame the node has not taken yet is replaced by the next one, so
+        # count against what arrived; every front frame that arrived must have been refused
+        front = c.wait_diag(lambda d: int(d.get("images_received", 0)) >= frames * 3 // 4
+                            and d.get("bad_images") == d.get("images_received"), "/front")
         rear = c.diag("/rear")
         rear_refined = {m.header.stamp.sec for m in got["rear"]} - {1}
         assert len(rear_refined) + int(rear.get("skipped_stale", 0)) >= frames - 1, (rear_refined, rear)
         assert len(rear_refined) >= frames * 3 // 4, (rear_refined, rear, read_log(log))
-        assert int(front["bad_images"]) == frames and not got["front"], front
+        assert front["bad_images"] == front["images_received"] and not got["front"], front
+        assert frames * 3 // 4 <= int(front["bad_images"]) <= frames, front
         assert front["errors"] == "0" and rear["errors"] == "0"
         grew = rss_mb(proc.pid) - rss0
         assert grew < 100.0, f"RSS +{grew:.0f} MB after a 10000x10000 PNG"
