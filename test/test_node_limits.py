@@ -185,9 +185,10 @@ def test_one_message_of_1000_id_less_boxes_tiny_frames_and_garbage_detections(ro
         assert took < 10.0 and grew < 60.0, figures
 
         # frames too small to refine are refused on arrival and counted; the next good frame is refined
-        for sec, (w, h) in zip((4, 5, 6), ((1, 1), (1, 640), (480, 1))):
+        for n, (sec, (w, h)) in enumerate(zip((4, 5, 6), ((1, 1), (1, 640), (480, 1))), 1):
             send(sec, np.zeros((h, w, 3), np.uint8), [("a", (0.0, 0.0, 1.0, 1.0))])
-        d = c.wait_diag(lambda d: int(d.get("bad_images", 0)) >= 3)
+            # one at a time: images ride a depth-1 queue, where a frame not yet taken is replaced by the next
+            d = c.wait_diag(lambda d: int(d.get("bad_images", 0)) >= n)
         assert d["bad_images"] == "3" and d["errors"] == "0", d
         send(7, frame(), [("a", BOX)])
         assert out(7) is not None
