@@ -17,7 +17,7 @@ from .eval import bags, report
 from .data.base_trackers import jittered_gt, run_opencv
 from .eval.replay import replay
 from .data.synthetic import Sequence
-from .options import default_keep_iou
+from .options import loop_default
 
 DEMO_SEED = 100_003
 DEMO_FRAMES = 90
@@ -26,17 +26,20 @@ DEMO_FRAMES = 90
 def run(out_dir: str = "out/demo", checkpoint: Optional[str] = None, frames: int = DEMO_FRAMES,
         seed: int = DEMO_SEED, base: str = "csrt", device: str = "cpu", progress: bool = True,
         backend: str = "torch", precision: str = "fp32", box_mode: str = DEFAULT_BOX_MODE,
-        keep_iou: Optional[float] = None, live: bool = True) -> Dict:
+        keep_iou: Optional[float] = None, quality_margin: Optional[float] = None, live: bool = True) -> Dict:
     """Build the sample bag, replay it through the refiner, print and write the results.
 
-    ``keep_iou`` None: the default of each loop (``options.default_keep_iou``). ``live``: also play the
-    jittered-GT bag through the ROS 2 node (when rclpy is there)."""
+    The keep gates ``keep_iou`` and ``quality_margin`` None: the default of each loop
+    (``options.loop_default``). ``live``: also play the jittered-GT bag through the ROS 2 node (when rclpy is
+    there)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     model: Dict[str, Any]  # Refiner keyword arguments of several types
     model = {"checkpoint": checkpoint, "device": device, "backend": backend, "precision": precision,
-             "box_mode": box_mode, "keep_iou": default_keep_iou("open") if keep_iou is None else keep_iou}
+             "box_mode": box_mode}
+    gates = {"keep_iou": keep_iou, "quality_margin": quality_margin}
+    model.update({gate: loop_default(gate) if value is None else value for gate, value in gates.items()})
     refiner = Refiner(**model)
     print(f"[demo] model: {refiner.meta.get('source', checkpoint or 'built-in default')} "
           f"({refiner.config.backbone_title}, {refiner.config.input_size}px crops, {refiner.crop_mode} crop)")
@@ -57,7 +60,8 @@ def run(out_dir: str = "out/demo", checkpoint: Optional[str] = None, frames: int
     if base != "jitter":
         runs.append((f"{base}_closed", base, base, "closed"))
     for name, sample, tracker, loop in runs:
-        refiner.keep_iou = default_keep_iou(loop) if keep_iou is None else keep_iou
+        for gate, value in gates.items():
+            setattr(refiner, gate, loop_default(gate, loop) if value is None else value)
         result = replay(out / f"sample_{sample}.bag", refiner, out=out / f"refined_{name}.bag",
                         video=out / f"overlay_{name}.mp4", progress=progress, overwrite=True,
                         base_tracker=tracker, loop=loop)

@@ -26,6 +26,17 @@ def small_net():
     return AlphaRefineNet(NetConfig(depth=18, input_size=128, with_top=False, crop_mode="clean")).eval()
 
 
+@pytest.fixture(scope="session")
+def shipped_without_head():
+    """The shipped network without its quality head: a model like the authors', where keep_iou decides."""
+    from dataclasses import replace
+    from ar_ros.backends.factory import DEFAULT_CHECKPOINT
+    from ar_ros.model.checkpoint import build_network, load_checkpoint
+    state, config, _ = load_checkpoint(DEFAULT_CHECKPOINT)
+    return build_network({k: v for k, v in state.items() if not k.startswith("quality_head.")},
+                         replace(config, quality_head=False)).eval()
+
+
 @pytest.fixture
 def frame():
     """A 480x640 RGB frame: smooth noise background with a bright rectangle at (200,150,120,90)."""

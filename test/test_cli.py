@@ -60,14 +60,18 @@ def test_eval_runs_an_onnx_export_folder_with_its_backend(onnx_dir, capsys):
     assert set(json.loads(out)["summary"]) >= {"base", "refined"}
 
 
-@pytest.mark.parametrize("extra, keep", [(["--loop", "open"], 0.85), (["--loop", "closed"], 0.0),
-                                         (["--loop", "closed", "--keep-iou", "0.9"], 0.9)])
-def test_keep_iou_defaults_to_the_nodes_in_open_loop_and_off_in_closed_loop(extra, keep, capsys):
+@pytest.mark.parametrize("extra, keep, margin", [
+    (["--loop", "open"], 0.85, -0.01), (["--loop", "closed"], 0.0, 0.05),
+    (["--loop", "closed", "--keep-iou", "0.9", "--quality-margin", "0.2"], 0.9, 0.2)])
+def test_keep_gates_default_to_the_nodes_in_open_loop_and_to_the_closed_loop_ones(extra, keep, margin, capsys):
+    """keep_iou (models without a head) off in closed loop; the shipped model's head keeps a base box there
+    only when it is predicted better by 0.05 (options.CLOSED_LOOP_GATES)."""
     code, out, err = run(["eval", "--suite", "tiny", "--base", "kcf", "--box-mode", "fused", *extra, "--json"],
                          capsys)
     assert code == 0, err
     info = json.loads(out)
     assert info["keep_iou"] == pytest.approx(keep) and info["box_mode"] == "fused"
+    assert info["quality_margin"] == pytest.approx(margin)  # the shipped model has a quality head
     assert BY_NAME["keep_iou"].default == pytest.approx(0.85)
     for seq in info["sequences"].values():  # how often the loop fed back, and how often OpenCV refused
         assert seq["failed_reseeds"] == 0 and (seq["reseeds"] > 0) == (extra[1] == "closed")
@@ -145,19 +149,22 @@ def test_info_on_an_export_folder_summarises_its_model_then_lists_graphs(onnx_di
 
 def test_eval_calibration_needs_a_quality_head_and_draws_its_plot(tmp_path, capsys):
     """--calibration on a model without a head is one line and exit 2; with a head it writes the PNG and the
-    figures (a head on the shipped weights, untrained: the plot and the numbers exist, whatever they say)."""
+    figures (a new head on the shipped weights, untrained: the plot and the numbers exist, whatever they say)."""
     import dataclasses
     import json
     import torch
     from ar_ros.backends.factory import DEFAULT_CHECKPOINT
     from ar_ros.model import AlphaRefineNet, load_network, save_checkpoint
-    code, out, err = run(["eval", "--suite", "tiny", "--calibration", str(tmp_path / "c.png"), "--device", "cpu"],
-                         capsys)
-    assert code == 2 and "quality head" in err and err.count("\n") == 1
     shipped = load_network(DEFAULT_CHECKPOINT)[0]
+    weights = {k: v for k, v in shipped.state_dict().items() if not k.startswith("quality_head.")}
+    plain = AlphaRefineNet(dataclasses.replace(shipped.config, quality_head=False)).eval()
+    plain.load_state_dict(weights)
+    code, out, err = run(["eval", "--suite", "tiny", "--calibration", str(tmp_path / "c.png"), "--device", "cpu",
+                          "--checkpoint", str(save_checkpoint(tmp_path / "plain.pt", plain))], capsys)
+    assert code == 2 and "quality head" in err and err.count("\n") == 1
     torch.manual_seed(0)
     net = AlphaRefineNet(dataclasses.replace(shipped.config, quality_head=True)).eval()
-    net.load_state_dict(shipped.state_dict(), strict=False)
+    net.load_state_dict(weights, strict=False)
     path = save_checkpoint(tmp_path / "q.pt", net)
     code, out, err = run(["eval", "--suite", "tiny", "--checkpoint", str(path), "--device", "cpu", "--json",
                           "--calibration", str(tmp_path / "c.png"), "--quality-margin", "1"], capsys)

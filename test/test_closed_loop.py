@@ -104,17 +104,17 @@ def test_replay_runs_the_base_tracker_on_the_bag_and_closes_the_loop_like_eval(t
     assert np.allclose(opened.boxes("base"), np.array(run_opencv((f.image for f in frames), gt[0], "kcf")))
 
 
-def test_keep_iou_keeps_a_base_box_the_refined_box_agrees_with(short_seq):
+def test_keep_iou_keeps_a_base_box_the_refined_box_agrees_with(short_seq, shipped_without_head):
     from ar_ros.engine.boxes import iou
     _, frames = short_seq
     f = frames[3]
-    plain = Refiner(keep_iou=0.0)
+    plain = Refiner(shipped_without_head, keep_iou=0.0)
     plain.set_target(frames[0].image, frames[0].box, "t")
     raw = plain.refine(f.image, {"t": f.box})["t"]  # the ground truth as base: the model moves it a little
     agreement = iou(raw.box, f.box)
     assert not raw.kept and raw.box != tuple(f.box) and 0.5 < agreement < 0.99
     for keep_iou, kept in ((agreement - 0.02, True), (agreement + 0.01, False)):
-        gated = Refiner(keep_iou=keep_iou)
+        gated = Refiner(shipped_without_head, keep_iou=keep_iou)
         gated.set_target(frames[0].image, frames[0].box, "t")
         res = gated.refine(f.image, {"t": f.box})["t"]
         assert res.kept == kept and not res.fallback and res.raw_box == raw.box

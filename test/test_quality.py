@@ -233,7 +233,8 @@ def test_choose_keeps_the_base_box_only_when_it_is_better_by_the_margin():
     assert choose(0.5, 0.625, margin=0.25) == (False, "")
     assert choose(0.30, 0.10, margin=0.0) == (False, "")
     assert choose(0.5, 0.5, margin=0.0) == (True, BASE_BETTER)
-    assert choose(0.9, 0.2) == (False, "") and 0 <= QUALITY_MARGIN < 1
+    assert choose(0.9, 0.2) == (False, "") and -1 < QUALITY_MARGIN < 1
+    assert choose(0.0, 1.0, margin=1.0) == (False, "")  # 1: the gate off, whatever the predictions
 
 
 def test_lost_after_n_low_frames_cleared_by_a_good_frame_and_by_reset():

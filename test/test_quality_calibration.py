@@ -86,14 +86,16 @@ def test_suite_pairs_and_the_calibration_png_on_a_tiny_suite(tmp_path):
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
 
 
-def test_harmless_margin_is_the_smallest_that_costs_the_coarse_bases_nothing():
-    from ar_ros.eval.calibration import harmless_margin
-    # predicted base better by 0.04 where it is wrong (true base 0.2 vs refined 0.8), by 0.01 where right
-    coarse = QualityPairs(np.array([0.5, 0.5]), np.array([0.8, 0.8]), np.array([0.54, 0.51]), np.array([0.2, 0.9]))
-    assert harmless_margin([coarse]) == pytest.approx(0.05)  # from 0.05 on, the wrong keep is gone
-    assert harmless_margin([coarse], harm=0.5) == 0.0           # a big enough allowance: keep from 0
-    never = QualityPairs(np.array([0.1]), np.array([0.9]), np.array([0.9]), np.array([0.0]))
-    assert harmless_margin([never], candidates=(0.0, 0.1)) == 0.1  # none safe: the largest
+def test_best_margin_over_several_sets_weighs_each_set_the_same():
+    # a right base box (oracle-like, 1 pair) gains 0.2 by keeping it at margin 0; the coarse set (3 pairs)
+    # loses 0.15 of its mean by the same margin: one mean per set, so margin 0 wins; pooled, it loses
+    right = _pairs([0.8], [0.8], [0.82], [1.0])
+    coarse = _pairs([0.8, 0.8, 0.8], [0.8, 0.8, 0.8], [0.82, 0.82, 0.7], [0.5, 0.65, 0.5])
+    margin, means = best_margin([right, coarse], candidates=[0.0, 0.05])
+    assert margin == 0.0 and means[0.0] == pytest.approx((1.0 + (0.5 + 0.65 + 0.8) / 3) / 2)
+    assert means[0.05] == pytest.approx(0.8)
+    pooled, _ = best_margin(QualityPairs.concat([right, coarse]), candidates=[0.0, 0.05])
+    assert pooled == 0.05  # pooled, the three coarse pairs outweigh the one right box
 
 
 def test_keep_rules_on_hand_made_pairs():

@@ -12,15 +12,16 @@ BOX = (200.0, 150.0, 120.0, 90.0)
 
 
 def quality_net(quality: float, base_quality: float) -> AlphaRefineNet:
-    """The shipped network (plausible boxes) with a quality head that always predicts these two values (its
-    last layer's bias)."""
+    """The shipped network (plausible boxes) with a new quality head that always predicts these two values (its
+    last layer's bias; the calibration map the identity)."""
     import dataclasses
     from ar_ros.backends.factory import DEFAULT_CHECKPOINT
     from ar_ros.model import load_network
     shipped = load_network(DEFAULT_CHECKPOINT)[0]
     torch.manual_seed(0)
     net = AlphaRefineNet(dataclasses.replace(shipped.config, quality_head=True)).eval()
-    net.load_state_dict(shipped.state_dict(), strict=False)
+    net.load_state_dict({k: v for k, v in shipped.state_dict().items() if not k.startswith("quality_head.")},
+                        strict=False)
     last = net.quality_head.mlp[-1]
     with torch.no_grad():
         last.weight.zero_()
@@ -47,8 +48,8 @@ def test_lost_after_lost_frames_low_frames_and_reset_by_set_target(frame):
     assert r.refine(frame, {"a": BOX})["a"].lost is False
 
 
-def test_without_a_head_keep_iou_decides_and_no_quality_is_reported(frame):
-    r = Refiner(None, keep_iou=1e-6)  # the shipped model (no head); any overlap keeps the base box
+def test_without_a_head_keep_iou_decides_and_no_quality_is_reported(frame, shipped_without_head):
+    r = Refiner(shipped_without_head, keep_iou=1e-6)  # no head: any overlap keeps the base box
     res = r.set_target(frame, BOX, "a")
     assert res.base_quality is None and res.lost is False
     assert res.kept and res.box == BOX and res.reason == ""

@@ -45,7 +45,7 @@ _non_negative_float = _bounded(float, 0.0, "a number >= 0")
 def _model_options(p: argparse.ArgumentParser) -> None:
     """The model options of every command that refines: names, defaults, checks and help from the one options
     table (ar_ros/options.py), so the CLI, the Python API and the node take the same values."""
-    from ..options import BY_NAME, add_flags
+    from ..options import BY_NAME, CLOSED_LOOP_GATES, add_flags
     p.add_argument("--checkpoint", default=None, help="model file, or a folder from `export onnx` for the "
                                                       "onnxruntime / tensorrt backends (default: the shipped model)")
     add_flags(p, ["device", "backend", "precision"])
@@ -53,7 +53,8 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     add_flags(p, ["box_mode"])
     spec = BY_NAME["keep_iou"]
     p.add_argument("--keep-iou", type=float, default=None,
-                   help=f"{spec.description} Default: {spec.default:g}, or 0 with --loop closed.")
+                   help=f"{spec.description} Default: {spec.default:g}, or "
+                        f"{CLOSED_LOOP_GATES['keep_iou']:g} (off) with --loop closed.")
 
 def _scale_options(p: argparse.ArgumentParser) -> None:
     """Where many sequences run: worker processes on this machine, or Ray tasks."""
@@ -65,15 +66,17 @@ def _scale_options(p: argparse.ArgumentParser) -> None:
                         "cluster at ADDRESS (e.g. ray://head:10001 or auto); pip install 'ar_ros[ray]'")
 
 def _model_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
-    """The model options by the names the Refiner and the node's parameters share (keep_iou: the default
-    of the command's --loop when not given)."""
-    from ..options import default_keep_iou
+    """The model options by the names the Refiner and the node's parameters share (the keep gates, keep_iou
+    and a quality head's quality_margin: the default of the command's --loop where not given)."""
+    from ..options import CLOSED_LOOP_GATES, loop_default
     if args.checkpoint and os.path.isdir(args.checkpoint) and args.backend == "torch":
         raise ValueError(f"{args.checkpoint} is a folder (from `export onnx`?): pass --backend onnxruntime, "
                          "onnxruntime-int8 or tensorrt, or --checkpoint a model file")
+    loop = getattr(args, "loop", "open")
+    gates = {name: loop_default(name, loop) if getattr(args, name, None) is None else getattr(args, name)
+             for name in CLOSED_LOOP_GATES}
     return {"checkpoint": args.checkpoint, "device": args.device, "backend": args.backend,
-            "precision": args.precision, "box_mode": args.box_mode,
-            "keep_iou": default_keep_iou(getattr(args, "loop", "open")) if args.keep_iou is None else args.keep_iou}
+            "precision": args.precision, "box_mode": args.box_mode, **gates}
 
 def _set_threads(args: argparse.Namespace) -> None:
     if args.threads:

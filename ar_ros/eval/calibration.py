@@ -208,25 +208,16 @@ def rule_table(sets: Dict[str, QualityPairs], rules: Sequence[Tuple[str, Dict]] 
     return "\n".join(lines)
 
 
-def best_margin(pairs: QualityPairs, candidates: Sequence[float] = tuple(np.round(np.arange(-0.1, 0.31, 0.01), 2))
+def best_margin(sets: Union[QualityPairs, Sequence[QualityPairs]],
+                candidates: Sequence[float] = tuple(np.round(np.arange(-0.1, 0.31, 0.01), 2))
                 ) -> Tuple[float, Dict[float, float]]:
-    """The keep margin (``engine.quality.choose``) that maximises the mean true IoU of the chosen box, and
-    that mean for every candidate."""
-    means = {float(m): chosen_iou(pairs, m) for m in candidates}
+    """The keep margin (``engine.quality.choose``) that maximises the mean true IoU of the chosen box (for
+    several sets, the mean over the sets of each set's mean: every base weighs the same, as when ``keep_iou``
+    was chosen on the validation suite's jittered GT, oracle and CSRT), and that mean for every candidate."""
+    sets = [sets] if isinstance(sets, QualityPairs) else list(sets)
+    means = {float(m): float(np.mean([chosen_iou(p, m) for p in sets])) for m in candidates}
     best = max(means, key=lambda m: (round(means[m], 4), -abs(m)))  # ties: the margin nearest 0
     return best, means
-
-
-def harmless_margin(coarse: Sequence[QualityPairs], harm: float = 0.001,
-                    candidates: Sequence[float] = tuple(np.round(np.arange(0.0, 0.31, 0.01), 2))) -> float:
-    """The smallest keep margin at which keeping base boxes costs none of the ``coarse`` sets (base boxes
-    that are mostly wrong: a jittered or tracked box) more than ``harm`` mean true IoU against never
-    keeping: a base box is kept only where that is safe, and then as often as that allows (a right base
-    box gains most from a small margin). The largest candidate when none is that safe."""
-    for m in candidates:
-        if all(chosen_iou(p, m) >= p.true_quality.mean() - harm for p in coarse):
-            return float(m)
-    return float(candidates[-1])
 
 
 def lost_threshold(pairs: QualityPairs, off_iou: float = 0.1,

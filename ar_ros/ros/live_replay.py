@@ -24,6 +24,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from vision_msgs.msg import Detection2DArray
 
 from ..engine.masks import DEFAULT_BOX_MODE
+from ..options import DEFAULTS
 from ..eval import bags
 from ..io.detections import stamp_to_ns
 from ..progress import progress_bar
@@ -52,12 +53,14 @@ def live_replay(bag: Union[str, Path], out: Union[str, Path, None] = None, check
                 device: str = "cpu", rate: float = 1.0, detections_topic: str = bags.BASE_TOPIC,
                 image_topic: Optional[str] = None, settle: float = 3.0, domain_id: Optional[int] = None,
                 overwrite: bool = False, progress: bool = True, backend: str = "torch", precision: str = "auto",
-                threads: int = 0, box_mode: str = DEFAULT_BOX_MODE, keep_iou: float = 0.0) -> LiveReport:
+                threads: int = 0, box_mode: str = DEFAULT_BOX_MODE, keep_iou: float = 0.0,
+                quality_margin: float = DEFAULTS["quality_margin"]) -> LiveReport:
     """Play ``bag`` into a fresh refiner node and record what it publishes (see the module docstring).
 
-    ``checkpoint``, ``device``, ``backend``, ``precision``, ``threads``, ``box_mode`` and ``keep_iou`` are the
-    node's parameters of those names. A bag of sensor_msgs/CompressedImage is played on ``image/compressed`` to a node with
-    ``image_transport: compressed``, as a robot's compressed camera stream would be.
+    ``checkpoint``, ``device``, ``backend``, ``precision``, ``threads``, ``box_mode``, ``keep_iou`` and
+    ``quality_margin`` are the node's parameters of those names. A bag of sensor_msgs/CompressedImage is played
+    on ``image/compressed`` to a node with ``image_transport: compressed``, as a robot's compressed camera
+    stream would be.
     """
     if not rate >= 0:  # NaN included
         raise ValueError(f"rate must be >= 0 (1 = as recorded, 0 = as fast as the node keeps up), got {rate}")
@@ -79,6 +82,7 @@ def live_replay(bag: Union[str, Path], out: Union[str, Path, None] = None, check
         params = [Parameter("device", value=device), Parameter("backend", value=backend),
                   Parameter("precision", value=precision), Parameter("threads", value=int(threads)),
                   Parameter("box_mode", value=box_mode), Parameter("keep_iou", value=float(keep_iou)),
+                  Parameter("quality_margin", value=float(quality_margin)),
                   Parameter("image_transport", value="compressed" if compressed else "raw"),
                   Parameter("publish_overlay", value=False), Parameter("image_cache_size", value=60)]
         if checkpoint:
