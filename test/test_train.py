@@ -115,6 +115,23 @@ def test_grabcut_cuts_out_the_clear_object_of_a_photo():
     assert 0.7 < float((cuts[0].alpha > 0.5).mean()) < 0.85  # an ellipse fills pi/4 of its box
 
 
+def test_tracker_pairs_on_composites_take_the_trackers_box_as_the_base_box(tmp_path):
+    import cv2
+    from ar_ros.data.base_trackers import run_opencv
+    from ar_ros.train.composite import CompositeSequence, PhotoBank, composite_tracker_pairs
+    paths = [tmp_path / f"p{i}.png" for i in range(3)]
+    for i, path in enumerate(paths):
+        cv2.imwrite(str(path), cv2.cvtColor(_photo(i), cv2.COLOR_RGB2BGR))
+    bank = PhotoBank(paths)
+    source = composite_tracker_pairs("kcf", bank, (100, 101), length=12, size=(160, 120), n_sequences=1, max_gap=3)
+    _, search = source(np.random.default_rng(0))
+    seq = CompositeSequence(100, bank, 12, (160, 120))
+    boxes = run_opencv((seq[t].image for t in range(12)), seq[0].box, "kcf")
+    frame = next(t for t in range(12) if np.array_equal(seq[t].image, search.image))
+    assert search.box == seq[frame].box and search.base == tuple(boxes[frame])
+    assert search.base != search.box  # a tracker's box, not the ground truth
+
+
 def test_pasted_cutout_gives_exact_box_and_mask_by_construction():
     from ar_ros.train.composite import Cutout, _paste
     from ar_ros.data.synthetic import mask_box

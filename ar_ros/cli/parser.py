@@ -218,7 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: 0; with --small-jitter at most 1 together)")
     p.add_argument("--data", action="append", default=None,
                    help="'synthetic' (default), 'real' (real-photo composites; needs 'ar-refine data fetch'), "
-                        "'csrt' / 'kcf' / 'mil' (synthetic, with that OpenCV tracker's boxes as base boxes) or "
+                        "'csrt' / 'kcf' / 'mil' (synthetic, with that OpenCV tracker's boxes as base boxes), "
+                        "'csrt-real' / 'kcf-real' / 'mil-real' (the same on real-photo composites) or "
                         "DATASET:FOLDER with DATASET in lasot, got10k, trackingnet, otb, "
                         "youtube_vos (masks), coco (masks, single images); repeat to mix sources evenly")
     p.add_argument("--threads", type=_non_negative_int, default=0, help="CPU threads (0 = torch's default)")

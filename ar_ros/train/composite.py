@@ -17,13 +17,13 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import List, Optional, Sequence as Seq, Tuple
+from typing import Callable, List, Optional, Sequence as Seq, Tuple
 
 import cv2
 import numpy as np
 
 from ..data.synthetic import Frame, Sequence
-from .sampler import PairSource, sequence_pairs
+from .sampler import PairSource, sequence_pairs, tracker_pairs
 
 CUT_SIDE = 256          # photos are segmented at this longer side (GrabCut is slow at full size)
 VAL_EVERY = 5           # every 5th photo (sorted by path) is held out for validation
@@ -206,10 +206,25 @@ class CompositeSequence(Sequence):
         return self.occluder_patch[:, x1:x2]
 
 
-def composite_pairs(bank: PhotoBank, seed_range: Tuple[int, int], length: int = 150,
-                    size: Tuple[int, int] = (320, 240), max_gap: int = 50) -> PairSource:
-    """Training pairs from :class:`CompositeSequence` over ``bank`` (same pair rules as synthetic)."""
+def composite_maker(bank: PhotoBank, length: int = 150, size: Tuple[int, int] = (320, 240)
+                    ) -> Callable[[int], CompositeSequence]:
+    """``seed -> CompositeSequence`` over ``bank``, the last 64 kept."""
     @lru_cache(maxsize=64)
     def make(seed: int) -> CompositeSequence:
         return CompositeSequence(seed, bank, length, size)
-    return sequence_pairs(make, seed_range, length, max_gap)
+    return make
+
+
+def composite_pairs(bank: PhotoBank, seed_range: Tuple[int, int], length: int = 150,
+                    size: Tuple[int, int] = (320, 240), max_gap: int = 50) -> PairSource:
+    """Training pairs from :class:`CompositeSequence` over ``bank`` (same pair rules as synthetic)."""
+    return sequence_pairs(composite_maker(bank, length, size), seed_range, length, max_gap)
+
+
+def composite_tracker_pairs(kind: str, bank: PhotoBank, seed_range: Tuple[int, int], length: int = 150,
+                            size: Tuple[int, int] = (320, 240), n_sequences: int = 64,
+                            max_gap: int = 50) -> PairSource:
+    """Composite pairs whose base box is OpenCV ``kind``'s (``sampler.tracker_pairs`` over composites): a
+    real tracker's mistakes on real-photo texture, which synthetic sequences do not show."""
+    return tracker_pairs(kind, seed_range, n_sequences, length, size, max_gap,
+                         make=composite_maker(bank, length, size))

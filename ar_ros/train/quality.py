@@ -143,7 +143,7 @@ def train_quality(cfg, progress: bool = True) -> Path:
     The network runs once on ``cfg.quality_pairs`` training pairs (:func:`cached_pairs`, kept under
     ``<out_dir>/pairs``); each epoch is then one pass of the head over them in batches of
     ``cfg.batch_size``, in a new order."""
-    from .trainer import data_description, real_photo_banks, training_source
+    from .trainer import data_description, real_photo_banks, training_source, uses_photos
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out_dir)
@@ -164,7 +164,7 @@ def train_quality(cfg, progress: bool = True) -> Path:
         sched.load_state_dict(raw["train_state"]["scheduler"])
         start_epoch, history = int(raw["train_state"]["epoch"]), list(raw["meta"].get("history", []))
         print(f"resuming from {last} at epoch {start_epoch}", flush=True)
-    banks = real_photo_banks(out) if "real" in cfg.data else ()
+    banks = real_photo_banks(out) if uses_photos(cfg.data) else ()
     sampler_cfg = SamplerConfig(input_size=net.config.input_size, search_factor=net.config.search_factor,
                                 small_jitter_prob=cfg.small_jitter_prob, far_prob=cfg.far_prob)
     sampler = PairSampler(training_source(cfg, banks), sampler_cfg)

@@ -58,20 +58,24 @@ def sequence_pairs(make: Callable[[int], Sequence], seed_range: Tuple[int, int],
 
 
 def tracker_pairs(kind: str = "csrt", seed_range: Tuple[int, int] = TRAIN_SEEDS, n_sequences: int = 64,
-                  length: int = 150, size: Tuple[int, int] = (320, 240), max_gap: int = 50) -> PairSource:
-    """Pairs of synthetic frames whose search frame carries OpenCV ``kind``'s box as its base box
-    (``Frame.base``; the tracker started on the sequence's first frame, open loop): base boxes as a real
-    tracker makes them, sitting on a look-alike or drifting off in ways random jitter does not. The
-    tracker runs once per sequence (``n_sequences`` seeds evenly spread over ``seed_range``), when first
-    drawn."""
+                  length: int = 150, size: Tuple[int, int] = (320, 240), max_gap: int = 50,
+                  make: Optional[Callable[[int], Sequence]] = None) -> PairSource:
+    """Pairs of frames whose search frame carries OpenCV ``kind``'s box as its base box (``Frame.base``;
+    the tracker started on the sequence's first frame, open loop): base boxes as a real tracker makes them,
+    sitting on a look-alike or drifting off in ways random jitter does not. The sequences are synthetic, or
+    ``make(seed)``'s (e.g. real-photo composites). The tracker runs once per sequence (``n_sequences`` seeds
+    evenly spread over ``seed_range``), when first drawn."""
     step = max(1, (seed_range[1] - seed_range[0]) // n_sequences)
     seeds = [seed_range[0] + i * step for i in range(n_sequences)]
     tracked: Dict[int, list] = {}
+    if make is None:
+        def make(seed: int) -> Sequence:
+            return cached_sequence(seed, length, size[0], size[1])
 
     def draw(rng: np.random.Generator) -> Tuple[Frame, Frame]:
         for _ in range(100):
             seed = seeds[int(rng.integers(len(seeds)))]
-            seq = cached_sequence(seed, length, size[0], size[1])
+            seq = make(seed)
             if seed not in tracked:
                 tracked[seed] = run_opencv((seq[t].image for t in range(length)), seq[0].box, kind)
             t2 = int(rng.integers(1, length))

@@ -10,7 +10,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, List, Tuple, cast
+from typing import Any, Dict, List, Sequence, Tuple, cast
 
 import numpy as np
 import torch
@@ -86,8 +86,15 @@ def data_description(cfg: TrainConfig) -> str:
     words = {"synthetic": "synthetic (ar_ros.data.synthetic)",
              **{k: f"synthetic with OpenCV {k.upper()}'s boxes as base boxes (ar_ros.train.sampler.tracker_pairs)"
                 for k in OPENCV_TRACKERS},
-             "real": "real-photo composites (ar_ros.train.composite over ar_ros.data.real_data photos)"}
+             "real": "real-photo composites (ar_ros.train.composite over ar_ros.data.real_data photos)",
+             **{f"{k}-real": f"real-photo composites with OpenCV {k.upper()}'s boxes as base boxes "
+                             "(ar_ros.train.composite.composite_tracker_pairs)" for k in OPENCV_TRACKERS}}
     return " + ".join(words.get(item, item) for item in cfg.data)
+
+
+def uses_photos(data: Sequence[str]) -> bool:
+    """Whether these data entries need the real-photo banks (``real``, ``<tracker>-real``)."""
+    return any(item == "real" or item.endswith("-real") for item in data)
 
 
 def _world() -> tuple:
@@ -115,7 +122,7 @@ def training_source(cfg: TrainConfig, banks: tuple = ()):
     """The pair source for ``cfg.data``: synthetic, real-photo composites (``banks[0]``) and/or dataset
     folders, mixed evenly."""
     from ..data.datasets import open_dataset
-    from .composite import composite_pairs
+    from .composite import composite_pairs, composite_tracker_pairs
     sources = []
     for item in cfg.data:
         if item == "synthetic":
@@ -127,9 +134,13 @@ def training_source(cfg: TrainConfig, banks: tuple = ()):
         if item in OPENCV_TRACKERS:
             sources.append(tracker_pairs(item, size=cfg.frame_wh))
             continue
+        if item.endswith("-real") and item[:-len("-real")] in OPENCV_TRACKERS:
+            sources.append(composite_tracker_pairs(item[:-len("-real")], banks[0], TRAIN_SEEDS, size=cfg.frame_wh))
+            continue
         kind, sep, root = item.partition(":")
         if not sep:
-            raise ValueError(f"data entries are 'synthetic', 'real', an OpenCV tracker ({', '.join(OPENCV_TRACKERS)}) "
+            raise ValueError(f"data entries are 'synthetic', 'real', an OpenCV tracker ({', '.join(OPENCV_TRACKERS)}), "
+                             "the same on real-photo composites ('csrt-real') "
                              f"or '<dataset>:<folder>', got {item!r}")
         sources.append(dataset_pairs(open_dataset(kind, root)))
     if not sources:
@@ -252,7 +263,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         if rank == 0:
             print(f"resuming from {last} at epoch {start_epoch}")
     model = torch.nn.parallel.DistributedDataParallel(net, find_unused_parameters=True) if world > 1 else net
-    banks = real_photo_banks(out) if "real" in cfg.data else ()
+    banks = real_photo_banks(out) if uses_photos(cfg.data) else ()
     sampler = PairSampler(training_source(cfg, banks), SamplerConfig(input_size=cfg.input_size,
                                                                      small_jitter_prob=cfg.small_jitter_prob))
     val = validation_sets(cfg, banks)
