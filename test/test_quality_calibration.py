@@ -99,7 +99,7 @@ def test_best_margin_over_several_sets_weighs_each_set_the_same():
 
 
 def test_keep_rules_on_hand_made_pairs():
-    from ar_ros.eval.calibration import chosen_iou, keeps_base, rule_table
+    from ar_ros.eval.calibration import chosen_iou, keeps_base, rule_means, rule_table
     # pair 0: boxes agree, base better, head agrees; pair 1: boxes agree, refined better, head says so;
     # pair 2: boxes apart, head wrongly prefers the base box by 0.03
     pairs = QualityPairs(np.array([0.8, 0.9, 0.6]), np.array([0.85, 0.9, 0.7]), np.array([0.9, 0.8, 0.63]),
@@ -114,6 +114,8 @@ def test_keep_rules_on_hand_made_pairs():
     assert "[0] hand-made" in table and "no agreement" not in table
     row = next(line for line in table.splitlines() if line.startswith("keep_iou 0.85, head veto +0.00"))
     assert row.split()[-3:] == ["0.8500", "+0.0167", "+0.0167"]  # vs keep_iou 0.85 alone: 0.8333
+    means = rule_means({"hand-made": pairs, "no agreement": _pairs([0.5], [0.5], [0.5], [0.5])})
+    assert means["keep_iou 0.85, head veto +0.00"] == {"hand-made": pytest.approx(0.85)}  # what --json carries
     with pytest.raises(ValueError, match="agreement"):
         keeps_base(_pairs([0.5], [0.5], [0.5], [0.5]), keep_iou=0.85)
     joined = QualityPairs.concat([pairs, pairs])

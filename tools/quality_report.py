@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ar_ros.eval.calibration import (QualityPairs, best_margin, calibration_figure, chosen_iou, figures,
-                                     fit_isotonic, format_figures, lost_threshold, rule_table,
+                                     fit_isotonic, format_figures, lost_threshold, rule_means, rule_table,
                                      suite_pairs)
 from ar_ros.model import load_checkpoint
 from ar_ros.model.checkpoint import write_checkpoint
@@ -135,6 +135,7 @@ def main(argv=None) -> int:
         print(format_figures(name, f), flush=True)
     if args.rules:
         print(rule_table(sets), flush=True)
+        report["rules"] = rule_means(sets)
     if args.png:
         print(f"wrote {calibration_figure(sets, args.png)}")
     if args.json:

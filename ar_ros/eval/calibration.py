@@ -183,17 +183,24 @@ KEEP_IOU = float(DEFAULTS["keep_iou"])  # the rule of models without a head, as 
 
 #: The keep rules :func:`rule_table` compares: (name, keyword arguments of :func:`keeps_base`)
 RULES = (("refined box always", {}), (f"keep_iou {KEEP_IOU:.2f}", {"keep_iou": KEEP_IOU}),
-         *((f"head, margin {m:.2f}", {"margin": m}) for m in (0.0, 0.02, 0.04, 0.06, 0.1)),
+         *((f"head, margin {m:.2f}", {"margin": m}) for m in (-0.02, -0.01, 0.0, 0.02, 0.04, 0.06, 0.1)),
          *((f"keep_iou {k:.2f}, head veto {v:+.2f}", {"keep_iou": k, "veto": v})
            for k in (0.8, 0.85, 0.9) for v in (-0.1, -0.05, 0.0)),
          *((f"head 0.04 or keep_iou {k:.2f} with veto 0", {"margin": 0.04, "keep_iou": k, "veto": 0.0})
            for k in (0.85, 0.9)))
 
 
+def rule_means(sets: Dict[str, QualityPairs], rules: Sequence[Tuple[str, Dict]] = RULES
+               ) -> Dict[str, Dict[str, float]]:
+    """Mean true IoU of the chosen box, rule by rule (``{rule: {set: mean}}``), on the sets of pairs that
+    carry their agreement (the others are left out)."""
+    names = [n for n, p in sets.items() if p.agreement is not None]
+    return {label: {n: chosen_iou(sets[n], **kw) for n in names} for label, kw in rules}
+
+
 def rule_table(sets: Dict[str, QualityPairs], rules: Sequence[Tuple[str, Dict]] = RULES) -> str:
-    """Mean true IoU of the chosen box under each keep rule (rows) on each set of pairs with its agreement
-    (columns), and per rule the least and the summed difference to the default ``keep_iou`` (:data:`KEEP_IOU`)
-    over the sets."""
+    """:func:`rule_means` as a table: rules as rows, sets as columns, and per rule the least and the summed
+    difference to the default ``keep_iou`` (:data:`KEEP_IOU`) over the sets."""
     names = [n for n, p in sets.items() if p.agreement is not None]
     if not names:
         return "(no set of pairs with agreement: rules need pairs from whole sequences)"
@@ -201,8 +208,8 @@ def rule_table(sets: Dict[str, QualityPairs], rules: Sequence[Tuple[str, Dict]] 
     header = f"{'rule':42s}" + "".join(f"{f'[{i}]':>8s}" for i in range(len(names)))
     lines = ["mean true IoU of the chosen box; columns: " + "; ".join(f"[{i}] {n}" for i, n in enumerate(names)),
              header + f"  min/sum vs keep_iou {KEEP_IOU:.2f}"]
-    for label, kw in rules:
-        v = np.array([chosen_iou(sets[n], **kw) for n in names])
+    for label, means in rule_means(sets, rules).items():
+        v = np.array([means[n] for n in names])
         delta = v - ref
         lines.append(f"{label:42s}" + "".join(f"{x:8.4f}" for x in v) + f"  {delta.min():+.4f} {delta.sum():+.4f}")
     return "\n".join(lines)
