@@ -65,17 +65,25 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     p.add_argument("--batch", type=int, nargs="+", default=[1, 4])
-    p.add_argument("--reps", type=int, default=200)
+    p.add_argument("--reps", type=int, default=200, help="timed calls per configuration (>= 1)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--graphs", action="store_true", help="time the CPU backend (packed, oneDNN graphs) instead")
     args = p.parse_args(argv)
+    if args.reps < 1 or args.threads < 1 or min(args.batch) < 1:
+        p.error("--reps, --threads and every --batch must be >= 1")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    plain, _ = load_network(args.checkpoint)
-    headed = AlphaRefineNet(replace(plain.config, quality_head=True)).eval()
-    headed.load_state_dict(plain.state_dict(), strict=False)  # same box and mask weights; the head as built
+    loaded, _ = load_network(args.checkpoint)
+    # the same box and mask weights without a head and with one: the checkpoint's own head (the shipped model
+    # has one), else a new one as built
+    weights = {k: v for k, v in loaded.state_dict().items() if not k.startswith("quality_head.")}
+    plain = AlphaRefineNet(replace(loaded.config, quality_head=False)).eval()
+    plain.load_state_dict(weights)
+    headed = loaded if loaded.config.quality_head else AlphaRefineNet(replace(loaded.config, quality_head=True)).eval()
+    if headed is not loaded:
+        headed.load_state_dict(weights, strict=False)
     if args.graphs:
         return time_backends(plain, headed, args)
     nets = {}
