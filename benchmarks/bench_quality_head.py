@@ -22,8 +22,10 @@ from typing import Dict, List
 import torch
 
 from ar_ros.engine.refiner import DEFAULT_CHECKPOINT
-from ar_ros.model import AlphaRefineNet, load_network
+from ar_ros.model import AlphaRefineNet
+from ar_ros.model.checkpoint import build_network
 from ar_ros.model.fuse import fold_batchnorm
+from ar_ros.train.quality import quality_network
 
 
 def timed(fn, sync) -> float:
@@ -75,15 +77,11 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    loaded, _ = load_network(args.checkpoint)
-    # the same box and mask weights without a head and with one: the checkpoint's own head (the shipped model
-    # has one), else a new one as built
-    weights = {k: v for k, v in loaded.state_dict().items() if not k.startswith("quality_head.")}
-    plain = AlphaRefineNet(replace(loaded.config, quality_head=False)).eval()
-    plain.load_state_dict(weights)
-    headed = loaded if loaded.config.quality_head else AlphaRefineNet(replace(loaded.config, quality_head=True)).eval()
-    if headed is not loaded:
-        headed.load_state_dict(weights, strict=False)
+    # the checkpoint's network with its own head (the shipped model has one) or a new one as built, and the
+    # same box and mask weights without a head
+    headed = quality_network(args.checkpoint)
+    plain = build_network({k: v for k, v in headed.state_dict().items() if not k.startswith("quality_head.")},
+                          replace(headed.config, quality_head=False)).eval()
     if args.graphs:
         return time_backends(plain, headed, args)
     nets = {}
