@@ -17,7 +17,7 @@ from .eval import bags, report
 from .data.base_trackers import jittered_gt, run_opencv
 from .eval.replay import replay
 from .data.synthetic import Sequence
-from .options import loop_default
+from .options import loop_gates
 
 DEMO_SEED = 100_003
 DEMO_FRAMES = 90
@@ -30,7 +30,7 @@ def run(out_dir: str = "out/demo", checkpoint: Optional[str] = None, frames: int
     """Build the sample bag, replay it through the refiner, print and write the results.
 
     The keep gates ``keep_iou`` and ``quality_margin`` None: the default of each loop
-    (``options.loop_default``). ``live``: also play the jittered-GT bag through the ROS 2 node (when rclpy is
+    (``options.loop_gates``). ``live``: also play the jittered-GT bag through the ROS 2 node (when rclpy is
     there)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -39,7 +39,7 @@ def run(out_dir: str = "out/demo", checkpoint: Optional[str] = None, frames: int
     model = {"checkpoint": checkpoint, "device": device, "backend": backend, "precision": precision,
              "box_mode": box_mode}
     gates = {"keep_iou": keep_iou, "quality_margin": quality_margin}
-    model.update({gate: loop_default(gate) if value is None else value for gate, value in gates.items()})
+    model.update(loop_gates("open", gates))
     refiner = Refiner(**model)
     print(f"[demo] model: {refiner.meta.get('source', checkpoint or 'built-in default')} "
           f"({refiner.config.backbone_title}, {refiner.config.input_size}px crops, {refiner.crop_mode} crop)")
@@ -60,8 +60,8 @@ def run(out_dir: str = "out/demo", checkpoint: Optional[str] = None, frames: int
     if base != "jitter":
         runs.append((f"{base}_closed", base, base, "closed"))
     for name, sample, tracker, loop in runs:
-        for gate, value in gates.items():
-            setattr(refiner, gate, loop_default(gate, loop) if value is None else value)
+        for gate, value in loop_gates(loop, gates).items():
+            setattr(refiner, gate, value)
         result = replay(out / f"sample_{sample}.bag", refiner, out=out / f"refined_{name}.bag",
                         video=out / f"overlay_{name}.mp4", progress=progress, overwrite=True,
                         base_tracker=tracker, loop=loop)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from .backends.names import BACKENDS, PRECISIONS
 from .engine.crop import CROP_MODES
@@ -149,6 +149,13 @@ def loop_default(name: str, loop: str = "open") -> float:
     """The default of a keep gate (``keep_iou``, ``quality_margin``) for a loop: the table's in open loop,
     :data:`CLOSED_LOOP_GATES`' in closed loop."""
     return CLOSED_LOOP_GATES[name] if loop == "closed" else float(BY_NAME[name].default)
+
+
+def loop_gates(loop: str = "open", given: Optional[Mapping[str, Optional[float]]] = None) -> Dict[str, Any]:
+    """Both keep gates for a loop: each one ``given`` as it is, the others (absent or None) at
+    :func:`loop_default`."""
+    given = given or {}
+    return {name: loop_default(name, loop) if given.get(name) is None else given[name] for name in CLOSED_LOOP_GATES}
 
 
 def problem(name: str, value: Any) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 
 #: model.heads.MASK_HEADS' names (no torch import for --help; test_cli checks they match)
@@ -68,15 +68,18 @@ def _scale_options(p: argparse.ArgumentParser) -> None:
 def _model_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
     """The model options by the names the Refiner and the node's parameters share (the keep gates, keep_iou
     and a quality head's quality_margin: the default of the command's --loop where not given)."""
-    from ..options import CLOSED_LOOP_GATES, loop_default
+    from ..options import loop_gates
     if args.checkpoint and os.path.isdir(args.checkpoint) and args.backend == "torch":
         raise ValueError(f"{args.checkpoint} is a folder (from `export onnx`?): pass --backend onnxruntime, "
                          "onnxruntime-int8 or tensorrt, or --checkpoint a model file")
-    loop = getattr(args, "loop", "open")
-    gates = {name: loop_default(name, loop) if getattr(args, name, None) is None else getattr(args, name)
-             for name in CLOSED_LOOP_GATES}
     return {"checkpoint": args.checkpoint, "device": args.device, "backend": args.backend,
-            "precision": args.precision, "box_mode": args.box_mode, **gates}
+            "precision": args.precision, "box_mode": args.box_mode,
+            **loop_gates(getattr(args, "loop", "open"), _given_gates(args))}
+
+def _given_gates(args: argparse.Namespace) -> Dict[str, Optional[float]]:
+    """The keep gates as the command line gave them (None: not given, or a command without the flag)."""
+    from ..options import CLOSED_LOOP_GATES
+    return {name: getattr(args, name, None) for name in CLOSED_LOOP_GATES}
 
 def _set_threads(args: argparse.Namespace) -> None:
     if args.threads:

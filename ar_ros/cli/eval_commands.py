@@ -8,7 +8,7 @@ import sys
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from ..options import CLOSED_LOOP_GATES, QUALITY_FLAGS
-from .common import EXIT_SKIPPED, _model_kwargs, _refiner, _set_threads, _writable_folder
+from .common import EXIT_SKIPPED, _given_gates, _model_kwargs, _refiner, _set_threads, _writable_folder
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..engine.boxes import Box
@@ -35,8 +35,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .. import demo
     _set_threads(args)
-    # the keep gates: None = each loop's default
-    model = {**_model_kwargs(args), **{name: getattr(args, name, None) for name in CLOSED_LOOP_GATES}}
+    model = {**_model_kwargs(args), **_given_gates(args)}  # the keep gates: None = each loop's default
     demo.run(args.out, frames=args.frames, base=args.base, **model, progress=not args.no_progress)
     return 0
 
