@@ -10,7 +10,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple, cast
+from typing import Any, Dict, List, Optional, Sequence, Tuple, cast
 
 import numpy as np
 import torch
@@ -92,9 +92,15 @@ def data_description(cfg: TrainConfig) -> str:
     return " + ".join(words.get(item, item) for item in cfg.data)
 
 
+def photo_tracker(item: str) -> Optional[str]:
+    """The OpenCV tracker of a ``<tracker>-real`` data entry (its boxes on real-photo composites), else None."""
+    kind, _, rest = item.rpartition("-")
+    return kind if rest == "real" and kind in OPENCV_TRACKERS else None
+
+
 def uses_photos(data: Sequence[str]) -> bool:
     """Whether these data entries need the real-photo banks (``real``, ``<tracker>-real``)."""
-    return any(item == "real" or item.endswith("-real") for item in data)
+    return any(item == "real" or photo_tracker(item) for item in data)
 
 
 def _world() -> tuple:
@@ -134,8 +140,9 @@ def training_source(cfg: TrainConfig, banks: tuple = ()):
         if item in OPENCV_TRACKERS:
             sources.append(tracker_pairs(item, size=cfg.frame_wh))
             continue
-        if item.endswith("-real") and item[:-len("-real")] in OPENCV_TRACKERS:
-            sources.append(composite_tracker_pairs(item[:-len("-real")], banks[0], TRAIN_SEEDS, size=cfg.frame_wh))
+        tracker = photo_tracker(item)
+        if tracker:
+            sources.append(composite_tracker_pairs(tracker, banks[0], TRAIN_SEEDS, size=cfg.frame_wh))
             continue
         kind, sep, root = item.partition(":")
         if not sep:
