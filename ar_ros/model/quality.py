@@ -20,13 +20,18 @@ A two-layer MLP maps these to two logits: ``quality`` (the IoU of the refined bo
 calibration map per output (identity until :meth:`QualityHead.set_calibration` stores one fitted on
 validation data), so every backend that runs the graph gets calibrated numbers.
 
-Every step that depends only on the box or the maps is one ``linear`` with constant weights (the lattice,
-the box's corners, the map moments), because the head's cost is its number of operators, not its arithmetic
-(each is a dispatch in the CPU graph; MODEL_CARD.md); the calibration map is linear, relu, linear too. About
-30 operators, all plain conv / linear / grid_sample / relu / log / clamp: exportable to ONNX (opset 16+).
+The head's cost is its number of operators, not its arithmetic (each is a dispatch in the CPU graph;
+MODEL_CARD.md), so everything that depends only on the box, the maps and the score is one ``linear`` with
+constant weights over the three side by side (the lattices, the insets, the rows that go through a log), and
+the features that are linear in them (the box's corners, the map moments, the score) are not computed at
+all: the MLP's first layer is folded over the inputs (:meth:`QualityHead.first_layer`, from the stored
+weights; a frozen graph or an ONNX export turns it into constants). The calibration map is linear, relu,
+linear. 23 operators in the ONNX graph, all plain conv / linear / grid_sample / relu / log / clip:
+exportable to ONNX (opset 16+).
 """
 from __future__ import annotations
 
+import math
 from typing import Dict, Sequence, Tuple
 
 import torch
@@ -37,6 +42,8 @@ from .heads import map_grid
 
 CALIBRATION_KNOTS = 21   # points of the piecewise-linear calibration map (fixed: a fixed state_dict shape)
 OUTPUTS = ("quality", "base_quality")
+SIZE_SCALE = 100.0     # the log rows' scales: log(clamp(100 s, 1)) = log(clamp(s, 0.01)) + log(100)
+WINDOW_SCALE = 1e4     # log(1e4 p + 1) = log(p + 1e-4) + log(1e4)
 
 
 def base_box(input_size: int, search_factor: float) -> torch.Tensor:
@@ -110,10 +117,10 @@ class QualityHead(nn.Module):
     steps: torch.Tensor
     calib_x: torch.Tensor
     calib_y: torch.Tensor
-    box_weight: torch.Tensor    # the rest: derived constants, not stored in the state_dict
-    box_bias: torch.Tensor
-    map_weight: torch.Tensor
-    map_bias: torch.Tensor
+    in_weight: torch.Tensor     # the rest: derived constants, not stored in the state_dict
+    in_bias: torch.Tensor
+    linear_in: torch.Tensor
+    linear_bias: torch.Tensor
     calib_spread: torch.Tensor
     calib_gather: torch.Tensor
 
@@ -136,12 +143,15 @@ class QualityHead(nn.Module):
         eye = torch.eye(2)
         self.register_buffer("calib_spread", eye.repeat_interleave(CALIBRATION_KNOTS, dim=0), persistent=False)
         self.register_buffer("calib_gather", eye.repeat_interleave(CALIBRATION_KNOTS, dim=1), persistent=False)
-        # what the head computes from the box and from the corner maps is linear in them: one constant
-        # ``linear`` each (derived, not stored). Box rows: both lattices; the box's corners relative to the
-        # base box's in base-box widths (x1, y1, x2, y2), the same with the far corner's sign flipped (their
-        # positive part: how far the box lies inside the base box on each side, the overlap's cue), its
-        # width and height in base-box widths (for their log); map rows: the moments, then the windows
-        # (+1e-4 for their log)
+        # what the head computes from the box, the corner maps and the score is linear in them: one constant
+        # ``linear`` over the three side by side (derived, not stored). Its rows: both lattices; how far the
+        # box lies inside the base box on each side (the box's corners relative to the base box's in base-box
+        # widths, the far corner's sign flipped: their positive part is the overlap's cue); then the rows that
+        # go through a log: the box's width and height in base-box widths (x100) and the probability in two
+        # Gaussian windows about each base-box corner (x1e4, +1), so that one clamp at 1 serves both (the
+        # constant shifts this brings go into the MLP's bias: :meth:`first_layer`). The stored MLP also takes
+        # the box's corners, the map moments and the score, which are linear in the same inputs: its first
+        # layer is folded over them (:meth:`first_layer`), so they are no operators of their own.
         lattice_w, lattice_b = _lattice(base, steps, float(input_size))
         side = float(base[2] - base[0])
         flip = torch.tensor([1.0, 1.0, -1.0, -1.0])
@@ -149,51 +159,99 @@ class QualityHead(nn.Module):
         fine = corner_stride != stride
         moments, windows = _moments(base, input_size // (stride // 2 if fine else stride),
                                     *map_grid(float(stride), fine))
-        for name, value in (("box_weight", torch.cat((lattice_w, torch.eye(4) / side, torch.diag(flip) / side,
-                                                       size_w))),
-                            ("box_bias", torch.cat((lattice_b, -base / side, -base * flip / side, torch.zeros(2)))),
-                            ("map_weight", torch.cat((moments, windows))),
-                            ("map_bias", torch.tensor([0.0] * len(moments) + [1e-4] * len(windows)))):
+        n_box, n_map = 4, moments.shape[1]
+        self.lattice_rows, self.input_cols = len(lattice_b), n_box + n_map + 1  # inputs: box, maps, score
+        rows = torch.zeros(self.lattice_rows + 4 + 2 + len(windows), self.input_cols)
+        rows[:self.lattice_rows, :n_box] = lattice_w
+        rows[self.lattice_rows:self.lattice_rows + 4, :n_box] = torch.diag(flip) / side
+        rows[self.lattice_rows + 4:self.lattice_rows + 6, :n_box] = size_w * SIZE_SCALE
+        rows[self.lattice_rows + 6:, n_box:n_box + n_map] = windows * WINDOW_SCALE
+        bias = torch.cat((lattice_b, -base * flip / side, torch.zeros(2), torch.ones(len(windows))))
+        self.row_split = (self.lattice_rows, 4, 2 + len(windows))  # lattices, insets, log rows
+        # the stored MLP's linear inputs as ``linear`` over the same inputs: corners, score, moments
+        linear_in = torch.zeros(4 + 1 + len(moments), self.input_cols)
+        linear_in[:4, :n_box] = torch.eye(4) / side
+        linear_in[4, -1] = 1.0
+        linear_in[5:, n_box:n_box + n_map] = moments
+        linear_bias = torch.cat((-base / side, torch.zeros(1 + len(moments))))
+        for name, value in (("in_weight", rows), ("in_bias", bias), ("linear_in", linear_in),
+                            ("linear_bias", linear_bias)):
             self.register_buffer(name, value, persistent=False)
-        self.lattice_rows, self.moment_rows = len(lattice_b), len(moments)  # where raw() splits the rows
-        # the MLP's input: the pooled lattices, the box rows after the lattice, the score, the map rows
-        n_in = 2 * width * grid * grid + len(self.box_bias) - self.lattice_rows + 1 + len(self.map_bias)
-        self.mlp = nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 2))
+        # the stored MLP's input (its first layer's columns, the order the head was trained in): the pooled
+        # lattices, the corners (4), the insets' positive part (4), the log size (2), the score, the map
+        # moments, the log windows
+        self.stored_cols = (2 * width * grid * grid, 4, 4, 2, 1, len(moments), len(windows))
+        self.mlp = nn.Sequential(nn.Linear(sum(self.stored_cols), hidden), nn.ReLU(inplace=True),
+                                 nn.Linear(hidden, 2))
+        self._derived: Tuple[tuple, Tuple[torch.Tensor, ...]] = ((), ())  # (key, tensors): see derived()
+
+    def first_layer(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The MLP's first layer over what :meth:`raw` concatenates (the pooled lattices, the insets' positive
+        part, the log rows, the inputs), from the stored one: the columns of the linear features folded over
+        the inputs, the log rows' constant shifts moved into the bias. Differentiable in training."""
+        weight, bias = self.mlp[0].weight, self.mlp[0].bias
+        pooled, corners, insets, size, score, moments, windows = weight.split(self.stored_cols, dim=1)
+        linear = torch.cat((corners, score, moments), dim=1)
+        folded = torch.cat((pooled, insets, size, windows, linear @ self.linear_in), dim=1)
+        shift = size.sum(1) * math.log(SIZE_SCALE) + windows.sum(1) * math.log(WINDOW_SCALE)
+        return folded, bias + linear @ self.linear_bias - shift
+
+    def calibration_layers(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The calibration maps (``calib_x``, ``calib_y``) as :meth:`calibrate`'s two ``linear`` layers: the
+        ramps' bias (2K,), then the weight (2, 2K) and bias (2,) that sum them, each output's ramps scaled by
+        its change of slope at that knot."""
+        x, y = self.calib_x, self.calib_y                                # (2, K)
+        slope = (y[:, 1:] - y[:, :-1]) / (x[:, 1:] - x[:, :-1]).clamp(min=1e-6)
+        kinks = torch.cat((slope[:, :1], slope[:, 1:] - slope[:, :-1], -slope[:, -1:]), dim=1)  # (2, K)
+        return -x.reshape(-1), self.calib_gather * kinks.reshape(1, -1), y[:, 0]
+
+    def derived(self) -> Tuple[torch.Tensor, ...]:
+        """:meth:`first_layer` and :meth:`calibration_layers`, computed once and kept while the stored tensors
+        they come from are unchanged (their version counters and storage: an optimiser step, a
+        ``load_state_dict``, ``set_calibration`` or a move to another device renews them), so that the eager
+        path runs none of their operators per call; computed afresh while autograd is on (training, where
+        the kept ones could not take part in a backward pass). A frozen graph or an ONNX export folds them
+        into constants either way."""
+        if torch.is_grad_enabled():  # training (of the head, or of a network that carries one)
+            return self.first_layer() + self.calibration_layers()
+        sources = (self.mlp[0].weight, self.mlp[0].bias, self.calib_x, self.calib_y)
+        try:
+            key = tuple((t._version, t.data_ptr(), t.device, t.dtype) for t in sources)
+        except RuntimeError:  # inference tensors have no version counter: no cache
+            return self.first_layer() + self.calibration_layers()
+        if self._derived[0] != key:
+            self._derived = (key, self.first_layer() + self.calibration_layers())
+        return self._derived[1]
 
     def raw(self, fused: torch.Tensor, boxes: torch.Tensor, score: torch.Tensor,
             corner_prob: torch.Tensor) -> torch.Tensor:
         """The two logits (B,2) before sigmoid and calibration (what training regresses)."""
         dtype = self.base.dtype  # the head runs in its own precision (fp32 in every backend)
         feat = self.reduce(_as(fused, dtype))
-        boxes = _as(boxes, dtype)
-        g, n, k = self.grid, self.lattice_rows, self.moment_rows
-        box_rows = F.linear(boxes, self.box_weight, self.box_bias)           # (B, 4 g^2 + 10)
+        inputs = torch.cat((_as(boxes, dtype), _as(corner_prob, dtype).flatten(1), _as(score, dtype).unsqueeze(1)),
+                           dim=1)
+        rows = F.linear(inputs, self.in_weight, self.in_bias)
+        lattice, insets, logs = rows.split(self.row_split, dim=1)
         # both lattices (refined box: rows 0..g-1, base box: rows g..2g-1) in grid_sample's [-1, 1]
-        lattice = box_rows[:, :n].reshape(-1, 2 * g, g, 2)
-        pooled = F.grid_sample(feat, lattice, mode="bilinear", padding_mode="zeros", align_corners=False)
-        map_rows = F.linear(_as(corner_prob, dtype).flatten(1), self.map_weight, self.map_bias)  # (B, 12)
-        # box rows after the lattice: corners (4), insets (4, their positive part), size (2, its log)
-        x = torch.cat((pooled.flatten(1), box_rows[:, n:n + 4], torch.relu(box_rows[:, n + 4:n + 8]),
-                       torch.log(box_rows[:, n + 8:].clamp(min=1e-2)), _as(score, dtype).unsqueeze(1),
-                       map_rows[:, :k], torch.log(map_rows[:, k:])), dim=1)
-        return self.mlp(x)
+        pooled = F.grid_sample(feat, lattice.reshape(-1, 2 * self.grid, self.grid, 2), mode="bilinear",
+                               padding_mode="zeros", align_corners=False)
+        x = torch.cat((pooled.flatten(1), torch.relu(insets), torch.log(logs.clamp(min=1.0)), inputs), dim=1)
+        weight, bias = self.derived()[:2]
+        return self.mlp[2](torch.relu(F.linear(x, weight, bias)))
 
     def calibrate(self, prob: torch.Tensor) -> torch.Tensor:
         """(B,2) raw probabilities -> calibrated, through each output's piecewise-linear map, written as
         ``y_0 + sum_k c_k relu(p - x_k)`` (``c_k``: the change of slope at knot k; flat outside the knots):
-        linear, relu, linear, whose weights come from the knots (a frozen graph or an ONNX export folds
-        them: no search, three operators)."""
-        x, y = self.calib_x, self.calib_y                                # (2, K)
-        slope = (y[:, 1:] - y[:, :-1]) / (x[:, 1:] - x[:, :-1]).clamp(min=1e-6)
-        kinks = torch.cat((slope[:, :1], slope[:, 1:] - slope[:, :-1], -slope[:, -1:]), dim=1)  # (2, K)
-        ramps = torch.relu(F.linear(prob, self.calib_spread, -x.reshape(-1)))                  # (B, 2K)
-        return F.linear(ramps, self.calib_gather * kinks.reshape(1, -1), y[:, 0])
+        linear, relu, linear, whose weights come from the knots (:meth:`calibration_layers`): no search,
+        three operators."""
+        ramp_bias, weight, bias = self.derived()[2:]
+        return F.linear(torch.relu(F.linear(prob, self.calib_spread, ramp_bias)), weight, bias)
 
     def forward(self, fused: torch.Tensor, boxes: torch.Tensor, score: torch.Tensor,
                 corner_prob: torch.Tensor) -> Dict[str, torch.Tensor]:
         """``quality`` and ``base_quality``, (B,) each, calibrated, in [0, 1]."""
-        quality, base_quality = self.calibrate(torch.sigmoid(self.raw(fused, boxes, score, corner_prob))).unbind(1)
-        return {"quality": quality, "base_quality": base_quality}
+        calibrated = self.calibrate(torch.sigmoid(self.raw(fused, boxes, score, corner_prob)))
+        return {"quality": calibrated.select(1, 0), "base_quality": calibrated.select(1, 1)}  # unbind: 3 in ONNX
 
     def set_calibration(self, knots: Sequence[Sequence[float]], values: Sequence[Sequence[float]]) -> None:
         """Store the calibration maps: per output (``quality``, ``base_quality``), ``CALIBRATION_KNOTS``
