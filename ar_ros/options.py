@@ -15,7 +15,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 from .backends.names import BACKENDS, PRECISIONS
 from .engine.crop import CROP_MODES
 from .engine.masks import BOX_MODES, DEFAULT_BOX_MODE
-from .engine.quality import LOST_FRAMES, LOST_QUALITY, QUALITY_MARGIN
+from .engine.quality import LOST_FRAMES, LOST_QUALITY, QUALITY_MARGIN, RESEED_BELOW
 from .errors import ArRosError
 
 COLORS = ("rgb", "bgr")
@@ -98,6 +98,11 @@ OPTIONS: Tuple[Spec, ...] = (
          "counts towards 'lost'.", low=0.0, high=1.0, refiner=True),
     Spec("lost_frames", LOST_FRAMES, "Models with a quality head: a target is flagged lost after this many "
          "such frames in a row (reset by set_target).", low=1, high=1000, refiner=True),
+    Spec("reseed_below", RESEED_BELOW, "Closed loop (eval, replay, the base_tracker node's feedback), models "
+         "with a quality head: a trusted refined box is fed back to the base tracker only when the base box's "
+         "predicted IoU is below this (the tracker has drifted); a tracker on its target keeps its own state, "
+         "since an OpenCV tracker re-initialises on every re-seed and loses what it learned. 1 = every trusted "
+         "box.", low=0.0, high=1.0, refiner=True, node=False),
     Spec("box_mode", DEFAULT_BOX_MODE, "corner: the corner head's box (the paper's). fused: also run the "
          "mask branch and move the box towards the mask's box where the two agree (more precise; costs the "
          "mask branch on every box). auto: fused with the slim mask decoder (the shipped model), corner with "
@@ -131,7 +136,8 @@ OPTIONS: Tuple[Spec, ...] = (
 
 BY_NAME: Dict[str, Spec] = {p.name: p for p in OPTIONS}
 NODE_PARAMS: Tuple[Spec, ...] = tuple(p for p in OPTIONS if p.node)
-QUALITY_FLAGS = ("quality_margin", "lost_quality", "lost_frames")  # what a quality head's decisions take
+# what a quality head's decisions take
+QUALITY_FLAGS = ("quality_margin", "lost_quality", "lost_frames", "reseed_below")
 DEFAULTS: Dict[str, Any] = {p.name: p.default for p in OPTIONS if p.default is not None}
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")

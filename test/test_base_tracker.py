@@ -124,7 +124,9 @@ def test_base_tracker_process_takes_refined_boxes_back_for_the_frame_it_tracked(
         moved = (got[2][0] + 12.0, got[2][1], got[2][2], got[2][3])
         refined.publish(targets_msg((0.0, 0.0, 40.0, 40.0), 2, lost=True))  # untrusted: must be ignored
         refined.publish(targets_msg((0.0, 0.0, 40.0, 40.0), 2, kept=True))  # untrusted: must be ignored
-        refined.publish(targets_msg(moved, 2))
+        # the base box predicted right (reseed_below 0.5 by default): the tracker keeps its own state
+        refined.publish(targets_msg((0.0, 0.0, 40.0, 40.0), 2, base_quality=0.9))
+        refined.publish(targets_msg(moved, 2, base_quality=0.3))  # trusted, the base box predicted off
         refined.publish(targets_msg((0.0, 0.0, 40.0, 40.0), 1))  # stale: must be ignored
         spin_until(ex, lambda: False, 1.0)  # let both arrive before the next frame
         images.publish(image_msg(frames[2], 3))

@@ -60,21 +60,25 @@ def test_eval_runs_an_onnx_export_folder_with_its_backend(onnx_dir, capsys):
     assert set(json.loads(out)["summary"]) >= {"base", "refined"}
 
 
-@pytest.mark.parametrize("extra, keep, margin", [
-    (["--loop", "open"], 0.85, -0.01), (["--loop", "closed"], 0.0, 0.05),
-    (["--loop", "closed", "--keep-iou", "0.9", "--quality-margin", "0.2"], 0.9, 0.2)])
-def test_keep_gates_default_to_the_nodes_in_open_loop_and_to_the_closed_loop_ones(extra, keep, margin, capsys):
+@pytest.mark.parametrize("extra, keep, margin, reseed_below", [
+    (["--loop", "open"], 0.85, -0.01, None), (["--loop", "closed"], 0.0, 0.05, 0.5),
+    (["--loop", "closed", "--keep-iou", "0.9", "--quality-margin", "0.2", "--reseed-below", "1"], 0.9, 0.2, 1.0)])
+def test_keep_gates_default_to_the_nodes_in_open_loop_and_to_the_closed_loop_ones(extra, keep, margin, reseed_below,
+                                                                                  capsys):
     """keep_iou (models without a head) off in closed loop; the shipped model's head keeps a base box there
-    only when it is predicted better by 0.05 (options.CLOSED_LOOP_GATES)."""
+    only when it is predicted better by 0.05 (options.CLOSED_LOOP_GATES), and feeds a refined box back only
+    where the base box is predicted off (reseed_below; 1: every trusted box, the paper's loop)."""
     code, out, err = run(["eval", "--suite", "tiny", "--base", "kcf", "--box-mode", "fused", *extra, "--json"],
                          capsys)
     assert code == 0, err
     info = json.loads(out)
     assert info["keep_iou"] == pytest.approx(keep) and info["box_mode"] == "fused"
     assert info["quality_margin"] == pytest.approx(margin)  # the shipped model has a quality head
+    assert info.get("reseed_below") == (pytest.approx(reseed_below) if reseed_below is not None else None)
     assert BY_NAME["keep_iou"].default == pytest.approx(0.85)
     for seq in info["sequences"].values():  # how often the loop fed back, and how often OpenCV refused
-        assert seq["failed_reseeds"] == 0 and (seq["reseeds"] > 0) == (extra[1] == "closed")
+        assert seq["failed_reseeds"] == 0
+        assert seq["reseeds"] == 0 if reseed_below is None else (seq["reseeds"] > 0 or reseed_below < 1.0)
 
 
 def test_make_bag_explains_every_option_and_says_force_not_overwrite(tmp_path, capsys):

@@ -18,7 +18,8 @@ def short_seq():
 def test_closed_loop_restarts_the_tracker_from_each_refined_box(short_seq):
     _, frames = short_seq
     kind = "kcf"
-    base, refined, _, _, reseeds, failed = closed_loop_sequence(Refiner(), frames, kind)  # the shipped model
+    # the shipped model, feeding back every trusted box (the paper's loop)
+    base, refined, _, _, reseeds, failed = closed_loop_sequence(Refiner(reseed_below=1.0), frames, kind)
     open_base = run_opencv((f.image for f in frames), frames[0].box, kind)
     assert len(base) == len(frames) and reseeds > 0 and failed == 0  # in-frame boxes: OpenCV takes them all
     # frame 1 is tracked from the init box in both loops; from frame 2 on, closed loop tracks from refined boxes
@@ -35,6 +36,17 @@ def test_closed_loop_restarts_the_tracker_from_each_refined_box(short_seq):
         assert np.allclose(base[i], box if box is not None else refined[i - 1], atol=1e-6), i
         checked += 1
     assert checked >= 2
+
+
+def test_a_tracker_whose_box_is_predicted_right_keeps_its_own_state(short_seq):
+    # reseed_below: a trusted refined box goes back only where the head predicts the base box off; at 0 nothing
+    # does, so the closed loop's base boxes are the open loop's; at the default, fewer re-seeds than at 1
+    _, frames = short_seq
+    open_base = run_opencv((f.image for f in frames), frames[0].box, "kcf")
+    base, _, _, _, reseeds, _ = closed_loop_sequence(Refiner(reseed_below=0.0), frames, "kcf")
+    assert reseeds == 0 and np.allclose(np.array(base[1:]), np.array(open_base[1:]))
+    counts = [closed_loop_sequence(Refiner(reseed_below=b), frames, "kcf")[4] for b in (0.5, 1.0)]
+    assert counts[0] < counts[1], counts
 
 
 def test_reseed_with_the_trackers_own_box_keeps_its_model(short_seq):

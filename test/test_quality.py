@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from ar_ros.engine.quality import (BASE_BETTER, LOST_FRAMES, LOST_QUALITY, QUALITY_MARGIN, LostState,
+from ar_ros.engine.quality import (BASE_BETTER, LOST_FRAMES, LOST_QUALITY, QUALITY_MARGIN, RESEED_BELOW, LostState,
                                    check_quality_params, choose, trusted)
 from ar_ros.model import AlphaRefineNet, NetConfig, load_checkpoint, load_network, save_checkpoint
+from ar_ros.options import DEFAULTS
 from ar_ros.model.network import SearchTensors
 from ar_ros.model.quality import CALIBRATION_KNOTS, QualityHead, base_box
 from ar_ros.train.quality import quality_network
@@ -266,3 +267,19 @@ def test_trusted_means_not_lost_not_kept_not_fallback():
     assert not trusted(R(kept=True, fallback=False, lost=False))
     assert not trusted(R(kept=False, fallback=True, lost=False))
     assert not trusted(R(kept=False, fallback=False, lost=True))
+
+
+def test_trusted_boxes_are_fed_back_only_where_the_base_box_is_predicted_off():
+    from types import SimpleNamespace as R
+    ok = dict(kept=False, fallback=False, lost=False)
+    assert RESEED_BELOW == DEFAULTS["reseed_below"]
+    assert trusted(R(**ok, base_quality=0.2), reseed_below=0.5)
+    assert not trusted(R(**ok, base_quality=0.5), reseed_below=0.5)  # at the threshold: the tracker is right
+    assert not trusted(R(**ok, base_quality=0.9), reseed_below=0.5)
+    assert trusted(R(**ok, base_quality=0.9), reseed_below=1.0)  # 1: every trusted box
+    assert trusted(R(**ok, base_quality=1.0), reseed_below=1.0)
+    assert trusted(R(**ok, base_quality=None), reseed_below=0.0)  # no head: every trusted box
+    assert trusted(R(**ok, base_quality=-1.0), reseed_below=0.0)  # refined/targets without a head
+    assert not trusted(R(kept=True, fallback=False, lost=False, base_quality=0.1), reseed_below=0.5)
+    with pytest.raises(ValueError, match="reseed_below"):
+        check_quality_params(0.0, 0.3, 3, reseed_below=1.5)

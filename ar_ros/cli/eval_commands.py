@@ -138,7 +138,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         return _replay_many(args)
     args.bag = args.bag[0]
     bag_folder(args.bag)  # a missing bag or metadata.yaml is said before the model loads
-    refiner = _refiner(args)
+    refiner = _refiner(args, **_quality_kwargs(args))
     result = replay(args.bag, refiner, out=args.out, image_topic=args.image_topic,
                     detections_topic=args.detections_topic, gt_topic=args.gt_topic, mask=args.mask,
                     video=args.video, progress=not args.no_progress, overwrite=args.force, storage=args.storage,
@@ -228,7 +228,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     totals = summary(results)
     data = {"suite": args.suite, "base": args.base, "loop": args.loop, "box_mode": refiner.resolved_box_mode(),
             "keep_iou": refiner.keep_iou, **({"quality_margin": refiner.quality_margin} if refiner.runner.quality
-                                             else {}), "summary": {k: v.to_dict() for k, v in totals.items()},
+                                             else {}),
+            **({"reseed_below": refiner.reseed_below} if refiner.runner.quality and args.loop == "closed" else {}),
+            "summary": {k: v.to_dict() for k, v in totals.items()},
             "sequences": {r.name: {"base": r.base.to_dict(), "refined": r.refined.to_dict(),
                                    "refine_ms": r.refine_ms, "fallbacks": r.fallbacks, "reseeds": r.reseeds,
                                    "failed_reseeds": r.failed_reseeds, "kept": r.kept, "lost": r.lost}

@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "detections cannot take it back)")
     _scale_options(p)
     common(p)
+    add_flags(p, ["reseed_below"])  # closed loop, models with a quality head
     p.set_defaults(func=_cmd_replay)
 
     p = sub.add_parser("live-replay", help="play a bag into the real refiner node and record its output")
@@ -134,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="score base vs refined on a suite of sequences (synthetic, or real video)")
     p.add_argument("--suite", default="small",
-                   help="tiny | small | reference | validation (seeds for choosing models, not for reporting) | "
+                   help="tiny | small | reference | validation (seeds for choosing models, not for reporting; "
+                        "validation60: the same and 50 more, for closed-loop settings) | "
                         "real (PETS09 pedestrians, needs `ar-refine data fetch`; exit 77 when not fetched) "
                         "(default: small)")
     p.add_argument("--base", default="jitter", choices=["jitter", "oracle", "csrt", "kcf", "mil"],

@@ -94,11 +94,13 @@ class Refiner:
                  cuda_graphs: bool = DEFAULTS["cuda_graphs"], max_batch: int = DEFAULTS["max_batch"],
                  keep_iou: float = DEFAULTS["keep_iou"], box_mode: str = DEFAULTS["box_mode"],
                  cpu_graphs: bool = DEFAULTS["cpu_graphs"], quality_margin: float = DEFAULTS["quality_margin"],
-                 lost_quality: float = DEFAULTS["lost_quality"], lost_frames: int = DEFAULTS["lost_frames"]) -> None:
+                 lost_quality: float = DEFAULTS["lost_quality"], lost_frames: int = DEFAULTS["lost_frames"],
+                 reseed_below: float = DEFAULTS["reseed_below"]) -> None:
         check(min_score=float(min_score), max_scale_change=float(max_scale_change), keep_iou=float(keep_iou),
               box_mode=box_mode, crop_mode=crop_mode or "", mask_threshold=float(mask_threshold),
               search_factor=float(search_factor or 0.0), max_batch=int(max_batch),
-              quality_margin=float(quality_margin), lost_quality=float(lost_quality), lost_frames=int(lost_frames))
+              quality_margin=float(quality_margin), lost_quality=float(lost_quality), lost_frames=int(lost_frames),
+              reseed_below=float(reseed_below))
         self.runner = open_backend(checkpoint, device, precision, backend, cuda_graphs=cuda_graphs,
                                    cpu_graphs=cpu_graphs, fold_batchnorm=fold_batchnorm, channels_last=channels_last)
         self.backend, self.config, self.meta = backend, self.runner.config, self.runner.meta
@@ -110,6 +112,7 @@ class Refiner:
         self.keep_iou, self.box_mode, self.mask_threshold = float(keep_iou), box_mode, float(mask_threshold)
         self.quality_margin, self.lost_quality, self.lost_frames = float(quality_margin), float(lost_quality), \
             int(lost_frames)  # used where the network has a quality head (engine/quality.py)
+        self.reseed_below = float(reseed_below)  # closed loops (eval, replay): quality.trusted(result, this)
         self.fuse_min_iou, self.fuse_weight = FUSE_MIN_IOU, FUSE_MASK_WEIGHT  # box_mode "fused" (tools/ sweep them)
         # crops per forward pass: bounds memory however many targets come in (TensorRT engines have a maximum)
         self.max_batch = min(int(max_batch), self.runner.max_batch)

@@ -95,7 +95,7 @@ def refine_sequence(refiner: Refiner, frames: List, boxes: Iterable[Optional[tup
                 decisions.lost += int(res.lost)
                 if res.base_quality is not None and res.raw_box is not None:
                     decisions.quality.append((i, res.score, res.base_quality, res.raw_box, res.base_box))
-            if feedback is not None and i > 0 and trusted(res):  # an untrusted box: the tracker keeps its own
+            if feedback is not None and i > 0 and trusted(res, refiner.reseed_below):  # else: its own state
                 feedback(i, res.box)
     return out, float(np.median(times)) if times else float("nan"), fallbacks
 

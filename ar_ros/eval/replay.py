@@ -229,7 +229,8 @@ def _process(session: RefineSession, img_msg, det_msg, msgtype: str, stamp: int,
         inputs = bank.boxes(rgb, inputs)
     step = session.step(image, inputs, stamp, mask=mask, color=color)
     if bank is not None:
-        bank.feedback(rgb, {tid: res.box for tid, res in step.results.items() if trusted(res)})
+        below = session.refiner.reseed_below
+        bank.feedback(rgb, {tid: res.box for tid, res in step.results.items() if trusted(res, below)})
         result.reseeds, result.failed_reseeds = bank.reseeds, bank.failed_reseeds
     index = len(result.stamps)
     result.stamps.append(stamp)

@@ -5,11 +5,13 @@ with the same ``set_target`` service shape as the refiner (``ar_ros/srv/SetTarge
 in every ``Detection2D`` of ``detections``. A lost target repeats its last box with score 0.
 
 Closed loop (``use_feedback: true``; the paper's way of running Alpha-Refine): the node subscribes the
-refiner's ``refined/detections`` (``feedback_topic``) and re-seeds the tracker of each id with its refined
-box, so the next frame is tracked from there. The convention, for any tracker that wants the loop: a
-refined detection carries the id and the header stamp of the detection it refines; it is used only when
-it is for the last frame the tracker tracked (a late one would move the tracker back in time: counted in
-``stale_feedback`` and ignored).
+refiner's ``refined/targets`` (``feedback_trusted_only``, the default; else ``refined/detections``) and
+re-seeds the tracker of each id with its refined box, so the next frame is tracked from there: with
+``refined/targets`` only a trusted box (``engine.quality.trusted``: not a fallback, not kept, not lost, and
+with a quality head the base box predicted below ``reseed_below``). The convention, for any tracker that
+wants the loop: a refined detection carries the id and the header stamp of the detection it refines; it is
+used only when it is for the last frame the tracker tracked (a late one would move the tracker back in time:
+counted in ``stale_feedback`` and ignored).
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import threading
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
-from rcl_interfaces.msg import ParameterDescriptor
+from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 from vision_msgs.msg import BoundingBox2D, Detection2D, Detection2DArray, ObjectHypothesisWithPose
@@ -26,9 +28,11 @@ from ar_ros.msg import RefinedTargetArray
 from ar_ros.srv import ClearTargets, SetTarget
 
 from ..engine.boxes import check_box
+from ..engine.quality import trusted
 from ..io.detections import bbox_to_xywh, fill_bbox, stamp_to_ns
 from ..io.images import ImageError, image_to_rgb
 from ..data.opencv_trackers import OPENCV_TRACKERS, OpenCVTracker
+from ..options import BY_NAME
 from .executor import run_node
 from .qos import IMAGE_QOS, OUTPUT_QOS
 
@@ -49,6 +53,10 @@ class BaseTrackerNode(Node):
             description="Closed loop: take the refiner's refined/targets (ar_ros/RefinedTargetArray) instead and "
                         "re-seed only with trusted boxes (not a fallback, not the kept base box, not lost); the "
                         "tracker keeps its own state otherwise", read_only=True))
+        self.declare_parameter("reseed_below", BY_NAME["reseed_below"].default, ParameterDescriptor(
+            description=BY_NAME["reseed_below"].description + " (feedback_trusted_only: refined/targets' "
+                        "base_quality; -1 there, a model without a head: every trusted box)",
+            floating_point_range=[FloatingPointRange(from_value=0.0, to_value=1.0)]))
         self.declare_parameter("feedback_targets_topic", "refined/targets", ParameterDescriptor(
             description="The refiner's refined/targets, used when use_feedback and feedback_trusted_only are true",
             read_only=True))
@@ -101,7 +109,8 @@ class BaseTrackerNode(Node):
         self._reseed(msg.header, [(det.id, det.bbox) for det in msg.detections])
 
     def _on_trusted_feedback(self, msg: RefinedTargetArray) -> None:
-        self._reseed(msg.header, [(t.id, t.refined_box) for t in msg.targets if not (t.fallback or t.kept or t.lost)])
+        below = self.get_parameter("reseed_below").value
+        self._reseed(msg.header, [(t.id, t.refined_box) for t in msg.targets if trusted(t, below)])
 
     def _reseed(self, header: Any, boxes: List[Tuple[str, BoundingBox2D]]) -> None:
         with self._lock:
