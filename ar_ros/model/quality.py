@@ -32,7 +32,7 @@ exportable to ONNX (opset 16+).
 from __future__ import annotations
 
 import math
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Sequence, Tuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -189,7 +189,8 @@ class QualityHead(nn.Module):
         """The MLP's first layer over what :meth:`raw` concatenates (the pooled lattices, the insets' positive
         part, the log rows, the inputs), from the stored one: the columns of the linear features folded over
         the inputs, the log rows' constant shifts moved into the bias. Differentiable in training."""
-        weight, bias = self.mlp[0].weight, self.mlp[0].bias
+        layer = cast(nn.Linear, self.mlp[0])
+        weight, bias = layer.weight, layer.bias
         pooled, corners, insets, size, score, moments, windows = weight.split(self.stored_cols, dim=1)
         linear = torch.cat((corners, score, moments), dim=1)
         folded = torch.cat((pooled, insets, size, windows, linear @ self.linear_in), dim=1)
@@ -214,7 +215,8 @@ class QualityHead(nn.Module):
         into constants either way."""
         if torch.is_grad_enabled():  # training (of the head, or of a network that carries one)
             return self.first_layer() + self.calibration_layers()
-        sources = (self.mlp[0].weight, self.mlp[0].bias, self.calib_x, self.calib_y)
+        layer = cast(nn.Linear, self.mlp[0])
+        sources = (layer.weight, layer.bias, self.calib_x, self.calib_y)
         try:
             key = tuple((t._version, t.data_ptr(), t.device, t.dtype) for t in sources)
         except RuntimeError:  # inference tensors have no version counter: no cache
