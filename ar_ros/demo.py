@@ -72,7 +72,8 @@ def run(out_dir: str = "out/demo", checkpoint: Optional[str] = None, frames: int
         print(f"\n[demo] base tracker '{sample}'" + (", closed loop" if loop == "closed" else "") +
               f" ({result.refined_frames} frames refined, "
               f"{result.refined_frames / max(result.seconds, 1e-9):.1f} fps, {result.fallbacks} fallbacks, "
-              f"{result.kept} base boxes kept, {result.lost} lost)")
+              f"{result.kept} base boxes kept, {result.lost} lost" +
+              (f", {result.reseeds} re-seeds" if loop == "closed" else "") + ")")
         print(report.table(scores))
         report.plot_curves(out / f"success_{name}.png", {"base": (base_arr[first:], gt_arr[first:]),
                                                          "refined": (ref_arr[first:], gt_arr[first:])},
