@@ -140,6 +140,27 @@ def test_calibration_map_is_applied_piecewise_linearly_and_checked():
         head.set_calibration(np.stack((knots, knots)), values * 1.5)
 
 
+def test_the_heads_derived_layers_follow_its_stored_weights_and_let_gradients_through():
+    # QualityHead.derived keeps the folded first layer and the calibration's layers between inference calls:
+    # new weights (load_state_dict, an in-place step) must reach the output, and training must reach them
+    torch.manual_seed(0)
+    head, other = QualityHead(in_channels=8, input_size=64).eval(), QualityHead(in_channels=8, input_size=64).eval()
+    inputs = (torch.randn(3, 8, 4, 4), torch.tensor([[10.0, 12.0, 40.0, 50.0]] * 3), torch.rand(3),
+              torch.softmax(torch.randn(3, 2, 16), dim=-1).reshape(3, 2, 4, 4))
+    with torch.no_grad():
+        before = head.raw(*inputs)
+        head.load_state_dict(other.state_dict())
+        after, want = head.raw(*inputs), other.raw(*inputs)
+    assert not torch.allclose(before, after) and torch.equal(after, want)
+    with torch.no_grad():
+        head.mlp[0].weight.add_(0.05)
+        other.mlp[0].weight.add_(0.05)
+        stepped, want = head.raw(*inputs), other.raw(*inputs)
+    assert not torch.allclose(stepped, after) and torch.equal(stepped, want)
+    head.raw(*inputs).sum().backward()  # autograd on: computed afresh from the stored weights
+    assert head.mlp[0].weight.grad is not None and float(head.mlp[0].weight.grad.abs().sum()) > 0
+
+
 def test_search_tensors_carry_the_quality_outputs_and_export_to_onnx(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     import inspect
