@@ -53,6 +53,19 @@ def test_replay_runs_an_onnx_export_folder_with_its_backend(small_bag, onnx_dir,
     assert code == 2 and "--backend onnxruntime" in err, err
 
 
+def test_replay_closed_loop_takes_reseed_below(small_bag, capsys):
+    """replay --base --loop closed feeds back per --reseed-below (the shipped head; 1: every trusted box)."""
+    counts = {}
+    for below in ("0", "1"):
+        code, out, err = run(["replay", small_bag, "--base", "kcf", "--loop", "closed", "--reseed-below", below,
+                              "--json", "--no-progress"], capsys)
+        assert code == 0, err
+        info = json.loads(out)
+        assert info["reseed_below"] == float(below) and info["failed_reseeds"] == 0
+        counts[below] = info["reseeds"]
+    assert counts["0"] == 0 and counts["1"] > 0, counts
+
+
 def test_eval_runs_an_onnx_export_folder_with_its_backend(onnx_dir, capsys):
     code, out, err = run(["eval", "--suite", "tiny", "--checkpoint", onnx_dir, "--backend", "onnxruntime",
                           "--json"], capsys)

@@ -151,6 +151,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             "output": str(result.output) if result.output else None}
     if args.base:
         info.update(base=args.base, loop=args.loop, reseeds=result.reseeds, failed_reseeds=result.failed_reseeds)
+        if args.loop == "closed" and refiner.runner.quality:
+            info["reseed_below"] = refiner.reseed_below
     if result.gt:
         info["scores"] = {k: v.to_dict() for k, v in result.scores().items()}
     if args.json:
