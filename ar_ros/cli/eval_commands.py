@@ -107,6 +107,8 @@ def _run_scale(args: argparse.Namespace, tasks: list, failed: Dict[str, str], se
     if args.out:
         _writable_folder(args.out, "--out")
     model = {**_model_kwargs(args), **_quality_kwargs(args)}
+    if args.loop != "closed":  # feeds nothing back: not part of the key a rerun in --out must match
+        model.pop("reseed_below", None)
     outcome = scale.evaluate(tasks, model, settings, failed, out=args.out, workers=args.workers,
                              threads=args.threads, ray=args.ray or None, use_ray=args.ray is not None,
                              force=args.force, progress=not args.no_progress, log_workers=not args.json)
