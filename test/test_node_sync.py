@@ -188,9 +188,12 @@ def test_future_stamped_frames_invalid_and_absurd_boxes(sync_client, frame):
     after = client.refined_at(normal[5:25])
     diag = client.diagnostics(lambda d: count(d, "paired_exact", "paired_waited") >= 25)
     # paired, none stale (was: all 20 after the jump stale); some outputs skipped on purpose when frames
-    # arrive in a burst (load), an image lost in transport leaves its detections unmatched
-    assert len(after) >= 5 and count(diag, "stale") == 0 and count(diag, "paired_exact", "paired_waited") >= 20, \
-        f"{len(after)}/20 frames after the jump refined\n{diag}\n{read_log(log)}"
+    # arrive in a burst (load), an image lost in transport leaves its detections unmatched, and on a busy
+    # machine a newer message can replace one the node had not taken yet (depth-limited queues): so the
+    # detections that arrived are what must be paired
+    paired, received = count(diag, "paired_exact", "paired_waited"), count(diag, "detections_received")
+    assert len(after) >= 5 and count(diag, "stale") == 0 and received >= 15 and paired >= received - 2, \
+        f"{len(after)}/20 frames after the jump refined, {paired}/{received} detections paired\n{diag}\n{read_log(log)}"
     assert all(m.detections[0].results[0].hypothesis.class_id ==
                f"{m.header.stamp.sec}.{m.header.stamp.nanosec:09d}" for m in after)
     # "latest" (zero stamp) is the frame received last, not the one with the largest stamp
