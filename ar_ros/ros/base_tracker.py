@@ -19,7 +19,7 @@ import threading
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
-from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor
+from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 from vision_msgs.msg import BoundingBox2D, Detection2D, Detection2DArray, ObjectHypothesisWithPose
@@ -34,6 +34,7 @@ from ..io.images import ImageError, image_to_rgb
 from ..data.opencv_trackers import OPENCV_TRACKERS, OpenCVTracker
 from ..options import BY_NAME
 from .executor import run_node
+from .params import descriptor
 from .qos import IMAGE_QOS, OUTPUT_QOS
 
 
@@ -53,10 +54,10 @@ class BaseTrackerNode(Node):
             description="Closed loop: take the refiner's refined/targets (ar_ros/RefinedTargetArray) instead and "
                         "re-seed only with trusted boxes (not a fallback, not the kept base box, not lost); the "
                         "tracker keeps its own state otherwise", read_only=True))
-        self.declare_parameter("reseed_below", BY_NAME["reseed_below"].default, ParameterDescriptor(
-            description=BY_NAME["reseed_below"].description + " (feedback_trusted_only: refined/targets' "
-                        "base_quality; -1 there, a model without a head: every trusted box)",
-            floating_point_range=[FloatingPointRange(from_value=0.0, to_value=1.0)]))
+        reseed = descriptor(BY_NAME["reseed_below"])  # the options table's row: its doc and range
+        reseed.description += (" (feedback_trusted_only: refined/targets' base_quality; -1 there, a model without "
+                               "a head: every trusted box)")
+        self.declare_parameter("reseed_below", BY_NAME["reseed_below"].default, reseed)
         self.declare_parameter("feedback_targets_topic", "refined/targets", ParameterDescriptor(
             description="The refiner's refined/targets, used when use_feedback and feedback_trusted_only are true",
             read_only=True))
