@@ -107,8 +107,6 @@ def _run_scale(args: argparse.Namespace, tasks: list, failed: Dict[str, str], se
     if args.out:
         _writable_folder(args.out, "--out")
     model = {**_model_kwargs(args), **_quality_kwargs(args)}
-    if args.loop != "closed":  # feeds nothing back: not part of the key a rerun in --out must match
-        model.pop("reseed_below", None)
     outcome = scale.evaluate(tasks, model, settings, failed, out=args.out, workers=args.workers,
                              threads=args.threads, ray=args.ray or None, use_ray=args.ray is not None,
                              force=args.force, progress=not args.no_progress, log_workers=not args.json)
@@ -194,10 +192,13 @@ def _eval_sequences(suite_name: str):
         return None
 
 def _quality_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
-    """The quality-head options (QUALITY_FLAGS) a command has (``eval``), by their Refiner names; not the keep
-    gate (quality_margin), which _model_kwargs gives with its loop's default."""
+    """The quality-head options (QUALITY_FLAGS) a command has (``eval``, ``replay``), by their Refiner names;
+    not the keep gate (quality_margin), which _model_kwargs gives with its loop's default, nor reseed_below
+    outside a closed loop (it feeds nothing back there, so it is no part of the model key that a rerun of
+    ``--dataset`` / many bags in ``--out`` must match)."""
+    closed = getattr(args, "loop", "open") == "closed"
     return {name: getattr(args, name) for name in QUALITY_FLAGS
-            if hasattr(args, name) and name not in CLOSED_LOOP_GATES}
+            if hasattr(args, name) and name not in CLOSED_LOOP_GATES and (closed or name != "reseed_below")}
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
