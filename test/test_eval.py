@@ -190,3 +190,55 @@ def test_suite_counts_kept_base_boxes_and_lost_frames_in_their_own_fields():
     (r,) = run_suite(keep_all, [Sequence(3, 6, (160, 120))], base="oracle")
     assert r.fallbacks == 0 and r.kept == 5  # every frame after the first: kept, counted as kept
     assert r.lost == 0 and r.failed_reseeds == 0 and r.reseeds == 0
+
+
+def test_distractor_boxes_are_where_the_look_alikes_are_painted():
+    """The pixels a sequence's distractors change (the frame against the same frame rendered without them)
+    lie inside the boxes distractor_boxes gives (widened by the horizontal motion blur's reach, 9 px), and
+    the boxes on the frame hold changed pixels (but where the target or the passing occluder hides one)."""
+    boxes = shown = 0
+    for seed in (95000, 95005, 95007, 123):
+        seq, bare = Sequence(seed), Sequence(seed)
+        bare.distractors = []
+        for t in (0, 60, 120):
+            changed = np.abs(seq[t].image.astype(int) - bare[t].image).max(2) > 0
+            inside = np.zeros_like(changed)
+            for (x, y, w, h), _ in seq.distractor_boxes(t):
+                x1, y1 = max(int(np.floor(x)) - 10, 0), max(int(np.floor(y)) - 1, 0)
+                x2, y2 = int(np.ceil(x + w)) + 11, int(np.ceil(y + h)) + 2
+                if x2 > 0 and y2 > 0 and x1 < seq.width and y1 < seq.height:
+                    boxes += 1
+                    shown += int(changed[y1:y2, x1:x2].sum() > 20)
+                inside[y1:y2, x1:x2] = True
+            assert not (changed & ~inside).any(), (seed, t)
+    assert boxes >= 12 and shown >= boxes - 2
+    assert [twin for _, twin in Sequence(95005).distractor_boxes(0)] == [True, True]
+    assert [twin for _, twin in Sequence(123).distractor_boxes(0)] == [False, False]
+
+
+def test_on_twin_and_the_pairs_without_twin_frames():
+    from ar_ros.eval.benchmark import on_twin
+    from ar_ros.eval.calibration import QualityPairs, without_twins
+    truth, twin = (0, 0, 10, 10), (50, 50, 10, 10)
+    assert on_twin((51, 50, 10, 10), truth, [(twin, True)])
+    assert not on_twin((51, 50, 10, 10), truth, [(twin, False)])  # a look-alike with another texture
+    assert not on_twin((1, 0, 10, 10), truth, [(twin, True)])
+    assert not on_twin((5, 5, 50, 50), truth, [(twin, True)])  # touches both: the twin under 0.3
+    pairs = QualityPairs(*(np.array([0.9, 0.8, 0.7]) for _ in range(4)), on_twin=np.array([False, True, False]))
+    sets = without_twins("s", QualityPairs.concat([pairs, pairs]))
+    assert list(sets) == ["s", "s, 2 frames on a twin left out"]
+    assert sets["s, 2 frames on a twin left out"].pred_quality.tolist() == [0.9, 0.7, 0.9, 0.7]
+    plain = QualityPairs(*(np.array([0.5]) for _ in range(4)))
+    assert QualityPairs.concat([pairs, plain]).on_twin is None and list(without_twins("s", plain)) == ["s"]
+
+
+def test_csrt_on_a_twin_is_found_by_the_suite_run():
+    """Validation sequence 95005: CSRT and the refined box move onto the target's twin, where the quality
+    head (rightly, for any single frame) rates the box as good; run_suite marks those frames."""
+    from ar_ros.eval.benchmark import run_suite
+    refiner = Refiner(precision="fp32")
+    (r,) = run_suite(refiner, [Sequence(95005, 100)], base="csrt")
+    twin = r.quality.on_twin
+    assert twin is not None and twin.sum() >= 50
+    assert r.quality.true_quality[twin].mean() < 0.1 and r.quality.pred_quality[twin].mean() > 0.7
+    assert r.quality.true_quality[~twin].mean() > 0.5

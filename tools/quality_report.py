@@ -27,7 +27,7 @@ import torch
 
 from ar_ros.eval.calibration import (QualityPairs, best_margin, calibration_figure, chosen_iou, figures,
                                      fit_isotonic, format_figures, lost_threshold, rule_means, rule_table,
-                                     suite_pairs)
+                                     suite_pairs, without_twins)
 from ar_ros.model import load_checkpoint
 from ar_ros.model.checkpoint import write_checkpoint
 from ar_ros.model.quality import CALIBRATION_KNOTS
@@ -130,9 +130,10 @@ def main(argv=None) -> int:
         print(f"keep margin {margin:.2f} (the best mean over the validation suite's {len(chosen_on)} bases); "
               f"wrote {args.fit}")
     for name, pairs in sets.items():
-        f = figures(pairs)
-        report["sets"][name] = f
-        print(format_figures(name, f), flush=True)
+        for set_name, set_pairs in without_twins(name, pairs).items():  # synthetic suites: also without twins
+            f = figures(set_pairs)
+            report["sets"][set_name] = f
+            print(format_figures(set_name, f), flush=True)
     if args.rules:
         print(rule_table(sets), flush=True)
         report["rules"] = rule_means(sets)

@@ -242,13 +242,20 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                           for r in results},
             "kept": sum(r.kept for r in results), "lost": sum(r.lost for r in results)}
     if args.calibration:
-        from ..eval.calibration import QualityPairs, calibration_figure, figures, format_figures
+        from ..eval.calibration import QualityPairs, calibration_figure, figures, format_figures, without_twins
         pairs = QualityPairs.concat([r.quality for r in results if r.quality is not None])
         name = f"suite '{args.suite}', base {args.base}" + (" (closed loop)" if args.loop == "closed" else "")
+        sets = without_twins(name, pairs)
         data["calibration"] = {k: round(v, 4) for k, v in figures(pairs).items()}
-        calibration_figure({name: pairs}, args.calibration)
+        if pairs.on_twin is not None:  # synthetic suites: the frames no single-frame estimate can get right
+            data["calibration_twin_frames"] = int(pairs.on_twin.sum())
+        if len(sets) > 1:
+            data["calibration_without_twins"] = {k: round(v, 4) for k, v in figures(list(sets.values())[1]).items()}
+        calibration_figure(sets, args.calibration)
         if not args.json:
-            print(format_figures(name, data["calibration"]) + f"; plot: {args.calibration}")
+            for set_name, set_pairs in sets.items():
+                print(format_figures(set_name, figures(set_pairs)))
+            print(f"plot: {args.calibration}")
     if args.json:
         print(json.dumps(data))
     else:

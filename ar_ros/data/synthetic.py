@@ -172,16 +172,31 @@ class Sequence:
         if mask_out is not None:
             mask_out[cy1:cy2, cx1:cx2] = np.maximum(mask_out[cy1:cy2, cx1:cx2], sub_m[..., 0])
 
-    def __getitem__(self, t: int) -> Frame:
-        if not 0 <= t < self.length:
-            raise IndexError(f"frame {t} outside 0..{self.length - 1}")
-        img = self.background.copy()
+    def _distractor_outlines(self, t: int) -> List[Tuple[np.ndarray, bool]]:
+        """Each distractor's outline on frame ``t`` and whether it is a twin: the target's shape with the
+        target's own texture (else the texture is flipped and its colours reversed)."""
+        out = []
         for i, (px, py, size, same_texture) in enumerate(self.distractors):
             cx = self.width * (0.5 + 0.45 * px(t + 37 * i))
             cy = self.height * (0.5 + 0.45 * py(t + 11 * i))
             sx, sy = self.base_size * size / 2
-            tex = self.target.texture if same_texture else self.target.texture[::-1, ::-1, ::-1]
-            self._paint(img, self._outline(cx, cy, sx, sy, 0.3 * i, self.target.vertices), np.ascontiguousarray(tex))
+            out.append((self._outline(cx, cy, sx, sy, 0.3 * i, self.target.vertices), bool(same_texture)))
+        return out
+
+    def distractor_boxes(self, t: int) -> List[Tuple[Box, bool]]:
+        """(x, y, w, h of the outline, twin) of each distractor on frame ``t``, painted beneath the target.
+        A twin is the target's shape with its texture at 0.6-1.2 times its base size: no single frame tells
+        it from the target (so a per-frame quality estimate cannot either; ``eval --calibration``)."""
+        return [((float(o[:, 0].min()), float(o[:, 1].min()), float(np.ptp(o[:, 0])), float(np.ptp(o[:, 1]))), twin)
+                for o, twin in self._distractor_outlines(t)]
+
+    def __getitem__(self, t: int) -> Frame:
+        if not 0 <= t < self.length:
+            raise IndexError(f"frame {t} outside 0..{self.length - 1}")
+        img = self.background.copy()
+        for outline, twin in self._distractor_outlines(t):
+            tex = self.target.texture if twin else self.target.texture[::-1, ::-1, ::-1]
+            self._paint(img, outline, np.ascontiguousarray(tex))
         cx, cy, sx, sy, rot = self._pose(t)
         mask = np.zeros((self.height, self.width), np.float32)
         self._paint(img, self._outline(cx, cy, sx, sy, rot, self.target.vertices), self.target.texture, mask)

@@ -7,7 +7,7 @@ from typing import Callable, Dict, Iterable, List, Optional
 
 import numpy as np
 
-from ..engine.boxes import iou
+from ..engine.boxes import Box, iou
 from ..engine.refiner import Refiner
 from ..engine.quality import trusted
 from ..engine.session import RefineSession
@@ -35,14 +35,30 @@ class SequenceResult:
     quality: Optional[QualityPairs] = None  # with a quality head: predicted vs true IoUs, refined and base box
 
 
-def quality_pairs(decisions: Decisions, gt: np.ndarray) -> Optional[QualityPairs]:
+#: A refined box is on a twin of its target when it overlaps the twin's box by more than this, and more
+#: than it overlaps the target
+TWIN_IOU = 0.3
+
+
+def on_twin(box: Box, truth: Box, distractors: List[tuple]) -> bool:
+    """Whether ``box`` sits on a twin of the target (``distractors``: ``Sequence.distractor_boxes``)."""
+    return any(twin and iou(box, d) > max(TWIN_IOU, iou(box, truth)) for d, twin in distractors)
+
+
+def quality_pairs(decisions: Decisions, gt: np.ndarray,
+                  distractors: Optional[Callable[[int], List[tuple]]] = None) -> Optional[QualityPairs]:
     """The quality head's predictions on a run against the true IoUs of its boxes, with the refined box's
-    IoU with the base box (None without a head)."""
+    IoU with the base box (None without a head); with ``distractors`` (frame index -> the synthetic
+    sequence's ``distractor_boxes``) also which refined boxes sit on a twin of the target."""
     rows = [(q, iou(raw, gt[i]), bq, iou(base, gt[i]), iou(raw, base)) for i, q, bq, raw, base in decisions.quality
             if gt[i][2] > 0 and gt[i][3] > 0]
     if not rows:
         return None
-    return QualityPairs(*(np.array(column, np.float64) for column in zip(*rows)))
+    twins = None if distractors is None else \
+        np.array([on_twin(raw, gt[i], distractors(i)) for i, _, _, raw, _ in decisions.quality
+                  if gt[i][2] > 0 and gt[i][3] > 0], bool)
+    q, true_q, base_q, true_base, agreement = (np.array(column, np.float64) for column in zip(*rows))
+    return QualityPairs(q, true_q, base_q, true_base, agreement, twins)
 
 
 def base_boxes(seq: Sequence, frames: List, base: str, seed: int) -> List[Optional[tuple]]:
@@ -138,7 +154,8 @@ def run_suite(refiner: Refiner, sequences: Iterable[Sequence], base: str = "jitt
         name = getattr(seq, "name", f"seq{seq.seed}")  # real sequences are named, synthetic ones by seed
         r = SequenceResult(name, score(base_arr[1:], gt[1:]), score(refined[1:], gt[1:]),
                            base_arr, refined, gt, ms, fallbacks, reseeds=reseeds, failed_reseeds=failed,
-                           kept=decisions.kept, lost=decisions.lost, quality=quality_pairs(decisions, gt))
+                           kept=decisions.kept, lost=decisions.lost,
+                           quality=quality_pairs(decisions, gt, getattr(seq, "distractor_boxes", None)))
         results.append(r)
         if progress is not None:
             progress(f"{r.name}: base AUC {r.base.auc * 100:.1f} -> refined {r.refined.auc * 100:.1f}")

@@ -18,6 +18,7 @@ them), :func:`calibration_figure` draws the reliability diagram and the scatter.
 """
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -37,26 +38,45 @@ FIGURES = ("n", "spearman_quality", "ece_quality", "mae_quality", "spearman_base
 class QualityPairs:
     """Predicted and true IoUs of the output box (``quality``) and of the base box (``base``), (N,) each;
     ``agreement`` where known (runs on sequences): the IoU of the refined box with the base box, what the
-    engine's ``keep_iou`` rule tests."""
+    engine's ``keep_iou`` rule tests; ``on_twin`` where known (synthetic sequences): the refined box sits on
+    a twin of the target (``data.synthetic.Sequence.distractor_boxes``), which no single frame tells apart."""
 
     pred_quality: np.ndarray
     true_quality: np.ndarray
     pred_base: np.ndarray
     true_base: np.ndarray
     agreement: Optional[np.ndarray] = None
+    on_twin: Optional[np.ndarray] = None
 
     @classmethod
     def concat(cls, parts: Iterable["QualityPairs"]) -> "QualityPairs":
         parts = list(parts)
         joined = [np.concatenate([getattr(p, f) for p in parts] or [np.zeros(0)]).astype(np.float64)
                   for f in ("pred_quality", "true_quality", "pred_base", "true_base")]
-        agree = [p.agreement for p in parts]
-        both = bool(parts) and all(a is not None for a in agree)
-        return cls(joined[0], joined[1], joined[2], joined[3],
-                   np.concatenate([a for a in agree if a is not None]).astype(np.float64) if both else None)
+        optional = []
+        for name, dtype in (("agreement", np.float64), ("on_twin", bool)):
+            columns = [getattr(p, name) for p in parts]
+            known = bool(parts) and all(c is not None for c in columns)
+            optional.append(np.concatenate(columns).astype(dtype) if known else None)
+        return cls(joined[0], joined[1], joined[2], joined[3], *optional)
+
+    def subset(self, keep: np.ndarray) -> "QualityPairs":
+        """The pairs where ``keep`` (N,) is true."""
+        return QualityPairs(*(None if v is None else v[keep] for v in
+                              (self.pred_quality, self.true_quality, self.pred_base, self.true_base, self.agreement,
+                               self.on_twin)))  # type: ignore[arg-type]
 
     def __len__(self) -> int:
         return len(self.true_quality)
+
+
+def without_twins(name: str, pairs: QualityPairs) -> Dict[str, QualityPairs]:
+    """``{name: pairs}``, and where some refined boxes sit on a twin of the target (``on_twin``) also the
+    pairs without those frames: no per-frame estimate can tell a twin from its target, so both are reported."""
+    sets = {name: pairs}
+    if pairs.on_twin is not None and pairs.on_twin.any():
+        sets[f"{name}, {int(pairs.on_twin.sum())} frames on a twin left out"] = pairs.subset(~pairs.on_twin)
+    return sets
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:
@@ -283,14 +303,14 @@ def calibration_figure(sets: Dict[str, QualityPairs], path: str | Path, bins: in
             row[0].plot(xs, ys, "o-", color=color, label=label)
         row[0].plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
         row[0].set(xlim=(0, 1), ylim=(0, 1), xlabel="predicted IoU", ylabel="mean true IoU",
-                   title=f"{name}: reliability (ECE {f['ece_quality']:.3f})")
+                   title=textwrap.fill(f"{name}: reliability (ECE {f['ece_quality']:.3f})", 60))
         row[0].title.set_fontsize(9)
         row[0].set_xticks(edges, minor=True)
         row[0].legend(loc="upper left", fontsize=8)
         row[1].scatter(pairs.pred_quality, pairs.true_quality, s=4, alpha=0.3, color="C0")
         row[1].plot([0, 1], [0, 1], "k--", lw=1)
         row[1].set(xlim=(0, 1), ylim=(0, 1), xlabel="quality (predicted IoU)", ylabel="true IoU of the output box",
-                   title=f"{name}: Spearman {f['spearman_quality']:.2f}, n={int(f['n'])}")
+                   title=textwrap.fill(f"{name}: Spearman {f['spearman_quality']:.2f}, n={int(f['n'])}", 60))
         row[1].title.set_fontsize(9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
