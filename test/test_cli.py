@@ -192,6 +192,7 @@ def test_eval_calibration_needs_a_quality_head_and_draws_its_plot(tmp_path, caps
     # a synthetic suite: how many refined boxes sat on a twin of the target (figures without them if any)
     assert 0 <= data["calibration_twin_frames"] <= figures["n"]
     assert ("calibration_without_twins" in data) == (data["calibration_twin_frames"] > 0)
+    assert sum(s["twin_frames"] for s in data["sequences"].values()) == data["calibration_twin_frames"]
     # the margin reached the refiner: base better by a whole IoU never happens, so no box was kept
     assert data["quality_margin"] == 1.0 and data["kept"] == 0
     code, _, err = run(["eval", "--suite", "tiny", "--quality-margin", "2"], capsys)

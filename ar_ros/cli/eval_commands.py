@@ -238,7 +238,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             "summary": {k: v.to_dict() for k, v in totals.items()},
             "sequences": {r.name: {"base": r.base.to_dict(), "refined": r.refined.to_dict(),
                                    "refine_ms": r.refine_ms, "fallbacks": r.fallbacks, "reseeds": r.reseeds,
-                                   "failed_reseeds": r.failed_reseeds, "kept": r.kept, "lost": r.lost}
+                                   "failed_reseeds": r.failed_reseeds, "kept": r.kept, "lost": r.lost,
+                                   **({"twin_frames": int(r.quality.on_twin.sum())}  # refined box on a twin
+                                      if r.quality is not None and r.quality.on_twin is not None else {})}
                           for r in results},
             "kept": sum(r.kept for r in results), "lost": sum(r.lost for r in results)}
     if args.calibration:
