@@ -263,6 +263,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     else:
         print(report.table(totals))
         print(f"base boxes kept: {data['kept']}, frames with the target flagged lost: {data['lost']}")
+        twins = [s["twin_frames"] for s in data["sequences"].values() if "twin_frames" in s]
+        if any(twins):
+            print(f"refined boxes on a twin of the target (a distractor no single frame tells apart): {sum(twins)} "
+                  f"frames in {sum(1 for n in twins if n)} sequences")
         if args.loop == "closed":
             print(f"re-seeds: {sum(r.reseeds for r in results)}, refused by OpenCV (tracker went on): "
                   f"{sum(r.failed_reseeds for r in results)}")
