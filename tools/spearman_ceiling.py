@@ -24,14 +24,13 @@ import sys
 import numpy as np
 import torch
 
+from ar_ros.cli.common import EXIT_SKIPPED
 from ar_ros.data.real_data import RealDataMissing
 from ar_ros.engine.boxes import iou_rows
 from ar_ros.engine.refiner import Refiner
 from ar_ros.eval.benchmark import Decisions, base_boxes, refine_sequence
 from ar_ros.eval.calibration import spearman
 from ar_ros.eval.real_suite import GT_FILE, real_suite
-
-EXIT_SKIPPED = 77
 
 
 def stored_box_noise(gt_file=GT_FILE) -> float:

@@ -248,15 +248,17 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         pairs = QualityPairs.concat([r.quality for r in results if r.quality is not None])
         name = f"suite '{args.suite}', base {args.base}" + (" (closed loop)" if args.loop == "closed" else "")
         sets = without_twins(name, pairs)
-        data["calibration"] = {k: round(v, 4) for k, v in figures(pairs).items()}
+        figs = {set_name: figures(set_pairs) for set_name, set_pairs in sets.items()}
+        everything, *without = figs.values()
+        data["calibration"] = {k: round(v, 4) for k, v in everything.items()}
         if pairs.on_twin is not None:  # synthetic suites: the frames no single-frame estimate can get right
             data["calibration_twin_frames"] = int(pairs.on_twin.sum())
-        if len(sets) > 1:
-            data["calibration_without_twins"] = {k: round(v, 4) for k, v in figures(list(sets.values())[1]).items()}
+        if without:
+            data["calibration_without_twins"] = {k: round(v, 4) for k, v in without[0].items()}
         calibration_figure(sets, args.calibration)
         if not args.json:
-            for set_name, set_pairs in sets.items():
-                print(format_figures(set_name, figures(set_pairs)))
+            for set_name, f in figs.items():
+                print(format_figures(set_name, f))
             print(f"plot: {args.calibration}")
     if args.json:
         print(json.dumps(data))

@@ -50,13 +50,12 @@ def quality_pairs(decisions: Decisions, gt: np.ndarray,
     """The quality head's predictions on a run against the true IoUs of its boxes, with the refined box's
     IoU with the base box (None without a head); with ``distractors`` (frame index -> the synthetic
     sequence's ``distractor_boxes``) also which refined boxes sit on a twin of the target."""
-    rows = [(q, iou(raw, gt[i]), bq, iou(base, gt[i]), iou(raw, base)) for i, q, bq, raw, base in decisions.quality
-            if gt[i][2] > 0 and gt[i][3] > 0]
-    if not rows:
+    scored = [row for row in decisions.quality if gt[row[0]][2] > 0 and gt[row[0]][3] > 0]
+    if not scored:
         return None
+    rows = [(q, iou(raw, gt[i]), bq, iou(base, gt[i]), iou(raw, base)) for i, q, bq, raw, base in scored]
     twins = None if distractors is None else \
-        np.array([on_twin(raw, gt[i], distractors(i)) for i, _, _, raw, _ in decisions.quality
-                  if gt[i][2] > 0 and gt[i][3] > 0], bool)
+        np.array([on_twin(raw, gt[i], distractors(i)) for i, _, _, raw, _ in scored], bool)
     q, true_q, base_q, true_base, agreement = (np.array(column, np.float64) for column in zip(*rows))
     return QualityPairs(q, true_q, base_q, true_base, agreement, twins)
 
