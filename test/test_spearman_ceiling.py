@@ -37,3 +37,10 @@ def test_without_the_real_video_it_says_so_and_exits_77(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "tools" / "spearman_ceiling.py")], capture_output=True,
                           text=True, env={**os.environ, "AR_ROS_DATA": str(tmp_path)}, timeout=120)
     assert proc.returncode == 77 and proc.stdout.startswith("skipped:") and "data fetch" in proc.stdout
+
+
+@pytest.mark.parametrize("args", [["--side-noise", "-1"], ["--draws", "0"], ["--base", "nope"]])
+def test_bad_arguments_are_a_usage_error(args):
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "spearman_ceiling.py"), *args], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "usage:" in proc.stderr and "Traceback" not in proc.stderr

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ar_ros.cli.common import EXIT_SKIPPED
+from ar_ros.data.base_trackers import BASES
 from ar_ros.data.real_data import RealDataMissing
 from ar_ros.engine.boxes import iou_rows
 from ar_ros.engine.refiner import Refiner
@@ -49,13 +50,16 @@ def perturbed(boxes: np.ndarray, sigma: float, rng: np.random.Generator) -> np.n
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--base", action="append", default=[], help="base trackers (default: jitter, csrt, oracle)")
+    p.add_argument("--base", action="append", default=[], choices=BASES,
+                   help="base trackers (default: jitter, csrt, oracle)")
     p.add_argument("--side-noise", type=float, nargs="+", help="per-side noise of the stored box, px "
                                                                "(default: from the methods' disagreement)")
     p.add_argument("--draws", type=int, default=200)
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
+    if args.draws < 1 or args.threads < 1 or any(s < 0 for s in args.side_noise or []):
+        p.error("--draws and --threads must be at least 1, --side-noise at least 0")
     torch.set_num_threads(args.threads)
     try:
         sequences = real_suite()
